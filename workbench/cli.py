@@ -1,0 +1,298 @@
+"""`workbench ...` (also `python -m workbench ...`): every verb has --help.
+
+Verbs of later components plug in with `main.add_command(...)` at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import click
+
+from workbench.data.schema import DataError
+from workbench.workspace import Workspace, default_path
+
+SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
+
+
+class Errors(click.Group):
+    """Turn the errors users cause (bad files, missing workspaces) into one clear line, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (DataError, FileNotFoundError, ValueError, KeyError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            raise click.ClickException(f"{type(e).__name__}: {msg}") from None
+
+
+def _ws(ctx: click.Context) -> Workspace:
+    return ctx.find_root().obj["ws"]
+
+
+@click.group(cls=Errors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Workspace directory (default: $WORKBENCH_WORKSPACE or ./workspaces/default).")
+@click.version_option(package_name="workbench")
+@click.pass_context
+def main(ctx: click.Context, workspace: Path | None) -> None:
+    """Generative e-commerce search workbench: data, semantic IDs, training, decoding, evaluation, logbook."""
+    ctx.obj = {"ws": Workspace(workspace or default_path())}
+
+
+# demo ------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--rebuild", is_flag=True, help="Delete the workspace and build it again.")
+@click.option("--embedder", default="minilm", show_default=True, help="minilm or hashing[-DIM].")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for models (cpu, cuda, cuda:1...).")
+@click.pass_context
+def demo(ctx: click.Context, rebuild: bool, embedder: str, device: str) -> None:
+    """Build the default workspace from sample_data/ (if missing) and report what it holds."""
+    from workbench.embed import embed_workspace, get_embedder
+
+    ws = _ws(ctx)
+    if rebuild and ws.path.exists():
+        shutil.rmtree(ws.path)
+    if not ws.exists():
+        click.echo(f"building workspace {ws.path} from {SAMPLE_DATA if SAMPLE_DATA.exists() else 'the sample preset'}")
+        if SAMPLE_DATA.exists():
+            frames = {p.stem: Workspace(SAMPLE_DATA).table(p.stem) for p in sorted((SAMPLE_DATA / "tables").glob("*.parquet"))}
+            meta = {k: v for k, v in Workspace(SAMPLE_DATA).meta.items() if k != "name"}
+        else:
+            from workbench.data.synth import PRESETS, generate
+
+            frames, meta = generate(PRESETS["sample"]), _synth_meta(PRESETS["sample"])
+        ws.write_tables(frames)
+        ws.init(**meta)
+    lb = ws.logbook()
+    with lb.run("build", {"workspace": str(ws.path), "embedder": embedder, "device": device}) as run:
+        counts = ws.validate_all()
+        for i, (t, n) in enumerate(counts.items()):
+            run.log(i, stage="data", **{f"rows_{t}": n})
+        e = get_embedder(embedder, device)
+        t0 = time.perf_counter()
+        vecs = embed_workspace(ws, e)
+        run.log(0, stage="embed", seconds=time.perf_counter() - t0, **{f"n_{k}": len(v) for k, v in vecs.items()})
+    click.echo(f"\nworkspace {ws.path}")
+    for t, n in counts.items():
+        click.echo(f"  {t:<16} {n:>8,} rows")
+    click.echo(f"  embeddings       {embedder} ({', '.join(f'{k}: {v.shape}' for k, v in vecs.items())}), cached in {ws.cache_dir}")
+    click.echo(f"  logbook          {ws.logbook_path}")
+    click.echo("\nnext: workbench sql \"SELECT kind, status, started_at FROM runs\"")
+
+
+# data ------------------------------------------------------------------------------------------
+@main.group()
+def data() -> None:
+    """Create, import, validate and inspect the workspace's tables."""
+
+
+def _synth_meta(cfg) -> dict:
+    return {"source": "synth", "synth": asdict(cfg), "relevance_threshold": 2.0, "relevance_scale": "0-3 (synthetic grades)"}
+
+
+@data.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Workspace to write (default: -w).")
+@click.option("--preset", type=click.Choice(["sample"]), default="sample", show_default=True, help="Starting configuration.")
+@click.option("--products", "n_products", type=int, default=None, help="Number of products.")
+@click.option("--users", "n_users", type=int, default=None, help="Number of users.")
+@click.option("--sessions", "n_sessions", type=int, default=None, help="Number of search sessions.")
+@click.option("--clickbait-share", type=float, default=None, help="Share of click-bait products.")
+@click.option("--seed", type=int, default=None, help="Random seed (same seed, same bytes).")
+@click.pass_context
+def synth(ctx, out, preset, seed, **sizes) -> None:
+    """Generate a synthetic marketplace (catalog, users, queries, search log, judgments, truth)."""
+    from workbench.data.synth import PRESETS, generate
+
+    cfg = PRESETS[preset]
+    over = {k: v for k, v in {**sizes, "seed": seed}.items() if v is not None}
+    cfg = replace(cfg, **over)
+    ws = Workspace(out) if out else _ws(ctx)
+    t0 = time.perf_counter()
+    done = ws.write_tables(generate(cfg))
+    ws.init(**_synth_meta(cfg))
+    click.echo(f"wrote {ws.path} in {time.perf_counter() - t0:.1f} s: " + ", ".join(f"{t} {len(d):,}" for t, d in done.items()))
+
+
+def _mapping(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise click.BadParameter(f"{p!r}: expected OURS=THEIRS, e.g. product_id=product_uid", param_hint="--map")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+@data.group(name="import")
+def import_() -> None:
+    """Import real data (CSV files or the LC-Rec json format) into a workspace."""
+
+
+@import_.command(name="csv")
+@click.option("--products", type=click.Path(dir_okay=False, path_type=Path), help="Product CSV (product_id, title; optional category, brand, price, attributes, description).")
+@click.option("--judgments", type=click.Path(dir_okay=False, path_type=Path), help="Judgment CSV (query, product_id, relevance).")
+@click.option("--search-log", type=click.Path(dir_okay=False, path_type=Path), help="Search-log CSV (session_id, user_id, query, product_id, position, impressed, clicked, purchased, time).")
+@click.option("--users", type=click.Path(dir_okay=False, path_type=Path), help="User CSV (user_id; optional age_band, region).")
+@click.option("--map", "maps", multiple=True, metavar="OURS=THEIRS", help="Column mapping, repeatable; OURS may be table.column.")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the files.")
+@click.option("--sep", default=",", show_default=True, help="Field separator.")
+@click.option("--relevance-threshold", type=float, default=None, help="Grades at or above it count as relevant.")
+@click.option("--on-duplicate", type=click.Choice(["error", "mean", "max", "first"]), default="error", show_default=True,
+              help="Judgments repeating a (query, product) pair once whitespace is normalised.")
+@click.pass_context
+def import_csv_cmd(ctx, products, judgments, search_log, users, maps, encoding, sep, relevance_threshold, on_duplicate) -> None:
+    """Import product, judgment, search-log and user CSV files.
+
+    Home Depot example: --products products.csv --judgments judgments_dev.csv
+    --map product_id=product_uid --map title=product_title --relevance-threshold 2.5 --on-duplicate mean
+    """
+    from workbench.data.loaders import import_csv
+
+    files = {k: v for k, v in {"products": products, "judgments": judgments, "search_log": search_log, "users": users}.items() if v}
+    if not files:
+        raise click.UsageError("give at least one file (--products, --judgments, --search-log, --users)")
+    counts = import_csv(_ws(ctx), files, _mapping(maps), encoding, sep, relevance_threshold, on_duplicate)
+    click.echo(f"imported into {_ws(ctx).path}: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
+
+
+@import_.command(name="lcrec")
+@click.option("--items", required=True, type=click.Path(dir_okay=False, path_type=Path), help="<name>.item.json")
+@click.option("--inter", type=click.Path(dir_okay=False, path_type=Path), help="<name>.inter.json (user -> item sequence)")
+@click.pass_context
+def import_lcrec_cmd(ctx, items, inter) -> None:
+    """Import the LC-Rec json format: item metadata and chronological user sequences."""
+    from workbench.data.loaders import import_lcrec
+
+    counts = import_lcrec(_ws(ctx), items, inter)
+    click.echo(f"imported into {_ws(ctx).path}: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
+
+
+@data.command()
+@click.pass_context
+def validate(ctx) -> None:
+    """Re-check every table of the workspace (types, keys, values, references)."""
+    counts = _ws(ctx).require().validate_all()
+    click.echo("valid: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
+
+
+@data.command()
+@click.pass_context
+def stats(ctx) -> None:
+    """Row counts and the search log's funnel (impressions, clicks, purchases)."""
+    ws = _ws(ctx).require()
+    for t in ws.tables():
+        click.echo(f"{t:<16} {len(ws.table(t)):>10,} rows")
+    if ws.has("search_log"):
+        log = ws.table("search_log")
+        imp, clk, buy = (int(log[c].sum()) for c in ("impressed", "clicked", "purchased"))
+        click.echo(f"\nsearch log: {log['session_id'].nunique():,} sessions, {imp:,} impressions, {clk:,} clicks "
+                   f"(CTR {clk / max(imp, 1):.3f}), {buy:,} purchases (CVR {buy / max(clk, 1):.3f})")
+
+
+@data.command()
+def schema() -> None:
+    """Print the data model: every table's columns and their meaning."""
+    from workbench.data.schema import describe
+
+    click.echo(describe())
+
+
+# embed -----------------------------------------------------------------------------------------
+@main.command()
+@click.option("--embedder", default="minilm", show_default=True, help="minilm or hashing[-DIM].")
+@click.option("--device", default="cpu", show_default=True, help="Torch device.")
+@click.pass_context
+def embed(ctx, embedder, device) -> None:
+    """Embed the workspace's product titles and queries (cached: a rerun costs nothing)."""
+    from workbench.embed import embed_workspace, get_embedder
+
+    ws = _ws(ctx).require()
+    t0 = time.perf_counter()
+    vecs = embed_workspace(ws, get_embedder(embedder, device))
+    click.echo(f"{', '.join(f'{k} {v.shape}' for k, v in vecs.items())} in {time.perf_counter() - t0:.1f} s")
+
+
+# logbook ---------------------------------------------------------------------------------------
+@main.command()
+@click.argument("query")
+@click.option("--max-rows", type=int, default=100, show_default=True, help="Rows to print.")
+@click.option("--json", "as_json", is_flag=True, help="Print rows as JSON lines.")
+@click.pass_context
+def sql(ctx, query, max_rows, as_json) -> None:
+    """Run read-only SQL on the workspace logbook (tables: runs, metrics, evals, bench, served)."""
+    import duckdb
+    import pandas as pd
+
+    try:
+        df = _ws(ctx).logbook().query(query, safe=True)
+    except duckdb.Error as e:
+        raise click.ClickException(f"SQL error: {e}") from None
+    if as_json:
+        for r in df.head(max_rows).to_dict(orient="records"):
+            click.echo(json.dumps(r, default=str))
+        return
+    with pd.option_context("display.max_columns", 50, "display.width", 200, "display.max_colwidth", 60):
+        click.echo(df.head(max_rows).to_string(index=False) if len(df) else "(no rows)")
+    if len(df) > max_rows:
+        click.echo(f"... {len(df) - max_rows:,} more rows (--max-rows)")
+
+
+@main.command()
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.pass_context
+def runs(ctx, limit) -> None:
+    """List the latest runs in the logbook."""
+    ctx.invoke(sql, query=f"SELECT run_id, kind, status, seed, code_version, started_at, ended_at FROM runs "
+               f"ORDER BY started_at DESC LIMIT {int(limit)}", max_rows=limit, as_json=False)
+
+
+# benchmarks ------------------------------------------------------------------------------------
+@main.group()
+def bench() -> None:
+    """Benchmarks: print a table and record the figures in the logbook's `bench` table."""
+
+
+@bench.command(name="synth")
+@click.option("--sizes", default="3000,100000,1000000", show_default=True, help="Comma-separated product counts.")
+@click.option("--sessions-per-product", type=float, default=1.0, show_default=True)
+@click.pass_context
+def bench_synth(ctx, sizes, sessions_per_product) -> None:
+    """Time and peak memory of generating, validating and writing a synthetic marketplace."""
+    from workbench.bench import device_name, report
+    from workbench.bench.data import synth_scale
+
+    ns = [int(s) for s in sizes.split(",")]
+    ws = _ws(ctx)
+    with ws.logbook().run("bench", {"bench": "synth", "sizes": ns, "sessions_per_product": sessions_per_product}) as run:
+        report("synth", synth_scale(ns, sessions_per_product), run, units={"generate_s": "s", "validate_write_s": "s",
+               "total_s": "s", "peak_rss_mib": "MiB"}, device=device_name())
+
+
+@bench.command(name="embed")
+@click.option("--n", type=int, default=2000, show_default=True, help="Number of product titles to embed.")
+@click.option("--embedders", default="minilm,hashing", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.pass_context
+def bench_embed(ctx, n, embedders, device, batch_size) -> None:
+    """Embedding throughput (titles per second) of each embedder, on the workspace's product titles."""
+    from workbench.bench import device_name, report
+    from workbench.bench.data import embed_speed
+    from workbench.embed import product_texts
+
+    ws = _ws(ctx).require()
+    titles = product_texts(ws.table("products"))
+    titles = (titles * (n // max(len(titles), 1) + 1))[:n]
+    with ws.logbook().run("bench", {"bench": "embed", "n": n, "batch_size": batch_size, "device": device}) as run:
+        report("embed", embed_speed(titles, embedders.split(","), device, batch_size), run,
+               units={"texts_per_s": "1/s", "seconds": "s"}, device=device_name(device))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

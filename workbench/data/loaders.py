@@ -1,0 +1,211 @@
+"""Loaders for real data into the workbench's tables.
+
+- `import_csv`: product, judgment, search-log and user CSV files with a column mapping and an
+  encoding (e.g. the Home Depot search-relevance data). Queries are given as text and get ids.
+- `import_lcrec`: the LC-Rec json format (`<name>.item.json` item metadata, `<name>.inter.json`
+  chronological user sequences), e.g. Amazon Reviews 2018 "Industrial & Scientific".
+
+Every problem is a `DataError` naming the file, the row (and line) and the file's own column name;
+nothing is written unless every table is valid.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workbench.data.schema import TABLES, DataError, validate
+from workbench.workspace import Workspace
+
+CSV_TABLES = ("products", "users", "judgments", "search_log")
+
+
+def read_text(path: str | Path, encoding: str = "utf-8") -> str:
+    """Read a whole text file; a decoding error names the line and suggests --encoding."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError([(str(path), None, None, "file not found")])
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError([(str(path), None, None, "empty file")])
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError([(str(path), None, None, f"line {line}, byte {col} is not valid {encoding} "
+                          f"({raw[e.start:e.start + 1]!r}); pass the file's encoding, e.g. --encoding latin-1")]) from e
+    except LookupError as e:
+        raise DataError([(str(path), None, None, f"unknown encoding {encoding!r}")]) from e
+    return text.removeprefix("\ufeff")
+
+
+def read_csv(path: str | Path, columns: dict[str, str], encoding: str = "utf-8", sep: str = ",",
+             required: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a CSV as text columns and rename file columns to ours.
+
+    `columns` maps our column name -> the file's column name (unmapped columns keep their name).
+    """
+    text = read_text(path, encoding)
+    try:
+        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.ParserError as e:
+        raise DataError([(str(path), None, None, f"malformed CSV: {e}")]) from e
+    except pd.errors.EmptyDataError as e:
+        raise DataError([(str(path), None, None, "empty file")]) from e
+    if len(df) == 0:
+        raise DataError([(str(path), None, None, "no data rows (only a header)")])
+    missing = [(ours, theirs) for ours in required for theirs in [columns.get(ours, ours)] if theirs not in df.columns]
+    if missing:
+        have = ", ".join(df.columns)
+        raise DataError([(str(path), None, theirs, f"missing column (needed for '{ours}'; columns found: {have}; "
+                          f"map another with --map {ours}=NAME)") for ours, theirs in missing])
+    return df.rename(columns={theirs: ours for ours, theirs in columns.items() if theirs in df.columns})
+
+
+def _renamed(err: DataError, columns: dict[str, str], line_offset: int = 1) -> DataError:
+    """The same problems, with our column names replaced by the file's."""
+    def name(c: str | None) -> str | None:
+        return ",".join(columns.get(x, x) for x in c.split(",")) if c else c
+
+    return DataError([(f, r, name(c), m) for f, r, c, m in err.problems], line_offset)
+
+
+def _query_ids(frames: list[tuple[pd.Series, str]]) -> tuple[pd.DataFrame, list[pd.Series]]:
+    """Give distinct query texts ids (in order of first use across files); blank queries are errors."""
+    problems = []
+    cleaned = []
+    for s, file in frames:
+        q = s.fillna("").str.strip().str.replace(r"\s+", " ", regex=True)
+        for r in np.flatnonzero((q == "").to_numpy())[:5]:
+            problems.append((file, int(r) + 1, "query", "empty query"))
+        cleaned.append(q)
+    if problems:
+        raise DataError(problems, 1)
+    codes, uniques = pd.factorize(pd.concat(cleaned, ignore_index=True))
+    queries = pd.DataFrame({"query_id": np.arange(1, len(uniques) + 1), "query": list(uniques)})
+    out, at = [], 0
+    for q in cleaned:
+        out.append(pd.Series(codes[at:at + len(q)] + 1, index=q.index))
+        at += len(q)
+    return queries, out
+
+
+def import_csv(ws: Workspace, files: dict[str, str | Path], columns: dict[str, str] | None = None,
+               encoding: str = "utf-8", sep: str = ",", relevance_threshold: float | None = None,
+               on_duplicate: str = "error", name: str | None = None) -> dict[str, int]:
+    """Import CSV files (keys of `files`: products, users, judgments, search_log) into `ws`.
+
+    Judgments and search logs name queries by text in a `query` column. `columns` maps our column
+    names to the files' (a key "table.column" applies to one table only). Query texts are trimmed
+    and inner whitespace collapsed; judgments that then repeat a (query, product) pair are an error
+    unless `on_duplicate` is "mean", "max" or "first". Returns row counts.
+    """
+    columns = columns or {}
+    unknown = set(files) - set(CSV_TABLES)
+    if unknown:
+        raise ValueError(f"cannot import {sorted(unknown)} from CSV; importable tables: {', '.join(CSV_TABLES)}")
+    if "products" not in files and not ws.has("products"):
+        raise ValueError("a products file is needed (the workspace has no products table yet)")
+    raw, maps = {}, {}
+    for table, path in files.items():
+        maps[table] = {k.split(".", 1)[-1]: v for k, v in columns.items() if "." not in k or k.startswith(table + ".")}
+        need = [c.name for c in TABLES[table].columns if c.required and c.name != "query_id"]
+        if table in ("judgments", "search_log"):
+            need.append("query")
+        raw[table] = read_csv(path, maps[table], encoding, sep, tuple(need))
+
+    frames: dict[str, pd.DataFrame] = {}
+    with_q = [t for t in ("judgments", "search_log") if t in raw]
+    if with_q:
+        frames["queries"], ids = _query_ids([(raw[t]["query"], str(files[t])) for t in with_q])
+        for t, qid in zip(with_q, ids):
+            raw[t] = raw[t].drop(columns="query").assign(query_id=qid)
+            maps[t] = {**maps[t], "query_id": maps[t].get("query", "query")}
+    if "judgments" in raw and on_duplicate == "error":
+        j = raw["judgments"]
+        dup = j.duplicated(["query_id", "product_id"]).to_numpy()
+        if dup.any():
+            texts = frames["queries"].set_index("query_id")["query"]
+            raise DataError([(str(files["judgments"]), int(r) + 1, f"{maps['judgments']['query_id']},{maps['judgments'].get('product_id', 'product_id')}",
+                              f"duplicate judgment for query {texts[j['query_id'].iat[r]]!r} and product {j['product_id'].iat[r]!r} "
+                              f"(queries are compared with whitespace collapsed; {int(dup.sum())} in all; "
+                              "--on-duplicate mean|max|first merges them)") for r in np.flatnonzero(dup)[:5]], 1)
+    if "judgments" in raw and on_duplicate != "error":
+        j = raw["judgments"]
+        rel = pd.to_numeric(j["relevance"], errors="coerce")
+        agg = {"mean": "mean", "max": "max", "first": "first"}.get(on_duplicate)
+        if agg is None:
+            raise ValueError(f"on_duplicate must be error, mean, max or first, got {on_duplicate!r}")
+        if rel.notna().all():  # bad numbers are reported by validation, with their rows
+            raw["judgments"] = j.assign(relevance=rel).groupby(["query_id", "product_id"], sort=False, as_index=False)["relevance"].agg(agg)
+    if "search_log" in raw and "users" not in raw and not ws.has("users"):
+        u = raw["search_log"]["user_id"].dropna().unique()
+        if len(u):
+            frames["users"] = pd.DataFrame({"user_id": u})
+    for t in raw:
+        frames[t] = raw[t]
+    try:
+        done = ws.write_tables(frames, {t: str(p) for t, p in files.items()})
+    except DataError as e:
+        table = next((t for t in files if any(f == str(files[t]) for f, *_ in e.problems)), None)
+        raise (_renamed(e, maps[table]) if table else e) from None
+    ws.init(source="csv", files={t: str(p) for t, p in files.items()}, relevance_threshold=relevance_threshold, name=name)
+    return {t: len(d) for t, d in done.items()}
+
+
+def _read_json(path: str | Path) -> dict:
+    text = read_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError([(str(path), None, None, f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}")]) from e
+    if not isinstance(data, dict) or not data:
+        raise DataError([(str(path), None, None, "expected a non-empty JSON object keyed by id")])
+    return data
+
+
+def import_lcrec(ws: Workspace, items: str | Path, inter: str | Path | None = None, name: str | None = None) -> dict[str, int]:
+    """Import LC-Rec item metadata (and user sequences) as products, users and interactions."""
+    meta = _read_json(items)
+    rows, problems = [], []
+    for n, (pid, it) in enumerate(meta.items(), 1):
+        if not isinstance(it, dict):
+            problems.append((str(items), n, None, f"item {pid!r} is not an object"))
+            continue
+        title = html.unescape(str(it.get("title") or "")).strip()
+        if not title:
+            problems.append((str(items), n, "title", f"item {pid!r} has no title"))
+        cats = [html.unescape(c).strip() for c in str(it.get("categories") or "").split(",") if c.strip()]
+        rows.append({"product_id": str(pid), "title": title, "category": " > ".join(cats) or None,
+                     "brand": html.unescape(str(it.get("brand") or "")).strip() or None,
+                     "description": html.unescape(str(it.get("description") or "")).strip() or None})
+    if problems:
+        raise DataError(problems)
+    frames = {"products": pd.DataFrame(rows)}
+    sources = {"products": str(items)}
+    if inter is not None:
+        seqs = _read_json(inter)
+        us, ps, qs = [], [], []
+        for n, (uid, seq) in enumerate(seqs.items(), 1):
+            if not isinstance(seq, list) or not seq:
+                raise DataError([(str(inter), n, None, f"user {uid!r}: expected a non-empty list of item ids")])
+            bad = [(j, x) for j, x in enumerate(seq) if str(x) not in meta]
+            if bad:
+                j, x = bad[0]
+                raise DataError([(str(inter), n, None, f"user {uid!r}, item {j} of the sequence: unknown item {x!r} "
+                                  f"(not in {Path(items).name}; {len(bad)} unknown in this user's sequence)")])
+            us += [str(uid)] * len(seq)
+            ps += [str(x) for x in seq]
+            qs += list(range(len(seq)))
+        frames["users"] = pd.DataFrame({"user_id": [str(u) for u in seqs]})
+        frames["interactions"] = pd.DataFrame({"user_id": us, "product_id": ps, "event": "review", "seq": qs})
+        sources.update(users=str(inter), interactions=str(inter))
+    done = ws.write_tables(frames, sources)
+    ws.init(source="lcrec", files={k: v for k, v in sources.items()}, name=name)
+    return {t: len(d) for t, d in done.items()}

@@ -1,0 +1,284 @@
+"""The logbook: one DuckDB file per workspace recording every run, curve, eval, benchmark and query.
+
+Tables (query them with `workbench sql "..."` or `Logbook.query`):
+    runs     one row per run: run_id, kind, name, config (JSON), seed, code_version, started_at,
+             ended_at, heartbeat_at, status (running | finished | failed | interrupted | crashed),
+             error, host, pid
+    metrics  run_id, stage, step, name, value, time        training curves, one value per row
+    evals    run_id, stage, dataset, method, metric, k, value, time
+    bench    run_id, bench, case_name, params (JSON), metric, value, unit, device, time
+    served   time, run_id, query, user_id, beam_width, latency_ms, n_results, results (JSON), source
+
+Concurrency. DuckDB lets one process hold a database file for writing and never lets another read
+it meanwhile, so nothing here keeps a connection open: every write (a buffered batch) and every read
+opens the file, does its work and closes it, retrying while another process holds the lock. A
+training process therefore never blocks the app for longer than one batch insert, and the app's
+queries see every row flushed so far. Within one process a lock serialises connections (DuckDB
+refuses a read-only and a read-write connection to one file in one process at the same time).
+
+Crash safety. A run's row is written as `running` when it starts and updated with a heartbeat at
+every flush; its end sets `finished`, `failed` or `interrupted`. A process killed outright leaves
+`running` behind (and at most one flush interval of metrics unwritten); the next writer on the same
+host marks runs whose process is gone as `crashed`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, kind VARCHAR, name VARCHAR, config JSON, seed BIGINT,
+    code_version VARCHAR, started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, heartbeat_at TIMESTAMPTZ,
+    status VARCHAR, error VARCHAR, host VARCHAR, pid INTEGER);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR, stage VARCHAR, step BIGINT, name VARCHAR, value DOUBLE, time TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS evals (
+    run_id VARCHAR, stage VARCHAR, dataset VARCHAR, method VARCHAR, metric VARCHAR, k INTEGER,
+    value DOUBLE, time TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS bench (
+    run_id VARCHAR, bench VARCHAR, case_name VARCHAR, params JSON, metric VARCHAR, value DOUBLE,
+    unit VARCHAR, device VARCHAR, time TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS served (
+    time TIMESTAMPTZ, run_id VARCHAR, query VARCHAR, user_id VARCHAR, beam_width INTEGER,
+    latency_ms DOUBLE, n_results INTEGER, results JSON, source VARCHAR);
+"""
+COLUMNS = {
+    "metrics": ["run_id", "stage", "step", "name", "value", "time"],
+    "evals": ["run_id", "stage", "dataset", "method", "metric", "k", "value", "time"],
+    "bench": ["run_id", "bench", "case_name", "params", "metric", "value", "unit", "device", "time"],
+    "served": ["time", "run_id", "query", "user_id", "beam_width", "latency_ms", "n_results", "results", "source"],
+}
+_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@cache
+def code_version() -> str:
+    """Package version plus the git commit (with +dirty) when run from a checkout."""
+    from workbench import __version__
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return __version__
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+        return f"{__version__}+g{sha.stdout.strip()}" + (".dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def _jsonable(x):
+    if is_dataclass(x) and not isinstance(x, type):
+        return asdict(x)
+    return x
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _insert(con, table: str, rows: list[dict]) -> None:
+    df = pd.DataFrame(rows, columns=COLUMNS[table])
+    con.register("_rows", df)
+    cols = ", ".join(COLUMNS[table])
+    con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _rows")
+    con.unregister("_rows")
+
+
+class LogbookBusy(TimeoutError):
+    pass
+
+
+class Logbook:
+    def __init__(self, path: str | Path, lock_timeout: float = 30.0):
+        self.path = Path(path)
+        self.lock_timeout = lock_timeout
+        with _LOCKS_GUARD:
+            self._lock = _LOCKS.setdefault(str(self.path.resolve()), threading.RLock())
+
+    # connections ----------------------------------------------------------------------------
+    @contextmanager
+    def connect(self, read_only: bool = False, timeout: float | None = None, external_access: bool = True):
+        """A short-lived connection; waits (with jittered backoff) while another process holds the file."""
+        if read_only and not self.path.exists():
+            raise FileNotFoundError(f"no logbook at {self.path}: nothing has been logged in this workspace yet")
+        timeout = self.lock_timeout if timeout is None else timeout
+        config = {} if external_access else {"enable_external_access": False}
+        with self._lock:
+            deadline, wait = time.monotonic() + timeout, 0.005
+            while True:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    con = duckdb.connect(str(self.path), read_only=read_only, config=config)
+                    break
+                except duckdb.IOException as e:
+                    if "lock" not in str(e).lower():
+                        raise
+                    if time.monotonic() > deadline:
+                        raise LogbookBusy(f"logbook {self.path} stayed locked by another process for {timeout:.0f} s") from e
+                    time.sleep(wait * (0.5 + random.random()))
+                    wait = min(wait * 2, 0.25)
+            try:
+                if not read_only:
+                    con.execute(SCHEMA)
+                yield con
+            finally:
+                con.close()
+
+    # reading --------------------------------------------------------------------------------
+    def query(self, sql: str, params: list | None = None, safe: bool = False) -> pd.DataFrame:
+        """Run SQL on a read-only connection and return a DataFrame.
+
+        `safe=True` (for SQL typed by a user) also forbids reading files or the network from SQL.
+        """
+        with self.connect(read_only=True, external_access=not safe) as con:
+            return con.execute(sql, params or []).df()
+
+    # writing --------------------------------------------------------------------------------
+    def insert(self, table: str, rows: list[dict], timeout: float | None = None) -> None:
+        if rows:
+            with self.connect(timeout=timeout) as con:
+                _insert(con, table, rows)
+
+    def serve(self, query: str, results: list, latency_ms: float, user_id: str | None = None,
+              beam_width: int | None = None, run_id: str | None = None, source: str = "app") -> None:
+        """Record one served query (the app and the serving benchmark call this)."""
+        self.insert("served", [{
+            "time": now(), "run_id": run_id, "query": query, "user_id": user_id, "beam_width": beam_width,
+            "latency_ms": float(latency_ms), "n_results": len(results), "results": json.dumps(results), "source": source,
+        }])
+
+    def mark_crashed(self) -> int:
+        """Runs of this host still `running` whose process is gone become `crashed`; returns how many."""
+        if not self.path.exists():
+            return 0
+        with self.connect() as con:
+            rows = con.execute("SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ?", [socket.gethostname()]).fetchall()
+            dead = [r for r, pid in rows if pid is not None and pid != os.getpid() and not _pid_alive(pid)]
+            for r in dead:
+                con.execute("UPDATE runs SET status = 'crashed', error = 'process ended without closing the run' WHERE run_id = ?", [r])
+        return len(dead)
+
+    def run(self, kind: str, config=None, seed: int | None = None, name: str | None = None, **kw) -> Run:
+        """Start a run: `with logbook.run("sid-train", cfg, seed=0) as run: run.log(step, loss=...)`."""
+        return Run(self, kind, config, seed, name, **kw)
+
+    def __repr__(self) -> str:
+        return f"Logbook({str(self.path)!r})"
+
+
+class Run:
+    """One run's buffered writer. Use as a context manager; `log` is cheap (appends to a buffer)."""
+
+    def __init__(self, logbook: Logbook, kind: str, config=None, seed=None, name=None,
+                 flush_rows: int = 5000, flush_seconds: float = 5.0):
+        self.logbook, self.kind, self.name = logbook, kind, name or kind
+        self.config = _jsonable(config) if config is not None else {}
+        self.seed = seed
+        self.run_id = f"{kind}-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self._buf: dict[str, list[dict]] = {k: [] for k in COLUMNS}
+        self._last_flush = time.monotonic()
+        self._open = False
+
+    def __enter__(self) -> Run:
+        self.logbook.mark_crashed()
+        t = now()
+        with self.logbook.connect() as con:
+            con.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, 'running', NULL, ?, ?)",
+                [self.run_id, self.kind, self.name, json.dumps(self.config, default=str), self.seed,
+                 code_version(), t, t, socket.gethostname(), os.getpid()],
+            )
+        self._open = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            status, error = "finished", None
+        elif issubclass(exc_type, KeyboardInterrupt):
+            status, error = "interrupted", "KeyboardInterrupt"
+        else:
+            status, error = "failed", f"{exc_type.__name__}: {exc}"
+        self.flush(status=status, error=error, ended=True)
+        self._open = False
+
+    # logging --------------------------------------------------------------------------------
+    def log(self, step: int, stage: str | int | None = None, **values: float) -> None:
+        """Metrics at one step: run.log(120, stage=2, loss=0.31, lr=3e-4)."""
+        t = now()
+        stage = None if stage is None else str(stage)
+        self._buf["metrics"].extend(
+            {"run_id": self.run_id, "stage": stage, "step": int(step), "name": k, "value": float(v), "time": t}
+            for k, v in values.items()
+        )
+        self._maybe_flush()
+
+    def log_eval(self, metric: str, value: float, k: int | None = None, dataset: str | None = None,
+                 method: str | None = None, stage: str | int | None = None) -> None:
+        self._buf["evals"].append({
+            "run_id": self.run_id, "stage": None if stage is None else str(stage), "dataset": dataset,
+            "method": method, "metric": metric, "k": k, "value": float(value), "time": now(),
+        })
+        self._maybe_flush()
+
+    def log_bench(self, bench: str, metric: str, value: float, unit: str | None = None, case_name: str | None = None,
+                  params: dict | None = None, device: str | None = None) -> None:
+        self._buf["bench"].append({
+            "run_id": self.run_id, "bench": bench, "case_name": case_name, "params": json.dumps(params or {}, default=str),
+            "metric": metric, "value": float(value), "unit": unit, "device": device, "time": now(),
+        })
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        n = sum(len(b) for b in self._buf.values())
+        if n >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+            try:
+                self.flush(timeout=1.0)
+            except LogbookBusy:
+                pass  # a reader holds the file: keep buffering, try again at the next log call
+
+    def flush(self, status: str | None = None, error: str | None = None, ended: bool = False,
+              timeout: float | None = None) -> None:
+        """Write buffered rows and the heartbeat in one transaction."""
+        t = now()
+        with self.logbook.connect(timeout=timeout) as con:
+            con.execute("BEGIN TRANSACTION")
+            for table, rows in self._buf.items():
+                if rows:
+                    _insert(con, table, rows)
+            con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [t, self.run_id])
+            if status is not None:
+                con.execute("UPDATE runs SET status = ?, error = ? WHERE run_id = ?", [status, error, self.run_id])
+            if ended:
+                con.execute("UPDATE runs SET ended_at = ? WHERE run_id = ?", [t, self.run_id])
+            con.execute("COMMIT")
+        self._buf = {k: [] for k in COLUMNS}
+        self._last_flush = time.monotonic()
