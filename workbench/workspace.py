@@ -89,7 +89,6 @@ class Workspace:
         """Create (or update) workspace.json; `relevance_threshold` says which grades count as relevant."""
         cur = self.meta
         cur.update({k: v for k, v in meta.items() if v is not None})
-        cur.setdefault("name", self.path.name)
         text = json.dumps(cur, indent=2, sort_keys=True) + "\n"
         atomic_write(self.meta_path, lambda tmp: tmp.write_text(text))
         return self

@@ -11,15 +11,17 @@ nothing is written unless every table is valid.
 
 from __future__ import annotations
 
+import csv
 import html
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from workbench.data.schema import TABLES, DataError, validate
+from workbench.data.schema import TABLES, DataError
 from workbench.workspace import Workspace
 
 CSV_TABLES = ("products", "users", "judgments", "search_log")
@@ -53,7 +55,14 @@ def read_csv(path: str | Path, columns: dict[str, str], encoding: str = "utf-8",
     """
     text = read_text(path, encoding)
     try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[""], index_col=False)
+        if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):  # a row longer than the header
+            rows = csv.reader(io.StringIO(text), delimiter=sep)
+            width = len(next(rows))
+            line, n = next(((i, len(r)) for i, r in enumerate(rows, 2) if len(r) != width), (None, None))
+            raise DataError([(str(path), None, None, f"malformed CSV: line {line} has {n} fields, the header has {width}")])
     except pd.errors.ParserError as e:
         raise DataError([(str(path), None, None, f"malformed CSV: {e}")]) from e
     except pd.errors.EmptyDataError as e:

@@ -11,8 +11,7 @@ Rows are numbered from 1 over the data (the header is not a row). Loaders that r
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -201,11 +200,13 @@ def _coerce(s: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray]:
     """Cast a column to its kind; returns the cast column and a mask of values that did not cast."""
     isna = s.isna().to_numpy()
     if kind == "str":
-        ok = s.map(lambda v: isinstance(v, str), na_action="ignore").fillna(True).to_numpy(bool)
-        if not ok.all() and pd.api.types.is_numeric_dtype(s):  # numeric ids read from CSV are fine
-            out = s.astype("Int64").astype("string") if pd.api.types.is_integer_dtype(s) else s.astype("string")
-            return out.astype(object).where(~isna, None), np.zeros(len(s), bool)
-        return s.astype(object).where(~isna, None), ~ok
+        if pd.api.types.is_numeric_dtype(s):  # numeric ids (e.g. from JSON) become text
+            s = s.astype("Int64") if pd.api.types.is_integer_dtype(s) or (s.dropna() % 1 == 0).all() else s
+            return s.astype("str").where(~isna), np.zeros(len(s), bool)
+        if s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) not in ("string", "empty"):
+            ok = s.map(lambda v: isinstance(v, str), na_action="ignore").fillna(True).to_numpy(bool)
+            return s.where(ok).astype("str"), ~ok
+        return s.astype("str"), np.zeros(len(s), bool)
     if kind == "int":
         num = pd.to_numeric(s, errors="coerce")
         bad = (num.isna().to_numpy() & ~isna) | (num.notna().to_numpy() & (num.fillna(0) % 1 != 0).to_numpy())
@@ -216,7 +217,7 @@ def _coerce(s: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray]:
     if kind == "bool":
         if pd.api.types.is_bool_dtype(s):
             return s.astype("boolean"), np.zeros(len(s), bool)
-        m = {True: True, False: False, 1: True, 0: False, "true": True, "false": False, "1": True, "0": False}
+        m = {True: True, False: False, "true": True, "false": False, "1": True, "0": False}  # 1 == True, 0 == False
         out = s.map(lambda v: m.get(v.lower() if isinstance(v, str) else v), na_action="ignore")
         return out.astype("boolean"), out.isna().to_numpy() & ~isna
     if kind == "time":
@@ -280,9 +281,9 @@ def validate(
     for c in t.columns:
         s = res[c.name]
         if c.kind == "str" and not c.nullable:
-            rule(c.name, s.map(lambda v: isinstance(v, str) and not v.strip(), na_action="ignore").fillna(False), "blank text")
+            rule(c.name, s.str.strip().str.len().eq(0).fillna(False), "blank text")
         if c.kind == "float":
-            rule(c.name, s.map(lambda v: math.isinf(v), na_action="ignore").fillna(False), "infinite number")
+            rule(c.name, np.isinf(s.to_numpy(dtype=float, na_value=np.nan)), "infinite number")
     if table == "products":
         rule("price", res["price"].fillna(0) < 0, "negative price")
         rule("attributes", res["attributes"].map(_bad_attributes, na_action="ignore").fillna(False), "not a JSON object of text values")

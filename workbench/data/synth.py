@@ -10,8 +10,9 @@ What generates the data (all of it deterministic in `SynthConfig.seed`):
 3. Sessions. A user picks a department and a leaf, and types a query from that intent: the leaf's
    noun or a synonym, sometimes an attribute value (or its synonym), a brand, a price phrase, and
    sometimes a typo; a few queries are broad (a level-2 category name).
-4. The legacy engine is lexical: BM25 over title and leaf name plus a popularity prior (its past
-   click-through, which click-bait products earn), showing a page of `page_size` products.
+4. The legacy engine is lexical: it requires the query's most specific word and ranks by BM25
+   over title and category plus a popularity prior (its past click-through, which click-bait
+   products earn), showing a page of `page_size` products.
 5. Behaviour. The user scrolls to a random depth (impressions); a position-biased click model
    clicks on relevant, attractive, favourite-brand products; a purchase model buys relevant,
    good-quality products whose price suits the user (at most one purchase per session).
@@ -324,32 +325,49 @@ def bm25_matrix(docs: list[list[str]], vocab: dict[str, int], k1: float = 1.2, b
 
 
 def _legacy_search(cfg: SynthConfig, cat: dict, sess: dict, progress: bool) -> np.ndarray:
-    """Top `page_size` product indices for every distinct query; -1 pads short pages. (Q, page)"""
+    """Top `page_size` product indices for every distinct query; -1 pads short pages. (Q, page)
+
+    The engine requires the query's most specific word (its rarest indexed word, preferring words
+    over numbers) and ranks the products holding it by BM25 over all query words plus the
+    popularity prior. Queries sharing that word are scored together in one sparse-dense product.
+    A typo in the product noun thus makes the engine fall back on a colour or a brand, as real
+    lexical engines do.
+    """
     lv = cat["leaves"]
     docs = [tokenize(t + " " + lv[k].category) for t, k in zip(cat["tables"]["products"]["title"], cat["leaf"])]
     vocab: dict[str, int] = {}
-    W = bm25_matrix(docs, vocab).T.tocsr()  # (V, P)
+    Wp = bm25_matrix(docs, vocab).tocsr()  # (P, V)
+    Wt = Wp.T.tocsr()  # (V, P) postings
+    df = np.diff(Wt.indptr)
+    numeric = np.zeros(len(vocab), bool)
+    numeric[[j for t, j in vocab.items() if t.isdigit()]] = True
     prior = 0.5 * cat["attractiveness"]
     nq, k = len(sess["qtexts"]), cfg.page_size
     pages = np.full((nq, k), -1, np.int64)
-    batch = 256
-    for s in tqdm(range(0, nq, batch), desc="legacy search", disable=not progress, leave=False):
-        qs = sess["qtexts"][s:s + batch]
-        r_, c_ = [], []
-        for i, q in enumerate(qs):
-            for tok in set(tokenize(q)):
-                if tok in vocab:
-                    r_.append(i)
-                    c_.append(vocab[tok])
-        Q = sp.csr_matrix((np.ones(len(r_), np.float32), (r_, c_)), shape=(len(qs), len(vocab)))
-        S = (Q @ W).tocsr()  # (b, P) BM25 scores of matching products only
-        for i in range(len(qs)):
-            lo, hi = S.indptr[i], S.indptr[i + 1]
-            if lo == hi:
-                continue
-            idx, score = S.indices[lo:hi], S.data[lo:hi] + prior[S.indices[lo:hi]]
-            top = np.lexsort((idx, -score))[:k]  # by score, ties by product order
-            pages[s + i, : len(top)] = idx[top]
+    qtoks, groups = {}, {}
+    for i, text in enumerate(sess["qtexts"]):
+        toks = sorted({vocab[t] for t in tokenize(text) if t in vocab}, key=lambda t: (numeric[t], df[t], t))
+        if toks:
+            qtoks[i] = toks
+            groups.setdefault(toks[0], []).append(i)
+    bar = tqdm(total=len(qtoks), desc="legacy search", disable=not progress, leave=False)
+    for t, qs in groups.items():
+        cand = Wt.indices[Wt.indptr[t]:Wt.indptr[t + 1]]
+        rows = Wp[cand]
+        for b in range(0, len(qs), 64):
+            block = qs[b:b + 64]
+            Q = np.zeros((len(vocab), len(block)), np.float32)  # (V, G) query word indicators
+            for c, i in enumerate(block):
+                Q[qtoks[i], c] = 1.0
+            S = rows @ Q + prior[cand][:, None]  # (C, G) scores of the candidates for each query
+            for c, i in enumerate(block):
+                score = S[:, c]
+                theta = np.partition(score, len(score) - k)[len(score) - k] if len(score) >= k else -np.inf
+                top = np.flatnonzero(score >= theta)  # the page, plus anything tied with its last score
+                top = top[np.lexsort((cand[top], -score[top]))][:k]  # by score, ties by product order
+                pages[i, : len(top)] = cand[top]
+            bar.update(len(block))
+    bar.close()
     return pages
 
 
@@ -418,7 +436,8 @@ def _judgments(cfg: SynthConfig, cat: dict, sess: dict, pages: np.ndarray, r: np
     for q in chosen:
         s0 = first_session[q]
         leaf = sess["leaf"][s0]
-        same_leaf, same_cat2 = by_leaf[leaf], by_cat2[cat["leaf_cat2"][leaf]]
+        none = np.zeros(0, np.int64)
+        same_leaf, same_cat2 = by_leaf.get(leaf, none), by_cat2.get(cat["leaf_cat2"][leaf], none)
         pool = np.concatenate([pages[q][pages[q] >= 0], r.choice(same_leaf, min(15, len(same_leaf)), replace=False),
                                r.choice(same_cat2, min(5, len(same_cat2)), replace=False)])
         pool = np.unique(pool)

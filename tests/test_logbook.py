@@ -1,0 +1,109 @@
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import duckdb
+import pandas as pd
+import pytest
+
+from workbench.logbook import Logbook, code_version
+
+
+def test_run_lifecycle_and_buffered_metrics(tmp_path):
+    lb = Logbook(tmp_path / "lb.duckdb")
+    with lb.run("train", {"lr": 0.1}, seed=7, flush_rows=10_000, flush_seconds=3600) as run:
+        for step in range(50):
+            run.log(step, stage=2, loss=1 / (step + 1), acc=step / 50)
+        assert not (tmp_path / "lb.duckdb").exists() or lb.query("SELECT count(*) n FROM metrics")["n"][0] == 0  # buffered
+        run.log_eval("recall", 0.5, k=10, dataset="dev", method="gen", stage=2)
+        run.log_bench("beam", "latency_ms", 3.2, unit="ms", case_name="w64", params={"width": 64})
+    r = lb.query("SELECT * FROM runs").iloc[0]
+    assert r["status"] == "finished" and r["seed"] == 7 and json.loads(r["config"]) == {"lr": 0.1}
+    assert r["ended_at"] >= r["started_at"] and r["code_version"] == code_version()
+    m = lb.query("SELECT stage, count(*) n, min(value) lo FROM metrics WHERE name = 'loss' GROUP BY stage")
+    assert m["stage"].tolist() == ["2"] and m["n"][0] == 50 and m["lo"][0] == pytest.approx(1 / 50)
+    assert lb.query("SELECT value FROM evals")["value"][0] == 0.5
+    assert json.loads(lb.query("SELECT params FROM bench")["params"][0]) == {"width": 64}
+
+
+def test_failed_and_interrupted_runs_are_marked(tmp_path):
+    lb = Logbook(tmp_path / "lb.duckdb")
+    with pytest.raises(RuntimeError), lb.run("train") as run:
+        run.log(0, loss=1.0)
+        raise RuntimeError("diverged")
+    with pytest.raises(KeyboardInterrupt), lb.run("train"):
+        raise KeyboardInterrupt
+    runs = lb.query("SELECT status, error FROM runs ORDER BY started_at")
+    assert runs["status"].tolist() == ["failed", "interrupted"] and "diverged" in runs["error"][0]
+    assert lb.query("SELECT count(*) n FROM metrics")["n"][0] == 1  # what was logged before the error is kept
+
+
+CHILD = textwrap.dedent("""
+    import os, sys, time
+    from workbench.logbook import Logbook
+    lb = Logbook(sys.argv[1])
+    with lb.run("train", flush_rows=100, flush_seconds=0.05) as run:
+        for step in range(int(sys.argv[2])):
+            run.log(step, stage=1, loss=1.0 / (step + 1))
+            time.sleep(0.001)
+        if sys.argv[3] == "crash":
+            run.flush()
+            os._exit(1)  # killed: no cleanup, the run stays 'running'
+""")
+
+
+def test_crash_leaves_readable_file_with_unfinished_run(tmp_path):
+    path = tmp_path / "lb.duckdb"
+    p = subprocess.run([sys.executable, "-c", CHILD, str(path), "300", "crash"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    lb = Logbook(path)
+    r = lb.query("SELECT status, ended_at, heartbeat_at FROM runs").iloc[0]
+    assert r["status"] == "running" and pd.isna(r["ended_at"])
+    assert lb.query("SELECT count(*) n FROM metrics")["n"][0] == 300
+    assert lb.mark_crashed() == 1  # its process is gone
+    assert lb.query("SELECT status FROM runs")["status"][0] == "crashed"
+
+
+def test_reader_reads_while_another_process_writes(tmp_path):
+    path = tmp_path / "lb.duckdb"
+    writer = subprocess.Popen([sys.executable, "-c", CHILD, str(path), "3000", "ok"], stderr=subprocess.PIPE, text=True)
+    lb = Logbook(path, lock_timeout=60)
+    seen, reads, deadline = [], 0, time.monotonic() + 120
+    while writer.poll() is None and time.monotonic() < deadline:
+        if path.exists():
+            try:
+                seen.append(int(lb.query("SELECT count(*) n FROM metrics")["n"][0]))
+                reads += 1
+            except duckdb.CatalogException:
+                pass  # the writer has not created the tables yet
+        time.sleep(0.02)
+    assert writer.wait(timeout=60) == 0, writer.stderr.read()
+    assert reads >= 5 and seen == sorted(seen)  # many reads during the write, counts only grow
+    assert any(0 < n < 3000 for n in seen)  # it saw rows before the run ended
+    assert lb.query("SELECT count(*) n FROM metrics")["n"][0] == 3000
+    assert lb.query("SELECT status FROM runs")["status"][0] == "finished"
+
+
+def test_user_sql_is_read_only_and_sandboxed(tmp_path):
+    lb = Logbook(tmp_path / "lb.duckdb")
+    with lb.run("x"):
+        pass
+    with pytest.raises(duckdb.Error, match="read-only"):
+        lb.query("DELETE FROM runs", safe=True)
+    with pytest.raises(duckdb.Error, match="disabled by configuration"):
+        lb.query(f"SELECT * FROM read_csv('{__file__}')", safe=True)
+    assert len(lb.query("SELECT * FROM runs", safe=True)) == 1
+
+
+def test_missing_logbook_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing has been logged"):
+        Logbook(tmp_path / "none.duckdb").query("SELECT 1")
+
+
+def test_served_queries(tmp_path):
+    lb = Logbook(tmp_path / "lb.duckdb")
+    lb.serve("red mug", [{"sid": [1, 2, 3], "products": ["a"]}], latency_ms=4.5, user_id="u1", beam_width=8)
+    row = lb.query("SELECT * FROM served").iloc[0]
+    assert row["query"] == "red mug" and row["n_results"] == 1 and json.loads(row["results"])[0]["sid"] == [1, 2, 3]
