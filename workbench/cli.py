@@ -9,15 +9,13 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from workbench.data.schema import DataError
 from workbench.workspace import Workspace, default_path
-
-SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
 
 
 class Errors(click.Group):
@@ -48,52 +46,29 @@ def main(ctx: click.Context, workspace: Path | None) -> None:
 # demo ------------------------------------------------------------------------------------------
 @main.command()
 @click.option("--rebuild", is_flag=True, help="Delete the workspace and build it again.")
+@click.option("--source", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Workspace of tables to build from (default: the repository's sample_data/).")
 @click.option("--embedder", default="minilm", show_default=True, help="minilm or hashing[-DIM].")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for models (cpu, cuda, cuda:1...).")
 @click.pass_context
-def demo(ctx: click.Context, rebuild: bool, embedder: str, device: str) -> None:
-    """Build the default workspace from sample_data/ (if missing) and report what it holds."""
-    from workbench.embed import embed_workspace, get_embedder
+def demo(ctx: click.Context, rebuild: bool, source: Path | None, embedder: str, device: str) -> None:
+    """Build the default workspace from sample_data/ (steps already done are skipped) and report it."""
+    from workbench.pipeline import SAMPLE_DATA, build
 
     ws = _ws(ctx)
     if rebuild and ws.path.exists():
         shutil.rmtree(ws.path)
-    if not ws.exists():
-        click.echo(f"building workspace {ws.path} from {SAMPLE_DATA if SAMPLE_DATA.exists() else 'the sample preset'}")
-        if SAMPLE_DATA.exists():
-            frames = {p.stem: Workspace(SAMPLE_DATA).table(p.stem) for p in sorted((SAMPLE_DATA / "tables").glob("*.parquet"))}
-            meta = {k: v for k, v in Workspace(SAMPLE_DATA).meta.items() if k != "name"}
-        else:
-            from workbench.data.synth import PRESETS, generate
-
-            frames, meta = generate(PRESETS["sample"]), _synth_meta(PRESETS["sample"])
-        ws.write_tables(frames)
-        ws.init(**meta)
-    lb = ws.logbook()
-    with lb.run("build", {"workspace": str(ws.path), "embedder": embedder, "device": device}) as run:
-        counts = ws.validate_all()
-        for i, (t, n) in enumerate(counts.items()):
-            run.log(i, stage="data", **{f"rows_{t}": n})
-        e = get_embedder(embedder, device)
-        t0 = time.perf_counter()
-        vecs = embed_workspace(ws, e)
-        run.log(0, stage="embed", seconds=time.perf_counter() - t0, **{f"n_{k}": len(v) for k, v in vecs.items()})
-    click.echo(f"\nworkspace {ws.path}")
-    for t, n in counts.items():
-        click.echo(f"  {t:<16} {n:>8,} rows")
-    click.echo(f"  embeddings       {embedder} ({', '.join(f'{k}: {v.shape}' for k, v in vecs.items())}), cached in {ws.cache_dir}")
-    click.echo(f"  logbook          {ws.logbook_path}")
-    click.echo("\nnext: workbench sql \"SELECT kind, status, started_at FROM runs\"")
+    click.echo(f"building workspace {ws.path}")
+    t0 = time.perf_counter()
+    build(ws, source or SAMPLE_DATA, embedder, device, echo=click.echo)
+    click.echo(f"done in {time.perf_counter() - t0:.1f} s; logbook {ws.logbook_path}")
+    click.echo('next: workbench data stats; workbench sql "SELECT kind, status, started_at FROM runs"')
 
 
 # data ------------------------------------------------------------------------------------------
 @main.group()
 def data() -> None:
     """Create, import, validate and inspect the workspace's tables."""
-
-
-def _synth_meta(cfg) -> dict:
-    return {"source": "synth", "synth": asdict(cfg), "relevance_threshold": 2.0, "relevance_scale": "0-3 (synthetic grades)"}
 
 
 @data.command()
@@ -107,7 +82,7 @@ def _synth_meta(cfg) -> dict:
 @click.pass_context
 def synth(ctx, out, preset, seed, **sizes) -> None:
     """Generate a synthetic marketplace (catalog, users, queries, search log, judgments, truth)."""
-    from workbench.data.synth import PRESETS, generate
+    from workbench.data.synth import PRESETS, generate, synth_meta
 
     cfg = PRESETS[preset]
     over = {k: v for k, v in {**sizes, "seed": seed}.items() if v is not None}
@@ -115,7 +90,7 @@ def synth(ctx, out, preset, seed, **sizes) -> None:
     ws = Workspace(out) if out else _ws(ctx)
     t0 = time.perf_counter()
     done = ws.write_tables(generate(cfg))
-    ws.init(**_synth_meta(cfg))
+    ws.init(**synth_meta(cfg))
     click.echo(f"wrote {ws.path} in {time.perf_counter() - t0:.1f} s: " + ", ".join(f"{t} {len(d):,}" for t, d in done.items()))
 
 
@@ -189,10 +164,11 @@ def stats(ctx) -> None:
     for t in ws.tables():
         click.echo(f"{t:<16} {len(ws.table(t)):>10,} rows")
     if ws.has("search_log"):
-        log = ws.table("search_log")
-        imp, clk, buy = (int(log[c].sum()) for c in ("impressed", "clicked", "purchased"))
-        click.echo(f"\nsearch log: {log['session_id'].nunique():,} sessions, {imp:,} impressions, {clk:,} clicks "
-                   f"(CTR {clk / max(imp, 1):.3f}), {buy:,} purchases (CVR {buy / max(clk, 1):.3f})")
+        from workbench.data.funnel import funnel
+
+        f = funnel(ws.table("search_log")).to_dict("records")[0]
+        click.echo(f"\nsearch log: {f['sessions']:,} sessions, {f['impressions']:,} impressions, {f['clicks']:,} clicks "
+                   f"(CTR {f['ctr']:.3f}), {f['purchases']:,} purchases (CVR {f['cvr']:.3f})")
 
 
 @data.command()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -68,6 +68,11 @@ class SynthConfig:
 
 
 PRESETS = {"sample": SynthConfig()}
+
+
+def synth_meta(cfg: SynthConfig) -> dict:
+    """workspace.json entries of a synthetic workspace."""
+    return {"source": "synth", "synth": asdict(cfg), "relevance_threshold": 2.0, "relevance_scale": "0-3 (synthetic grades)"}
 ATTR_KEYS = sorted({key for key, _ in ATTRIBUTES.values()})
 ATTR_CODES = {k: {v: i for i, v in enumerate(sorted({v for key, vs in ATTRIBUTES.values() if key == k for v in vs}))}
               for k in ATTR_KEYS}

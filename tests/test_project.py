@@ -1,0 +1,81 @@
+"""The README stays true: its commands are what CI runs, its docs match the code, notebooks carry no outputs."""
+
+import json
+import re
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from workbench import Workspace
+from workbench.cli import main
+from workbench.data.schema import describe
+
+from .conftest import ROOT
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.+?)\n```", section)
+
+
+def test_readme_has_two_commands_and_ci_runs_them():
+    setup, test = readme_commands()
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    assert ci == [setup.split(" && ")[0], test]  # CI installs as the README does, then runs its test command
+
+
+def test_data_model_doc_matches_schema():
+    assert describe() in (ROOT / "docs" / "data_model.md").read_text()
+
+
+def test_notebooks_are_committed_without_outputs():
+    nbs = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert nbs
+    for nb in nbs:
+        for cell in json.loads(nb.read_text())["cells"]:
+            if cell["cell_type"] == "code":
+                assert cell["outputs"] == [] and cell["execution_count"] is None, nb.name
+
+
+def test_python_m_workbench_and_help_on_every_verb():
+    out = subprocess.run([sys.executable, "-m", "workbench", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "demo" in out.stdout
+    runner = CliRunner()
+
+    def walk(group, path):
+        for name, cmd in group.commands.items():
+            r = runner.invoke(main, [*path, name, "--help"])
+            assert r.exit_code == 0 and "Usage:" in r.output, (path, name, r.output)
+            if hasattr(cmd, "commands"):
+                walk(cmd, [*path, name])
+
+    walk(main, [])
+
+
+def test_demo_builds_then_skips_and_sql_reads_the_logbook(tmp_path):
+    ws = tmp_path / "ws"
+    runner = CliRunner()
+    r = runner.invoke(main, ["-w", str(ws), "demo", "--embedder", "hashing-64"])
+    assert r.exit_code == 0, r.output
+    assert "products 3,000" in r.output and "hashing-64: products 3,000x64" in r.output
+    r = runner.invoke(main, ["-w", str(ws), "demo", "--embedder", "hashing-64"])
+    assert r.exit_code == 0 and "tables present" in r.output
+    assert Workspace(ws).meta["copied_from"].endswith("sample_data") and "name" not in Workspace(ws).meta
+    r = runner.invoke(main, ["-w", str(ws), "sql", "SELECT kind, status FROM runs"])
+    assert r.exit_code == 0 and r.output.count("build finished") == 2
+    r = runner.invoke(main, ["-w", str(ws), "sql", "SELECT nonsense FROM runs"])
+    assert r.exit_code != 0 and "SQL error" in r.output and "Traceback" not in r.output
+    r = runner.invoke(main, ["-w", str(ws), "data", "stats"])
+    assert r.exit_code == 0 and re.search(r"CTR 0\.\d{3}\), [\d,]+ purchases", r.output)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(main, ["-w", str(tmp_path / "none"), "data", "stats"])
+    assert r.exit_code != 0 and "no workspace at" in r.output and "Traceback" not in r.output
+    r = runner.invoke(main, ["-w", str(tmp_path / "none"), "demo", "--embedder", "nope"])
+    assert r.exit_code != 0 and "unknown embedder 'nope'" in r.output
+    r = runner.invoke(main, ["-w", str(tmp_path / "w"), "data", "import", "csv", "--map", "oops"])
+    assert r.exit_code != 0

@@ -1,0 +1,64 @@
+"""The default pipeline: build a workspace end to end, skipping steps whose artifacts exist.
+
+`build(ws)` is what `workbench demo` (the README's first command), the notebooks and the app call
+when a workspace is missing. Each step reads the workspace and writes its artifacts there, so a
+rerun only does what is missing and an interrupted build resumes. Later components (SIDs, the
+generator's stages, the beam-width sweep) add their steps to `STEPS`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from workbench.workspace import Workspace
+
+SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
+
+
+def copy_tables(src: Workspace, dst: Workspace) -> dict[str, int]:
+    """Validate and write every table of `src` into `dst`, then its metadata (minus its name)."""
+    src.require()
+    frames = {t: src.table(t) for t in src.tables()}
+    done = dst.write_tables(frames, {t: str(src.table_path(t)) for t in frames})
+    dst.init(**{k: v for k, v in src.meta.items() if k != "name"}, copied_from=str(src.path))
+    return {t: len(d) for t, d in done.items()}
+
+
+def _data(ws: Workspace, source: Path, run, **_) -> str:
+    if ws.exists() and ws.has("products"):
+        return "tables present"
+    if source.exists():
+        counts = copy_tables(Workspace(source), ws)
+    else:  # an installed package without the repo's sample_data/: generate the same marketplace
+        from workbench.data.synth import PRESETS, generate, synth_meta
+
+        counts = {t: len(d) for t, d in ws.write_tables(generate(PRESETS["sample"])).items()}
+        ws.init(**synth_meta(PRESETS["sample"]))
+    run.log(0, stage="data", **{f"rows_{t}": n for t, n in counts.items()})
+    return ", ".join(f"{t} {n:,}" for t, n in counts.items())
+
+
+def _embed(ws: Workspace, run, embedder: str, device: str, **_) -> str:
+    from workbench.embed import embed_workspace, get_embedder
+
+    t0 = time.perf_counter()
+    vecs = embed_workspace(ws, get_embedder(embedder, device))
+    run.log(0, stage="embed", seconds=time.perf_counter() - t0, **{f"n_{k}": len(v) for k, v in vecs.items()})
+    return f"{embedder}: " + ", ".join(f"{k} {v.shape[0]:,}x{v.shape[1]}" for k, v in vecs.items())
+
+
+STEPS = [("data", _data), ("embed", _embed)]
+
+
+def build(ws: Workspace, source: str | Path = SAMPLE_DATA, embedder: str = "minilm", device: str = "cpu",
+          echo=print) -> Workspace:
+    """Run every step of the pipeline on `ws` (from `source`, a workspace of tables); log it as one run."""
+    config = {"workspace": str(ws.path), "source": str(source), "embedder": embedder, "device": device}
+    ws.path.mkdir(parents=True, exist_ok=True)
+    with ws.logbook().run("build", config) as run:
+        for name, step in STEPS:
+            t0 = time.perf_counter()
+            what = step(ws, source=Path(source), run=run, embedder=embedder, device=device)
+            echo(f"  {name:<8} {what} ({time.perf_counter() - t0:.1f} s)")
+    return ws
