@@ -270,5 +270,9 @@ def bench_embed(ctx, n, embedders, device, batch_size) -> None:
                units={"texts_per_s": "1/s", "seconds": "s"}, device=device_name(device))
 
 
+from workbench.sid.cli import sid  # noqa: E402  (later components' verbs plug in here)
+
+main.add_command(sid)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,63 @@
+"""Weights as safetensors with their config inside: never pickle, never `torch.load`.
+
+    save(path, module, cfg, kind="rqvae", **meta)   # atomic: temp file, then rename
+    state, cfg, meta = load(path, Cfg, kind="rqvae")
+
+The file's metadata holds `kind`, the config as JSON and any extra entries (JSON-encoded). `load`
+refuses a file that is missing, not safetensors, of another kind, or whose config does not parse.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from workbench.config import from_json, to_json
+from workbench.workspace import atomic_write
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save(path: str | Path, module: torch.nn.Module, cfg, kind: str, **meta) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    md = {"kind": kind, "config": to_json(cfg), **{k: json.dumps(v, default=str) for k, v in meta.items()}}
+    atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=md))
+
+
+def load(path: str | Path, cfg_cls, kind: str, device: str | torch.device = "cpu") -> tuple[dict, object, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from e
+    if md.get("kind") != kind:
+        raise CheckpointError(f"{path}: a {md.get('kind') or 'unknown'!r} checkpoint, expected {kind!r}")
+    try:
+        cfg = from_json(cfg_cls, md["config"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: config does not fit {cfg_cls.__name__} ({e})") from e
+    extra = {k: json.loads(v) for k, v in md.items() if k not in ("kind", "config")}
+    return state, cfg, extra
+
+
+def load_into(module: torch.nn.Module, state: dict, path: str | Path) -> None:
+    """Load `state` strictly; a missing, extra or mis-shaped tensor is a CheckpointError naming it."""
+    own = module.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state] + [f"unexpected {k}" for k in state if k not in own]
+    problems += [f"{k}: {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model" for k, v in own.items()
+                 if k in state and state[k].shape != v.shape]
+    if problems:
+        raise CheckpointError(f"{path}: tensors do not match the config: " + "; ".join(problems[:5]))
+    module.load_state_dict(state)

@@ -1,0 +1,286 @@
+"""CQ-SID: an RQ-VAE trained with a category constraint and a query constraint (our design; the paper
+publishes only its abstract).
+
+Category constraint (soft prefix purity). For a batch, each product's soft assignment to the codes
+of level l is P_l = softmax(-||r_l - e_l||^2 / (tau_code * mean distance)), (B, K). The chance that
+products i and j share the prefix of length l is S_l[i, j] = prod_{m<=l} (P_m P_m^T)[i, j]. The loss at
+level l is the mean over products of
+
+    -log( sum_j same_category[i, j] * S_l[i, j] / sum_j S_l[i, j] ),   j != i,
+
+a differentiable prefix purity: it is small when the products a prefix holds share its category, and
+it grows when a prefix mixes categories. It does not ask one category to take a single code, so
+large categories still spread over several prefixes "as far as capacity allows".
+
+Query constraint (InfoNCE). Query embeddings go through the same encoder as products. For a batch of
+(query, relevant product) pairs drawn by weight (purchase 2, click 1, judged relevant 1), the loss is
+a multi-positive InfoNCE between normalised query and product latents, both directions, with every
+product in the batch that is relevant to the query counted as a positive. What a query wants is thus
+pulled together in latent space and lands under one prefix.
+
+Two ID modes: `cluster` (the paper's: a SID is the L codes, many products share it) and `unique`
+(TIGER's ablation: an extra dedup token numbers the products that share the L codes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from workbench.sid import metrics
+from workbench.sid.rqvae import RQVAE, RQVAEConfig, sq_dist
+
+MODES = ("cluster", "unique")
+
+
+@dataclass(frozen=True)
+class CQSIDConfig:
+    model: RQVAEConfig = field(default_factory=RQVAEConfig)
+    epochs: int = 80
+    batch_size: int = 512
+    lr: float = 1e-3
+    category_weight: float = 1.0  # 0 turns the category constraint off
+    category_levels: tuple[int, ...] = (1, 2)  # prefix lengths the constraint applies to
+    category_depth: int | None = None  # categories cut at this depth (None: the full path)
+    query_weight: float = 1.0  # 0 turns the query constraint off
+    query_batch: int = 256
+    tau_code: float = 0.1
+    tau_query: float = 0.1
+    restart_until: float = 0.8  # restart dead codes after each epoch until this share of epochs
+    eval_every: int = 10  # epochs between full evaluations (purity, coherence) in the logbook
+    mode: str = "cluster"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.epochs < 1 or self.batch_size < 2 or self.query_batch < 2:
+            raise ValueError(f"epochs >= 1, batch_size >= 2 and query_batch >= 2 needed, got {self.epochs}, "
+                             f"{self.batch_size}, {self.query_batch}")
+        if self.category_weight < 0 or self.query_weight < 0:
+            raise ValueError("constraint weights must be >= 0")
+        bad = [lvl for lvl in self.category_levels if not 1 <= lvl <= self.model.levels]
+        if bad:
+            raise ValueError(f"category_levels {bad} outside 1..{self.model.levels}")
+
+    @property
+    def variant(self) -> str:
+        c, q = self.category_weight > 0, self.query_weight > 0
+        return {(False, False): "plain", (True, False): "+category", (False, True): "+query", (True, True): "cq-sid"}[(c, q)]
+
+
+@dataclass
+class SIDData:
+    """What CQ-SID trains on; rows of `x` are products in `product_ids` order."""
+
+    x: np.ndarray  # (N, D) product vectors
+    product_ids: np.ndarray  # (N,)
+    category: pd.Series | None = None  # (N,) category paths or None
+    qx: np.ndarray | None = None  # (Q, D) query vectors
+    pairs: pd.DataFrame | None = None  # query (row of qx), product (row of x), weight
+
+    def category_codes(self, depth: int | None) -> np.ndarray:
+        """(N,) int category labels at `depth`, -1 where a product has none."""
+        if self.category is None:
+            return np.full(len(self.x), -1)
+        cat = metrics.cut_category(self.category.reset_index(drop=True), depth)
+        codes, _ = pd.factorize(cat)
+        return codes
+
+
+def check_vectors(x: np.ndarray, what: str = "product vectors", dim: int | None = None) -> None:
+    """NaN, infinite or all-zero rows and a wrong width are errors naming the rows."""
+    if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
+        raise ValueError(f"{what}: expected shape (N, {dim or 'D'}), got {x.shape}")
+    bad = ~np.isfinite(x).all(1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(f"{what}: {len(rows)} rows hold NaN or infinite values (rows {rows[:5].tolist()}...)")
+    zero = ~np.abs(x).any(1)
+    if zero.any():
+        rows = np.flatnonzero(zero)
+        raise ValueError(f"{what}: {len(rows)} rows are all zeros, e.g. an empty text (rows {rows[:5].tolist()})")
+
+
+# constraints ---------------------------------------------------------------------------------------
+def soft_assign(r: torch.Tensor, codebook: torch.Tensor, tau: float) -> torch.Tensor:
+    """(B, d) residuals, (K, d) codes -> (B, K) soft assignment; distances scaled by their mean."""
+    d = sq_dist(r, codebook)
+    return torch.softmax(-d / (tau * d.mean(1, keepdim=True).detach().clamp_min(1e-8)), dim=1)
+
+
+def category_loss(residuals: torch.Tensor, codebooks: torch.Tensor, cat: torch.Tensor, levels: tuple[int, ...],
+                  tau: float) -> torch.Tensor:
+    """Soft prefix purity (module docstring). residuals (B, L, d), codebooks L x (K_l, d), cat (B,) with -1 = none."""
+    known = cat >= 0
+    same = (cat[:, None] == cat[None, :]) & known[:, None] & known[None, :]
+    same.fill_diagonal_(False)
+    rows = known & same.any(1)  # products with a category-mate in the batch
+    if not rows.any():
+        return residuals.new_zeros(())
+    other = known[None, :].expand(len(cat), -1).clone()
+    other.fill_diagonal_(False)
+    loss, S = residuals.new_zeros(()), None
+    for lvl in range(max(levels)):
+        P = soft_assign(residuals[:, lvl], codebooks[lvl], tau)
+        co = P @ P.T  # (B, B) chance of sharing the code at this level
+        S = co if S is None else S * co
+        if lvl + 1 in levels:
+            num = (S * same).sum(1)
+            den = (S * other).sum(1)
+            loss = loss + -(torch.log(num[rows] + 1e-12) - torch.log(den[rows] + 1e-12)).mean()
+    return loss / len(levels)
+
+
+def query_loss(zq: torch.Tensor, zp: torch.Tensor, positive: torch.Tensor, tau: float) -> torch.Tensor:
+    """Multi-positive InfoNCE both ways. zq (B, d) queries, zp (B, d) products, positive (B, B) bool."""
+    logits = F.normalize(zq, dim=1) @ F.normalize(zp, dim=1).T / tau
+    neg_inf = torch.finfo(logits.dtype).min
+
+    def one_way(lg: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return (torch.logsumexp(lg, 1) - torch.logsumexp(lg.masked_fill(~pos, neg_inf), 1)).mean()
+
+    return 0.5 * (one_way(logits, positive) + one_way(logits.T, positive.T))
+
+
+# training --------------------------------------------------------------------------------------------
+def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progress: bool = True) -> RQVAE:
+    """Train CQ-SID on `data`; every epoch's losses and code usage (and every `eval_every` epochs the
+    unique rate, purity and coherence) go to `run` (a logbook Run) when given."""
+    m = cfg.model
+    check_vectors(data.x, dim=m.input_dim)
+    n = len(data.x)
+    if n < max(m.codebook_sizes):
+        raise ValueError(f"{n} products but K={max(m.codebook_sizes)} codes at a level: k-means initialisation needs at "
+                         f"least K products; use smaller codebooks (at most {n} codes per level)")
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    model = RQVAE(m).to(device)
+    x = torch.as_tensor(data.x, dtype=torch.float32, device=device)
+    model.set_standardisation(x)
+    model.init_codebooks(x[torch.randperm(n, generator=g)[:20_000].to(device)])
+
+    cat = torch.as_tensor(data.category_codes(cfg.category_depth), device=device)
+    use_cat = cfg.category_weight > 0 and bool((cat >= 0).any())
+    pairs = data.pairs if cfg.query_weight > 0 and data.pairs is not None and len(data.pairs) else None
+    if pairs is not None:
+        check_vectors(data.qx, "query vectors", m.input_dim)
+        qx = torch.as_tensor(data.qx, dtype=torch.float32, device=device)
+        rel = sp.csr_matrix((np.ones(len(pairs)), (pairs["query"], pairs["product"])), shape=(len(qx), n))
+        pw = torch.tensor(pairs["weight"].to_numpy(), dtype=torch.float)
+
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * -(-n // cfg.batch_size), eta_min=cfg.lr * 0.05)
+    bar = tqdm(range(cfg.epochs), desc=f"cq-sid ({cfg.variant})", disable=not progress)
+    for epoch in bar:
+        model.train()
+        sums: dict[str, float] = {}
+        counts = [torch.zeros(k, device=device) for k in m.codebook_sizes]
+        batches = torch.randperm(n, generator=g).to(device).split(cfg.batch_size)
+        for b in batches:
+            out = model(x[b])
+            parts = {"recon": out["recon"], "codebook": out["codebook"], "commit": out["commit"]}
+            loss = out["loss"]
+            if use_cat:
+                parts["category"] = category_loss(out["residuals"], model.codebooks, cat[b], cfg.category_levels, cfg.tau_code)
+                loss = loss + cfg.category_weight * parts["category"]
+            if pairs is not None:
+                pick = torch.multinomial(pw, min(cfg.query_batch, len(pw)), replacement=True, generator=g).numpy()
+                qi, pi = pairs["query"].to_numpy()[pick], pairs["product"].to_numpy()[pick]
+                positive = torch.as_tensor(rel[qi][:, pi].toarray() > 0, device=device)  # (Bq, Bq)
+                parts["query"] = query_loss(model.encode(qx[qi]), model.encode(x[pi]), positive, cfg.tau_query)
+                loss = loss + cfg.query_weight * parts["query"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v.item() / len(batches)
+            for lvl, c in enumerate(out["codes"].T):
+                counts[lvl] += torch.bincount(c, minlength=m.codebook_sizes[lvl])
+        # dead codes: re-seed from live residuals while there is time left to train them
+        restarted = 0
+        if epoch < cfg.restart_until * cfg.epochs and any((c == 0).any() for c in counts):
+            model.eval()
+            with torch.no_grad():
+                sample = x[torch.randperm(n, generator=g)[:8192].to(device)]
+                res = model.quantize(model.encode(sample))[1]
+            restarted = model.restart_dead(counts, res, generator=g)
+        ppl = [float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())) for p in (c / c.sum() for c in counts)]
+        row = {**sums, "lr": sched.get_last_lr()[0], "restarted": restarted,
+               **{f"used_l{i + 1}": float((counts[i] > 0).float().mean()) for i in range(m.levels)},
+               **{f"perplexity_l{i + 1}": ppl[i] for i in range(m.levels)}}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            row.update(flat_stats(evaluate(model, data, cfg, device)))
+        if run is not None:
+            run.log(epoch + 1, stage="sid", **row)
+        bar.set_postfix(recon=f"{sums['recon']:.3f}", ppl1=f"{ppl[0]:.0f}")
+    model.eval()
+    return model
+
+
+# assignment and IDs ------------------------------------------------------------------------------------
+@torch.no_grad()
+def assign(model: RQVAE, x: np.ndarray, device: str = "cpu", chunk: int = 65_536, progress: bool = False) -> np.ndarray:
+    """(N, D) vectors -> (N, L) int32 codes, in chunks so memory stays bounded."""
+    check_vectors(x, dim=model.cfg.input_dim)
+    model.eval()
+    out = np.empty((len(x), model.cfg.levels), np.int32)
+    for s in tqdm(range(0, len(x), chunk), desc="assign SIDs", disable=not progress, unit="chunk"):
+        xb = torch.as_tensor(np.ascontiguousarray(x[s:s + chunk]), dtype=torch.float32, device=device)
+        out[s:s + len(xb)] = model.codes(xb).cpu().numpy()
+    return out
+
+
+def dedup(codes: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+    """(N,) dedup token of each row: its rank among earlier rows with the same codes (TIGER's unique IDs).
+
+    `start` (N,) offsets the count per row, for new products joining clusters that already have members.
+    """
+    if len(codes) == 0:
+        return np.zeros(0, np.int32)
+    _, inv = np.unique(codes, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    order = np.argsort(inv, kind="stable")
+    sorted_inv = inv[order]
+    first = np.r_[0, np.flatnonzero(np.diff(sorted_inv)) + 1]
+    rank = np.arange(len(inv)) - np.repeat(first, np.diff(np.r_[first, len(inv)]))
+    out = np.empty(len(inv), np.int32)
+    out[order] = rank
+    return out + (0 if start is None else start)
+
+
+def evaluate(model: RQVAE, data: SIDData, cfg: CQSIDConfig, device: str = "cpu") -> dict:
+    """Usage, cluster sizes, category purity and query coherence of the model's codes for `data`."""
+    codes = assign(model, data.x, device)
+    out = {"usage": metrics.usage(codes, cfg.model.codebook_sizes), "clusters": metrics.cluster_sizes(codes)}
+    if data.category is not None:
+        out["purity"] = metrics.category_purity(codes, data.category.reset_index(drop=True))
+    if data.pairs is not None and len(data.pairs):
+        out["coherence"] = metrics.query_coherence(codes, data.pairs)
+    return out
+
+
+def flat_stats(stats: dict) -> dict[str, float]:
+    """`evaluate`'s nested result as flat metric names for the logbook."""
+    row = {k: float(v) for k, v in stats["clusters"].items()}
+    for r in stats.get("purity", []):
+        row[f"purity_l{r['level']}_d{r['depth']}"] = r["purity"]
+    for r in stats.get("coherence", []):
+        row[f"coherence_l{r['level']}"] = r["coherence"]
+    return row
+
+
+def variant(cfg: CQSIDConfig, name: str) -> CQSIDConfig:
+    """The four ablation variants of one config: plain, +category, +query, cq-sid."""
+    w = {"plain": (0.0, 0.0), "+category": (1.0, 0.0), "+query": (0.0, 1.0), "cq-sid": (1.0, 1.0)}
+    if name not in w:
+        raise ValueError(f"unknown variant {name!r}; one of {list(w)}")
+    c, q = w[name]
+    return replace(cfg, category_weight=c * (cfg.category_weight or 1.0), query_weight=q * (cfg.query_weight or 1.0))

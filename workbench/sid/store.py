@@ -1,0 +1,187 @@
+"""SID artifacts in a workspace, and the training data CQ-SID reads from one.
+
+    <workspace>/sid/
+      rqvae.safetensors   weights; metadata: kind, CQSIDConfig JSON, embedder, run id
+      sids.parquet        product_id, sid_1..sid_L (+ dedup in unique mode): the SID table
+      index.parquet       the SID index: each valid SID once, with its product count (see index.py)
+
+Every file is written to a temporary name and renamed, the table and index last, so a reader sees
+either the old SIDs or the new ones, never a mix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workbench import checkpoint
+from workbench.sid import metrics
+from workbench.sid.cqsid import CQSIDConfig, SIDData, dedup, evaluate, flat_stats, train
+from workbench.sid.cqsid import assign as assign_codes
+from workbench.sid.index import SIDIndex
+from workbench.sid.rqvae import RQVAE
+from workbench.workspace import Workspace, atomic_write
+
+WEIGHTS = {"purchased": 2.0, "clicked": 1.0, "judged": 1.0}
+
+
+def sid_dir(ws: Workspace) -> Path:
+    return ws.path / "sid"
+
+
+def relevance_pairs(ws: Workspace, product_ids: pd.Index, query_ids: pd.Index) -> pd.DataFrame:
+    """(query row, product row, weight) for clicks, purchases and relevant judgments; weights summed."""
+    parts = []
+    if ws.has("search_log"):
+        log = ws.table("search_log")
+        log = log[log["clicked"]]
+        parts.append(pd.DataFrame({"query_id": log["query_id"], "product_id": log["product_id"],
+                                   "weight": np.where(log["purchased"], WEIGHTS["purchased"], WEIGHTS["clicked"])}))
+    if ws.has("judgments"):
+        j = ws.table("judgments")
+        thr = ws.meta.get("relevance_threshold")
+        j = j[j["relevance"] >= (thr if thr is not None else j["relevance"].max())]
+        parts.append(pd.DataFrame({"query_id": j["query_id"], "product_id": j["product_id"], "weight": WEIGHTS["judged"]}))
+    if not parts:
+        return pd.DataFrame({"query": [], "product": [], "weight": []})
+    df = pd.concat(parts).groupby(["query_id", "product_id"], as_index=False)["weight"].sum()
+    df["query"], df["product"] = query_ids.get_indexer(df["query_id"]), product_ids.get_indexer(df["product_id"])
+    return df[(df["query"] >= 0) & (df["product"] >= 0)][["query", "product", "weight"]].reset_index(drop=True)
+
+
+def workspace_data(ws: Workspace, embedder, progress: bool = True, products: pd.DataFrame | None = None) -> SIDData:
+    """SIDData for the workspace's products (or `products`), with categories and query pairs when present."""
+    from workbench.embed import embed, embed_workspace, product_texts
+
+    ws.require()
+    if products is None:
+        vecs = embed_workspace(ws, embedder, progress=progress)
+        products, x = ws.table("products"), vecs["products"]
+        qx = vecs.get("queries")
+    else:
+        x = embed(product_texts(products), embedder, ws.cache_dir / "embeddings", progress=progress)
+        qx = None
+    pids = pd.Index(products["product_id"])
+    cat = products["category"] if products["category"].notna().any() else None
+    pairs = None
+    if qx is not None:
+        pairs = relevance_pairs(ws, pids, pd.Index(ws.table("queries")["query_id"]))
+    return SIDData(x=x, product_ids=pids.to_numpy(), category=cat, qx=qx, pairs=pairs)
+
+
+def sid_columns(levels: int, mode: str) -> list[str]:
+    return [f"sid_{i + 1}" for i in range(levels)] + (["dedup"] if mode == "unique" else [])
+
+
+def write_sids(ws: Workspace, model: RQVAE, cfg: CQSIDConfig, product_ids: np.ndarray, sids: np.ndarray,
+               **meta) -> None:
+    """Write weights, SID table and index (in that order, each atomically)."""
+    checkpoint.save(sid_dir(ws) / "rqvae.safetensors", model, cfg, kind="cq-sid", **meta)
+    write_table(ws, cfg, product_ids, sids)
+
+
+def write_table(ws: Workspace, cfg: CQSIDConfig, product_ids, sids: np.ndarray) -> None:
+    """The SID table, then the index made from it."""
+    cols = sid_columns(cfg.model.levels, cfg.mode)
+    sids = np.asarray(sids, np.int32)
+    table = pa.table({"product_id": pa.array(product_ids, pa.string()), **{c: pa.array(sids[:, i]) for i, c in enumerate(cols)}})
+    atomic_write(sid_dir(ws) / "sids.parquet", lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    SIDIndex.from_codes(sids, cfg.model.codebook_sizes).save(sid_dir(ws) / "index.parquet")
+
+
+def load_model(ws: Workspace, device: str = "cpu") -> tuple[RQVAE, CQSIDConfig, dict]:
+    path = sid_dir(ws) / "rqvae.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"workspace {ws.path} has no SID model ({path}); train one with `workbench sid train`")
+    state, cfg, meta = checkpoint.load(path, CQSIDConfig, kind="cq-sid", device=device)
+    model = RQVAE(cfg.model).to(device)
+    checkpoint.load_into(model, state, path)
+    model.eval()
+    return model, cfg, meta
+
+
+def load_sids(ws: Workspace) -> pd.DataFrame:
+    path = sid_dir(ws) / "sids.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"workspace {ws.path} has no SID table ({path}); train one with `workbench sid train`")
+    return pq.read_table(path).to_pandas()
+
+
+# workspace-level operations (the `workbench sid ...` verbs) -------------------------------------------
+def train_workspace(ws: Workspace, cfg: CQSIDConfig, embedder, device: str = "cpu", progress: bool = True) -> dict:
+    """Train CQ-SID on the workspace, write weights, SID table and index; log the run. Returns stats."""
+    data = workspace_data(ws, embedder, progress)
+    with ws.logbook().run("sid-train", {"cqsid": cfg, "embedder": embedder.key, "device": device}, seed=cfg.seed,
+                          name=f"sid-train {cfg.variant} {cfg.mode}") as run:
+        model = train(data, cfg, device, run=run, progress=progress)
+        codes = assign_codes(model, data.x, device)
+        sids = np.column_stack([codes, dedup(codes)]) if cfg.mode == "unique" else codes
+        write_sids(ws, model, cfg, data.product_ids, sids, embedder=embedder.key, run_id=run.run_id)
+        stats = evaluate(model, data, cfg, device)
+        log_stats(run, stats, cfg)
+    return stats
+
+
+def log_stats(run, stats: dict, cfg: CQSIDConfig, dataset: str = "catalog") -> None:
+    for name, value in flat_stats(stats).items():
+        run.log_eval(name, value, dataset=dataset, method=f"{cfg.variant}/{cfg.mode}", stage="sid")
+
+
+def assign_new(ws: Workspace, embedder, device: str = "cpu", progress: bool = True) -> dict:
+    """SIDs for products that have none yet (and none for products gone from the catalog), no retraining.
+
+    Returns counts: new products, how many landed in an existing cluster (their L codes were
+    already a SID), removed products, SIDs before and after.
+    """
+    model, cfg, meta = load_model(ws, device)
+    if meta.get("embedder") != embedder.key:
+        raise ValueError(f"the SID model was trained on {meta.get('embedder')!r} embeddings, not {embedder.key!r}; "
+                         f"pass --embedder accordingly")
+    old = load_sids(ws)
+    products = ws.table("products")
+    keep = old[old["product_id"].isin(products["product_id"])]
+    new = products[~products["product_id"].isin(old["product_id"])]
+    levels = [f"sid_{i + 1}" for i in range(cfg.model.levels)]
+    before = len(keep.drop_duplicates(levels))
+    counts = {"new": len(new), "removed": len(old) - len(keep), "sids_before": before}
+    if len(new):
+        data = workspace_data(ws, embedder, progress, products=new.reset_index(drop=True))
+        codes = assign_codes(model, data.x, device, progress=progress)
+        known = SIDIndex.from_codes(keep[levels].to_numpy(), cfg.model.codebook_sizes).contains(codes) if len(keep) else np.zeros(len(codes), bool)
+        counts["into_existing"] = int(known.sum())
+        if cfg.mode == "unique":  # continue numbering after the cluster's current members
+            have = keep.groupby(levels)["dedup"].max() + 1
+            start = pd.MultiIndex.from_arrays(codes.T).map(lambda k: have.get(k, 0)).to_numpy()
+            codes = np.column_stack([codes, dedup(codes, start)])
+        new_rows = pd.DataFrame({"product_id": data.product_ids, **dict(zip(sid_columns(cfg.model.levels, cfg.mode), codes.T))})
+        keep = pd.concat([keep, new_rows], ignore_index=True)
+    else:
+        counts["into_existing"] = 0
+    write_table(ws, cfg, keep["product_id"].to_numpy(), keep[sid_columns(cfg.model.levels, cfg.mode)].to_numpy())
+    counts["sids_after"] = len(keep.drop_duplicates(levels))
+    with ws.logbook().run("sid-assign", {"embedder": embedder.key, "device": device}) as run:
+        run.log(0, stage="sid", **counts)
+    return counts
+
+
+def workspace_stats(ws: Workspace) -> dict:
+    """Usage, cluster sizes, purity and coherence of the workspace's current SID table."""
+    _, cfg, _ = checkpoint.load(sid_dir(ws) / "rqvae.safetensors", CQSIDConfig, kind="cq-sid")
+    sids = load_sids(ws)
+    products = ws.table("products").merge(sids[["product_id"]], on="product_id")
+    sids = sids.set_index("product_id").loc[products["product_id"]].reset_index()
+    codes = sids[[f"sid_{i + 1}" for i in range(cfg.model.levels)]].to_numpy()
+    out = {"config": cfg, "usage": metrics.usage(codes, cfg.model.codebook_sizes), "clusters": metrics.cluster_sizes(codes)}
+    if cfg.mode == "unique":
+        out["unique_ids"] = metrics.cluster_sizes(sids[[*[f"sid_{i + 1}" for i in range(cfg.model.levels)], "dedup"]].to_numpy())
+    if products["category"].notna().any():
+        out["purity"] = metrics.category_purity(codes, products["category"])
+    if ws.has("queries"):
+        pairs = relevance_pairs(ws, pd.Index(products["product_id"]), pd.Index(ws.table("queries")["query_id"]))
+        if len(pairs):
+            out["coherence"] = metrics.query_coherence(codes, pairs)
+    return out
