@@ -166,7 +166,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
 
 
 @pytest.mark.parametrize("mutate,msg", [
-    (lambda x: x.__setitem__((3, 0), np.nan), r"1 rows hold NaN or infinite values \(rows \[3\]"),
+    (lambda x: x.__setitem__((3, 0), np.nan), r"1 rows hold NaN or infinite values \(rows \[3\]\)"),
     (lambda x: x.__setitem__(7, 0.0), r"1 rows are all zeros.*rows \[7\]"),
 ])
 def test_bad_vectors(mutate, msg):

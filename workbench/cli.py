@@ -270,6 +270,90 @@ def bench_embed(ctx, n, embedders, device, batch_size) -> None:
                units={"texts_per_s": "1/s", "seconds": "s"}, device=device_name(device))
 
 
+@bench.command(name="sid")
+@click.option("--dataset", type=click.Choice(["workspace", "scientific", "homedepot"]), default="workspace", show_default=True,
+              help="The -w workspace, or a real data set imported from --datasets into workspaces/bench-<name>.")
+@click.option("--datasets", "datasets_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the real data sets (default: ../shared/datasets beside the repository).")
+@click.option("--codebook-sizes", default="256,256,256", show_default=True)
+@click.option("--epochs", type=int, default=40, show_default=True)
+@click.option("--variants", default="plain,+category,+query,cq-sid", show_default=True)
+@click.option("--embedder", default="minilm", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def bench_sid(ctx, dataset, datasets_dir, codebook_sizes, epochs, variants, embedder, device, seed) -> None:
+    """CQ-SID ablation (plain, +category, +query, both) with the same seed and budget; published indexes too."""
+    from workbench.bench import device_name, report
+    from workbench.bench.sid import ablation, base_config, code_stats, lcrec_index
+    from workbench.embed import get_embedder
+    from workbench.sid.cli import _sizes
+    from workbench.sid.store import workspace_data
+
+    ws = _ws(ctx) if dataset == "workspace" else _bench_workspace(dataset, datasets_dir)
+    e = get_embedder(embedder, device)
+    data = workspace_data(ws.require(), e)
+    base = base_config(e.dim, _sizes(codebook_sizes), epochs, seed)
+    names = [v.strip() for v in variants.split(",")]
+    if data.category is None:
+        names = [v for v in names if v not in ("+category",)]  # no categories: +category is plain
+    if data.pairs is None or not len(data.pairs):
+        names = [v for v in names if v not in ("+query",)]
+    params = {"dataset": dataset, "workspace": str(ws.path), "codebook_sizes": base.model.codebook_sizes, "epochs": epochs,
+              "embedder": e.key, "seed": seed, "products": len(data.x)}
+    with ws.logbook().run("bench", {"bench": "sid", **params}, seed=seed) as run:
+        rows = ablation(data, base, names, device)
+        if dataset == "scientific":
+            root = datasets_dir or DATASETS
+            for name in ("rqvae_native", "letter_native"):
+                codes = lcrec_index(root / "amazon_scientific" / f"{name}__Scientific.index.json", data.product_ids)
+                rows.append(code_stats(f"{name} (published, 3 levels)", codes[:, :3], data.category))
+                rows.append(code_stats(f"{name} (published, 4 levels)", codes, data.category))
+        report("sid", rows, run, params=params, device=device_name(device))
+
+
+DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
+
+
+def _bench_workspace(name: str, root: Path | None) -> Workspace:
+    """workspaces/bench-<name>, imported from the real data set on first use."""
+    from workbench.data.loaders import import_csv, import_lcrec
+
+    root = root or DATASETS
+    ws = Workspace(Path("workspaces") / f"bench-{name}")
+    if ws.exists() and ws.has("products"):
+        return ws
+    if not root.exists():
+        raise FileNotFoundError(f"real data sets not found at {root}; pass --datasets")
+    if name == "scientific":
+        d = root / "amazon_scientific"
+        import_lcrec(ws, d / "Scientific.item.json", d / "Scientific.inter.json")
+    else:
+        d = root / "homedepot"
+        import_csv(ws, {"products": d / "products.csv", "judgments": d / "judgments_dev.csv"},
+                   {"product_id": "product_uid", "title": "product_title"}, relevance_threshold=2.5, on_duplicate="mean")
+    return ws
+
+
+@bench.command(name="sid-assign")
+@click.option("--n", type=int, default=1_000_000, show_default=True, help="Number of products (random vectors).")
+@click.option("--dim", type=int, default=384, show_default=True)
+@click.option("--codebook-sizes", default="256,256,256", show_default=True)
+@click.option("--chunk", type=int, default=65_536, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.pass_context
+def bench_sid_assign(ctx, n, dim, codebook_sizes, chunk, device) -> None:
+    """Time and peak memory of assigning SIDs to N products with a trained model (target: 1M x 384-d <= 30 s)."""
+    from workbench.bench import device_name, report
+    from workbench.bench.sid import assign_scale
+    from workbench.sid.cli import _sizes
+
+    params = {"n": n, "dim": dim, "codebook_sizes": codebook_sizes, "chunk": chunk}
+    with _ws(ctx).logbook().run("bench", {"bench": "sid-assign", **params}) as run:
+        report("sid-assign", [assign_scale(n, dim, _sizes(codebook_sizes), chunk, device)], run, params=params,
+               units={"seconds": "s", "products_per_s": "1/s", "peak_rss_mib": "MiB", "peak_rss_growth_mib": "MiB", "input_mib": "MiB"},
+               device=device_name(device))
+
 from workbench.sid.cli import sid  # noqa: E402  (later components' verbs plug in here)
 
 main.add_command(sid)

@@ -94,18 +94,18 @@ class SIDData:
         return codes
 
 
-def check_vectors(x: np.ndarray, what: str = "product vectors", dim: int | None = None) -> None:
-    """NaN, infinite or all-zero rows and a wrong width are errors naming the rows."""
+def check_vectors(x: np.ndarray, what: str = "product vectors", dim: int | None = None, block: int = 65_536) -> None:
+    """NaN, infinite or all-zero rows and a wrong width are errors naming the rows (checked in blocks: bounded memory)."""
     if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
         raise ValueError(f"{what}: expected shape (N, {dim or 'D'}), got {x.shape}")
-    bad = ~np.isfinite(x).all(1)
-    if bad.any():
-        rows = np.flatnonzero(bad)
-        raise ValueError(f"{what}: {len(rows)} rows hold NaN or infinite values (rows {rows[:5].tolist()}...)")
-    zero = ~np.abs(x).any(1)
-    if zero.any():
-        rows = np.flatnonzero(zero)
-        raise ValueError(f"{what}: {len(rows)} rows are all zeros, e.g. an empty text (rows {rows[:5].tolist()})")
+    nonfinite, zero = [], []
+    for s in range(0, len(x), block):
+        xb = x[s:s + block]
+        nonfinite.append(s + np.flatnonzero(~np.isfinite(xb).all(1)))
+        zero.append(s + np.flatnonzero((xb == 0).all(1)))
+    for rows, msg in ((np.concatenate(nonfinite), "hold NaN or infinite values"), (np.concatenate(zero), "are all zeros, e.g. an empty text")):
+        if len(rows):
+            raise ValueError(f"{what}: {len(rows)} rows {msg} (rows {rows[:5].tolist()})")
 
 
 # constraints ---------------------------------------------------------------------------------------
