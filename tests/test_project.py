@@ -59,12 +59,13 @@ def test_demo_builds_then_skips_and_sql_reads_the_logbook(tmp_path):
     runner = CliRunner()
     r = runner.invoke(main, ["-w", str(ws), "demo", "--embedder", "hashing-64"])
     assert r.exit_code == 0, r.output
-    assert "products 3,000" in r.output and "hashing-64: products 3,000x64" in r.output
+    assert "products 3,000" in r.output and "hashing-64: products 3,000x64" in r.output and "CQ-SID (64, 16, 8)" in r.output
+    assert (ws / "sid" / "sids.parquet").exists() and (ws / "sid" / "index.parquet").exists()
     r = runner.invoke(main, ["-w", str(ws), "demo", "--embedder", "hashing-64"])
-    assert r.exit_code == 0 and "tables present" in r.output
+    assert r.exit_code == 0 and "tables present" in r.output and "SIDs present" in r.output
     assert Workspace(ws).meta["copied_from"].endswith("sample_data") and "name" not in Workspace(ws).meta
     r = runner.invoke(main, ["-w", str(ws), "sql", "SELECT kind, status FROM runs"])
-    assert r.exit_code == 0 and r.output.count("build finished") == 2
+    assert r.exit_code == 0 and r.output.count("build finished") == 2 and r.output.count("sid-train finished") == 1
     r = runner.invoke(main, ["-w", str(ws), "sql", "SELECT nonsense FROM runs"])
     assert r.exit_code != 0 and "SQL error" in r.output and "Traceback" not in r.output
     r = runner.invoke(main, ["-w", str(ws), "data", "stats"])

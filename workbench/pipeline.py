@@ -48,7 +48,28 @@ def _embed(ws: Workspace, run, embedder: str, device: str, **_) -> str:
     return f"{embedder}: " + ", ".join(f"{k} {v.shape[0]:,}x{v.shape[1]}" for k, v in vecs.items())
 
 
-STEPS = [("data", _data), ("embed", _embed)]
+SID_SIZES = (64, 16, 8)  # cluster IDs for a catalog of a few thousand products: median cluster ~2, max ~70
+SID_EPOCHS = 40
+
+
+def _sid(ws: Workspace, run, embedder: str, device: str, **_) -> str:
+    from dataclasses import replace
+
+    from workbench.embed import get_embedder
+    from workbench.sid.cqsid import CQSIDConfig
+    from workbench.sid.rqvae import RQVAEConfig
+    from workbench.sid.store import sid_dir, train_workspace
+
+    if (sid_dir(ws) / "sids.parquet").exists():
+        return "SIDs present"
+    e = get_embedder(embedder, device)
+    cfg = replace(CQSIDConfig(model=RQVAEConfig(input_dim=e.dim, codebook_sizes=SID_SIZES)), epochs=SID_EPOCHS)
+    c = train_workspace(ws, cfg, e, device)["clusters"]
+    run.log(0, stage="sid", sids=c["sids"], collision_rate=c["collision_rate"])
+    return f"CQ-SID {SID_SIZES}: {c['sids']:,} SIDs, cluster size median {c['size_median']:g}, max {c['size_max']}"
+
+
+STEPS = [("data", _data), ("embed", _embed), ("sid", _sid)]
 
 
 def build(ws: Workspace, source: str | Path = SAMPLE_DATA, embedder: str = "minilm", device: str = "cpu",
