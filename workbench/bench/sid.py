@@ -15,7 +15,7 @@ from workbench.sid import metrics
 from workbench.sid.cqsid import CQSIDConfig, SIDData, assign, evaluate, flat_stats, train, variant
 from workbench.sid.rqvae import RQVAEConfig
 
-COLUMNS = ["sids", "unique_rate", "collision_rate", "size_max", "size_median", "size_p99", "purity_l1_d1",
+COLUMNS = ["sids", "unique_rate", "collision_rate", "size_max", "size_median", "size_p99", "purity_l1_d1", "purity_l1_d2",
            "purity_l1_dfull", "purity_l2_dfull", "coherence_l1", "coherence_l2", "coherence_l3"]
 
 
@@ -45,7 +45,7 @@ def code_stats(case: str, codes: np.ndarray, category: pd.Series | None, pairs: 
     """The same columns as `ablation`, for a given codes array (e.g. a published index)."""
     row = {"case": case, **{k: v for k, v in metrics.cluster_sizes(codes).items() if k in COLUMNS}}
     if category is not None:
-        for r in metrics.category_purity(codes, category.reset_index(drop=True), (1, None)):
+        for r in metrics.category_purity(codes, category.reset_index(drop=True), (1, 2, None)):
             row[f"purity_l{r['level']}_d{r['depth']}"] = r["purity"]
     if pairs is not None and len(pairs):
         for r in metrics.query_coherence(codes, pairs):
