@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from workbench.config import from_json, to_json
@@ -35,8 +35,6 @@ def load(path: str | Path, cfg_cls, kind: str, device: str | torch.device = "cpu
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             md = f.metadata() or {}
         state = load_file(str(path), device=str(device))

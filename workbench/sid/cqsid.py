@@ -174,6 +174,7 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
         qx = torch.as_tensor(data.qx, dtype=torch.float32, device=device)
         rel = sp.csr_matrix((np.ones(len(pairs)), (pairs["query"], pairs["product"])), shape=(len(qx), n))
         pw = torch.tensor(pairs["weight"].to_numpy(), dtype=torch.float)
+        pair_q, pair_p = pairs["query"].to_numpy(), pairs["product"].to_numpy()
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * -(-n // cfg.batch_size), eta_min=cfg.lr * 0.05)
@@ -192,7 +193,7 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
                 loss = loss + cfg.category_weight * parts["category"]
             if pairs is not None:
                 pick = torch.multinomial(pw, min(cfg.query_batch, len(pw)), replacement=True, generator=g).numpy()
-                qi, pi = pairs["query"].to_numpy()[pick], pairs["product"].to_numpy()[pick]
+                qi, pi = pair_q[pick], pair_p[pick]
                 positive = torch.as_tensor(rel[qi][:, pi].toarray() > 0, device=device)  # (Bq, Bq)
                 parts["query"] = query_loss(model.encode(qx[qi]), model.encode(x[pi]), positive, cfg.tau_query)
                 loss = loss + cfg.query_weight * parts["query"]
