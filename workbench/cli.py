@@ -281,8 +281,9 @@ def bench_embed(ctx, n, embedders, device, batch_size) -> None:
 @click.option("--embedder", default="minilm", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--rotation-trick", is_flag=True, help="Rotation trick instead of straight-through gradients.")
 @click.pass_context
-def bench_sid(ctx, dataset, datasets_dir, codebook_sizes, epochs, variants, embedder, device, seed) -> None:
+def bench_sid(ctx, dataset, datasets_dir, codebook_sizes, epochs, variants, embedder, device, seed, rotation_trick) -> None:
     """CQ-SID ablation (plain, +category, +query, both) with the same seed and budget; published indexes too."""
     from workbench.bench import device_name, report
     from workbench.bench.sid import ablation, base_config, code_stats, lcrec_index
@@ -293,13 +294,14 @@ def bench_sid(ctx, dataset, datasets_dir, codebook_sizes, epochs, variants, embe
     ws = _ws(ctx) if dataset == "workspace" else _bench_workspace(dataset, datasets_dir)
     e = get_embedder(embedder, device)
     data = workspace_data(ws.require(), e)
-    base = base_config(e.dim, _sizes(codebook_sizes), epochs, seed)
+    base = base_config(e.dim, _sizes(codebook_sizes), epochs, seed, rotation_trick)
     names = [v.strip() for v in variants.split(",")]
     if data.category is None:
         names = [v for v in names if v not in ("+category",)]  # no categories: +category is plain
     if data.pairs is None or not len(data.pairs):
         names = [v for v in names if v not in ("+query",)]
     params = {"dataset": dataset, "workspace": str(ws.path), "codebook_sizes": base.model.codebook_sizes, "epochs": epochs,
+              "rotation_trick": rotation_trick,
               "embedder": e.key, "seed": seed, "products": len(data.x)}
     with ws.logbook().run("bench", {"bench": "sid", **params}, seed=seed) as run:
         rows = ablation(data, base, names, device)

@@ -73,5 +73,6 @@ def assign_scale(n: int, dim: int = 384, sizes: tuple[int, ...] = (256, 256, 256
             "sids": metrics.cluster_sizes(codes)["sids"], "chunk": chunk}
 
 
-def base_config(dim: int, sizes: tuple[int, ...], epochs: int, seed: int = 0) -> CQSIDConfig:
-    return replace(CQSIDConfig(model=RQVAEConfig(input_dim=dim, codebook_sizes=sizes), epochs=epochs), seed=seed)
+def base_config(dim: int, sizes: tuple[int, ...], epochs: int, seed: int = 0, rotation_trick: bool = False) -> CQSIDConfig:
+    model = RQVAEConfig(input_dim=dim, codebook_sizes=sizes, rotation_trick=rotation_trick)
+    return replace(CQSIDConfig(model=model, epochs=epochs), seed=seed)
