@@ -53,7 +53,7 @@ class CQSIDConfig:
     tau_code: float = 0.1
     tau_query: float = 0.1
     restart_until: float = 0.8  # restart dead codes after each epoch until this share of epochs
-    eval_every: int = 10  # epochs between full evaluations (purity, coherence) in the logbook
+    eval_every: int = 1  # epochs between full evaluations (unique rate, purity, coherence) in the logbook
     mode: str = "cluster"
     seed: int = 0
 

@@ -18,8 +18,11 @@ import pandas as pd
 
 
 def prefix_ids(codes: np.ndarray, level: int) -> np.ndarray:
-    """(N, L) codes -> (N,) integer id of each row's prefix of length `level` (dense, 0..P-1)."""
-    return np.unique(codes[:, :level], axis=0, return_inverse=True)[1].reshape(-1)
+    """(N, L) codes -> (N,) integer id of each row's prefix of length `level` (dense, 0..P-1, in sorted order)."""
+    key = np.zeros(len(codes), np.int64)
+    for j in range(level):  # mixed-radix number of the prefix (fits int64 for any realistic L and K)
+        key = key * (int(codes[:, j].max(initial=0)) + 1) + codes[:, j]
+    return np.unique(key, return_inverse=True)[1].reshape(-1)
 
 
 def usage(codes: np.ndarray, sizes: tuple[int, ...]) -> list[dict]:
@@ -54,12 +57,15 @@ def category_purity(codes: np.ndarray, category: pd.Series, depths: tuple[int | 
         return []
     out = []
     for depth in depths:
-        cat = cut_category(category[has].reset_index(drop=True), depth)
+        cat = pd.factorize(cut_category(category[has].reset_index(drop=True), depth))[0]
+        ncat = int(cat.max()) + 1
         for lvl in range(1, codes.shape[1] + 1):
             pre = prefix_ids(codes[has], lvl)
-            ct = pd.crosstab(pre, cat.to_numpy())
-            out.append({"level": lvl, "depth": "full" if depth is None else depth, "purity": float(ct.max(1).sum() / has.sum()),
-                        "prefixes": len(ct), "categories": ct.shape[1]})
+            keys, counts = np.unique(pre.astype(np.int64) * ncat + cat, return_counts=True)  # (prefix, category) cells
+            starts = np.r_[0, np.flatnonzero(np.diff(keys // ncat)) + 1]  # first cell of each prefix
+            majority = np.maximum.reduceat(counts, starts)
+            out.append({"level": lvl, "depth": "full" if depth is None else depth, "purity": float(majority.sum() / has.sum()),
+                        "prefixes": len(starts), "categories": ncat})
     return out
 
 
