@@ -257,9 +257,10 @@ def dedup(codes: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
     return out + (0 if start is None else start)
 
 
-def evaluate(model: RQVAE, data: SIDData, cfg: CQSIDConfig, device: str = "cpu") -> dict:
-    """Usage, cluster sizes, category purity and query coherence of the model's codes for `data`."""
-    codes = assign(model, data.x, device)
+def evaluate(model: RQVAE, data: SIDData, cfg: CQSIDConfig, device: str = "cpu", codes: np.ndarray | None = None) -> dict:
+    """Usage, cluster sizes, category purity and query coherence of the model's codes for `data`
+    (`codes`, when the caller has already assigned them)."""
+    codes = assign(model, data.x, device) if codes is None else codes
     out = {"usage": metrics.usage(codes, cfg.model.codebook_sizes), "clusters": metrics.cluster_sizes(codes)}
     if data.category is not None:
         out["purity"] = metrics.category_purity(codes, data.category.reset_index(drop=True))

@@ -121,7 +121,7 @@ def train_workspace(ws: Workspace, cfg: CQSIDConfig, embedder, device: str = "cp
         codes = assign_codes(model, data.x, device)
         sids = np.column_stack([codes, dedup(codes)]) if cfg.mode == "unique" else codes
         write_sids(ws, model, cfg, data.product_ids, sids, embedder=embedder.key, run_id=run.run_id)
-        stats = evaluate(model, data, cfg, device)
+        stats = evaluate(model, data, cfg, device, codes=codes)
         log_stats(run, stats, cfg)
     return stats
 
