@@ -218,7 +218,9 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
                **{f"used_l{i + 1}": float((counts[i] > 0).float().mean()) for i in range(m.levels)},
                **{f"perplexity_l{i + 1}": ppl[i] for i in range(m.levels)}}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            row.update(flat_stats(evaluate(model, data, cfg, device)))
+            with torch.no_grad():  # x is checked and on the device already: code it in chunks, no round trip
+                codes = torch.cat([model.codes(xb) for xb in x.split(65_536)]).cpu().numpy()
+            row.update(flat_stats(evaluate(model, data, cfg, device, codes=codes)))
         if run is not None:
             run.log(epoch + 1, stage="sid", **row)
         bar.set_postfix(recon=f"{sums['recon']:.3f}", ppl1=f"{ppl[0]:.0f}")

@@ -145,7 +145,7 @@ def assign_new(ws: Workspace, embedder, device: str = "cpu", progress: bool = Tr
     products = ws.table("products")
     keep = old[old["product_id"].isin(products["product_id"])]
     new = products[~products["product_id"].isin(old["product_id"])]
-    levels = [f"sid_{i + 1}" for i in range(cfg.model.levels)]
+    levels = sid_columns(cfg.model.levels, "cluster")
     before = len(keep.drop_duplicates(levels))
     counts = {"new": len(new), "removed": len(old) - len(keep), "sids_before": before}
     if len(new):
@@ -174,10 +174,10 @@ def workspace_stats(ws: Workspace) -> dict:
     sids = load_sids(ws)
     products = ws.table("products").merge(sids[["product_id"]], on="product_id")
     sids = sids.set_index("product_id").loc[products["product_id"]].reset_index()
-    codes = sids[[f"sid_{i + 1}" for i in range(cfg.model.levels)]].to_numpy()
+    codes = sids[sid_columns(cfg.model.levels, "cluster")].to_numpy()
     out = {"config": cfg, "usage": metrics.usage(codes, cfg.model.codebook_sizes), "clusters": metrics.cluster_sizes(codes)}
     if cfg.mode == "unique":
-        out["unique_ids"] = metrics.cluster_sizes(sids[[*[f"sid_{i + 1}" for i in range(cfg.model.levels)], "dedup"]].to_numpy())
+        out["unique_ids"] = metrics.cluster_sizes(sids[sid_columns(cfg.model.levels, "unique")].to_numpy())
     if products["category"].notna().any():
         out["purity"] = metrics.category_purity(codes, products["category"])
     if ws.has("queries"):
