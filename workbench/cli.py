@@ -314,6 +314,61 @@ def bench_sid(ctx, dataset, datasets_dir, codebook_sizes, epochs, variants, embe
         report("sid", rows, run, params=params, device=device_name(device))
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        out = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated integers, e.g. 1,4,16") from None
+    if min(out) < 1:
+        raise click.BadParameter(f"{text!r}: values must be >= 1")
+    return out
+
+
+@bench.command(name="beam")
+@click.option("--widths", default="1,2,4,8,16,32,64,128,256", show_default=True)
+@click.option("--batch-sizes", default="1,32", show_default=True)
+@click.option("--k", type=int, default=50, show_default=True, help="Recall@K over the retrieved products.")
+@click.option("--tolerance", type=float, default=0.02, show_default=True,
+              help="Pick the smallest width whose Recall@K is within this share of the widest width's.")
+@click.option("--ids", "modes", default="cluster,unique", show_default=True,
+              help="Compare cluster and unique IDs (each in workspaces/bench-beam-<mode>, built from -w's tables), "
+                   "or 'workspace' for the workspace's own generator.")
+@click.option("--speed/--no-speed", default=True, show_default=True,
+              help="Also time our beam search against HF T5 generate (random models, 20k SIDs, batch 32, width 64).")
+@click.option("--rounds", type=int, default=3, show_default=True)
+@click.option("--embedder", default="minilm", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.pass_context
+def bench_beam(ctx, widths, batch_sizes, k, tolerance, modes, speed, rounds, embedder, device) -> None:
+    """Beam width vs latency and Recall@K (cluster vs unique IDs); speed against Hugging Face generate."""
+    from workbench.bench import beam as bb
+    from workbench.bench import device_name, report
+    from workbench.gen.data import eval_set
+    from workbench.gen.retrieve import Retriever
+
+    ws = _ws(ctx).require()
+    widths, sizes = _ints(widths), _ints(batch_sizes)
+    params = {"widths": widths, "batch_sizes": sizes, "k": k, "tolerance": tolerance, "ids": modes, "rounds": rounds}
+    with ws.logbook().run("bench", {"bench": "beam", **params, "device": device}) as run:
+        if speed:
+            rows, summary = bb.speed(device=device, rounds=rounds)
+            report("beam-speed", rows, run, units={"s_per_batch": "s", "queries_per_s": "1/s"},
+                   params={"batch": 32, "width": 64, "sids": summary["sids"]}, device=device_name(device))
+            report("beam-speed-summary", [{"case": "batch 32, width 64", **summary}], run, device=device_name(device))
+        picks = {}
+        for mode in [m.strip() for m in modes.split(",")]:
+            w = ws if mode == "workspace" else bb.mode_workspace(ws, mode, embedder, device)
+            rows = bb.sweep(Retriever.from_workspace(w, device=device), eval_set(w), widths, sizes, k, rounds, f"{mode} ")
+            report(f"beam-sweep ({mode} IDs)", rows, run, units={"p50_ms": "ms", "p95_ms": "ms", "queries_per_s": "1/s"},
+                   params={**params, "workspace": str(w.path)}, device=device_name(device))
+            picks[mode] = (rows, bb.pick_width(rows, k, tolerance))
+        summary = []
+        target = min(p["widest_recall"] for _, p in picks.values()) * (1 - tolerance)
+        for mode, (rows, p) in picks.items():
+            summary.append({"case": mode, **p, "target_recall": target, "width_for_target": bb.width_for_recall(rows, k, target)})
+        report("beam-width-choice", summary, run, device=device_name(device))
+
+
 DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 
 
@@ -356,9 +411,11 @@ def bench_sid_assign(ctx, n, dim, codebook_sizes, chunk, device) -> None:
                units={"seconds": "s", "products_per_s": "1/s", "peak_rss_mib": "MiB", "peak_rss_growth_mib": "MiB", "input_mib": "MiB"},
                device=device_name(device))
 
+from workbench.gen.cli import gen  # noqa: E402
 from workbench.sid.cli import sid  # noqa: E402  (later components' verbs plug in here)
 
 main.add_command(sid)
+main.add_command(gen)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -37,7 +37,7 @@ class GenConfig:
     enc_layers: int = 4  # scratch only; minilm brings its own 6
     dec_layers: int = 4
     d_ff: int = 1024
-    dropout: float = 0.1
+    dropout: float = 0.1  # on residual branches (attention weights are not dropped: slow on CPU, little gain)
     max_len: int = 32  # text tokens kept per input
     context_vocab: int = 0  # ids of optional context tokens (users, history); 0 = none
 
@@ -91,7 +91,7 @@ class EncoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         q, k, v = (heads(t, self.h) for t in self.qkv(self.ln1(x)).chunk(3, -1))  # 3 x (B, H, T, dh)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + F.dropout(self.o(merge(a)), self.p, self.training)
         return x + self.mlp(self.ln2(x))
 
@@ -153,7 +153,7 @@ class DecoderBlock(nn.Module):
         qkv = self.qkv(self.ln1(x))  # (B, T, 3d)
         if cache is None:
             sq, sk, sv = (heads(t, self.h) for t in qkv.chunk(3, -1))  # (B, H, T, dh) each
-            a = merge(F.scaled_dot_product_attention(sq, sk, sv, is_causal=True, dropout_p=self.p if self.training else 0.0))
+            a = merge(F.scaled_dot_product_attention(sq, sk, sv, is_causal=True))
             new = None
         else:  # a handful of past tokens per beam: plain products beat an attention kernel here
             sq, sk, sv = qkv.view(B * T, 1, 3, self.h, -1).unbind(2)  # (B*W, 1, H, dh) each
@@ -165,7 +165,7 @@ class DecoderBlock(nn.Module):
         # cross-attention: the T positions (or W beams) of a query all read that query's memory
         q = heads(self.q(self.ln2(x)), self.h)  # (B, H, T, dh)
         w = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).masked_fill(~mask, float("-inf")).softmax(-1)  # (B, H, T, S)
-        a = merge(F.dropout(w, self.p, self.training) @ v)  # (B, T, d)
+        a = merge(w @ v)  # (B, T, d)
         x = x + F.dropout(self.o2(a), self.p, self.training)
         return x + self.mlp(self.ln3(x)), new
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workbench import checkpoint
+from workbench.data.relevance import relevance
 from workbench.sid import metrics
 from workbench.sid.cqsid import CQSIDConfig, SIDData, dedup, evaluate, flat_stats, train
 from workbench.sid.cqsid import assign as assign_codes
@@ -26,29 +27,14 @@ from workbench.sid.index import SIDIndex
 from workbench.sid.rqvae import RQVAE
 from workbench.workspace import Workspace, atomic_write
 
-WEIGHTS = {"purchased": 2.0, "clicked": 1.0, "judged": 1.0}
-
 
 def sid_dir(ws: Workspace) -> Path:
     return ws.path / "sid"
 
 
 def relevance_pairs(ws: Workspace, product_ids: pd.Index, query_ids: pd.Index) -> pd.DataFrame:
-    """(query row, product row, weight) for clicks, purchases and relevant judgments; weights summed."""
-    parts = []
-    if ws.has("search_log"):
-        log = ws.table("search_log")
-        log = log[log["clicked"]]
-        parts.append(pd.DataFrame({"query_id": log["query_id"], "product_id": log["product_id"],
-                                   "weight": np.where(log["purchased"], WEIGHTS["purchased"], WEIGHTS["clicked"])}))
-    if ws.has("judgments"):
-        j = ws.table("judgments")
-        thr = ws.meta.get("relevance_threshold")
-        j = j[j["relevance"] >= (thr if thr is not None else j["relevance"].max())]
-        parts.append(pd.DataFrame({"query_id": j["query_id"], "product_id": j["product_id"], "weight": WEIGHTS["judged"]}))
-    if not parts:
-        return pd.DataFrame({"query": [], "product": [], "weight": []})
-    df = pd.concat(parts).groupby(["query_id", "product_id"], as_index=False)["weight"].sum()
+    """(query row, product row, weight) of the workspace's relevance (see workbench.data.relevance)."""
+    df = relevance(ws)
     df["query"], df["product"] = query_ids.get_indexer(df["query_id"]), product_ids.get_indexer(df["product_id"])
     return df[(df["query"] >= 0) & (df["product"] >= 0)][["query", "product", "weight"]].reset_index(drop=True)
 

@@ -1,0 +1,50 @@
+"""Which products are relevant to which query, and which queries are held out for evaluation.
+
+    relevance(ws)          (query_id, product_id, weight): purchases 2, clicks 1, relevant judgments 1, summed
+    held_out(query_ids)    (N,) bool: the evaluation queries, a fixed share chosen by a hash of the id
+
+The split is a pure function of the query id (and the share and salt), so every tool that trains or
+evaluates on a workspace agrees on it without storing anything, and a query keeps its side when the
+log grows. A judgment counts as relevant at the workspace's `relevance_threshold` (meta) or, without
+one, at the highest grade in the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+WEIGHTS = {"purchased": 2.0, "clicked": 1.0, "judged": 1.0}
+SOURCES = tuple(WEIGHTS)
+
+
+def relevance(ws, sources: tuple[str, ...] = SOURCES) -> pd.DataFrame:
+    unknown = set(sources) - set(SOURCES)
+    if unknown:
+        raise ValueError(f"unknown relevance sources {sorted(unknown)}; choose from {SOURCES}")
+    parts = []
+    if ws.has("search_log") and {"clicked", "purchased"} & set(sources):
+        log = ws.table("search_log")
+        log = log[log["clicked"] | log["purchased"]]
+        w = np.where(log["purchased"], WEIGHTS["purchased"] if "purchased" in sources else 0.0,
+                     WEIGHTS["clicked"] if "clicked" in sources else 0.0)
+        parts.append(pd.DataFrame({"query_id": log["query_id"], "product_id": log["product_id"], "weight": w}))
+    if ws.has("judgments") and "judged" in sources:
+        j = ws.table("judgments")
+        thr = ws.meta.get("relevance_threshold")
+        j = j[j["relevance"] >= (thr if thr is not None else j["relevance"].max())]
+        parts.append(pd.DataFrame({"query_id": j["query_id"], "product_id": j["product_id"], "weight": WEIGHTS["judged"]}))
+    if not parts:
+        return pd.DataFrame({"query_id": pd.Series(dtype=object), "product_id": pd.Series(dtype=str), "weight": pd.Series(dtype=float)})
+    df = pd.concat(parts).groupby(["query_id", "product_id"], as_index=False)["weight"].sum()
+    return df[df["weight"] > 0].reset_index(drop=True)
+
+
+def held_out(query_ids, share: float = 0.2, salt: str = "eval") -> np.ndarray:
+    """(N,) True for the queries kept out of training."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"held-out share must be in [0, 1), got {share}")
+    h = [int.from_bytes(hashlib.blake2b(f"{salt}:{q}".encode(), digest_size=8).digest(), "little") for q in query_ids]
+    return np.asarray(h, dtype=np.uint64) < np.uint64(share * 2**64)

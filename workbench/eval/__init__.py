@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics, baselines and the harness that compares them."""

@@ -1,0 +1,81 @@
+"""Training and evaluation examples for the generator: text (+ context) -> SID.
+
+    Pairs(text, sids (N, L), weight (N,), context (N, C) or None, source)
+
+- `item_pairs`:  each product's title and its category path -> the product's SID (stage 1: learn the
+                 catalog's language);
+- `query_pairs`: each training query -> the SIDs of the products relevant to it, weighted by
+                 purchases / clicks / judgments (stage 2); held-out queries are never used;
+- `eval_set`:    held-out queries and their relevant product ids, for Recall@K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from workbench.data.relevance import held_out, relevance
+from workbench.sid.store import load_sids
+
+
+@dataclass
+class Pairs:
+    text: list[str]
+    sids: np.ndarray  # (N, L) int
+    weight: np.ndarray  # (N,) float
+    context: np.ndarray | None = None  # (N, C) int, -1 = empty slot
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    @staticmethod
+    def concat(parts: list[Pairs]) -> Pairs:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            raise ValueError("no training examples")
+        if len({p.context is None for p in parts}) > 1:
+            raise ValueError("cannot mix examples with and without context")
+        ctx = None if parts[0].context is None else np.concatenate([p.context for p in parts])
+        return Pairs(sum((p.text for p in parts), []), np.concatenate([p.sids for p in parts]),
+                     np.concatenate([p.weight for p in parts]), ctx, "+".join(p.source for p in parts))
+
+
+def sid_matrix(sids: pd.DataFrame) -> np.ndarray:
+    """(N, L) codes of a SID table (sid_1..sid_L, then dedup in unique mode)."""
+    cols = [c for c in sids.columns if c.startswith("sid_")] + (["dedup"] if "dedup" in sids.columns else [])
+    return sids[cols].to_numpy(np.int64)
+
+
+def item_text(products: pd.DataFrame) -> list[str]:
+    cat = products["category"].fillna("").astype(str).str.replace(" > ", ", ", regex=False)
+    return (products["title"].astype(str) + " . " + cat).str.strip(" .").tolist()
+
+
+def item_pairs(ws, sids: pd.DataFrame | None = None) -> Pairs:
+    sids = load_sids(ws) if sids is None else sids
+    products = ws.table("products").merge(sids, on="product_id")
+    return Pairs(item_text(products), sid_matrix(products), np.ones(len(products)), source="items")
+
+
+def query_pairs(ws, sids: pd.DataFrame | None = None, share: float = 0.2) -> Pairs:
+    sids = load_sids(ws) if sids is None else sids
+    rel = relevance(ws)
+    rel = rel[~held_out(rel["query_id"], share)]
+    df = rel.merge(ws.table("queries"), on="query_id").merge(sids, on="product_id")
+    return Pairs(df["query"].astype(str).tolist(), sid_matrix(df), df["weight"].to_numpy(float), source="queries")
+
+
+def eval_set(ws, share: float = 0.2, sources: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Held-out queries: query_id, query, relevant (list of product ids). Relevance from judgments
+    when the workspace has them, else from purchases and clicks."""
+    if sources is None:
+        sources = ("judged",) if ws.has("judgments") else ("purchased", "clicked")
+    rel = relevance(ws, sources)
+    rel = rel[held_out(rel["query_id"], share)]
+    if rel.empty:
+        raise ValueError(f"workspace {ws.path} has no held-out queries with relevant products ({', '.join(sources)})")
+    rel = rel.groupby("query_id")["product_id"].agg(list).rename("relevant").reset_index()
+    return rel.merge(ws.table("queries"), on="query_id")[["query_id", "query", "relevant"]]

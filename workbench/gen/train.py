@@ -1,0 +1,120 @@
+"""Teacher-forced training of the generator on (text (+ context) -> SID) pairs.
+
+One function, `fit`, that every stage reuses: AdamW with linear warm-up and cosine decay, per-example
+loss weights (purchases count more than clicks), label smoothing, gradient clipping, and a smaller
+learning rate for a pretrained encoder (MiniLM) than for the freshly initialised decoder. Texts are
+tokenised once up front; each batch is cut to its longest text. Every epoch's loss (and whatever
+`evaluate(model)` returns) goes to the logbook run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from workbench.gen.data import Pairs
+from workbench.gen.model import Generator, loss
+from workbench.gen.tokenizer import TextTokenizer
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    encoder_lr: float = 1e-4  # for a pretrained encoder; a scratch encoder uses lr
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # share of all steps
+    label_smoothing: float = 0.1
+    clip: float = 1.0
+    seed: int = 0
+
+
+def tokenize(tok: TextTokenizer, texts: list[str], max_len: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T) ids and lengths for all texts (T = the longest, at most max_len)."""
+    parts = [tok.encode(texts[i:i + chunk], max_len)[0] for i in range(0, len(texts), chunk)]
+    T = max(p.shape[1] for p in parts)
+    ids = torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1]), value=tok.pad_id) for p in parts])
+    return ids, (ids != tok.pad_id).sum(1)
+
+
+def batches(lens: torch.Tensor, batch_size: int, gen: torch.Generator, pool: int = 32) -> list[torch.Tensor]:
+    """Shuffled batches of similar lengths: shuffle, sort each pool of `pool` batches by length, split,
+    shuffle the batches. Padding to each batch's longest text then costs little."""
+    perm = torch.randperm(len(lens), generator=gen)
+    out = []
+    for chunk in perm.split(batch_size * pool):
+        out += chunk[lens[chunk].argsort(stable=True)].split(batch_size)
+    return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
+
+
+def check_pairs(model: Generator, pairs: Pairs) -> None:
+    vocab = np.asarray(model.cfg.sid_vocab)
+    if pairs.sids.ndim != 2 or pairs.sids.shape[1] != len(vocab):
+        raise ValueError(f"SIDs have shape {pairs.sids.shape}, the generator decodes {len(vocab)} levels")
+    bad = (pairs.sids < 0) | (pairs.sids >= vocab)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise ValueError(f"example {i}: code {pairs.sids[i, j]} at level {j + 1} is outside the vocabulary {tuple(vocab)}")
+    if pairs.context is not None and model.cfg.context_vocab == 0:
+        raise ValueError("examples carry context but the generator has no context tokens (context_vocab = 0)")
+
+
+def fit(model: Generator, tok: TextTokenizer, pairs: Pairs, cfg: TrainConfig, device: str = "cpu", run=None,
+        stage: str | None = None, evaluate=None, progress: bool = True) -> list[dict]:
+    """Train in place; returns one dict per epoch (loss, seconds, and evaluate(model)'s metrics)."""
+    if tok.key != model.cfg.tokenizer:
+        raise ValueError(f"tokenizer {tok.key!r} is not the one the generator was built for ({model.cfg.tokenizer!r})")
+    check_pairs(model, pairs)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    ids, lens = tokenize(tok, pairs.text, model.cfg.max_len)
+    sids = torch.as_tensor(pairs.sids, dtype=torch.long)
+    weight = torch.as_tensor(pairs.weight, dtype=torch.float32)
+    ctx = None if pairs.context is None else torch.as_tensor(pairs.context, dtype=torch.long)
+
+    model.to(device).train()
+    enc = list(model.encoder.parameters()) if model.cfg.backbone == "minilm" else []
+    enc_ids = {id(p) for p in enc}
+    rest = [p for p in model.parameters() if id(p) not in enc_ids]
+    groups = [{"params": rest, "lr": cfg.lr}] + ([{"params": enc, "lr": cfg.encoder_lr}] if enc else [])
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    per_epoch = math.ceil(len(pairs) / cfg.batch_size)
+    total, warm = cfg.epochs * per_epoch, max(1, int(cfg.warmup * cfg.epochs * per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+
+    history, step = [], 0
+    bar = tqdm(range(cfg.epochs), desc=f"generator{f' ({stage})' if stage else ''}", disable=not progress)
+    for epoch in bar:
+        model.train()
+        t0, seen, total_loss = time.perf_counter(), 0, 0.0
+        for b in batches(lens, cfg.batch_size, gen):
+            T = int(lens[b].max())
+            x = ids[b, :T].to(device)
+            c = None if ctx is None else ctx[b].to(device)
+            logits = model(x, x != tok.pad_id, sids[b].to(device), c)
+            lo = loss(logits, sids[b].to(device), weight[b].to(device), cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            lo.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            sched.step()
+            step += 1
+            seen += len(b)
+            total_loss += float(lo.detach()) * len(b)
+        row = {"epoch": epoch + 1, "loss": total_loss / seen, "seconds": time.perf_counter() - t0}
+        if evaluate is not None:
+            row.update(evaluate(model))
+            model.train()
+        history.append(row)
+        bar.set_postfix({k: round(v, 3) for k, v in row.items() if k not in ("epoch", "seconds")})
+        if run is not None:
+            run.log(step, stage=stage, **{k: v for k, v in row.items() if k != "epoch"}, lr=sched.get_last_lr()[0])
+    model.eval()
+    return history
