@@ -21,7 +21,7 @@ def copy_tables(src: Workspace, dst: Workspace) -> dict[str, int]:
     src.require()
     frames = {t: src.table(t) for t in src.tables()}
     done = dst.write_tables(frames, {t: str(src.table_path(t)) for t in frames})
-    dst.init(**{k: v for k, v in src.meta.items() if k != "name"}, copied_from=str(src.path))
+    dst.init(**{k: v for k, v in src.meta.items() if k not in ("name", "copied_from")}, copied_from=str(src.path))
     return {t: len(d) for t, d in done.items()}
 
 

@@ -110,8 +110,8 @@ def fit(model: Generator, tok: TextTokenizer, pairs: Pairs, cfg: TrainConfig, de
             total_loss += float(lo.detach()) * len(b)
         row = {"epoch": epoch + 1, "loss": total_loss / seen, "seconds": time.perf_counter() - t0}
         if evaluate is not None:
+            model.eval()
             row.update(evaluate(model))
-            model.train()
         history.append(row)
         bar.set_postfix({k: round(v, 3) for k, v in row.items() if k not in ("epoch", "seconds")})
         if run is not None:

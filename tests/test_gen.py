@@ -1,0 +1,223 @@
+"""The generator on a workspace: training, storage, retrieval, CLI and the beam benchmark."""
+
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from workbench import Workspace
+from workbench.checkpoint import CheckpointError
+from workbench.cli import main
+from workbench.data.relevance import held_out, relevance
+from workbench.eval.metrics import hit_at_k, recall_at_k
+from workbench.gen import store
+from workbench.gen.data import Pairs, eval_set, item_pairs, query_pairs
+from workbench.gen.model import GenConfig, Generator
+from workbench.gen.retrieve import ProductLookup, Retriever, ranked_products
+from workbench.gen.stages import make_tokenizer, recall_eval, train_workspace
+from workbench.gen.train import TrainConfig, check_pairs, fit
+
+TINY = dict(d_model=64, n_heads=4, enc_layers=1, dec_layers=1, d_ff=128)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The sample marketplace with hashing-64 SIDs (16, 8, 4) and a tiny generator trained for 4 epochs."""
+    from workbench.embed import get_embedder
+    from workbench.pipeline import SAMPLE_DATA
+    from workbench.sid.cqsid import CQSIDConfig
+    from workbench.sid.rqvae import RQVAEConfig
+    from workbench.sid.store import train_workspace as train_sids
+
+    d = tmp_path_factory.mktemp("gen")
+    shutil.copytree(SAMPLE_DATA, d / "ws")
+    ws = Workspace(d / "ws")
+    cfg = CQSIDConfig(model=RQVAEConfig(input_dim=64, hidden=(128,), codebook_sizes=(16, 8, 4)), epochs=8)
+    train_sids(ws, cfg, get_embedder("hashing-64"), progress=False)
+    result = train_workspace(ws, "scratch", TINY, TrainConfig(epochs=4, lr=3e-3), eval_width=16, progress=False)
+    return ws, result
+
+
+def test_training_learns_the_held_out_queries_better_than_an_untrained_model(trained):
+    ws, result = trained
+    history = ws.logbook().query("SELECT m.step, m.value FROM metrics m JOIN runs r USING (run_id) "
+                                 "WHERE r.kind = 'gen-train' AND m.name = 'loss' ORDER BY m.step")
+    assert len(history) == 4 and history["value"].iloc[-1] < history["value"].iloc[0]
+    r = Retriever.from_workspace(ws)
+    untrained = Generator(r.model.cfg).eval()
+    fresh = Retriever(untrained, r.tok, r.index, r.lookup)
+    ev = eval_set(ws)
+    assert recall_eval(r, ev, 16)["recall@50"] > 1.5 * recall_eval(fresh, ev, 16)["recall@50"]
+    assert result["recall@50"] == pytest.approx(recall_eval(r, ev, 16)["recall@50"])  # saved = evaluated
+    evals = ws.logbook().query("SELECT metric, k, value FROM evals WHERE stage = 'joint'")
+    assert set(evals["k"]) == {10, 50}
+
+
+def test_search_returns_existing_sids_and_their_products(trained):
+    ws, _ = trained
+    r = Retriever.from_workspace(ws)
+    sids = pd.read_parquet(ws.path / "sid" / "sids.parquet")
+    by_sid = {tuple(row[1:]): row[0] for row in sids.itertuples(index=False)}
+    hits = r.search(["cordless drill", "x" * 10_000, "☃ ✈"], width=8)
+    assert [len(h) for h in hits] == [8, 8, 8]
+    for h in hits[0]:
+        assert h.products and all(tuple(sids.set_index("product_id").loc[p]) == h.sid for p in h.products)
+        assert h.sid in by_sid
+    assert ranked_products(hits[0], 5) == ranked_products(hits[0])[:5]
+    with pytest.raises(ValueError, match="empty"):
+        r.search(["drill", " "])
+
+
+def test_products_of_a_sid_come_in_popularity_order(trained):
+    ws, _ = trained
+    r = Retriever.from_workspace(ws)
+    sids = pd.read_parquet(ws.path / "sid" / "sids.parquet")
+    big = int(np.argmax(r.index.counts))
+    pop = pd.Series({p: float(len(r.lookup(big)) - i) for i, p in enumerate(sorted(r.lookup(big)))})
+    look = ProductLookup(r.index, sids, pop)
+    assert look(big) == sorted(r.lookup(big))  # reordered by the given popularity
+    with pytest.raises(ValueError, match="disagree"):
+        ProductLookup(r.index, sids.assign(sid_1=sids["sid_1"] + 100))
+
+
+def test_stored_generator_is_refused_after_the_sids_change_or_when_corrupt(trained, tmp_path):
+    ws, _ = trained
+    copy = Workspace(shutil.copytree(ws.path, tmp_path / "ws"))
+    model, tok, meta = store.load(copy)
+    assert meta["run_id"] and model.cfg.tokenizer == tok.key
+    rq = copy.path / "sid" / "rqvae.safetensors"
+    rq.write_bytes(rq.read_bytes() + b" ")  # another CQ-SID model
+    with pytest.raises(CheckpointError, match="other SIDs"):
+        store.load(copy)
+    with pytest.raises(FileNotFoundError, match="has no generator 'other'.*it has generator"):
+        store.load(ws, "other")
+    bad = Workspace(shutil.copytree(ws.path, tmp_path / "ws2"))
+    (bad.path / "gen" / "generator.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        store.load(bad)
+    swapped = Workspace(shutil.copytree(ws.path, tmp_path / "ws3"))
+    make_tokenizer(swapped, "scratch", vocab_size=300).save(swapped.path / "gen" / "tokenizer.json")
+    with pytest.raises(CheckpointError, match="built for tokenizer"):
+        store.load(swapped)
+
+
+def test_examples_are_checked_against_the_model(trained):
+    ws, _ = trained
+    model, tok, _ = store.load(ws)
+    items = item_pairs(ws)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        check_pairs(model, replace(items, sids=items.sids + 100))
+    with pytest.raises(ValueError, match="levels"):
+        check_pairs(model, replace(items, sids=items.sids[:, :2]))
+    with pytest.raises(ValueError, match="context"):
+        check_pairs(model, replace(items, context=np.zeros((len(items), 1), int)))
+    other = make_tokenizer(ws, "scratch", vocab_size=300)
+    with pytest.raises(ValueError, match="not the one the generator was built for"):
+        fit(model, other, items, TrainConfig(epochs=1), progress=False)
+    with pytest.raises(ValueError, match="no training examples"):
+        Pairs.concat([Pairs([], np.zeros((0, 3)), np.zeros(0))])
+
+
+def test_held_out_queries_never_reach_training(trained):
+    ws, _ = trained
+    ev = eval_set(ws)
+    train_q = set(query_pairs(ws).text)
+    assert len(ev) > 10 and not train_q & set(ev["query"])
+    assert held_out(ev["query_id"]).all()
+    rel = relevance(ws)
+    assert 0.1 < held_out(rel["query_id"].unique()).mean() < 0.3
+    with pytest.raises(ValueError, match="share"):
+        held_out([1], share=1.0)
+    with pytest.raises(ValueError, match="unknown relevance"):
+        relevance(ws, ("liked",))
+
+
+def test_recall_and_hit_at_k():
+    got = [["a", "b", "c"], ["x"], ["q"]]
+    rel = [["a", "c", "z", "w"], ["y"], []]
+    assert recall_at_k(got, rel, 2) == pytest.approx((1 / 4 + 0) / 2)
+    assert recall_at_k(got, rel, 3) == pytest.approx((2 / 4 + 0) / 2)
+    assert hit_at_k(got, rel, 1) == 0.5
+    with pytest.raises(ValueError, match="retrieved lists"):
+        recall_at_k(got[:2], rel, 2)
+    with pytest.raises(ValueError, match="k must be"):
+        recall_at_k(got, rel, 0)
+
+
+def test_minilm_backbone_starts_from_the_packaged_weights_and_round_trips(tmp_path):
+    from safetensors.torch import load_file
+
+    from workbench import checkpoint
+    from workbench.gen.model import _minilm_folder
+    from workbench.gen.tokenizer import TextTokenizer
+
+    tok = TextTokenizer.minilm()
+    cfg = GenConfig(sid_vocab=(8, 4), text_vocab=tok.vocab_size, tokenizer=tok.key, backbone="minilm", **TINY)
+    model = Generator(cfg).eval()
+    ref = load_file(str(_minilm_folder() / "model.safetensors"))
+    w = "encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(model.encoder.bert.state_dict()[w], ref[w])
+    ids, mask = tok.encode(["cordless drill", "a doll"])
+    checkpoint.save(tmp_path / "g.safetensors", model, cfg, kind="generator")
+    state, cfg2, _ = checkpoint.load(tmp_path / "g.safetensors", GenConfig, kind="generator")
+    back = Generator(cfg2, pretrained=False)
+    checkpoint.load_into(back, state, tmp_path / "g.safetensors")
+    s = torch.tensor([[1, 2], [3, 0]])
+    with torch.no_grad():
+        for a, b in zip(model(ids, mask, s), back.eval()(ids, mask, s)):
+            torch.testing.assert_close(a, b)
+
+
+def test_gen_cli_search_and_errors(trained):
+    ws, _ = trained
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "gen", "search", "cordless drill", "--width", "4", "--top", "2"])
+    assert r.exit_code == 0, r.output
+    assert "'cordless drill': 4 SIDs" in r.output and "logp" in r.output
+    for args, msg in [(["   "], "empty"), (["drill", "--width", "0"], "beam width"), (["drill", "--name", "nope"], "no generator")]:
+        r = CliRunner().invoke(main, ["-w", str(ws.path), "gen", "search", *args])
+        assert r.exit_code != 0 and msg in r.output, r.output
+
+
+def test_bench_beam_sweep_logs_and_picks_a_width(trained):
+    ws, _ = trained
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "beam", "--no-speed", "--ids", "workspace",
+                                  "--widths", "1,4,16", "--batch-sizes", "1,8", "--rounds", "1", "--k", "20"])
+    assert r.exit_code == 0, r.output
+    got = ws.logbook().query("SELECT bench, case_name, metric, value FROM bench WHERE bench LIKE 'beam%'")
+    sweep = got[got["bench"] == "beam-sweep (workspace IDs)"]
+    assert set(sweep["case_name"]) == {f"workspace w{w} b{b}" for w in (1, 4, 16) for b in (1, 8)}
+    assert {"p50_ms", "p95_ms", "queries_per_s", "recall@20"} <= set(sweep["metric"])
+    rec = sweep[sweep["metric"] == "recall@20"].groupby("case_name")["value"].first()
+    assert rec["workspace w16 b8"] >= rec["workspace w1 b8"]  # a wider beam retrieves more products
+    choice = got[got["bench"] == "beam-width-choice"]
+    assert {"width", "latency_saving", "width_for_target"} <= set(choice["metric"])
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "beam", "--widths", "0,4"])
+    assert r.exit_code != 0 and ">= 1" in r.output
+
+
+def test_pick_width_and_flop_count():
+    from workbench.bench.beam import decode_flops, pick_width, width_for_recall, widths_per_step
+
+    rows = [{"width": w, "batch": 32, "recall@50": r, "p50_ms": ms, "queries_per_s": 1000 / ms}
+            for w, r, ms in [(1, 0.2, 1.0), (4, 0.5, 2.0), (16, 0.69, 4.0), (64, 0.70, 10.0)]]
+    p = pick_width(rows, 50, tolerance=0.02)
+    assert p["width"] == 16 and p["widest"] == 64 and p["latency_saving"] == pytest.approx(0.6)
+    assert width_for_recall(rows, 50, 0.5) == 4 and width_for_recall(rows, 50, 0.9) is None
+    assert widths_per_step((64, 16, 8), 256) == [1, 64, 256] and widths_per_step((4, 4, 4), 8) == [1, 4, 8]
+    cfg = GenConfig(sid_vocab=(64, 64, 64), text_vocab=100, d_model=256, dec_layers=4, d_ff=1024)
+    assert decode_flops(cfg, 32, 64, 12) == pytest.approx(31.08e9, rel=0.01)  # as in the closing note
+
+
+@pytest.mark.slow
+def test_speed_benchmark_runs_with_the_hugging_face_peer():
+    from workbench.bench.beam import speed
+
+    rows, summary = speed(batch=2, width=4, n_sids=200, vocab=(8, 8, 8), d_model=32, n_heads=4, layers=1, d_ff=64,
+                          text_vocab=100, query_len=5, rounds=1)
+    assert [r["case"] for r in rows][-2:] == ["HF T5 generate + prefix_allowed_tokens_fn", "HF T5 generate, unconstrained"]
+    assert all(r["s_per_batch"] > 0 for r in rows) and summary["decode_gflop_per_s"] > 0
+    assert np.isfinite(summary["speedup_vs_hf_fp32"]) and summary["sids"] == 200
