@@ -39,15 +39,13 @@ class ProductLookup:
         codes = sid_matrix(sids)
         if codes.shape[1] != index.levels:
             raise ValueError(f"SID table has {codes.shape[1]} positions, the index {index.levels}")
-        key = np.ascontiguousarray(index.sids.astype(np.int64)).view([("", np.int64)] * index.levels).reshape(-1)
-        q = np.ascontiguousarray(codes).view([("", np.int64)] * index.levels).reshape(-1)
-        row = np.searchsorted(key, q)
-        if (row >= len(key)).any() or (key[row.clip(0, len(key) - 1)] != q).any():
+        row = index.rows(codes)
+        if (row < 0).any():
             raise ValueError("SID table and SID index disagree; rebuild them with `workbench sid train`")
         pop = np.zeros(len(sids)) if popularity is None else sids["product_id"].map(popularity).fillna(0).to_numpy()
         order = np.lexsort((sids["product_id"].to_numpy(), -pop, row))  # by row, then popularity, then id
         self.ids = sids["product_id"].to_numpy()[order]
-        self.offsets = np.r_[0, np.cumsum(np.bincount(row, minlength=len(key)))]
+        self.offsets = np.r_[0, np.cumsum(np.bincount(row, minlength=len(index.sids)))]
 
     def __call__(self, row: int) -> list[str]:
         return self.ids[self.offsets[row]: self.offsets[row + 1]].tolist()

@@ -108,12 +108,13 @@ def fit(model: Generator, tok: TextTokenizer, pairs: Pairs, cfg: TrainConfig, de
             step += 1
             seen += len(b)
             total_loss += float(lo.detach()) * len(b)
-        row = {"epoch": epoch + 1, "loss": total_loss / seen, "seconds": time.perf_counter() - t0}
+        secs = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "loss": total_loss / seen, "seconds": secs, "examples_per_s": seen / secs}
         if evaluate is not None:
             model.eval()
             row.update(evaluate(model))
         history.append(row)
-        bar.set_postfix({k: round(v, 3) for k, v in row.items() if k not in ("epoch", "seconds")})
+        bar.set_postfix({k: round(v, 3) for k, v in row.items() if k not in ("epoch", "seconds", "examples_per_s")})
         if run is not None:
             run.log(step, stage=stage, **{k: v for k, v in row.items() if k != "epoch"}, lr=sched.get_last_lr()[0])
     model.eval()

@@ -44,14 +44,18 @@ class SIDIndex:
         """(P, length) distinct valid prefixes, sorted."""
         return np.unique(self.sids[:, :length], axis=0)
 
-    def contains(self, sids: np.ndarray) -> np.ndarray:
-        """(B, L) -> (B,) whether each row is a valid SID."""
+    def rows(self, sids: np.ndarray) -> np.ndarray:
+        """(B, L) -> (B,) the row of each SID in the index, -1 where it is not a valid SID."""
         sids = np.asarray(sids, dtype=np.int64).reshape(-1, self.levels)
         rows = np.ascontiguousarray(self.sids.astype(np.int64))
         key = rows.view([("", np.int64)] * self.levels).reshape(-1)
         q = np.ascontiguousarray(sids).view([("", np.int64)] * self.levels).reshape(-1)
         pos = np.searchsorted(key, q).clip(0, len(key) - 1)
-        return key[pos] == q
+        return np.where(key[pos] == q, pos, -1)
+
+    def contains(self, sids: np.ndarray) -> np.ndarray:
+        """(B, L) -> (B,) whether each row is a valid SID."""
+        return self.rows(sids) >= 0
 
     def children(self, prefix: tuple[int, ...]) -> np.ndarray:
         """Tokens that may follow `prefix` (sorted)."""
