@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.conftest import TINY
 from workbench import Workspace
 from workbench.checkpoint import CheckpointError
 from workbench.cli import main
@@ -18,28 +19,8 @@ from workbench.gen import store
 from workbench.gen.data import Pairs, eval_set, item_pairs, query_pairs
 from workbench.gen.model import GenConfig, Generator
 from workbench.gen.retrieve import ProductLookup, Retriever, ranked_products
-from workbench.gen.stages import make_tokenizer, recall_eval, train_workspace
+from workbench.gen.stages import make_tokenizer, recall_eval
 from workbench.gen.train import TrainConfig, check_pairs, fit
-
-TINY = dict(d_model=64, n_heads=4, enc_layers=1, dec_layers=1, d_ff=128)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The sample marketplace with hashing-64 SIDs (16, 8, 4) and a tiny generator trained for 4 epochs."""
-    from workbench.embed import get_embedder
-    from workbench.pipeline import SAMPLE_DATA
-    from workbench.sid.cqsid import CQSIDConfig
-    from workbench.sid.rqvae import RQVAEConfig
-    from workbench.sid.store import train_workspace as train_sids
-
-    d = tmp_path_factory.mktemp("gen")
-    shutil.copytree(SAMPLE_DATA, d / "ws")
-    ws = Workspace(d / "ws")
-    cfg = CQSIDConfig(model=RQVAEConfig(input_dim=64, hidden=(128,), codebook_sizes=(16, 8, 4)), epochs=8)
-    train_sids(ws, cfg, get_embedder("hashing-64"), progress=False)
-    result = train_workspace(ws, "scratch", TINY, TrainConfig(epochs=4, lr=3e-3), eval_width=16, progress=False)
-    return ws, result
 
 
 def test_training_learns_the_held_out_queries_better_than_an_untrained_model(trained):

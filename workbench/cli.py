@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from workbench.data.schema import DataError
+from workbench.eval import METHODS
 from workbench.workspace import Workspace, default_path
 
 
@@ -226,6 +227,35 @@ def runs(ctx, limit) -> None:
     """List the latest runs in the logbook."""
     ctx.invoke(sql, query=f"SELECT run_id, kind, status, seed, code_version, started_at, ended_at FROM runs "
                f"ORDER BY started_at DESC LIMIT {int(limit)}", max_rows=limit, as_json=False)
+
+
+@main.command(name="eval")
+@click.option("--k", "ks", default="10,50", show_default=True, help="Cut-offs, comma-separated.")
+@click.option("--width", type=int, default=32, show_default=True, help="Beam width of the generator.")
+@click.option("--methods", default=",".join(METHODS), show_default=True)
+@click.option("--share", type=float, default=0.3, show_default=True, help="Share of the k slots a supplement gives to generation.")
+@click.option("--judgments", "judgments_csv", type=click.Path(dir_okay=False), default=None,
+              help="Evaluate these judgments (CSV: query, product_id, relevance) instead of the held-out queries.")
+@click.option("--threshold", type=float, default=None, help="Relevance threshold for --judgments (default: the workspace's).")
+@click.option("--name", default="generator", show_default=True, help="Which generator checkpoint.")
+@click.option("--embedder", default="minilm", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON records.")
+@click.pass_context
+def eval_(ctx, ks, width, methods, share, judgments_csv, threshold, name, embedder, device, as_json) -> None:
+    """Generative retrieval against BM25, dense, hybrid and generation-as-supplement on the same queries."""
+    from workbench.eval.harness import EvalConfig, evaluate, judgments_file
+
+    ws = _ws(ctx).require()
+    cfg = EvalConfig(ks=tuple(_ints(ks)), width=width, share=share, methods=tuple(m.strip() for m in methods.split(",")),
+                     generator=name, embedder=embedder, device=device)
+    queries = judgments_file(ws, judgments_csv, threshold) if judgments_csv else None
+    with ws.logbook().run("eval", {"eval": cfg, "judgments": judgments_csv}) as run:
+        df = evaluate(ws, cfg, queries, run=run, progress=not as_json)
+    if as_json:
+        click.echo(df.to_json(orient="records", indent=1))
+    else:
+        click.echo(df.set_index("method").T.to_string(float_format=lambda v: f"{v:.3f}"))
 
 
 # benchmarks ------------------------------------------------------------------------------------

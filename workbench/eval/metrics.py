@@ -1,38 +1,77 @@
 """Retrieval metrics over ranked product lists: pure functions, one number per query, then the mean.
 
-    recall_at_k(retrieved, relevant, k)   share of a query's relevant products in its first k
-    hit_at_k(retrieved, relevant, k)      1 if any relevant product is in the first k
+`retrieved` is one ranked list of product ids per query; `relevant` one collection per query, either
+ids or a {product id: gain} mapping (graded judgments; plain ids have gain 1). Queries without any
+relevant product are left out of the means.
+
+    recall@k   share of the query's relevant products found in the first k
+    ndcg@k     DCG of the first k (gain / log2(rank + 1)) over the best possible DCG at k
+    mrr        1 / rank of the first relevant product (0 if none is retrieved), over the whole list
+    hit@k      1 if any relevant product is in the first k (the paper's hitrate when the relevant
+               product is the one clicked or bought)
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 
-def _check(retrieved, relevant, k: int) -> None:
+def _gains(rel) -> dict:
+    return dict(rel) if isinstance(rel, Mapping) else {p: 1.0 for p in rel}
+
+
+def _check(retrieved, relevant, k: int | None) -> None:
     if len(retrieved) != len(relevant):
         raise ValueError(f"{len(retrieved)} retrieved lists for {len(relevant)} queries")
-    if k < 1:
+    if k is not None and k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
 
 
-def recall_per_query(retrieved: list[list], relevant: list[list], k: int) -> np.ndarray:
+def per_query(retrieved: list[list], relevant: list, k: int) -> dict[str, np.ndarray]:
+    """recall@k, ndcg@k, hit@k and mrr per query (NaN where a query has no relevant product)."""
     _check(retrieved, relevant, k)
-    out = np.full(len(relevant), np.nan)
+    n = len(relevant)
+    out = {m: np.full(n, np.nan) for m in ("recall", "ndcg", "hit", "mrr")}
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
     for i, (got, rel) in enumerate(zip(retrieved, relevant)):
-        rel = set(rel)
-        if rel:
-            out[i] = len(rel.intersection(got[:k])) / len(rel)
+        g = _gains(rel)
+        if not g:
+            continue
+        top = list(got[:k])
+        found = [p for p in top if p in g]
+        out["recall"][i] = len(set(found)) / len(g)
+        out["hit"][i] = float(bool(found))
+        dcg = sum(g[p] * disc[r] for r, p in enumerate(top) if p in g)
+        ideal = float(np.sum(np.sort(np.fromiter(g.values(), float))[::-1][:k] * disc[: min(k, len(g))]))
+        out["ndcg"][i] = dcg / ideal if ideal > 0 else 0.0
+        first = next((r for r, p in enumerate(got) if p in g), None)
+        out["mrr"][i] = 0.0 if first is None else 1.0 / (first + 1)
     return out
 
 
-def recall_at_k(retrieved: list[list], relevant: list[list], k: int) -> float:
-    """Mean over queries with at least one relevant product."""
-    r = recall_per_query(retrieved, relevant, k)
-    return float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
+def _mean(x: np.ndarray) -> float:
+    return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
 
 
-def hit_at_k(retrieved: list[list], relevant: list[list], k: int) -> float:
-    _check(retrieved, relevant, k)
-    hits = [bool(set(rel).intersection(got[:k])) for got, rel in zip(retrieved, relevant) if rel]
-    return float(np.mean(hits)) if hits else float("nan")
+def recall_at_k(retrieved: list[list], relevant: list, k: int) -> float:
+    return _mean(per_query(retrieved, relevant, k)["recall"])
+
+
+def ndcg_at_k(retrieved: list[list], relevant: list, k: int) -> float:
+    return _mean(per_query(retrieved, relevant, k)["ndcg"])
+
+
+def hit_at_k(retrieved: list[list], relevant: list, k: int) -> float:
+    return _mean(per_query(retrieved, relevant, k)["hit"])
+
+
+def mrr(retrieved: list[list], relevant: list) -> float:
+    return _mean(per_query(retrieved, relevant, max(1, max((len(g) for g in retrieved), default=1)))["mrr"])
+
+
+def coverage(retrieved: list[list], k: int, catalog_size: int) -> float:
+    """Share of the catalog that appears in some query's first k."""
+    _check(retrieved, retrieved, k)
+    return len({p for got in retrieved for p in got[:k]}) / max(catalog_size, 1)

@@ -69,13 +69,24 @@ def query_pairs(ws, sids: pd.DataFrame | None = None, share: float = 0.2) -> Pai
 
 
 def eval_set(ws, share: float = 0.2, sources: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Held-out queries: query_id, query, relevant (list of product ids). Relevance from judgments
-    when the workspace has them, else from purchases and clicks."""
+    """Held-out queries: query_id, query, relevant ({product id: gain}). With judgments in the
+    workspace, relevant = judged at or above the relevance threshold, gain = the grade; otherwise
+    purchases (gain 2) and clicks (1)."""
     if sources is None:
         sources = ("judged",) if ws.has("judgments") else ("purchased", "clicked")
-    rel = relevance(ws, sources)
+    if sources == ("judged",):
+        j = ws.table("judgments")
+        thr = ws.meta.get("relevance_threshold")
+        rel = j[j["relevance"] >= (thr if thr is not None else j["relevance"].max())].rename(columns={"relevance": "weight"})
+    else:
+        rel = relevance(ws, sources)
     rel = rel[held_out(rel["query_id"], share)]
     if rel.empty:
         raise ValueError(f"workspace {ws.path} has no held-out queries with relevant products ({', '.join(sources)})")
-    rel = rel.groupby("query_id")["product_id"].agg(list).rename("relevant").reset_index()
-    return rel.merge(ws.table("queries"), on="query_id")[["query_id", "query", "relevant"]]
+    return gains_by_query(rel).merge(ws.table("queries"), on="query_id")[["query_id", "query", "relevant"]]
+
+
+def gains_by_query(rel: pd.DataFrame) -> pd.DataFrame:
+    """(query_id, product_id, weight) rows -> query_id, relevant {product id: gain}."""
+    g = rel.groupby("query_id")[["product_id", "weight"]].apply(lambda d: dict(zip(d["product_id"], d["weight"].astype(float))))
+    return g.rename("relevant").reset_index()

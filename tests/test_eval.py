@@ -1,0 +1,92 @@
+"""Metrics, baselines and the evaluation harness."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from workbench.cli import main
+from workbench.embed import get_embedder
+from workbench.eval import metrics
+from workbench.eval.baselines import BM25, Dense, rrf, supplement
+from workbench.eval.harness import EvalConfig, evaluate, judgments_file
+
+IDS = ["p1", "p2", "p3", "p4"]
+TITLES = ["Cordless Drill 18 V Black", "Red Dress Up Doll", "Stainless Steel Stand Mixer", "Drill Bit Set, 20 Pieces"]
+
+
+def test_graded_metrics_by_hand():
+    got = [["a", "b", "c"], ["x", "y"]]
+    rel = [{"a": 3.0, "c": 1.0, "z": 2.0}, {"y": 1.0}]
+    pq = metrics.per_query(got, rel, 2)
+    ideal = 3 + 2 / np.log2(3)
+    assert pq["ndcg"][0] == pytest.approx(3 / ideal)
+    assert pq["ndcg"][1] == pytest.approx((1 / np.log2(3)) / 1.0)
+    assert pq["recall"].tolist() == pytest.approx([1 / 3, 1.0])
+    assert metrics.mrr(got, rel) == pytest.approx((1 + 1 / 2) / 2)
+    assert metrics.coverage(got, 1, 10) == pytest.approx(0.2)
+    assert np.isnan(metrics.recall_at_k([["a"]], [{}], 5))  # no relevant product: left out
+
+
+def test_bm25_keeps_one_character_tokens_and_ignores_stop_word_queries():
+    bm = BM25(IDS, TITLES)
+    assert bm.search(["18 v drill"], 4)[0][0] == "p1"
+    assert bm.search(["drills"], 4)[0][:2] in (["p1", "p4"], ["p4", "p1"])  # stemmed
+    assert bm.search(["the and of", "zzzz"], 4) == [[], []]
+    with pytest.raises(ValueError, match="one text per product"):
+        BM25(IDS, TITLES[:2])
+
+
+def test_dense_exact_cosine_and_fusions():
+    e = get_embedder("hashing-64")
+    dense = Dense(IDS, e.encode(TITLES), e)
+    assert dense.search(["stainless steel stand mixer"], 2)[0][0] == "p3"
+    assert len(dense.search(["x"], 99)[0]) == 4
+    fused = rrf([[["a", "b", "c"]], [["c", "a", "d"]]], k=3)
+    assert fused == [["a", "c", "b"]]
+    sup = supplement([["a", "b", "c", "d"]], [["x", "a", "y"]], k=4, share=0.5)
+    assert sup == [["a", "b", "x", "y"]]  # base keeps 2 slots, generation fills the rest, no repeats
+    assert supplement([["a", "b"]], [[]], k=4, share=0.5) == [["a", "b"]]
+    with pytest.raises(ValueError, match="share"):
+        supplement([["a"]], [["b"]], 2, share=1.5)
+
+
+def test_harness_compares_every_method_on_the_same_queries(trained):
+    ws, _ = trained
+    with ws.logbook().run("eval", {}) as run:
+        df = evaluate(ws, EvalConfig(ks=(5, 20), width=8, embedder="hashing-64"), progress=False, run=run)
+    assert df["method"].tolist() == ["generative", "bm25", "dense", "hybrid", "dense+gen", "hybrid+gen"]
+    for col in ("recall@5", "ndcg@20", "hit@20", "coverage@20", "click_hit@20", "mrr"):
+        assert df[col].between(0, 1).all(), col
+    gen = df.set_index("method").loc["generative"]
+    assert gen["sids"] == 8 and gen["cluster_size"] >= 1 and 0 <= gen["valid_sid_rate_unconstrained"] <= 1
+    assert (df["recall@20"] >= df["recall@5"] - 1e-9).all()
+    with pytest.raises(ValueError, match="unknown methods"):
+        EvalConfig(methods=("generative", "magic"))
+
+
+def test_judgments_csv_via_the_cli_and_its_errors(trained, tmp_path):
+    ws, _ = trained
+    j = ws.table("judgments").merge(ws.table("queries"), on="query_id")[["query", "product_id", "relevance"]]
+    good = tmp_path / "j.csv"
+    j.head(300).to_csv(good, index=False)
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "eval", "--judgments", str(good), "--k", "10", "--methods",
+                                  "generative,bm25", "--width", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output[r.output.index("["):])
+    assert [x["method"] for x in rows] == ["generative", "bm25"] and 0 <= rows[0]["recall@10"] <= 1
+    cases = [
+        (j.drop(columns=["relevance"]), "missing column"),
+        (j.head(3).assign(product_id="NOPE"), "not in the catalog"),
+        (j.head(3).assign(relevance="high"), "line 2: relevance is not a number"),
+        (j.head(3).assign(relevance=0.0), "no judgment reaches"),
+    ]
+    for frame, msg in cases:
+        frame.to_csv(tmp_path / "bad.csv", index=False)
+        with pytest.raises(ValueError, match=msg):
+            judgments_file(ws, tmp_path / "bad.csv")
+    with pytest.raises(FileNotFoundError):
+        judgments_file(ws, tmp_path / "missing.csv")
+    logged = ws.logbook().query("SELECT DISTINCT method FROM evals WHERE stage = 'eval'")
+    assert {"generative", "bm25"} <= set(logged["method"])

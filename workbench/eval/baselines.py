@@ -1,0 +1,101 @@
+"""Baseline retrievers, and the ways to combine them with generation, in one interface:
+`search(queries, k) -> list of ranked product-id lists`.
+
+- `BM25`:  bm25s over product texts, English stemming and stop words, 1-character tokens kept
+           ("v", "x" and sizes matter in product search); products with score 0 are not returned.
+- `Dense`: exact cosine between query and product embeddings (all-MiniLM-L6-v2 by default), one
+           matrix product per chunk of queries.
+- `rrf`:   reciprocal-rank fusion of ranked lists (the hybrid), score sum_i 1 / (c + rank_i).
+- `supplement`: the paper's deployment, generation as a supplementary channel: the base list keeps
+           its first (1 - share) * k slots, generated products not already present fill the rest
+           (then the base list again if generation runs short).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+TOKEN = r"(?u)\b\w+\b"
+
+
+class BM25:
+    name = "bm25"
+
+    def __init__(self, ids: list[str], texts: list[str], stem: bool = True):
+        import bm25s
+        import Stemmer
+
+        if len(ids) != len(texts) or not ids:
+            raise ValueError(f"BM25 needs one text per product, got {len(ids)} ids and {len(texts)} texts")
+        self.ids = np.asarray(ids, dtype=object)
+        self.stemmer = Stemmer.Stemmer("english") if stem else None
+        self.index = bm25s.BM25()
+        self.index.index(self._tok(texts), show_progress=False)
+
+    def _tok(self, texts, ids: bool = True):
+        import bm25s
+
+        return bm25s.tokenize(list(texts), stopwords="en", stemmer=self.stemmer, token_pattern=TOKEN,
+                              return_ids=ids, show_progress=False)
+
+    def search(self, queries: list[str], k: int) -> list[list[str]]:
+        k = min(k, len(self.ids))
+        toks = self._tok(queries, ids=False)
+        out: list[list[str]] = [[] for _ in queries]
+        live = [i for i, t in enumerate(toks) if t]  # a query of stop words only retrieves nothing
+        if live:
+            docs, scores = self.index.retrieve([toks[i] for i in live], k=k, show_progress=False)
+            for i, d, s in zip(live, docs, scores):
+                out[i] = self.ids[d[s > 0]].tolist()
+        return out
+
+
+class Dense:
+    name = "dense"
+
+    def __init__(self, ids: list[str], vectors: np.ndarray, embedder, device: str = "cpu"):
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} product ids for {len(vectors)} vectors")
+        self.ids = np.asarray(ids, dtype=object)
+        self.embedder, self.device = embedder, device
+        self.p = torch.as_tensor(np.asarray(vectors, np.float32), device=device)  # (N, d), unit norm
+
+    def search(self, queries: list[str], k: int, chunk: int = 1024) -> list[list[str]]:
+        k = min(k, len(self.ids))
+        q = self.embedder.encode(list(queries))
+        out = []
+        for s in range(0, len(q), chunk):
+            sims = torch.as_tensor(q[s:s + chunk], device=self.device) @ self.p.T  # (b, N)
+            out += [self.ids[r].tolist() for r in sims.topk(k, dim=1).indices.cpu().numpy()]
+        return out
+
+
+def rrf(lists: list[list[list[str]]], k: int, c: float = 60.0) -> list[list[str]]:
+    """Fuse several methods' ranked lists per query; ties keep the first method's order."""
+    out = []
+    for per_method in zip(*lists):
+        score: dict[str, float] = {}
+        for ranked in per_method:
+            for r, p in enumerate(ranked):
+                score[p] = score.get(p, 0.0) + 1.0 / (c + r + 1)
+        out.append(sorted(score, key=lambda p: -score[p])[:k])
+    return out
+
+
+def supplement(base: list[list[str]], gen: list[list[str]], k: int, share: float = 0.3) -> list[list[str]]:
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"supplement share must be in [0, 1], got {share}")
+    keep = k - int(round(share * k))
+    out = []
+    for b, g in zip(base, gen):
+        got = list(dict.fromkeys(b[:keep]))
+        seen = set(got)
+        for p in [*g, *b[keep:]]:
+            if len(got) >= k:
+                break
+            if p not in seen:
+                got.append(p)
+                seen.add(p)
+        out.append(got)
+    return out

@@ -1,0 +1,175 @@
+"""The evaluation harness: every method on the same queries, the same relevance, the same metrics.
+
+    evaluate(ws, cfg) -> DataFrame, one row per method
+
+Queries and relevance: the workspace's held-out queries (workbench.gen.data.eval_set), or a
+judgments CSV (query, product_id, relevance) given with `judgments_csv`. Methods:
+
+    generative        the workspace's generator, constrained beam of `width`; the products of the
+                      decoded SIDs in SID order, popular first within a SID (retrieve.py)
+    bm25, dense       workbench.eval.baselines
+    hybrid            reciprocal-rank fusion of bm25 and dense
+    <base>+gen        generation as a supplement to <base> within the same k slots (share of slots)
+
+Metrics per method at each k: recall, ndcg, hit (any relevant product in the first k), coverage
+(share of the catalog retrieved by some query); mrr over the first max(k); click_hit@k over the held-out
+queries' logged clicks (is the clicked product in the first k for that query). For generative also
+the SIDs decoded, the products per decoded SID (the cluster size retrieved) and the valid-SID rate
+of the same beam decoded without the trie (constrained decoding is valid by construction).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workbench.eval import METHODS, metrics
+from workbench.eval.baselines import BM25, Dense, rrf, supplement
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: tuple[int, ...] = (10, 50)
+    width: int = 32
+    share: float = 0.3  # supplement: share of the k slots given to generated products
+    methods: tuple[str, ...] = METHODS
+    generator: str = "generator"
+    embedder: str = "minilm"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        bad = set(self.methods) - set(METHODS)
+        if bad:
+            raise ValueError(f"unknown methods {sorted(bad)}; choose from {', '.join(METHODS)}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be positive, got {self.ks}")
+
+
+def judgments_file(ws, path: str | Path, threshold: float | None = None) -> pd.DataFrame:
+    """A judgments CSV (query, product_id, relevance) -> query, relevant {product id: grade}."""
+    from workbench.gen.data import gains_by_query
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no judgments file at {path}")
+    df = pd.read_csv(path)
+    missing = {"query", "product_id", "relevance"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected query, product_id, relevance")
+    df["query"] = df["query"].astype(str).str.strip()
+    df["product_id"] = df["product_id"].astype(str)
+    df["relevance"] = pd.to_numeric(df["relevance"], errors="coerce")
+    if df["relevance"].isna().any():
+        row = int(df.index[df["relevance"].isna()][0]) + 2
+        raise ValueError(f"{path}, line {row}: relevance is not a number")
+    known = set(ws.table("products")["product_id"])
+    unknown = sorted(set(df["product_id"]) - known)
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} product ids are not in the catalog, e.g. {unknown[:3]}")
+    thr = threshold if threshold is not None else ws.meta.get("relevance_threshold", df["relevance"].max())
+    rel = df[(df["relevance"] >= thr) & (df["query"] != "")].rename(columns={"query": "query_id", "relevance": "weight"})
+    if rel.empty:
+        raise ValueError(f"{path}: no judgment reaches the relevance threshold {thr}")
+    out = gains_by_query(rel)
+    out["query"] = out["query_id"]
+    return out[["query_id", "query", "relevant"]]
+
+
+def click_events(ws, query_ids) -> pd.DataFrame:
+    if not ws.has("search_log"):
+        return pd.DataFrame(columns=["query_id", "product_id"])
+    log = ws.table("search_log")
+    log = log[log["clicked"] & log["query_id"].isin(set(query_ids))]
+    return log[["query_id", "product_id"]]
+
+
+def evaluate(ws, cfg: EvalConfig = EvalConfig(), queries: pd.DataFrame | None = None, run=None,
+             progress: bool = True) -> pd.DataFrame:
+    from workbench.embed import embed_workspace, get_embedder, product_texts
+    from workbench.gen.data import eval_set
+    from workbench.gen.retrieve import Retriever, ranked_products
+
+    queries = eval_set(ws) if queries is None else queries
+    texts, relevant = queries["query"].tolist(), queries["relevant"].tolist()
+    products = ws.table("products")
+    ids = products["product_id"].tolist()
+    K = max(cfg.ks)
+    lists: dict[str, list[list[str]]] = {}
+    extra: dict[str, dict[str, float]] = {}
+    seconds: dict[str, float] = {}
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        lists[name] = fn()
+        seconds[name] = time.perf_counter() - t
+
+    need = set(cfg.methods)
+    if need & {"generative", "dense+gen", "hybrid+gen"}:
+        r = Retriever.from_workspace(ws, cfg.generator, cfg.device)
+        t = time.perf_counter()
+        hits = r.search(texts, cfg.width)
+        lists["generative"] = [ranked_products(h) for h in hits]
+        seconds["generative"] = time.perf_counter() - t
+        extra["generative"] = {"sids": float(np.mean([len(h) for h in hits])),
+                               "cluster_size": float(np.mean([len(x.products) for h in hits for x in h])),
+                               "valid_sid_rate_unconstrained": unconstrained_valid_rate(r, texts, cfg.width)}
+    if need & {"bm25", "hybrid", "hybrid+gen"}:
+        bm = BM25(ids, product_texts(products))
+        timed("bm25", lambda: bm.search(texts, K))
+    if need & {"dense", "hybrid", "dense+gen", "hybrid+gen"}:
+        e = get_embedder(cfg.embedder, cfg.device)
+        dense = Dense(ids, embed_workspace(ws, e, ("products",), progress=progress)["products"], e, cfg.device)
+        e.encode(["warm up"])  # load the model before the clock starts
+        timed("dense", lambda: dense.search(texts, K))
+    if need & {"hybrid", "hybrid+gen"}:
+        lists["hybrid"] = rrf([lists["bm25"], lists["dense"]], K)
+
+    def ranked(name: str, k: int) -> list[list[str]]:
+        """The method's lists cut at k; a supplement fills its k slots anew for each k."""
+        if name.endswith("+gen"):
+            return supplement(lists[name[:-4]], lists["generative"], k, cfg.share)
+        return [g[:k] for g in lists[name]]
+
+    clicks = click_events(ws, queries["query_id"])
+    rows = []
+    for name in [m for m in METHODS if m in need]:
+        row = {"method": name}
+        for k in cfg.ks:
+            got = ranked(name, k)
+            pq = metrics.per_query(got, relevant, k)
+            row.update({f"recall@{k}": np.nanmean(pq["recall"]), f"ndcg@{k}": np.nanmean(pq["ndcg"]),
+                        f"hit@{k}": np.nanmean(pq["hit"]), f"coverage@{k}": metrics.coverage(got, k, len(ids))})
+            if len(clicks):
+                pos = {q: set(g[:k]) for q, g in zip(queries["query_id"], got)}
+                row[f"click_hit@{k}"] = float(np.mean([p in pos[q] for q, p in zip(clicks["query_id"], clicks["product_id"])]))
+        row["mrr"] = metrics.mrr(ranked(name, K), relevant)
+        row.update(extra.get(name, {}))
+        if name in seconds:
+            row["ms_per_query"] = 1e3 * seconds[name] / len(texts)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if run is not None:
+        for r_ in rows:
+            for key, v in r_.items():
+                if key != "method" and np.isfinite(v):
+                    metric, _, k = key.partition("@")
+                    run.log_eval(metric, v, k=int(k) if k else None, dataset=f"{len(texts)} queries", method=r_["method"],
+                                 stage="eval")
+    return df
+
+
+def unconstrained_valid_rate(retriever, texts: list[str], width: int) -> float:
+    """Share of SIDs that exist among those the same beam decodes without the trie."""
+    import torch
+
+    from workbench.gen.beam import beam_search
+
+    ids, mask = retriever.tok.encode(texts, retriever.model.cfg.max_len, retriever.device)
+    with torch.no_grad():
+        b = beam_search(retriever.model, retriever.model.memory(ids, mask), None, width, constrained=False)
+    sids = b.sids[b.valid].cpu().numpy()
+    return float(retriever.index.contains(sids).mean()) if len(sids) else float("nan")
