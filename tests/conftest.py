@@ -33,10 +33,10 @@ TINY = dict(d_model=64, n_heads=4, enc_layers=1, dec_layers=1, d_ff=128)
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """The sample marketplace with hashing-64 SIDs (16, 8, 4) and a tiny generator trained for 4 epochs."""
+    """The sample marketplace with hashing-64 SIDs (16, 8, 4) and a tiny generator trained through stages 1-3."""
     from workbench import Workspace
     from workbench.embed import get_embedder
-    from workbench.gen.stages import train_workspace
+    from workbench.gen.stages import train_stages
     from workbench.gen.train import TrainConfig
     from workbench.pipeline import SAMPLE_DATA
     from workbench.sid.cqsid import CQSIDConfig
@@ -48,5 +48,6 @@ def trained(tmp_path_factory):
     ws = Workspace(d / "ws")
     cfg = CQSIDConfig(model=RQVAEConfig(input_dim=64, hidden=(128,), codebook_sizes=(16, 8, 4)), epochs=8)
     train_sids(ws, cfg, get_embedder("hashing-64"), progress=False)
-    result = train_workspace(ws, "scratch", TINY, TrainConfig(epochs=4, lr=3e-3), eval_width=16, progress=False)
-    return ws, result
+    rows = train_stages(ws, (1, 2, 3), "scratch", TINY, TrainConfig(lr=3e-3), epochs=(3, 3, 2), eval_width=16,
+                        progress=False)
+    return ws, rows

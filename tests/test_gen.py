@@ -24,18 +24,22 @@ from workbench.gen.train import TrainConfig, check_pairs, fit
 
 
 def test_training_learns_the_held_out_queries_better_than_an_untrained_model(trained):
-    ws, result = trained
-    history = ws.logbook().query("SELECT m.step, m.value FROM metrics m JOIN runs r USING (run_id) "
-                                 "WHERE r.kind = 'gen-train' AND m.name = 'loss' ORDER BY m.step")
-    assert len(history) == 4 and history["value"].iloc[-1] < history["value"].iloc[0]
+    ws, rows = trained
+    result = rows[-1]
+    history = ws.logbook().query("SELECT m.stage, m.step, m.value FROM metrics m JOIN runs r USING (run_id) "
+                                 "WHERE r.kind = 'gen-train' AND m.name = 'loss' ORDER BY m.stage, m.step")
+    assert history.groupby("stage").size().to_dict() == {"1-items": 3, "2-queries": 3, "3-personal": 2}
+    q = history[history["stage"] == "2-queries"]["value"]
+    assert q.iloc[-1] < q.iloc[0]
     r = Retriever.from_workspace(ws)
     untrained = Generator(r.model.cfg).eval()
     fresh = Retriever(untrained, r.tok, r.index, r.lookup)
     ev = eval_set(ws)
     assert recall_eval(r, ev, 16)["recall@50"] > 1.5 * recall_eval(fresh, ev, 16)["recall@50"]
     assert result["recall@50"] == pytest.approx(recall_eval(r, ev, 16)["recall@50"])  # saved = evaluated
-    evals = ws.logbook().query("SELECT metric, k, value FROM evals WHERE stage = 'joint'")
-    assert set(evals["k"]) == {10, 50}
+    evals = ws.logbook().query("SELECT stage, metric, k FROM evals WHERE method = 'generator/scratch'")
+    assert set(evals["stage"]) == {"1-items", "2-queries", "3-personal"} and set(evals["k"]) == {10, 50}
+    assert {"personal_hit", "click_hit"} <= set(evals[evals["stage"] == "3-personal"]["metric"])
 
 
 def test_search_returns_existing_sids_and_their_products(trained):
@@ -81,7 +85,8 @@ def test_stored_generator_is_refused_after_the_sids_change_or_when_corrupt(train
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         store.load(bad)
     swapped = Workspace(shutil.copytree(ws.path, tmp_path / "ws3"))
-    make_tokenizer(swapped, "scratch", vocab_size=300).save(swapped.path / "gen" / "tokenizer.json")
+    model, _, _ = store.load(swapped)
+    make_tokenizer(swapped, "scratch", vocab_size=300).save(store.tokenizer_path(swapped, model.cfg.tokenizer))
     with pytest.raises(CheckpointError, match="built for tokenizer"):
         store.load(swapped)
 
@@ -94,8 +99,11 @@ def test_examples_are_checked_against_the_model(trained):
         check_pairs(model, replace(items, sids=items.sids + 100))
     with pytest.raises(ValueError, match="levels"):
         check_pairs(model, replace(items, sids=items.sids[:, :2]))
-    with pytest.raises(ValueError, match="context"):
-        check_pairs(model, replace(items, context=np.zeros((len(items), 1), int)))
+    with pytest.raises(ValueError, match="context ids"):
+        check_pairs(model, replace(items, context=np.full((len(items), 2), model.cfg.context_vocab)))
+    plain = Generator(replace(model.cfg, context_vocab=0))
+    with pytest.raises(ValueError, match="no context tokens"):
+        check_pairs(plain, replace(items, context=np.zeros((len(items), 1), int)))
     other = make_tokenizer(ws, "scratch", vocab_size=300)
     with pytest.raises(ValueError, match="not the one the generator was built for"):
         fit(model, other, items, TrainConfig(epochs=1), progress=False)

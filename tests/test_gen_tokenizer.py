@@ -42,7 +42,7 @@ def test_minilm_tokenizer_and_bad_files(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a tokenizers JSON"):
         TextTokenizer.load(tmp_path / "bad.json")
-    with pytest.raises(FileNotFoundError, match="gen train"):
+    with pytest.raises(FileNotFoundError, match="workbench train"):
         TextTokenizer.load(tmp_path / "missing.json")
     with pytest.raises(ValueError, match="no texts"):
         tok.encode([])

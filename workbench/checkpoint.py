@@ -24,8 +24,9 @@ class CheckpointError(ValueError):
     pass
 
 
-def save(path: str | Path, module: torch.nn.Module, cfg, kind: str, **meta) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+def save(path: str | Path, module: torch.nn.Module, cfg, kind: str, extra: dict | None = None, **meta) -> None:
+    """`extra`: more tensors to store beside the module's (e.g. optimizer state, under their own prefix)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in {**module.state_dict(), **(extra or {})}.items()}
     md = {"kind": kind, "config": to_json(cfg), **{k: json.dumps(v, default=str) for k, v in meta.items()}}
     atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=md))
 

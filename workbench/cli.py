@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from workbench.cli_args import ints
 from workbench.data.schema import DataError
 from workbench.eval import METHODS
 from workbench.workspace import Workspace, default_path
@@ -247,7 +248,7 @@ def eval_(ctx, ks, width, methods, share, judgments_csv, threshold, name, embedd
     from workbench.eval.harness import EvalConfig, evaluate, judgments_file
 
     ws = _ws(ctx).require()
-    cfg = EvalConfig(ks=tuple(_ints(ks)), width=width, share=share, methods=tuple(m.strip() for m in methods.split(",")),
+    cfg = EvalConfig(ks=ints(ks), width=width, share=share, methods=tuple(m.strip() for m in methods.split(",")),
                      generator=name, embedder=embedder, device=device)
     queries = judgments_file(ws, judgments_csv, threshold) if judgments_csv else None
     with ws.logbook().run("eval", {"eval": cfg, "judgments": judgments_csv}) as run:
@@ -318,13 +319,12 @@ def bench_sid(ctx, dataset, datasets_dir, codebook_sizes, epochs, variants, embe
     from workbench.bench import device_name, report
     from workbench.bench.sid import ablation, base_config, code_stats, lcrec_index
     from workbench.embed import get_embedder
-    from workbench.sid.cli import _sizes
     from workbench.sid.store import workspace_data
 
     ws = _ws(ctx) if dataset == "workspace" else _bench_workspace(dataset, datasets_dir)
     e = get_embedder(embedder, device)
     data = workspace_data(ws.require(), e)
-    base = base_config(e.dim, _sizes(codebook_sizes), epochs, seed, rotation_trick)
+    base = base_config(e.dim, ints(codebook_sizes), epochs, seed, rotation_trick)
     names = [v.strip() for v in variants.split(",")]
     if data.category is None:
         names = [v for v in names if v not in ("+category",)]  # no categories: +category is plain
@@ -342,16 +342,6 @@ def bench_sid(ctx, dataset, datasets_dir, codebook_sizes, epochs, variants, embe
                 rows.append(code_stats(f"{name} (published, 3 levels)", codes[:, :3], data.category))
                 rows.append(code_stats(f"{name} (published, 4 levels)", codes, data.category))
         report("sid", rows, run, params=params, device=device_name(device))
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        out = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected comma-separated integers, e.g. 1,4,16") from None
-    if min(out) < 1:
-        raise click.BadParameter(f"{text!r}: values must be >= 1")
-    return out
 
 
 @bench.command(name="beam")
@@ -377,7 +367,7 @@ def bench_beam(ctx, widths, batch_sizes, k, tolerance, modes, speed, rounds, emb
     from workbench.gen.retrieve import Retriever
 
     ws = _ws(ctx).require()
-    widths, sizes = _ints(widths), _ints(batch_sizes)
+    widths, sizes = list(ints(widths)), list(ints(batch_sizes))
     params = {"widths": widths, "batch_sizes": sizes, "k": k, "tolerance": tolerance, "ids": modes, "rounds": rounds}
     with ws.logbook().run("bench", {"bench": "beam", **params, "device": device}) as run:
         if speed:
@@ -433,19 +423,19 @@ def bench_sid_assign(ctx, n, dim, codebook_sizes, chunk, device) -> None:
     """Time and peak memory of assigning SIDs to N products with a trained model (target: 1M x 384-d <= 30 s)."""
     from workbench.bench import device_name, report
     from workbench.bench.sid import assign_scale
-    from workbench.sid.cli import _sizes
-
+    
     params = {"n": n, "dim": dim, "codebook_sizes": codebook_sizes, "chunk": chunk}
     with _ws(ctx).logbook().run("bench", {"bench": "sid-assign", **params}) as run:
-        report("sid-assign", [assign_scale(n, dim, _sizes(codebook_sizes), chunk, device)], run, params=params,
+        report("sid-assign", [assign_scale(n, dim, ints(codebook_sizes), chunk, device)], run, params=params,
                units={"seconds": "s", "products_per_s": "1/s", "peak_rss_mib": "MiB", "peak_rss_growth_mib": "MiB", "input_mib": "MiB"},
                device=device_name(device))
 
-from workbench.gen.cli import gen  # noqa: E402
+from workbench.gen.cli import gen, train  # noqa: E402
 from workbench.sid.cli import sid  # noqa: E402  (later components' verbs plug in here)
 
 main.add_command(sid)
 main.add_command(gen)
+main.add_command(train)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

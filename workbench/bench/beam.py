@@ -233,10 +233,9 @@ def mode_workspace(src, mode: str, embedder: str = "minilm", device: str = "cpu"
     from pathlib import Path
 
     from workbench.embed import get_embedder
-    from workbench.gen.stages import train_workspace as train_gen
+    from workbench.gen.stages import train_stages
     from workbench.gen.store import gen_dir
-    from workbench.gen.train import TrainConfig
-    from workbench.pipeline import GEN_EPOCHS, GEN_MODEL, SID_EPOCHS, SID_SIZES, copy_tables
+    from workbench.pipeline import GEN_EPOCHS, GEN_MODEL, GEN_STAGES, SID_EPOCHS, SID_SIZES, copy_tables
     from workbench.sid.cqsid import CQSIDConfig
     from workbench.sid.rqvae import RQVAEConfig
     from workbench.sid.store import sid_dir
@@ -251,5 +250,5 @@ def mode_workspace(src, mode: str, embedder: str = "minilm", device: str = "cpu"
         cfg = replace(CQSIDConfig(model=RQVAEConfig(input_dim=e.dim, codebook_sizes=SID_SIZES)), epochs=SID_EPOCHS, mode=mode)
         train_sids(ws, cfg, e, device)
     if not (gen_dir(ws) / "generator.safetensors").exists():
-        train_gen(ws, "scratch", GEN_MODEL, TrainConfig(epochs=GEN_EPOCHS), device=device)
+        train_stages(ws, GEN_STAGES, "scratch", GEN_MODEL, epochs=GEN_EPOCHS, device=device)
     return ws

@@ -65,12 +65,26 @@ class Retriever:
                              f"{tuple(model.cfg.sid_vocab)}: retrain the generator on these SIDs")
         self.model, self.tok, self.index, self.lookup, self.device = model, tok, index, lookup, device
         self.trie = compile_trie(index, device)
+        self._context = None
 
     @classmethod
     def from_workspace(cls, ws, name: str = "generator", device: str = "cpu") -> Retriever:
         model, tok, _ = store.load(ws, name, device)
         index = SIDIndex.load(sid_dir(ws) / "index.parquet")
         return cls(model, tok, index, ProductLookup(index, load_sids(ws), popularity(ws)), device)
+
+    def user_context(self, ws, user_ids: list[str], history: int = 5) -> tuple[torch.Tensor, np.ndarray]:
+        """(N, 1 + history) context ids of these users now, and which of them are known. Unknown users
+        get empty slots: the non-personalised path. A generator without context slots refuses."""
+        from workbench.gen.context import UserContext
+
+        if self.model.cfg.context_vocab == 0:
+            raise ValueError("this generator was trained without users (stage 3); train with `workbench train --stages 1,2,3`")
+        if self._context is None:
+            self._context = UserContext.from_workspace(ws, load_sids(ws), self.index.vocab, history)
+            if self._context.vocab_size != self.model.cfg.context_vocab:
+                raise ValueError("the workspace's users or SIDs changed since the generator was trained; retrain stage 3")
+        return torch.as_tensor(self._context.ids(user_ids)), self._context.known(user_ids)
 
     @torch.no_grad()
     def decode(self, texts: list[str], width: int, context: torch.Tensor | None = None) -> Beams:

@@ -1,19 +1,36 @@
-"""Training a generator on a workspace: tokenizer, examples, fit, held-out Recall@K, save, log.
+"""Progressive training on a workspace, the paper's curriculum (stage 4, EG-GRPO, is workbench.rl):
 
-    train_workspace(ws, backbone="scratch", model=dict(d_model=256, ...), train=TrainConfig(...))
+    stage 1  items     product text (title, brand, category) -> its SID: the catalog's language
+    stage 2  queries   training queries -> SIDs of products clicked (1), bought (2), judged relevant (1)
+    stage 3  personal  user + history + query -> SID of the product that user clicked or bought
 
-The examples are the catalog (title + category -> SID) and the training queries (query -> SIDs of
-the products relevant to it), trained jointly. Every epoch the held-out queries are decoded with a
-beam of `eval_width` and Recall@K of the retrieved products is logged to the same run.
+Each stage starts from the previous stage's weights and replays `replay` x (its own size) examples
+drawn from the earlier stages, against forgetting. The generator has context slots from the start
+when stage 3 is planned; examples without a user leave them empty, which is exactly the
+non-personalised path.
+
+Checkpoints in <workspace>/gen/: `<name>-stage<N>.safetensors` after each stage, `<name>.safetensors`
+(the last stage: what search and eval load), and `<name>-stage<N>.partial.safetensors` after every
+epoch (weights + optimizer state), so a killed run resumes losing at most one epoch. After each
+stage the held-out queries are evaluated (Recall@K; for stage 3 also the personalised hit rate) and
+logged to the logbook with the stage, so stage-by-stage curves are one SQL query.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
 import torch
 
+from workbench import checkpoint
+from workbench.data.relevance import held_out
 from workbench.eval.metrics import recall_at_k
 from workbench.gen import store
-from workbench.gen.data import Pairs, eval_set, item_pairs, item_text, query_pairs
+from workbench.gen.context import UserContext
+from workbench.gen.data import Pairs, eval_set, item_pairs, item_text, query_pairs, sid_matrix
 from workbench.gen.model import GenConfig, Generator
 from workbench.gen.retrieve import ProductLookup, Retriever, popularity, ranked_products
 from workbench.gen.tokenizer import TextTokenizer
@@ -21,6 +38,7 @@ from workbench.gen.train import TrainConfig, fit
 from workbench.sid.index import SIDIndex
 from workbench.sid.store import load_sids, sid_dir
 
+STAGES = {1: "items", 2: "queries", 3: "personal"}
 EVAL_KS = (10, 50)
 
 
@@ -31,35 +49,167 @@ def make_tokenizer(ws, backbone: str, vocab_size: int = 8000) -> TextTokenizer:
     return TextTokenizer.train(texts, vocab_size=vocab_size)
 
 
+def personal_pairs(ws, sids: pd.DataFrame, ctx: UserContext, share: float = 0.2) -> Pairs:
+    """Stage 3: one example per click or purchase on a training query, with the user's context then."""
+    log = ws.table("search_log")
+    ev = log[(log["clicked"] | log["purchased"]) & ~held_out(log["query_id"], share)]
+    ev = ev.merge(ws.table("queries"), on="query_id").merge(sids, on="product_id")
+    return Pairs(ev["query"].astype(str).tolist(), sid_matrix(ev), np.where(ev["purchased"], 2.0, 1.0),
+                 ctx.ids(ev["user_id"], ev["time"]), source="personal")
+
+
+def personal_events(ws, share: float = 0.2) -> pd.DataFrame:
+    """Held-out queries' clicks and purchases: user_id, time, query, product_id."""
+    log = ws.table("search_log")
+    ev = log[(log["clicked"] | log["purchased"]) & held_out(log["query_id"], share)]
+    return ev.merge(ws.table("queries"), on="query_id")[["user_id", "time", "query", "product_id"]]
+
+
+def with_context(p: Pairs, width: int) -> Pairs:
+    """The same examples with empty context slots (for mixing with stage-3 examples)."""
+    return p if p.context is not None else Pairs(p.text, p.sids, p.weight, np.full((len(p), width), -1, np.int64), p.source)
+
+
+def replay(current: Pairs, earlier: list[Pairs], share: float, seed: int) -> Pairs:
+    """`current` plus share x len(current) examples drawn uniformly from the earlier stages' examples."""
+    if share <= 0 or not earlier:
+        return current
+    pool = Pairs.concat(earlier)
+    n = min(len(pool), int(round(share * len(current))))
+    idx = np.random.default_rng(seed).choice(len(pool), n, replace=False)
+    ctx = None if pool.context is None else pool.context[idx]
+    old = Pairs([pool.text[i] for i in idx], pool.sids[idx], pool.weight[idx], ctx, f"replay({pool.source})")
+    return Pairs.concat([current, old])
+
+
 def recall_eval(retriever: Retriever, evalset, width: int, ks=EVAL_KS) -> dict[str, float]:
     """Recall@K of the products retrieved for the held-out queries (best SIDs' products first)."""
-    hits = retriever.search(evalset["query"].tolist(), width)
-    got = [ranked_products(h) for h in hits]
+    got = [ranked_products(h) for h in retriever.search(evalset["query"].tolist(), width)]
     rel = evalset["relevant"].tolist()
     return {f"recall@{k}": recall_at_k(got, rel, k) for k in ks}
 
 
-def train_workspace(ws, backbone: str = "scratch", model: dict | None = None, train: TrainConfig | None = None,
-                    name: str = "generator", device: str = "cpu", eval_width: int = 32, progress: bool = True) -> dict:
-    """Train, evaluate and save a generator; returns the last epoch's row (loss, recall@K...)."""
+def personal_eval(retriever: Retriever, events: pd.DataFrame, ctx: UserContext, width: int, k: int = 10) -> dict:
+    """Hit@k of the product each user clicked or bought on a held-out query, decoded with that user's
+    context (personal_hit) and without (click_hit), on the same events."""
+    texts, target = events["query"].tolist(), events["product_id"].tolist()
+    c = torch.as_tensor(ctx.ids(events["user_id"], events["time"]))
+    out = {}
+    for key, context in (("personal_hit", c), ("click_hit", torch.full_like(c, -1))):
+        hits = retriever.search(texts, width, context=context)
+        out[f"{key}@{k}"] = float(np.mean([t in ranked_products(h, k) for h, t in zip(hits, target)]))
+    return out
+
+
+def _partial(ws, name: str, stage: int):
+    return store.gen_dir(ws) / f"{name}-stage{stage}.partial.safetensors"
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, str]:
+    sd = opt.state_dict()
+    tensors = {f"optimizer.{i}.{k}": torch.as_tensor(v) for i, st in sd["state"].items() for k, v in st.items()}
+    return tensors, json.dumps(sd["param_groups"])
+
+
+def _optimizer_state(state: dict, groups: str) -> dict:
+    out: dict[int, dict] = {}
+    for key, v in state.items():
+        _, i, k = key.split(".", 2)
+        out.setdefault(int(i), {})[k] = v
+    return {"state": out, "param_groups": json.loads(groups)}
+
+
+def train_stages(ws, stages: tuple[int, ...] = (1, 2, 3), backbone: str = "scratch", model: dict | None = None,
+                 train: TrainConfig | None = None, replay_share: float = 0.2, history: int = 5,
+                 name: str = "generator", device: str = "cpu", eval_width: int = 32, resume: bool = True,
+                 epochs: tuple[int, ...] | None = None, progress: bool = True) -> list[dict]:
+    """Run `stages` in order; returns one result row per stage (loss, recall@K, ...). `epochs`, one per
+    stage, overrides train.epochs."""
+    bad = [s for s in stages if s not in STAGES]
+    if bad or not stages or list(stages) != sorted(set(stages)):
+        raise ValueError(f"stages must be increasing and among {sorted(STAGES)} (stage 4 is `workbench rl`), got {stages}")
     train = train or TrainConfig()
+    if epochs is not None and len(epochs) != len(stages):
+        raise ValueError(f"{len(epochs)} epoch counts for {len(stages)} stages")
+    per_stage = dict(zip(stages, epochs or [train.epochs] * len(stages)))
     sids = load_sids(ws)
     index = SIDIndex.load(sid_dir(ws) / "index.parquet")
-    tok = make_tokenizer(ws, backbone)
-    cfg = GenConfig(sid_vocab=tuple(index.vocab), text_vocab=tok.vocab_size, tokenizer=tok.key, backbone=backbone,
-                    **(model or {}))
-    torch.manual_seed(train.seed)
-    gen = Generator(cfg)
-    pairs = Pairs.concat([item_pairs(ws, sids), query_pairs(ws, sids)])
+    personal = 3 in stages
+    ctx = UserContext.from_workspace(ws, sids, index.vocab, history) if personal else None
+
+    # the model: from the checkpoint of the stage before the first one asked for, or new
+    first = stages[0]
+    if first > 1:
+        prev = f"{name}-stage{first - 1}"
+        gen, tok, _ = store.load(ws, prev, device)
+        if personal and gen.cfg.context_vocab != ctx.vocab_size:
+            raise ValueError(f"checkpoint {prev} was built without (or with other) context slots; start again from stage 1 "
+                             "with stage 3 in the plan: --stages 1,2,3")
+    else:
+        tok = make_tokenizer(ws, backbone)
+        cfg = GenConfig(sid_vocab=tuple(index.vocab), text_vocab=tok.vocab_size, tokenizer=tok.key, backbone=backbone,
+                        context_vocab=ctx.vocab_size if personal else 0, **(model or {}))
+        torch.manual_seed(train.seed)
+        gen = Generator(cfg)
+
     evalset = eval_set(ws)
     retriever = Retriever(gen, tok, index, ProductLookup(index, sids, popularity(ws)), device)
-    with ws.logbook().run("gen-train", {"generator": cfg, "train": train, "device": device, "examples": pairs.source},
-                          seed=train.seed, name=f"gen-train {backbone} {name}") as run:
-        history = fit(gen, tok, pairs, train, device, run=run, stage="joint", progress=progress,
-                      evaluate=lambda m: recall_eval(retriever, evalset, eval_width))
-        for key, value in history[-1].items():
-            if key.startswith("recall@"):
-                run.log_eval("recall", value, k=int(key.split("@")[1]), dataset="held-out queries",
-                             method=f"generator/{backbone}/w{eval_width}", stage="joint")
-        store.save(ws, gen.cpu(), tok, name, run_id=run.run_id, examples=len(pairs))
-    return {**history[-1], "examples": len(pairs), "eval_queries": len(evalset), "params": sum(p.numel() for p in gen.parameters())}
+    events = personal_events(ws) if personal else None
+    data = {1: lambda: item_pairs(ws, sids), 2: lambda: query_pairs(ws, sids),
+            3: lambda: personal_pairs(ws, sids, ctx)}
+    done: list[Pairs] = []
+    for s in range(1, first):  # earlier stages' examples, for replay
+        done.append(data[s]())
+    results, run_id = [], None
+    for s in stages:
+        stage = f"{s}-{STAGES[s]}"
+        pairs = data[s]()
+        if personal:
+            pairs = with_context(pairs, ctx.width)
+            done = [with_context(p, ctx.width) for p in done]
+        pairs = replay(pairs, done, replay_share, train.seed + s)
+        final = store.gen_dir(ws) / f"{name}-stage{s}.safetensors"
+        if resume and final.exists():
+            gen, tok, meta = store.load(ws, f"{name}-stage{s}", device)
+            run_id = meta.get("run_id")
+            retriever.model = gen
+            results.append({"stage": stage, "resumed": "done"})
+            done.append(data[s]())
+            continue
+        state = None
+        part = _partial(ws, name, s)
+        if resume and part.exists():
+            st, _, meta = checkpoint.load(part, GenConfig, kind="generator", device=device)
+            if meta.get("sid_fingerprint") != store.sid_fingerprint(ws):
+                raise checkpoint.CheckpointError(f"{part}: an interrupted stage on other SIDs; delete it to start the stage again")
+            opt_state = {k: v for k, v in st.items() if k.startswith("optimizer.")}
+            checkpoint.load_into(gen, {k: v for k, v in st.items() if not k.startswith("optimizer.")}, part)
+            state = {"epoch": meta["epoch"], "optimizer": _optimizer_state(opt_state, meta["param_groups"])}
+
+        def save_partial(epoch, opt, s=s, gen=gen, tok=tok):
+            tensors, groups = _optimizer_tensors(opt)
+            store.save(ws, gen, tok, f"{name}-stage{s}.partial", extra=tensors, epoch=epoch, param_groups=groups)
+
+        with ws.logbook().run("gen-train", {"generator": gen.cfg, "train": train, "stage": stage, "replay": replay_share,
+                                            "examples": pairs.source, "device": device},
+                              seed=train.seed, name=f"gen-train {name} stage {stage}") as run:
+            history_ = fit(gen, tok, pairs, replace(train, epochs=per_stage[s]), device, run=run, stage=stage, progress=progress,
+                           evaluate=lambda m: recall_eval(retriever, evalset, eval_width),
+                           on_epoch=save_partial, resume=state)
+            last = history_[-1] if history_ else recall_eval(retriever, evalset, eval_width)  # killed after its last epoch
+            row = {"stage": stage, "examples": len(pairs), **last}
+            if personal and s >= 3:
+                row.update(personal_eval(retriever, events, ctx, eval_width))
+            for key, value in row.items():
+                if "@" in key:
+                    metric, _, k = key.partition("@")
+                    run.log_eval(metric, value, k=int(k), dataset="held-out queries", method=f"generator/{backbone}",
+                                 stage=stage)
+            run_id = run.run_id
+            store.save(ws, gen.cpu(), tok, f"{name}-stage{s}", run_id=run_id, stage=stage, examples=len(pairs))
+            gen.to(device)
+        part.unlink(missing_ok=True)
+        results.append(row)
+        done.append(data[s]())
+    store.save(ws, gen.cpu(), tok, name, run_id=run_id, stage=STAGES[stages[-1]], stages=list(stages))
+    return results

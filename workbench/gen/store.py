@@ -1,7 +1,8 @@
 """Generator artifacts in a workspace.
 
     <workspace>/gen/
-      tokenizer.json              the text tokenizer (WordPiece trained here, or MiniLM's)
+      tokenizer-<key>.json        text tokenizers by key (WordPiece trained here, or MiniLM's): each
+                                  generator's config names its own, so generators never share one
       <name>.safetensors          weights; metadata: kind "generator", GenConfig JSON, the SID
                                   fingerprint, the training run id
 
@@ -33,14 +34,15 @@ def sid_fingerprint(ws: Workspace) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def tokenizer_path(ws: Workspace, backbone: str) -> Path:
-    return gen_dir(ws) / ("tokenizer-minilm.json" if backbone == "minilm" else "tokenizer.json")
+def tokenizer_path(ws: Workspace, key: str) -> Path:
+    return gen_dir(ws) / f"tokenizer-{key}.json"
 
 
-def save(ws: Workspace, model: Generator, tok: TextTokenizer, name: str = "generator", **meta) -> Path:
-    tok.save(tokenizer_path(ws, model.cfg.backbone))
+def save(ws: Workspace, model: Generator, tok: TextTokenizer, name: str = "generator", extra: dict | None = None,
+         **meta) -> Path:
+    tok.save(tokenizer_path(ws, tok.key))
     path = gen_dir(ws) / f"{name}.safetensors"
-    checkpoint.save(path, model, model.cfg, kind="generator", sid_fingerprint=sid_fingerprint(ws), **meta)
+    checkpoint.save(path, model, model.cfg, kind="generator", extra=extra, sid_fingerprint=sid_fingerprint(ws), **meta)
     return path
 
 
@@ -49,12 +51,12 @@ def load(ws: Workspace, name: str = "generator", device: str = "cpu") -> tuple[G
     if not path.exists():
         have = sorted(p.stem for p in gen_dir(ws).glob("*.safetensors"))
         raise FileNotFoundError(f"workspace {ws.path} has no generator {name!r} ({path}); "
-                                f"{'it has ' + ', '.join(have) if have else 'train one with `workbench gen train`'}")
+                                f"{'it has ' + ', '.join(have) if have else 'train one with `workbench train`'}")
     state, cfg, meta = checkpoint.load(path, GenConfig, kind="generator", device=device)
     if meta.get("sid_fingerprint") != sid_fingerprint(ws):
         raise checkpoint.CheckpointError(f"{path}: trained on other SIDs than the workspace's current ones "
-                                         "(the CQ-SID model changed since); retrain with `workbench gen train`")
-    tok = TextTokenizer.load(tokenizer_path(ws, cfg.backbone))
+                                         "(the CQ-SID model changed since); retrain with `workbench train`")
+    tok = TextTokenizer.load(tokenizer_path(ws, cfg.tokenizer))
     if tok.key != cfg.tokenizer:
         raise checkpoint.CheckpointError(f"{path}: built for tokenizer {cfg.tokenizer!r}, the workspace has {tok.key!r}")
     model = Generator(cfg, pretrained=False)

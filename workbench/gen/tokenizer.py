@@ -2,12 +2,12 @@
 
 Two kinds, one interface (`key`, `vocab_size`, `pad_id`, `encode(texts, max_len) -> (ids, mask)`):
 - `TextTokenizer.train(texts)`: a WordPiece vocabulary learned from the catalog and the queries
-  (lower-cased, accents stripped, BERT pre-tokenisation), for the from-scratch encoder;
+  (lower-cased, accents stripped, BERT pre-tokenisation; deterministic), for the from-scratch encoder;
 - `TextTokenizer.minilm()`: the tokenizer packaged with all-MiniLM-L6-v2, for the MiniLM encoder
   (its word pieces are what those weights were trained on).
 
-Saved as `tokenizer.json` in the workspace; the key (a hash of that file) goes into the generator's
-checkpoint so a model is never paired with a tokenizer it was not trained with.
+Saved as `tokenizer-<key>.json` in the workspace; the key (a hash of that file) goes into the
+generator's checkpoint so a model is never paired with a tokenizer it was not trained with.
 
 Behaviour on odd input: characters the vocabulary lacks become [UNK] (a query is never rejected for
 its alphabet); text longer than `max_len` tokens is truncated (a 10,000-character query costs the
@@ -17,10 +17,11 @@ same as a `max_len`-token one); an empty or whitespace-only text is a ValueError
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from workbench.workspace import atomic_write
 
@@ -42,14 +43,29 @@ class TextTokenizer:
 
     @classmethod
     def train(cls, texts: list[str], vocab_size: int = 8000, min_frequency: int = 2) -> TextTokenizer:
-        """WordPiece over `texts` (product titles, categories, queries)."""
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        """A WordPiece vocabulary over `texts` (product titles, categories, queries), built
+        deterministically: every character (alone and as a continuation), then whole words and word
+        pieces (prefixes, and continuations of 2-6 characters) by frequency, ties alphabetically.
+        (The `tokenizers` trainer breaks ties in hash order, so equal data gave different vocabularies.)"""
+        tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(SPECIAL)}, unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        words = Counter(w for t in texts if isinstance(t, str)
+                        for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(t)))
+        chars = sorted({c for w in words for c in w})
+        pieces: Counter = Counter()
+        for w, n in words.items():
+            pieces[w] += n
+            for L in range(2, min(len(w), 7)):
+                pieces[w[:L]] += n
+                for i in range(1, len(w) - L + 1):
+                    pieces["##" + w[i:i + L]] += n
+        vocab = SPECIAL + chars + ["##" + c for c in chars]
+        room = max(0, vocab_size - len(vocab))
+        known = set(vocab)
+        vocab += [p for p, n in sorted(pieces.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_frequency and p not in known][:room]
+        tok.model = models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]")
         tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL,
-                                            show_progress=False)
-        tok.train_from_iterator((t for t in texts if isinstance(t, str)), trainer)
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
         return cls(tok, _key(tok.to_str()))
@@ -68,7 +84,7 @@ class TextTokenizer:
     def load(cls, path: str | Path) -> TextTokenizer:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"no tokenizer at {path}; train a generator with `workbench gen train`")
+            raise FileNotFoundError(f"no tokenizer at {path}; train a generator with `workbench train`")
         text = path.read_text()
         try:
             tok = Tokenizer.from_str(text)

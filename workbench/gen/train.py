@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,20 +62,29 @@ def check_pairs(model: Generator, pairs: Pairs) -> None:
     if bad.any():
         i, j = np.argwhere(bad)[0]
         raise ValueError(f"example {i}: code {pairs.sids[i, j]} at level {j + 1} is outside the vocabulary {tuple(vocab)}")
-    if pairs.context is not None and model.cfg.context_vocab == 0:
-        raise ValueError("examples carry context but the generator has no context tokens (context_vocab = 0)")
+    if pairs.context is not None:
+        if model.cfg.context_vocab == 0:
+            raise ValueError("examples carry context but the generator has no context tokens (context_vocab = 0)")
+        bad = (pairs.context < -1) | (pairs.context >= model.cfg.context_vocab)
+        if bad.any():
+            i = int(np.argwhere(bad)[0][0])
+            raise ValueError(f"example {i}: context ids {pairs.context[i].tolist()} outside [-1, {model.cfg.context_vocab})")
 
 
 def fit(model: Generator, tok: TextTokenizer, pairs: Pairs, cfg: TrainConfig, device: str = "cpu", run=None,
-        stage: str | None = None, evaluate=None, progress: bool = True) -> list[dict]:
-    """Train in place; returns one dict per epoch (loss, seconds, and evaluate(model)'s metrics)."""
+        stage: str | None = None, evaluate=None, progress: bool = True, on_epoch=None,
+        resume: dict | None = None) -> list[dict]:
+    """Train in place; returns one dict per epoch (loss, seconds, and evaluate(model)'s metrics).
+
+    Resumable: each epoch shuffles with seed + epoch, `on_epoch(epoch, opt)` is called after every
+    epoch (to save a checkpoint), and `resume = {"epoch": e, "optimizer": state}` continues after
+    epoch e with that optimizer state (the model's weights already loaded by the caller)."""
     if tok.key != model.cfg.tokenizer:
         raise ValueError(f"tokenizer {tok.key!r} is not the one the generator was built for ({model.cfg.tokenizer!r})")
     check_pairs(model, pairs)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    gen = torch.Generator()
     ids, lens = tokenize(tok, pairs.text, model.cfg.max_len)
-    sids = torch.as_tensor(pairs.sids, dtype=torch.long)
+    sids = torch.tensor(pairs.sids, dtype=torch.long)
     weight = torch.as_tensor(pairs.weight, dtype=torch.float32)
     ctx = None if pairs.context is None else torch.as_tensor(pairs.context, dtype=torch.long)
 
@@ -89,10 +99,21 @@ def fit(model: Generator, tok: TextTokenizer, pairs: Pairs, cfg: TrainConfig, de
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
 
-    history, step = [], 0
-    bar = tqdm(range(cfg.epochs), desc=f"generator{f' ({stage})' if stage else ''}", disable=not progress)
+    start = 0
+    if resume:
+        opt.load_state_dict(resume["optimizer"])
+        start = int(resume["epoch"])
+        with warnings.catch_warnings():  # replaying the schedule, not training
+            warnings.simplefilter("ignore")
+            for _ in range(start * per_epoch):
+                sched.step()
+    history, step = [], start * per_epoch
+    bar = tqdm(range(start, cfg.epochs), desc=f"generator{f' ({stage})' if stage else ''}", disable=not progress,
+               initial=start, total=cfg.epochs)
     for epoch in bar:
         model.train()
+        gen.manual_seed(cfg.seed + epoch)  # batch order and dropout depend on the epoch only: resumable
+        torch.manual_seed(cfg.seed + epoch)
         t0, seen, total_loss = time.perf_counter(), 0, 0.0
         for b in batches(lens, cfg.batch_size, gen):
             T = int(lens[b].max())
@@ -117,5 +138,7 @@ def fit(model: Generator, tok: TextTokenizer, pairs: Pairs, cfg: TrainConfig, de
         bar.set_postfix({k: round(v, 3) for k, v in row.items() if k not in ("epoch", "seconds", "examples_per_s")})
         if run is not None:
             run.log(step, stage=stage, **{k: v for k, v in row.items() if k != "epoch"}, lr=sched.get_last_lr()[0])
+        if on_epoch is not None:
+            on_epoch(epoch + 1, opt)
     model.eval()
     return history

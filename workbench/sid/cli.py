@@ -7,19 +7,13 @@ import time
 import click
 import pandas as pd
 
+from workbench.cli_args import ints
 from workbench.sid.cqsid import MODES, CQSIDConfig, variant
 from workbench.sid.rqvae import RQVAEConfig
 
 
 def _ws(ctx):
     return ctx.find_root().obj["ws"]
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(k) for k in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected comma-separated integers, e.g. 256,256,256") from None
 
 
 def print_stats(stats: dict) -> None:
@@ -63,7 +57,7 @@ def train(ctx, codebook_sizes, latent_dim, which, mode, epochs, batch_size, lr, 
     from workbench.sid.store import train_workspace
 
     e = get_embedder(embedder, device)
-    model = RQVAEConfig(input_dim=e.dim, codebook_sizes=_sizes(codebook_sizes), latent_dim=latent_dim, rotation_trick=rotation_trick)
+    model = RQVAEConfig(input_dim=e.dim, codebook_sizes=ints(codebook_sizes), latent_dim=latent_dim, rotation_trick=rotation_trick)
     cfg = variant(CQSIDConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, category_depth=category_depth,
                               mode=mode, seed=seed), which)
     t0 = time.perf_counter()

@@ -1,0 +1,91 @@
+"""Progressive stages: data, replay, personal context, resume after a kill."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import TINY
+from workbench import Workspace
+from workbench.gen import stages as st
+from workbench.gen import store
+from workbench.gen.context import UserContext
+from workbench.gen.data import Pairs
+from workbench.gen.retrieve import Retriever
+from workbench.gen.train import TrainConfig
+
+
+def test_history_is_strictly_before_the_event_and_newest_first():
+    sids = pd.DataFrame({"product_id": ["a", "b", "c"], "sid_1": [0, 1, 2], "sid_2": [1, 0, 3], "sid_3": [0, 0, 0]})
+    t = pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-03"], utc=True)
+    events = pd.DataFrame({"user_id": ["u1", "u1", "u1", "u2"], "product_id": ["a", "b", "c", "a"], "time": t})
+    ctx = UserContext(pd.Series(["u1", "u2", "u3"]), events, sids, (3, 4, 2), history=2)
+    tok = {p: 3 + c1 * 4 + c2 for p, c1, c2 in zip(sids["product_id"], sids["sid_1"], sids["sid_2"])}
+    got = ctx.ids(["u1", "u1", "u3", "ghost"], pd.to_datetime(["2026-01-03"] * 4, utc=True))
+    assert got[0].tolist() == [0, tok["b"], tok["a"]]  # the same-day click on c is not history
+    assert got[2].tolist() == [2, -1, -1] and got[3].tolist() == [-1, -1, -1]
+    assert ctx.ids(["u1"])[0].tolist() == [0, tok["c"], tok["b"]]  # now: everything, newest first
+    assert ctx.known(["u2", "ghost"]).tolist() == [True, False] and ctx.vocab_size == 3 + 12
+
+
+def test_replay_mixes_in_a_share_of_earlier_examples():
+    cur = Pairs(["q"] * 10, np.zeros((10, 2), int), np.ones(10))
+    old = Pairs([f"t{i}" for i in range(50)], np.ones((50, 2), int), np.ones(50))
+    mixed = st.replay(cur, [old], 0.3, seed=0)
+    assert len(mixed) == 13 and sum(t.startswith("t") for t in mixed.text) == 3
+    assert len(st.replay(cur, [old], 0.0, seed=0)) == 10
+    assert st.with_context(cur, 3).context.shape == (10, 3) and (st.with_context(cur, 3).context == -1).all()
+
+
+def test_unknown_users_get_exactly_the_non_personalised_results(trained):
+    ws, rows = trained
+    assert rows[-1]["stage"] == "3-personal" and 0 <= rows[-1]["personal_hit@10"] <= 1
+    r = Retriever.from_workspace(ws)
+    ctx, known = r.user_context(ws, ["nobody", ws.table("users")["user_id"][0]])
+    assert known.tolist() == [False, True] and (ctx[0] == -1).all() and ctx[1, 0] == 0
+    plain = r.search(["cordless drill"], 8)
+    ghost = r.search(["cordless drill"], 8, context=ctx[:1])
+    assert [h.sid for h in plain[0]] == [h.sid for h in ghost[0]]
+    np.testing.assert_allclose([h.logp for h in plain[0]], [h.logp for h in ghost[0]], atol=1e-5)
+
+
+def test_bad_stage_plans_are_refused(trained, tmp_path):
+    ws, _ = trained
+    for bad in [(2, 1), (4,), (), (1, 1)]:
+        with pytest.raises(ValueError, match="stages must be"):
+            st.train_stages(ws, bad)
+    with pytest.raises(FileNotFoundError, match="no generator 'fresh-stage1'"):
+        st.train_stages(ws, (2,), name="fresh")
+    with pytest.raises(ValueError, match="epoch counts"):
+        st.train_stages(ws, (1, 2), epochs=(1,))
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_ends_with_the_same_weights(trained, tmp_path, monkeypatch):
+    ws = Workspace(shutil.copytree(trained[0].path, tmp_path / "ws"))
+    kw = dict(model=TINY, train=TrainConfig(lr=3e-3), epochs=(1, 3), eval_width=4, progress=False)
+    st.train_stages(ws, (1, 2), name="straight", **kw)
+
+    real, calls = st.recall_eval, {"n": 0}
+
+    def dies_in_stage_2_epoch_2(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # stage 1's only epoch, stage 2's first, then the kill
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(st, "recall_eval", dies_in_stage_2_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        st.train_stages(ws, (1, 2), name="killed", **kw)
+    assert (store.gen_dir(ws) / "killed-stage1.safetensors").exists()
+    assert (store.gen_dir(ws) / "killed-stage2.partial.safetensors").exists()
+    monkeypatch.setattr(st, "recall_eval", real)
+    rows = st.train_stages(ws, (1, 2), name="killed", **kw)
+    assert rows[0] == {"stage": "1-items", "resumed": "done"}
+    assert not (store.gen_dir(ws) / "killed-stage2.partial.safetensors").exists()
+    a, _, _ = store.load(ws, "straight")
+    b, _, _ = store.load(ws, "killed")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, msg=k)
