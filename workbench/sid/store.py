@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workbench import checkpoint
-from workbench.data.relevance import relevance
+from workbench.data.relevance import held_out, relevance
 from workbench.sid import metrics
 from workbench.sid.cqsid import CQSIDConfig, SIDData, dedup, evaluate, flat_stats, train
 from workbench.sid.cqsid import assign as assign_codes
@@ -33,8 +33,10 @@ def sid_dir(ws: Workspace) -> Path:
 
 
 def relevance_pairs(ws: Workspace, product_ids: pd.Index, query_ids: pd.Index) -> pd.DataFrame:
-    """(query row, product row, weight) of the workspace's relevance (see workbench.data.relevance)."""
+    """(query row, product row, weight) of the workspace's relevance (see workbench.data.relevance), on
+    training queries only: the held-out queries evaluate the generator, so they must not shape the SIDs."""
     df = relevance(ws)
+    df = df[~held_out(df["query_id"])]
     df["query"], df["product"] = query_ids.get_indexer(df["query_id"]), product_ids.get_indexer(df["product_id"])
     return df[(df["query"] >= 0) & (df["product"] >= 0)][["query", "product", "weight"]].reset_index(drop=True)
 
