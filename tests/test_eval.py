@@ -61,6 +61,7 @@ def test_harness_compares_every_method_on_the_same_queries(trained):
         assert df[col].between(0, 1).all(), col
     gen = df.set_index("method").loc["generative"]
     assert gen["sids"] == 8 and gen["cluster_size"] >= 1 and 0 <= gen["valid_sid_rate_unconstrained"] <= 1
+    assert 0 <= gen["personal_hit@20"] <= 1 and 0 <= gen["anonymous_hit@5"] <= 1  # the fixture trained stage 3
     assert (df["recall@20"] >= df["recall@5"] - 1e-9).all()
     with pytest.raises(ValueError, match="unknown methods"):
         EvalConfig(methods=("generative", "magic"))

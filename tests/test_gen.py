@@ -39,7 +39,7 @@ def test_training_learns_the_held_out_queries_better_than_an_untrained_model(tra
     assert result["recall@50"] == pytest.approx(recall_eval(r, ev, 16)["recall@50"])  # saved = evaluated
     evals = ws.logbook().query("SELECT stage, metric, k FROM evals WHERE method = 'generator/scratch'")
     assert set(evals["stage"]) == {"1-items", "2-queries", "3-personal"} and set(evals["k"]) == {10, 50}
-    assert {"personal_hit", "click_hit"} <= set(evals[evals["stage"] == "3-personal"]["metric"])
+    assert {"personal_hit", "anonymous_hit"} <= set(evals[evals["stage"] == "3-personal"]["metric"])
 
 
 def test_search_returns_existing_sids_and_their_products(trained):

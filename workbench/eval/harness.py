@@ -14,8 +14,11 @@ judgments CSV (query, product_id, relevance) given with `judgments_csv`. Methods
 Metrics per method at each k: recall, ndcg, hit (any relevant product in the first k), coverage
 (share of the catalog retrieved by some query); mrr over the first max(k); click_hit@k over the held-out
 queries' logged clicks (is the clicked product in the first k for that query). For generative also
-the SIDs decoded, the products per decoded SID (the cluster size retrieved) and the valid-SID rate
-of the same beam decoded without the trie (constrained decoding is valid by construction).
+the SIDs decoded, the products per decoded SID (the cluster size retrieved), the valid-SID rate
+of the same beam decoded without the trie (constrained decoding is valid by construction) and, for a
+generator trained with users (stage 3), the personalised hit rate: hit@k of the product each user
+clicked or bought on a held-out query, decoded with that user's context (personal_hit) and without
+(anonymous_hit, on the same events).
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ def evaluate(ws, cfg: EvalConfig = EvalConfig(), queries: pd.DataFrame | None = 
     from workbench.gen.data import eval_set
     from workbench.gen.retrieve import Retriever, ranked_products
 
+    queries_given = queries is not None
     queries = eval_set(ws) if queries is None else queries
     texts, relevant = queries["query"].tolist(), queries["relevant"].tolist()
     products = ws.table("products")
@@ -117,6 +121,11 @@ def evaluate(ws, cfg: EvalConfig = EvalConfig(), queries: pd.DataFrame | None = 
         extra["generative"] = {"sids": float(np.mean([len(h) for h in hits])),
                                "cluster_size": float(np.mean([len(x.products) for h in hits for x in h])),
                                "valid_sid_rate_unconstrained": unconstrained_valid_rate(r, texts, cfg.width)}
+        if r.model.cfg.context_vocab and queries_given is False and ws.has("users") and ws.has("search_log"):
+            from workbench.gen.stages import personal_eval, personal_events
+
+            for k in cfg.ks:
+                extra["generative"].update(personal_eval(r, personal_events(ws), r.users(ws), cfg.width, k))
     if need & {"bm25", "hybrid", "hybrid+gen"}:
         bm = BM25(ids, product_texts(products))
         timed("bm25", lambda: bm.search(texts, K))

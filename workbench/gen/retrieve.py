@@ -73,18 +73,25 @@ class Retriever:
         index = SIDIndex.load(sid_dir(ws) / "index.parquet")
         return cls(model, tok, index, ProductLookup(index, load_sids(ws), popularity(ws)), device)
 
-    def user_context(self, ws, user_ids: list[str], history: int = 5) -> tuple[torch.Tensor, np.ndarray]:
-        """(N, 1 + history) context ids of these users now, and which of them are known. Unknown users
-        get empty slots: the non-personalised path. A generator without context slots refuses."""
+    def users(self, ws, history: int = 5):
+        """The workspace's UserContext for this generator (built once). A generator trained without
+        users (no stage 3) refuses."""
         from workbench.gen.context import UserContext
 
         if self.model.cfg.context_vocab == 0:
             raise ValueError("this generator was trained without users (stage 3); train with `workbench train --stages 1,2,3`")
         if self._context is None:
-            self._context = UserContext.from_workspace(ws, load_sids(ws), self.index.vocab, history)
-            if self._context.vocab_size != self.model.cfg.context_vocab:
+            ctx = UserContext.from_workspace(ws, load_sids(ws), self.index.vocab, history)
+            if ctx.vocab_size != self.model.cfg.context_vocab:
                 raise ValueError("the workspace's users or SIDs changed since the generator was trained; retrain stage 3")
-        return torch.as_tensor(self._context.ids(user_ids)), self._context.known(user_ids)
+            self._context = ctx
+        return self._context
+
+    def user_context(self, ws, user_ids: list[str]) -> tuple[torch.Tensor, np.ndarray]:
+        """(N, 1 + history) context ids of these users now, and which of them are known. Unknown users
+        get empty slots: the non-personalised path."""
+        ctx = self.users(ws)
+        return torch.as_tensor(ctx.ids(user_ids)), ctx.known(user_ids)
 
     @torch.no_grad()
     def decode(self, texts: list[str], width: int, context: torch.Tensor | None = None) -> Beams:

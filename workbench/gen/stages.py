@@ -91,11 +91,11 @@ def recall_eval(retriever: Retriever, evalset, width: int, ks=EVAL_KS) -> dict[s
 
 def personal_eval(retriever: Retriever, events: pd.DataFrame, ctx: UserContext, width: int, k: int = 10) -> dict:
     """Hit@k of the product each user clicked or bought on a held-out query, decoded with that user's
-    context (personal_hit) and without (click_hit), on the same events."""
+    context (personal_hit) and without (anonymous_hit), on the same events."""
     texts, target = events["query"].tolist(), events["product_id"].tolist()
     c = torch.as_tensor(ctx.ids(events["user_id"], events["time"]))
     out = {}
-    for key, context in (("personal_hit", c), ("click_hit", torch.full_like(c, -1))):
+    for key, context in (("personal_hit", c), ("anonymous_hit", torch.full_like(c, -1))):
         hits = retriever.search(texts, width, context=context)
         out[f"{key}@{k}"] = float(np.mean([t in ranked_products(h, k) for h, t in zip(hits, target)]))
     return out
