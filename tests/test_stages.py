@@ -42,6 +42,8 @@ def test_replay_mixes_in_a_share_of_earlier_examples():
 def test_unknown_users_get_exactly_the_non_personalised_results(trained):
     ws, rows = trained
     assert rows[-1]["stage"] == "3-personal" and 0 <= rows[-1]["personal_hit@10"] <= 1
+    n_sids = len(pd.read_parquet(ws.path / "sid" / "index.parquet"))
+    assert rows[0]["item_hit@10"] > 3 * 10 / n_sids  # stage 1 learned titles -> own SID, far above chance
     r = Retriever.from_workspace(ws)
     ctx, known = r.user_context(ws, ["nobody", ws.table("users")["user_id"][0]])
     assert known.tolist() == [False, True] and (ctx[0] == -1).all() and ctx[1, 0] == 0

@@ -12,8 +12,9 @@ non-personalised path.
 Checkpoints in <workspace>/gen/: `<name>-stage<N>.safetensors` after each stage, `<name>.safetensors`
 (the last stage: what search and eval load), and `<name>-stage<N>.partial.safetensors` after every
 epoch (weights + optimizer state), so a killed run resumes losing at most one epoch. After each
-stage the held-out queries are evaluated (Recall@K; for stage 3 also the personalised hit rate) and
-logged to the logbook with the stage, so stage-by-stage curves are one SQL query.
+stage the held-out queries are evaluated (Recall@K; for stage 3 also the personalised hit rate), and
+stage 1's task (title -> own SID) to show forgetting; all logged to the logbook with the stage, so
+stage-by-stage curves are one SQL query.
 """
 
 from __future__ import annotations
@@ -89,6 +90,16 @@ def recall_eval(retriever: Retriever, evalset, width: int, ks=EVAL_KS) -> dict[s
     return {f"recall@{k}": recall_at_k(got, rel, k) for k in ks}
 
 
+def item_eval(retriever: Retriever, items: Pairs, width: int = 10, n: int = 500, seed: int = 0) -> dict[str, float]:
+    """Stage 1's task, to see forgetting: for n products, is their own SID the first (item_hit@1) or
+    among the `width` SIDs decoded from their title (item_hit@width)?"""
+    idx = np.random.default_rng(seed).choice(len(items), min(n, len(items)), replace=False)
+    texts, target = [items.text[i] for i in idx], torch.as_tensor(items.sids[idx])
+    got = torch.cat([retriever.decode(texts[i:i + 128], width).sids.cpu() for i in range(0, len(texts), 128)])  # (n, W, L)
+    same = (got == target[:, None, :]).all(-1)  # (n, W)
+    return {"item_hit@1": float(same[:, 0].float().mean()), f"item_hit@{width}": float(same.any(1).float().mean())}
+
+
 def personal_eval(retriever: Retriever, events: pd.DataFrame, ctx: UserContext, width: int, k: int = 10) -> dict:
     """Hit@k of the product each user clicked or bought on a held-out query, decoded with that user's
     context (personal_hit) and without (anonymous_hit), on the same events."""
@@ -157,6 +168,7 @@ def train_stages(ws, stages: tuple[int, ...] = (1, 2, 3), backbone: str = "scrat
     events = personal_events(ws) if personal else None
     data = {1: lambda: item_pairs(ws, sids), 2: lambda: query_pairs(ws, sids),
             3: lambda: personal_pairs(ws, sids, ctx)}
+    items = item_pairs(ws, sids)  # for item_eval after every stage
     done: list[Pairs] = []
     for s in range(1, first):  # earlier stages' examples, for replay
         done.append(data[s]())
@@ -198,6 +210,7 @@ def train_stages(ws, stages: tuple[int, ...] = (1, 2, 3), backbone: str = "scrat
                            on_epoch=save_partial, resume=state)
             last = history_[-1] if history_ else recall_eval(retriever, evalset, eval_width)  # killed after its last epoch
             row = {"stage": stage, "examples": len(pairs), **last}
+            row.update(item_eval(retriever, items))
             if personal and s >= 3:
                 row.update(personal_eval(retriever, events, ctx, eval_width))
             for key, value in row.items():
