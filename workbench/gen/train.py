@@ -85,8 +85,8 @@ def fit(model: Generator, tok: TextTokenizer, pairs: Pairs, cfg: TrainConfig, de
     gen = torch.Generator()
     ids, lens = tokenize(tok, pairs.text, model.cfg.max_len)
     sids = torch.tensor(pairs.sids, dtype=torch.long)
-    weight = torch.as_tensor(pairs.weight, dtype=torch.float32)
-    ctx = None if pairs.context is None else torch.as_tensor(pairs.context, dtype=torch.long)
+    weight = torch.tensor(pairs.weight, dtype=torch.float32)
+    ctx = None if pairs.context is None else torch.tensor(pairs.context, dtype=torch.long)
 
     model.to(device).train()
     enc = list(model.encoder.parameters()) if model.cfg.backbone == "minilm" else []
