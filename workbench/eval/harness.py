@@ -121,11 +121,10 @@ def evaluate(ws, cfg: EvalConfig = EvalConfig(), queries: pd.DataFrame | None = 
         extra["generative"] = {"sids": float(np.mean([len(h) for h in hits])),
                                "cluster_size": float(np.mean([len(x.products) for h in hits for x in h])),
                                "valid_sid_rate_unconstrained": unconstrained_valid_rate(r, texts, cfg.width)}
-        if r.model.cfg.context_vocab and queries_given is False and ws.has("users") and ws.has("search_log"):
+        if r.model.cfg.context_vocab and not queries_given and ws.has("users") and ws.has("search_log"):
             from workbench.gen.stages import personal_eval, personal_events
 
-            for k in cfg.ks:
-                extra["generative"].update(personal_eval(r, personal_events(ws), r.users(ws), cfg.width, k))
+            extra["generative"].update(personal_eval(r, personal_events(ws), r.users(ws), cfg.width, cfg.ks))
     if need & {"bm25", "hybrid", "hybrid+gen"}:
         bm = BM25(ids, product_texts(products))
         timed("bm25", lambda: bm.search(texts, K))

@@ -100,15 +100,16 @@ def item_eval(retriever: Retriever, items: Pairs, width: int = 10, n: int = 500,
     return {"item_hit@1": float(same[:, 0].float().mean()), f"item_hit@{width}": float(same.any(1).float().mean())}
 
 
-def personal_eval(retriever: Retriever, events: pd.DataFrame, ctx: UserContext, width: int, k: int = 10) -> dict:
+def personal_eval(retriever: Retriever, events: pd.DataFrame, ctx: UserContext, width: int, ks=(10,)) -> dict:
     """Hit@k of the product each user clicked or bought on a held-out query, decoded with that user's
     context (personal_hit) and without (anonymous_hit), on the same events."""
     texts, target = events["query"].tolist(), events["product_id"].tolist()
     c = torch.as_tensor(ctx.ids(events["user_id"], events["time"]))
     out = {}
     for key, context in (("personal_hit", c), ("anonymous_hit", torch.full_like(c, -1))):
-        hits = retriever.search(texts, width, context=context)
-        out[f"{key}@{k}"] = float(np.mean([t in ranked_products(h, k) for h, t in zip(hits, target)]))
+        ranked = [ranked_products(h) for h in retriever.search(texts, width, context=context)]
+        for k in ks:
+            out[f"{key}@{k}"] = float(np.mean([t in r[:k] for r, t in zip(ranked, target)]))
     return out
 
 
