@@ -167,28 +167,25 @@ def train_stages(ws, stages: tuple[int, ...] = (1, 2, 3), backbone: str = "scrat
     evalset = eval_set(ws)
     retriever = Retriever(gen, tok, index, ProductLookup(index, sids, popularity(ws)), device)
     events = personal_events(ws) if personal else None
-    data = {1: lambda: item_pairs(ws, sids), 2: lambda: query_pairs(ws, sids),
-            3: lambda: personal_pairs(ws, sids, ctx)}
-    items = item_pairs(ws, sids)  # for item_eval after every stage
-    done: list[Pairs] = []
-    for s in range(1, first):  # earlier stages' examples, for replay
-        done.append(data[s]())
+    items = item_pairs(ws, sids)  # stage 1's examples, and item_eval's after every stage
+    data = {1: lambda: items, 2: lambda: query_pairs(ws, sids), 3: lambda: personal_pairs(ws, sids, ctx)}
+    done: list[Pairs] = [data[s]() for s in range(1, first)]  # earlier stages' examples, for replay
     results, run_id = [], None
     for s in stages:
         stage = f"{s}-{STAGES[s]}"
-        pairs = data[s]()
-        if personal:
-            pairs = with_context(pairs, ctx.width)
-            done = [with_context(p, ctx.width) for p in done]
-        pairs = replay(pairs, done, replay_share, train.seed + s)
+        own = data[s]()
         final = store.gen_dir(ws) / f"{name}-stage{s}.safetensors"
         if resume and final.exists():
             gen, tok, meta = store.load(ws, f"{name}-stage{s}", device)
             run_id = meta.get("run_id")
-            retriever.model = gen
+            retriever.model, retriever.tok = gen, tok
             results.append({"stage": stage, "resumed": "done"})
-            done.append(data[s]())
+            done.append(own)
             continue
+        if personal:
+            pairs = replay(with_context(own, ctx.width), [with_context(p, ctx.width) for p in done], replay_share, train.seed + s)
+        else:
+            pairs = replay(own, done, replay_share, train.seed + s)
         state = None
         part = _partial(ws, name, s)
         if resume and part.exists():
@@ -217,13 +214,13 @@ def train_stages(ws, stages: tuple[int, ...] = (1, 2, 3), backbone: str = "scrat
             for key, value in row.items():
                 if "@" in key:
                     metric, _, k = key.partition("@")
-                    run.log_eval(metric, value, k=int(k), dataset="held-out queries", method=f"generator/{backbone}",
+                    run.log_eval(metric, value, k=int(k), dataset="held-out queries", method=f"generator/{gen.cfg.backbone}",
                                  stage=stage)
             run_id = run.run_id
             store.save(ws, gen.cpu(), tok, f"{name}-stage{s}", run_id=run_id, stage=stage, examples=len(pairs))
             gen.to(device)
         part.unlink(missing_ok=True)
         results.append(row)
-        done.append(data[s]())
+        done.append(own)
     store.save(ws, gen.cpu(), tok, name, run_id=run_id, stage=STAGES[stages[-1]], stages=list(stages))
     return results
