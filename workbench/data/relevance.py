@@ -32,14 +32,24 @@ def relevance(ws, sources: tuple[str, ...] = SOURCES) -> pd.DataFrame:
                      WEIGHTS["clicked"] if "clicked" in sources else 0.0)
         parts.append(pd.DataFrame({"query_id": log["query_id"], "product_id": log["product_id"], "weight": w}))
     if ws.has("judgments") and "judged" in sources:
-        j = ws.table("judgments")
-        thr = ws.meta.get("relevance_threshold")
-        j = j[j["relevance"] >= (thr if thr is not None else j["relevance"].max())]
+        j = judged(ws)
         parts.append(pd.DataFrame({"query_id": j["query_id"], "product_id": j["product_id"], "weight": WEIGHTS["judged"]}))
     if not parts:
         return pd.DataFrame({"query_id": pd.Series(dtype=object), "product_id": pd.Series(dtype=str), "weight": pd.Series(dtype=float)})
     df = pd.concat(parts).groupby(["query_id", "product_id"], as_index=False)["weight"].sum()
     return df[df["weight"] > 0].reset_index(drop=True)
+
+
+def threshold(ws, grades: pd.Series) -> float:
+    """The grade at which a judgment counts as relevant: the workspace's, or the highest in `grades`."""
+    thr = ws.meta.get("relevance_threshold")
+    return float(thr if thr is not None else grades.max())
+
+
+def judged(ws) -> pd.DataFrame:
+    """The workspace's judgments at or above the relevance threshold (query_id, product_id, relevance)."""
+    j = ws.table("judgments")
+    return j[j["relevance"] >= threshold(ws, j["relevance"])]
 
 
 def held_out(query_ids, share: float = 0.2, salt: str = "eval") -> np.ndarray:

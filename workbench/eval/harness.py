@@ -54,6 +54,7 @@ class EvalConfig:
 
 def judgments_file(ws, path: str | Path, threshold: float | None = None) -> pd.DataFrame:
     """A judgments CSV (query, product_id, relevance) -> query, relevant {product id: grade}."""
+    from workbench.data.relevance import threshold as relevance_threshold
     from workbench.gen.data import gains_by_query
 
     path = Path(path)
@@ -73,7 +74,7 @@ def judgments_file(ws, path: str | Path, threshold: float | None = None) -> pd.D
     unknown = sorted(set(df["product_id"]) - known)
     if unknown:
         raise ValueError(f"{path}: {len(unknown)} product ids are not in the catalog, e.g. {unknown[:3]}")
-    thr = threshold if threshold is not None else ws.meta.get("relevance_threshold", df["relevance"].max())
+    thr = threshold if threshold is not None else relevance_threshold(ws, df["relevance"])
     rel = df[(df["relevance"] >= thr) & (df["query"] != "")].rename(columns={"query": "query_id", "relevance": "weight"})
     if rel.empty:
         raise ValueError(f"{path}: no judgment reaches the relevance threshold {thr}")

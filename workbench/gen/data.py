@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from workbench.data.relevance import held_out, relevance
+from workbench.data.relevance import held_out, judged, relevance
 from workbench.sid.store import load_sids
 
 
@@ -75,9 +75,7 @@ def eval_set(ws, share: float = 0.2, sources: tuple[str, ...] | None = None) -> 
     if sources is None:
         sources = ("judged",) if ws.has("judgments") else ("purchased", "clicked")
     if sources == ("judged",):
-        j = ws.table("judgments")
-        thr = ws.meta.get("relevance_threshold")
-        rel = j[j["relevance"] >= (thr if thr is not None else j["relevance"].max())].rename(columns={"relevance": "weight"})
+        rel = judged(ws).rename(columns={"relevance": "weight"})
     else:
         rel = relevance(ws, sources)
     rel = rel[held_out(rel["query_id"], share)]
