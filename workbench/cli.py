@@ -389,6 +389,65 @@ def bench_beam(ctx, widths, batch_sizes, k, tolerance, modes, speed, rounds, emb
         report("beam-width-choice", summary, run, device=device_name(device))
 
 
+@bench.command(name="seqrec")
+@click.option("--datasets", "datasets_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the real data sets (default: ../shared/datasets beside the repository).")
+@click.option("--indexes", default="cq-sid,rqvae_native,letter_native", show_default=True,
+              help="SIDs to predict: cq-sid (ours, trained in the bench workspace if missing) and the published indexes.")
+@click.option("--codebook-sizes", default="256,256,256", show_default=True, help="CQ-SID's, when it is trained here.")
+@click.option("--epochs", default="10,20", show_default=True, help="Epochs of stage 1 (items) and stage 2 (next item).")
+@click.option("--d-model", type=int, default=128, show_default=True)
+@click.option("--layers", type=int, default=2, show_default=True)
+@click.option("--width", type=int, default=32, show_default=True)
+@click.option("--history", type=int, default=5, show_default=True, help="History items given as SID tokens.")
+@click.option("--embedder", default="minilm", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def bench_seqrec(ctx, datasets_dir, indexes, codebook_sizes, epochs, d_model, layers, width, history, embedder, device,
+                 seed) -> None:
+    """Next-item prediction on Amazon Scientific (leave-last-item-out): the same generator on our CQ-SID vs
+    the published TIGER-style (RQ-VAE) and LETTER indexes."""
+    from workbench.bench import device_name, report
+    from workbench.bench.seqrec import run_case, sequences, sid_table
+    from workbench.bench.sid import lcrec_index
+    from workbench.gen.train import TrainConfig
+    from workbench.sid.store import load_sids, sid_dir
+
+    ws = _bench_workspace("scientific", datasets_dir)
+    e1, e2 = ints(epochs)
+    names = [n.strip() for n in indexes.split(",")]
+    if "cq-sid" in names and not (sid_dir(ws) / "sids.parquet").exists():
+        from workbench.embed import get_embedder
+        from workbench.sid.cqsid import CQSIDConfig
+        from workbench.sid.rqvae import RQVAEConfig
+        from workbench.sid.store import train_workspace
+
+        e = get_embedder(embedder, device)
+        train_workspace(ws, CQSIDConfig(model=RQVAEConfig(input_dim=e.dim, codebook_sizes=ints(codebook_sizes)), seed=seed),
+                        e, device)
+    products = ws.table("products")
+    seqs = sequences(ws.table("interactions"))
+    root = datasets_dir or DATASETS
+    model = {"d_model": d_model, "enc_layers": layers, "dec_layers": layers, "n_heads": 4, "d_ff": 4 * d_model}
+    params = {"epochs": [e1, e2], "model": model, "width": width, "history": history, "seed": seed, "users": len(seqs)}
+    rows = []
+    with ws.logbook().run("bench", {"bench": "seqrec", "indexes": names, **params, "device": device}, seed=seed) as run:
+        for name in names:
+            if name == "cq-sid":
+                sids = load_sids(ws)
+            else:
+                path = root / "amazon_scientific" / f"{name}__Scientific.index.json"
+                sids = sid_table(products["product_id"], lcrec_index(path, products["product_id"].to_numpy()))
+            row = run_case(products, seqs, sids, model, TrainConfig(seed=seed), (e1, e2), history, width, device, run, name)
+            rows.append(row)
+            for key, value in row.items():
+                if "@" in key:
+                    metric, _, k = key.partition("@")
+                    run.log_eval(metric, value, k=int(k), dataset="scientific leave-last-out", method=f"generator on {name}")
+        report("seqrec", rows, run, params=params, device=device_name(device))
+
+
 DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 
 
