@@ -354,12 +354,13 @@ def bench_sid(ctx, dataset, datasets_dir, codebook_sizes, epochs, variants, embe
               help="Compare cluster and unique IDs (each in workspaces/bench-beam-<mode>, built from -w's tables), "
                    "or 'workspace' for the workspace's own generator.")
 @click.option("--speed/--no-speed", default=True, show_default=True,
-              help="Also time our beam search against HF T5 generate (random models, 20k SIDs, batch 32, width 64).")
+              help="Also time our beam search against HF T5 generate (random models, 20k SIDs, width 64).")
+@click.option("--speed-batches", default="32", show_default=True, help="Batch sizes of the speed comparison.")
 @click.option("--rounds", type=int, default=3, show_default=True)
 @click.option("--embedder", default="minilm", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.pass_context
-def bench_beam(ctx, widths, batch_sizes, k, tolerance, modes, speed, rounds, embedder, device) -> None:
+def bench_beam(ctx, widths, batch_sizes, k, tolerance, modes, speed, speed_batches, rounds, embedder, device) -> None:
     """Beam width vs latency and Recall@K (cluster vs unique IDs); speed against Hugging Face generate."""
     from workbench.bench import beam as bb
     from workbench.bench import device_name, report
@@ -370,11 +371,12 @@ def bench_beam(ctx, widths, batch_sizes, k, tolerance, modes, speed, rounds, emb
     widths, sizes = list(ints(widths)), list(ints(batch_sizes))
     params = {"widths": widths, "batch_sizes": sizes, "k": k, "tolerance": tolerance, "ids": modes, "rounds": rounds}
     with ws.logbook().run("bench", {"bench": "beam", **params, "device": device}) as run:
-        if speed:
-            rows, summary = bb.speed(device=device, rounds=rounds)
+        for b in list(ints(speed_batches)) if speed else []:
+            rows, summary = bb.speed(batch=b, device=device, rounds=rounds)
+            rows = [{**r, "case": f"{r['case']}, batch {b}"} for r in rows]
             report("beam-speed", rows, run, units={"s_per_batch": "s", "queries_per_s": "1/s"},
-                   params={"batch": 32, "width": 64, "sids": summary["sids"]}, device=device_name(device))
-            report("beam-speed-summary", [{"case": "batch 32, width 64", **summary}], run, device=device_name(device))
+                   params={"batch": b, "width": 64, "sids": summary["sids"]}, device=device_name(device))
+            report("beam-speed-summary", [{"case": f"batch {b}, width 64", **summary}], run, device=device_name(device))
         picks = {}
         for mode in [m.strip() for m in modes.split(",")]:
             w = ws if mode == "workspace" else bb.mode_workspace(ws, mode, embedder, device)
