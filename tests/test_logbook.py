@@ -107,3 +107,33 @@ def test_served_queries(tmp_path):
     lb.serve("red mug", [{"sid": [1, 2, 3], "products": ["a"]}], latency_ms=4.5, user_id="u1", beam_width=8)
     row = lb.query("SELECT * FROM served").iloc[0]
     assert row["query"] == "red mug" and row["n_results"] == 1 and json.loads(row["results"])[0]["sid"] == [1, 2, 3]
+
+
+def test_merge_copies_other_runs_once(tmp_path):
+    here, there = Logbook(tmp_path / "here.duckdb"), Logbook(tmp_path / "gpu.duckdb")
+    with here.run("train", {"a": 1}) as run:
+        run.log(1, loss=2.0)
+    with there.run("bench", {"b": 2}) as run:
+        run.log(1, stage="1-items", loss=1.0)
+        run.log_eval("recall", 0.4, k=10, method="gen")
+        run.log_bench("beam-speed", "s_per_batch", 0.015, case_name="ours", device="NVIDIA H100")
+    assert here.merge(there.path) == {"runs": 1, "metrics": 1, "evals": 1, "bench": 1, "served": 0}
+    assert here.merge(there.path) == {"runs": 0, "metrics": 0, "evals": 0, "bench": 0, "served": 0}  # idempotent
+    got = here.query("SELECT r.kind, b.device, b.value FROM bench b JOIN runs r USING (run_id)")
+    assert got.values.tolist() == [["bench", "NVIDIA H100", 0.015]]
+    assert here.query("SELECT count(*) n FROM runs")["n"][0] == 2
+
+
+def test_merge_bad_inputs(tmp_path):
+    lb = Logbook(tmp_path / "lb.duckdb")
+    with pytest.raises(FileNotFoundError, match="no logbook"):
+        lb.merge(tmp_path / "missing.duckdb")
+    (tmp_path / "junk.duckdb").write_text("not a database")
+    with pytest.raises(ValueError, match="not a DuckDB logbook"):
+        lb.merge(tmp_path / "junk.duckdb")
+    duckdb.connect(str(tmp_path / "other.duckdb")).execute("CREATE TABLE t (x INT)").close()
+    with pytest.raises(ValueError, match="no runs table"):
+        lb.merge(tmp_path / "other.duckdb")
+    with pytest.raises(ValueError, match="itself"):
+        lb.merge(lb.path)
+    assert lb.query("SELECT count(*) n FROM runs")["n"][0] == 0

@@ -230,6 +230,15 @@ def runs(ctx, limit) -> None:
                f"ORDER BY started_at DESC LIMIT {int(limit)}", max_rows=limit, as_json=False)
 
 
+@main.command()
+@click.argument("other", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def merge(ctx, other: Path) -> None:
+    """Copy the runs of another logbook file (e.g. from a GPU machine) into this workspace's logbook."""
+    added = _ws(ctx).require().logbook().merge(other)
+    click.echo(", ".join(f"{n} {t}" for t, n in added.items()) + f" rows added from {other}")
+
+
 @main.command(name="eval")
 @click.option("--k", "ks", default="10,50", show_default=True, help="Cut-offs, comma-separated.")
 @click.option("--width", type=int, default=32, show_default=True, help="Beam width of the generator.")

@@ -112,6 +112,10 @@ def _insert(con, table: str, rows: list[dict]) -> None:
     con.unregister("_rows")
 
 
+def _columns(con, table: str) -> list[str]:
+    return [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
+
+
 class LogbookBusy(TimeoutError):
     pass
 
@@ -166,6 +170,37 @@ class Logbook:
         if rows:
             with self.connect(timeout=timeout) as con:
                 _insert(con, table, rows)
+
+    def merge(self, other: str | Path) -> dict[str, int]:
+        """Copy the runs of another logbook (one written on a GPU machine or another host) and their
+        metrics, evals, bench rows and served queries into this one, in one transaction. Runs already
+        here are skipped, so merging twice changes nothing. Returns rows added per table."""
+        other = Path(other)
+        if not other.exists():
+            raise FileNotFoundError(f"no logbook at {other}")
+        if other.resolve() == self.path.resolve():
+            raise ValueError("a logbook cannot be merged into itself")
+        with self.connect() as con:
+            try:
+                con.execute("ATTACH ? AS other (READ_ONLY)", [str(other)])
+            except duckdb.Error as e:
+                raise ValueError(f"{other} is not a DuckDB logbook: {e}") from e
+            have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'other'").fetchall()}
+            if "runs" not in have:
+                raise ValueError(f"{other} is not a workbench logbook (no runs table)")
+            added = {}
+            con.execute("BEGIN")
+            con.execute("CREATE TEMP TABLE _new AS SELECT run_id FROM other.runs EXCEPT SELECT run_id FROM runs")
+            for table in ["runs", *COLUMNS]:
+                if table not in have:
+                    continue
+                cols = ", ".join(_columns(con, table))
+                n = con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM other.{table} "
+                                "WHERE run_id IN (SELECT run_id FROM _new)").fetchone()[0]
+                added[table] = int(n)
+            con.execute("COMMIT")
+            con.execute("DETACH other")
+        return added
 
     def serve(self, query: str, results: list, latency_ms: float, user_id: str | None = None,
               beam_width: int | None = None, run_id: str | None = None, source: str = "app") -> None:
