@@ -46,9 +46,10 @@ def test_leave_last_out_splits_and_inputs():
     offsets = np.array([0, 5])
     tr, tr_t = examples(seqs, "train", titles, code_of, offsets, history=2)
     va, va_t = examples(seqs, "valid", titles, code_of, offsets, history=2)
-    te, te_t = examples(seqs, "test", titles, code_of, offsets, history=2)
+    te, te_t = examples(seqs, "test", titles, code_of, offsets, history=2, n_titles=3)
     assert (tr_t, va_t, te_t) == (["b", "c"], ["d"], ["e"])
     assert te.text == ["D | C | B"]  # three titles, newest first
+    assert va.text == ["C"]  # by default the latest title only
     assert te.context.tolist() == [[3, 5, 2, 5]]  # d then c, each (level 1, level 2 + 5)
     assert tr.sids.tolist() == [[1, 0], [2, 0]]
     assert tr.context[0].tolist() == [0, 5, -1, -1]  # one item of history, one empty slot

@@ -406,7 +406,7 @@ def bench_beam(ctx, widths, batch_sizes, k, tolerance, modes, speed, speed_batch
 @click.option("--indexes", default="cq-sid,rqvae_native,letter_native", show_default=True,
               help="SIDs to predict: cq-sid (ours, trained in the bench workspace if missing) and the published indexes.")
 @click.option("--codebook-sizes", default="256,256,256", show_default=True, help="CQ-SID's, when it is trained here.")
-@click.option("--epochs", default="10,20", show_default=True, help="Epochs of stage 1 (items) and stage 2 (next item).")
+@click.option("--epochs", default="10,10", show_default=True, help="Epochs of stage 1 (items) and stage 2 (next item).")
 @click.option("--d-model", type=int, default=128, show_default=True)
 @click.option("--layers", type=int, default=2, show_default=True)
 @click.option("--width", type=int, default=32, show_default=True)
@@ -501,11 +501,15 @@ def bench_sid_assign(ctx, n, dim, codebook_sizes, chunk, device) -> None:
                device=device_name(device))
 
 from workbench.gen.cli import gen, train  # noqa: E402
+from workbench.rl.cli import bench_rl, ranker, rl  # noqa: E402
 from workbench.sid.cli import sid  # noqa: E402  (later components' verbs plug in here)
 
 main.add_command(sid)
 main.add_command(gen)
 main.add_command(train)
+main.add_command(ranker)
+main.add_command(rl)
+bench.add_command(bench_rl)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -5,7 +5,7 @@ TIGER-style index? Leave-last-item-out per user, the protocol of TIGER and LC-Re
 i_1..i_n in order, i_n is the test target, i_{n-1} the validation target and i_2..i_{n-2} the
 training targets. The input for target i_t (our design; TIGER feeds only the history's SID tokens):
 
-    text      the titles of i_{t-1}, i_{t-2}, i_{t-3}, newest first, joined by " | "
+    text      the title of i_{t-1} (`titles` > 1: the latest ones, newest first, joined by " | ")
     context   the SIDs of the `history` items before i_t, one token per level (offset by level), in
               the index under test: TIGER's input, as a bag (the context slots carry no position)
 
@@ -31,8 +31,6 @@ from workbench.gen.stages import replay, with_context
 from workbench.gen.tokenizer import TextTokenizer
 from workbench.gen.train import TrainConfig, fit
 from workbench.sid.index import SIDIndex
-
-TITLES = 3
 
 
 def sequences(interactions: pd.DataFrame, min_len: int = 3) -> pd.Series:
@@ -63,7 +61,7 @@ def history_tokens(hist: list[np.ndarray], offsets: np.ndarray, history: int) ->
 
 
 def examples(seqs: pd.Series, split: str, titles: pd.Series, code_of: dict, offsets: np.ndarray,
-             history: int) -> tuple[Pairs, list[str]]:
+             history: int, n_titles: int = 1) -> tuple[Pairs, list[str]]:
     """Pairs for 'train' (targets i_2..i_{n-2}), 'valid' (i_{n-1}) or 'test' (i_n); and the targets."""
     text, target_codes, ctx, targets = [], [], [], []
     for items in seqs:
@@ -71,7 +69,7 @@ def examples(seqs: pd.Series, split: str, titles: pd.Series, code_of: dict, offs
         positions = {"train": range(1, n - 2), "valid": [n - 2], "test": [n - 1]}[split]
         for t in positions:
             hist = items[:t]
-            text.append(" | ".join(titles[p] for p in hist[::-1][:TITLES]))
+            text.append(" | ".join(titles[p] for p in hist[::-1][:n_titles]))
             target_codes.append(code_of[items[t]])
             ctx.append(history_tokens([code_of[p] for p in hist], offsets, history))
             targets.append(items[t])
@@ -92,7 +90,7 @@ def evaluate(retriever: Retriever, pairs: Pairs, targets: list[str], width: int,
 
 def run_case(products: pd.DataFrame, seqs: pd.Series, sids: pd.DataFrame, model: dict, train: TrainConfig,
              epochs: tuple[int, int], history: int = 5, width: int = 32, device: str = "cpu", run=None,
-             label: str = "", valid_users: int = 1000, progress: bool = True) -> dict:
+             label: str = "", valid_users: int = 1000, progress: bool = True, titles: int = 1) -> dict:
     """Train the generator on one SID table (stage 1 items, stage 2 next item) and evaluate the test
     targets. `run`: a logbook run for the per-epoch curves (validation Recall@10 on `valid_users`)."""
     from workbench.gen.data import sid_matrix
@@ -108,15 +106,15 @@ def run_case(products: pd.DataFrame, seqs: pd.Series, sids: pd.DataFrame, model:
     text = pd.Series(products["title"].astype(str).to_numpy(), index=products["product_id"])
     items = Pairs(item_text(products), np.stack([code_of[p] for p in products["product_id"]]), np.ones(len(products)),
                   source="items")
-    train_pairs, _ = examples(seqs, "train", text, code_of, offsets, history)
+    train_pairs, _ = examples(seqs, "train", text, code_of, offsets, history, titles)
     valid_seqs = seqs.sample(min(valid_users, len(seqs)), random_state=train.seed)
-    valid, valid_t = examples(valid_seqs, "valid", text, code_of, offsets, history)
-    test, test_t = examples(seqs, "test", text, code_of, offsets, history)
+    valid, valid_t = examples(valid_seqs, "valid", text, code_of, offsets, history, titles)
+    test, test_t = examples(seqs, "test", text, code_of, offsets, history, titles)
 
     pop = pd.Series([p for s in seqs for p in s[:-2]]).value_counts()  # training interactions only
     tok = TextTokenizer.train(item_text(products) + train_pairs.text[:20_000])
     cfg = GenConfig(sid_vocab=vocab, text_vocab=tok.vocab_size, tokenizer=tok.key, context_vocab=int(sum(vocab)),
-                    **{"max_len": 64, **model})
+                    **{"max_len": 32 * titles, **model})
     torch.manual_seed(train.seed)
     gen = Generator(cfg)
     retriever = Retriever(gen, tok, index, ProductLookup(index, sids, pop), device)

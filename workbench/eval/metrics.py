@@ -75,3 +75,16 @@ def coverage(retrieved: list[list], k: int, catalog_size: int) -> float:
     """Share of the catalog that appears in some query's first k."""
     _check(retrieved, retrieved, k)
     return len({p for got in retrieved for p in got[:k]}) / max(catalog_size, 1)
+
+
+def auc(labels, scores) -> float:
+    """ROC AUC (Mann-Whitney: the chance a positive outscores a negative, ties count half); NaN when
+    one class is absent."""
+    from scipy.stats import rankdata
+
+    y, s = np.asarray(labels) > 0, np.asarray(scores, dtype=float)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = rankdata(s)
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

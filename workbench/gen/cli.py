@@ -15,8 +15,13 @@ def _ws(ctx):
 
 @click.command()
 @click.option("--stages", default="1,2,3", show_default=True,
-              help="1 items, 2 queries, 3 personal (user + history + query); each starts from the previous one.")
-@click.option("--epochs", default="20,12,6", show_default=True, help="Epochs per stage (one number: the same for each).")
+              help="1 items, 2 queries, 3 personal (user + history + query), 4 RL against the ranker (`workbench rl`); "
+                   "each starts from the previous one.")
+@click.option("--epochs", default="20,12,6", show_default=True,
+              help="Epochs per stage 1-3 (one number: the same for each).")
+@click.option("--algo", type=click.Choice(["grpo", "eg-grpo"]), default="eg-grpo", show_default=True, help="Stage 4's algorithm.")
+@click.option("--rl-steps", type=int, default=100, show_default=True, help="Stage 4's steps.")
+@click.option("--embedder", default="minilm", show_default=True, help="Stage 4: the ranker's embedder, if one is trained.")
 @click.option("--backbone", type=click.Choice(["scratch", "minilm"]), default="scratch", show_default=True,
               help="Encoder trained from scratch, or all-MiniLM-L6-v2's pretrained BERT.")
 @click.option("--d-model", type=int, default=128, show_default=True)
@@ -33,21 +38,36 @@ def _ws(ctx):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.pass_context
-def train(ctx, stages, epochs, backbone, d_model, layers, heads, d_ff, batch_size, lr, replay, name, eval_width, fresh,
-          seed, device):
+def train(ctx, stages, epochs, algo, rl_steps, embedder, backbone, d_model, layers, heads, d_ff, batch_size, lr, replay, name,
+          eval_width, fresh, seed, device):
     """Train the generator stage by stage (resumes a killed run: finished stages are kept, an
     interrupted one continues after its last finished epoch)."""
     from workbench.gen.stages import train_stages
 
     ws = _ws(ctx).require()
     st, ep = ints(stages), ints(epochs)
+    rl_stage, st = 4 in st, tuple(s for s in st if s != 4)
     ep = ep * len(st) if len(ep) == 1 else ep
-    model = dict(d_model=d_model, n_heads=heads, enc_layers=layers, dec_layers=layers, d_ff=d_ff)
-    rows = train_stages(ws, st, backbone, model, TrainConfig(batch_size=batch_size, lr=lr, seed=seed), replay, name=name,
-                        device=device, eval_width=eval_width, resume=not fresh, epochs=ep)
-    df = pd.DataFrame(rows).drop(columns=["epoch", "seconds"], errors="ignore")
-    click.echo(f"\ngenerator {name!r}, held-out queries, beam width {eval_width}\n"
-               + df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if st:
+        model = dict(d_model=d_model, n_heads=heads, enc_layers=layers, dec_layers=layers, d_ff=d_ff)
+        rows = train_stages(ws, st, backbone, model, TrainConfig(batch_size=batch_size, lr=lr, seed=seed), replay, name=name,
+                            device=device, eval_width=eval_width, resume=not fresh, epochs=ep)
+        df = pd.DataFrame(rows).drop(columns=["epoch", "seconds"], errors="ignore")
+        click.echo(f"\ngenerator {name!r}, held-out queries, beam width {eval_width}\n"
+                   + df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if rl_stage:
+        from workbench.gen import store
+        from workbench.rl.cli import ensure_ranker
+        from workbench.rl.train import RLConfig, train_rl
+
+        if fresh or not (store.gen_dir(ws) / f"{name}-stage4.safetensors").exists():
+            ensure_ranker(ws, embedder, device)
+            history = train_rl(ws, RLConfig(algo=algo, steps=rl_steps, seed=seed, eval_width=eval_width), name,
+                               out=f"{name}-stage4", device=device)
+            click.echo(f"\nstage 4 ({algo}, {rl_steps} steps): {({k: round(v, 3) for k, v in history[-1].items() if '@' in k})}")
+        gen_, tok, meta = store.load(ws, f"{name}-stage4")
+        store.save(ws, gen_, tok, name, **{k: v for k, v in meta.items() if k != "sid_fingerprint"})
+        click.echo(f"wrote {name}-stage4 and {name}")
 
 
 @click.group()

@@ -1,0 +1,240 @@
+"""Stage 4: the ranker, the rewards, GRPO / EG-GRPO's pure functions and the training loop."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import TINY
+from workbench import Workspace
+from workbench.eval.metrics import auc
+from workbench.gen import store
+from workbench.gen.model import GenConfig, Generator
+from workbench.gen.trie import compile_trie
+from workbench.rl import grpo, rewards
+from workbench.rl.ranker import from_workspace as load_ranker
+from workbench.rl.ranker import train_workspace as train_ranker
+from workbench.sid.index import SIDIndex
+
+
+@pytest.fixture(scope="module")
+def rl_ws(trained, tmp_path_factory):
+    """A copy of the trained tiny workspace with a ranker (hashing embeddings)."""
+    ws, _ = trained
+    d = tmp_path_factory.mktemp("rl") / "ws"
+    shutil.copytree(ws.path, d)
+    ws = Workspace(d)
+    _, history = train_ranker(ws, "hashing-64", epochs=3, progress=False)
+    return ws, history
+
+
+# -- advantages and the loss ---------------------------------------------------------------------
+def test_equal_rewards_give_exactly_zero_advantage():
+    r = torch.tensor([[0.1, 0.1, 0.1, 0.1], [1.0, 2.0, 3.0, 4.0], [7.3, 7.3, 7.3, 7.3]])
+    a = grpo.advantages(r)
+    assert (a[0] == 0).all() and (a[2] == 0).all()
+    assert a[1].mean().abs() < 1e-6 and torch.allclose(a[1].std(unbiased=False), torch.tensor(1.0), atol=1e-3)
+    assert grpo.equal_groups(r).tolist() == [True, False, True]
+
+
+def test_advantages_over_present_members_only():
+    r = torch.tensor([[1.0, 3.0, 100.0]])
+    present = torch.tensor([[True, True, False]])
+    a = grpo.advantages(r, present)
+    assert a[0, 2] == 0 and torch.allclose(a[0, :2], torch.tensor([-1.0, 1.0]), atol=1e-3)
+    assert grpo.equal_groups(torch.tensor([[2.0, 2.0, 9.0]]), present).item()  # the absent 9 does not count
+
+
+def _grads(shaping: str, ref_weight: float = 1.0):
+    """d loss / d logp for one group: 2 sampled members (old == logp) and 1 reference, L = 2."""
+    logp = torch.log(torch.tensor([[[0.5, 0.2], [0.3, 0.9], [0.05, 0.4]]])).requires_grad_()
+    adv = torch.tensor([[1.0, -1.0, 2.0]])
+    is_ref = torch.tensor([[False, False, True]])
+    present = torch.ones(1, 3, dtype=torch.bool)
+    cfg = grpo.LossConfig(kl=0.0, shaping=shaping, gamma=0.1, ref_weight=ref_weight)
+    lo, _ = grpo.loss(logp, logp.detach(), logp.detach(), adv, is_ref, present, cfg)
+    lo.backward()
+    return logp.grad[0], logp.detach().exp()[0]
+
+
+def test_reference_members_enter_as_documented():
+    g, p = _grads("luffy", ref_weight=0.5)
+    n = 6  # members x levels
+    assert torch.allclose(g[0], torch.full((2,), -1.0 / n))  # sampled, ratio 1: -A / n
+    assert torch.allclose(g[1], torch.full((2,), 1.0 / n))
+    shaped = 0.1 * p[2] / (p[2] + 0.1) ** 2  # d/dlogp of p / (p + gamma)
+    assert torch.allclose(g[2], -0.5 * 2.0 * shaped / n)
+    g, _ = _grads("none")
+    assert torch.allclose(g[2], torch.full((2,), -2.0 / n))  # ratio taken as 1: advantage-weighted log-likelihood
+
+
+def test_clip_and_kl():
+    logp = torch.log(torch.tensor([[[0.9]]])).requires_grad_()
+    old = torch.log(torch.tensor([[[0.5]]]))  # ratio 1.8 > 1 + clip
+    cfg = grpo.LossConfig(kl=0.0, clip=0.2)
+    lo, stats = grpo.loss(logp, old, logp.detach(), torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.bool),
+                          torch.ones(1, 1, dtype=torch.bool), cfg)
+    lo.backward()
+    assert logp.grad.abs().sum() == 0 and stats["clip_share"] == 1.0  # clipped: no push further up
+    same = torch.zeros(1, 2, 3)
+    _, stats = grpo.loss(same, same, same, torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.bool),
+                         torch.ones(1, 2, dtype=torch.bool), grpo.LossConfig())
+    assert stats["kl"] == 0.0
+    _, stats = grpo.loss(same, same, same - 0.5, torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.bool),
+                         torch.ones(1, 2, dtype=torch.bool), grpo.LossConfig())
+    assert stats["kl"] > 0
+
+
+def test_bad_loss_config():
+    with pytest.raises(ValueError, match="shaping"):
+        grpo.LossConfig(shaping="magic")
+    with pytest.raises(ValueError, match="clip > 0"):
+        grpo.LossConfig(clip=0)
+
+
+# -- sampling and log-probabilities ---------------------------------------------------------------
+def _tiny_model(index: SIDIndex) -> Generator:
+    torch.manual_seed(0)
+    return Generator(GenConfig(sid_vocab=index.vocab, text_vocab=50, **TINY)).eval()
+
+
+def test_samples_exist_and_policy_is_normalised():
+    codes = np.array([[0, 1, 2], [0, 1, 0], [1, 0, 1], [2, 2, 2], [2, 0, 1]])
+    index = SIDIndex.from_codes(codes, (3, 3, 3))
+    model, trie = _tiny_model(index), compile_trie(index)
+    ids, mask = torch.randint(4, 50, (2, 5)), torch.ones(2, 5, dtype=torch.bool)
+    s = grpo.sample(model, model.memory(ids, mask), trie, 64, generator=torch.Generator().manual_seed(1))
+    assert s.shape == (2, 64, 3) and index.contains(s.reshape(-1, 3).numpy()).all()
+    again = grpo.sample(model, model.memory(ids, mask), trie, 64, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(s, again)
+    every = torch.as_tensor(index.sids, dtype=torch.long)
+    with torch.no_grad():
+        lp = grpo.token_logp(model, ids[:1].expand(len(every), -1), mask[:1].expand(len(every), -1), None, every, trie)
+    assert torch.allclose(lp.sum(1).exp().sum(), torch.tensor(1.0), atol=1e-5)  # over the valid SIDs only
+    with pytest.raises(ValueError, match="n >= 1"):
+        grpo.sample(model, model.memory(ids, mask), trie, 0)
+
+
+def test_policy_at_the_optimum_is_not_pushed_away():
+    """All mass on the best SID, which is also the reference: equal rewards, zero advantage, and a step
+    with zero KL leaves every parameter where it was."""
+    index = SIDIndex.from_codes(np.array([[0, 0, 0], [1, 1, 1]]), (2, 2, 2))
+    model, trie = _tiny_model(index), compile_trie(index)
+    with torch.no_grad():
+        model.head.bias[[0, 2, 4]] = 30.0  # code 0 at every level: SID (0, 0, 0) with probability ~1
+    ref = Generator(model.cfg).eval()
+    ref.load_state_dict(model.state_dict())
+    ids, mask = torch.randint(4, 50, (3, 4)), torch.ones(3, 4, dtype=torch.bool)
+    s = grpo.sample(model, model.memory(ids, mask), trie, 6, generator=torch.Generator().manual_seed(0))
+    assert (s == 0).all()
+    members = torch.cat([s, torch.zeros(3, 1, 3, dtype=torch.long)], 1)  # + the reference (0, 0, 0)
+    reward = (members == 0).all(-1).float()  # the optimum scores 1
+    adv = grpo.advantages(reward)
+    assert (adv == 0).all()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    flat, rep = members.reshape(-1, 3), lambda x: x.repeat_interleave(7, 0)
+    with torch.no_grad():
+        old = grpo.token_logp(model, rep(ids), rep(mask), None, flat, trie).reshape(3, 7, 3)
+        ref_lp = grpo.token_logp(ref, rep(ids), rep(mask), None, flat, trie).reshape(3, 7, 3)
+    logp = grpo.token_logp(model, rep(ids), rep(mask), None, flat, trie).reshape(3, 7, 3)
+    is_ref = torch.zeros(3, 7, dtype=torch.bool)
+    is_ref[:, -1] = True
+    lo, _ = grpo.loss(logp, old, ref_lp, adv, is_ref, torch.ones(3, 7, dtype=torch.bool), grpo.LossConfig())
+    opt.zero_grad()
+    lo.backward()
+    opt.step()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# -- ranker and rewards ---------------------------------------------------------------------------
+def test_auc():
+    assert auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+    assert np.isnan(auc([1, 1], [0.2, 0.3]))
+
+
+def test_ranker_learns_clicks_and_purchases(rl_ws):
+    ws, history = rl_ws
+    last = history[-1]
+    assert last["ctr_auc"] > 0.55 and last["cvr_auc"] > 0.5  # held-out queries; chance is 0.5
+    model, feats, qvecs = load_ranker(ws, progress=False)
+    assert qvecs.shape[0] == len(ws.table("queries"))
+    got = ws.logbook().query("SELECT metric, value FROM evals WHERE method = 'ranker'")
+    assert set(got["metric"]) == {"ctr_auc", "cvr_auc"}
+    unknown = feats.users(["nobody"])
+    assert unknown.item() == len(feats.user_index)  # a new user has a row of its own
+
+
+def test_ranker_refuses_another_catalog_and_a_corrupt_file(rl_ws, tmp_path):
+    from workbench.checkpoint import CheckpointError
+    from workbench.rl.ranker import ranker_path
+
+    ws, _ = rl_ws
+    other = Workspace(tmp_path / "ws")
+    shutil.copytree(ws.path, other.path)
+    products = other.table("products")
+    extra = products.iloc[:1].assign(product_id="P-new", title="a product added after the ranker")
+    pd.concat([products, extra]).to_parquet(other.path / "tables" / "products.parquet")  # one more product
+    with pytest.raises(CheckpointError, match="another catalog"):
+        load_ranker(other, progress=False)
+    ranker_path(other).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_ranker(other, progress=False)
+    ranker_path(other).unlink()
+    with pytest.raises(FileNotFoundError, match="workbench ranker"):
+        load_ranker(other, progress=False)
+
+
+def _scored(pctr, pcvr, size, valid, buy, click):
+    pctr, pcvr = torch.tensor(pctr), torch.tensor(pcvr)
+    return rewards.Scored(pctr, pcvr, pctr > 0, torch.tensor(size), torch.tensor(valid), torch.tensor(buy),
+                          torch.tensor(click), torch.zeros(len(size), len(size[0])), tau=0.2)
+
+
+def test_reward_components_as_documented():
+    cfg = rewards.RewardConfig(slots=2, cap=2)
+    s = _scored([[[0.5, 0.3, 0.1], [0.25, 0.0, 0.0]]], [[[0.2, 0.5, 1.0], [1.0, 0.0, 0.0]]], [[3, 1]], [[True, True]],
+                [[False, True]], [[True, True]])
+    assert torch.allclose(rewards.click(s, cfg), torch.tensor([[0.4, 0.125]]))
+    assert torch.allclose(rewards.purchase(s, cfg), torch.tensor([[(0.1 + 0.15) / 2, 0.125]]))
+    assert torch.allclose(rewards.exposure(s, cfg), torch.tensor([[1.0, 0.5]]))  # pCTR >= 0.2: 2 of cap 2, then 1
+    assert rewards.gt(s, cfg).tolist() == [[0.5, 1.0]]
+    total, parts = rewards.total(s, cfg)
+    expect = sum(getattr(cfg, k) * v for k, v in parts.items())
+    assert torch.allclose(total, expect) and set(parts) == set(rewards.REWARDS)
+
+
+# -- the loop ------------------------------------------------------------------------------------
+def test_one_rl_step_changes_the_generator_and_logs_diagnostics(rl_ws):
+    from workbench.rl.train import RLConfig, train_rl
+
+    ws, _ = rl_ws
+    for algo in ("grpo", "eg-grpo"):
+        cfg = RLConfig(algo=algo, steps=2, prompts=8, group=4, eval_every=100, lr=1e-3)
+        history = train_rl(ws, cfg, device="cpu", progress=False)
+        assert len(history) == 3 and "click_hit@10" in history[0] and "click_hit@10" in history[-1]
+        assert ("reward_refs" in history[1]) == (algo == "eg-grpo")
+        for key in ("reward_click", "reward_gt", "equal_groups", "sid_entropy_bits", "distinct_sids", "cluster_size",
+                    "clickbait_clusters", "kl"):
+            assert np.isfinite(history[1][key]), key
+    a, _, meta = store.load(ws, "generator-eg-grpo")
+    b, _, _ = store.load(ws, "generator-stage3")
+    assert meta["stage"] == "4-eg-grpo"
+    assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    got = ws.logbook().query("SELECT DISTINCT stage FROM metrics WHERE stage LIKE '4-%' ORDER BY stage")
+    assert got["stage"].tolist() == ["4-eg-grpo", "4-grpo"]
+
+
+def test_rl_bad_inputs(rl_ws):
+    from workbench.rl.train import RLConfig, train_rl
+
+    with pytest.raises(ValueError, match="algo must be"):
+        RLConfig(algo="ppo")
+    with pytest.raises(ValueError, match=">= 1"):
+        RLConfig(group=0)
+    ws, _ = rl_ws
+    with pytest.raises(FileNotFoundError, match="no generator 'nope-stage3'"):
+        train_rl(ws, RLConfig(steps=1), name="nope", progress=False)

@@ -1,0 +1,134 @@
+"""GRPO and EG-GRPO for the SID generator: pure functions on tensors (the loop is `workbench.rl.train`).
+
+A prompt is one search (user context + query). Its *group* holds N members, each a SID with a
+reward (`workbench.rl.rewards`):
+
+    GRPO     the G SIDs sampled from the current policy (trie-constrained, so every one exists)
+    EG-GRPO  the same G samples plus up to R *reference* members: the SIDs of the products the user
+             bought (first) or clicked in that search, the ground truth ("expert guidance")
+
+The policy is the constrained one: at level l, softmax over the codes the trie allows after the
+prefix (renormalised), at the sampling temperature. Per member and level, with token log-probs
+logp (current), old (at sampling time), ref (the frozen stage-3 model):
+
+    advantage   A_i = (r_i - mean_group r) / (std_group r + eps), over all members of the group
+                (EG-GRPO: over the union of samples and references); exactly 0 when the group's
+                rewards are all equal: such a group teaches nothing, and its share is logged
+    sampled     PPO-clipped surrogate  min(rho A, clip(rho, 1 - eps_clip, 1 + eps_clip) A),
+                rho = exp(logp - old)
+    reference   off-policy: the log's behaviour policy is unknown, so (our choice, after LUFFY,
+                arXiv 2504.14945) we treat the expert as deterministic, q(y) = 1, which makes the
+                importance ratio pi(y) itself; LUFFY's policy shaping f(pi) = pi / (pi + gamma)
+                replaces it (`shaping="luffy"`): gradient A * gamma * pi / (pi + gamma)^2 * grad log pi,
+                which, unlike pi * grad log pi, does not vanish for the low-probability codes that
+                guidance exists to teach; no clipping (there is no old policy to stay near).
+                `shaping="none"` takes the ratio as 1: gradient A * grad log pi (advantage-weighted SFT).
+                Either way times `ref_weight`.
+    KL          k3 estimator exp(ref - logp) - (ref - logp) - 1 on sampled members, times beta
+
+    loss = -(mean over members and levels of the surrogates) + beta * mean KL
+
+Everything here except the choice of LUFFY-style shaping for the references is standard GRPO
+(Shao et al. 2024; TRL's GRPOTrainer); injecting references into the group and normalising over the
+union is the paper's EG-GRPO as its abstract describes it; the exact formulas are ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from workbench.gen.model import Generator, Memory
+from workbench.gen.trie import Trie
+
+ALGOS = ("grpo", "eg-grpo")
+SHAPINGS = ("luffy", "none")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    clip: float = 0.2
+    kl: float = 0.02
+    ref_weight: float = 1.0
+    shaping: str = "luffy"
+    gamma: float = 0.1
+
+    def __post_init__(self):
+        if self.shaping not in SHAPINGS:
+            raise ValueError(f"shaping must be one of {SHAPINGS}, got {self.shaping!r}")
+        if self.clip <= 0 or self.kl < 0 or self.gamma <= 0 or self.ref_weight < 0:
+            raise ValueError("clip > 0, kl >= 0, gamma > 0 and ref_weight >= 0 needed")
+
+
+@torch.no_grad()
+def sample(model: Generator, mem: Memory, trie: Trie, n: int, temperature: float = 1.0,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, n, L) SIDs, n independent samples per query from the trie-constrained policy."""
+    if n < 1 or temperature <= 0:
+        raise ValueError(f"need n >= 1 samples and temperature > 0, got {n}, {temperature}")
+    B, dev = mem.batch, mem.mask.device
+    node = torch.zeros(B, n, dtype=torch.long, device=dev)
+    cache, codes, out = None, None, []
+    for t in range(model.cfg.levels):
+        logits, cache = model.step(mem, codes, t, cache, n)  # (B, n, K); members keep their own cache rows
+        logits = (logits.float() / temperature).masked_fill(~trie.valid_mask(t, node), float("-inf"))
+        K = logits.shape[-1]
+        codes = torch.multinomial(logits.softmax(-1).reshape(B * n, K), 1, generator=generator).reshape(B, n)
+        node = trie.step(t, node, codes)
+        out.append(codes)
+    return torch.stack(out, -1)
+
+
+def token_logp(model: Generator, ids: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None,
+               sids: torch.Tensor, trie: Trie, temperature: float = 1.0) -> torch.Tensor:
+    """(M, L) log-probabilities of each code of (M, L) SIDs under the constrained policy (teacher forcing)."""
+    logits = model(ids, mask, sids, context)  # per level (M, K_l)
+    node = torch.zeros(len(sids), dtype=torch.long, device=sids.device)
+    out = []
+    for lvl, lg in enumerate(logits):
+        lp = (lg.float() / temperature).masked_fill(~trie.valid_mask(lvl, node.clamp_min(0)), float("-inf")).log_softmax(-1)
+        out.append(lp.gather(1, sids[:, lvl: lvl + 1])[:, 0])
+        node = trie.step(lvl, node.clamp_min(0), sids[:, lvl])
+    return torch.stack(out, 1)
+
+
+def advantages(rewards: torch.Tensor, members: torch.Tensor | None = None, eps: float = 1e-4) -> torch.Tensor:
+    """(B, N) rewards -> (B, N) group-normalised advantages over the members present (mask (B, N));
+    0 for absent members and for every member of a group whose rewards are all equal."""
+    m = torch.ones_like(rewards, dtype=torch.bool) if members is None else members
+    w = m.float()
+    n = w.sum(1, keepdim=True).clamp_min(1)
+    mean = (rewards * w).sum(1, keepdim=True) / n
+    std = (((rewards - mean) ** 2) * w).sum(1, keepdim=True).div(n).sqrt()
+    equal = equal_groups(rewards, m)[:, None]
+    return torch.where(m & ~equal, (rewards - mean) / (std + eps), torch.zeros_like(rewards))
+
+
+def equal_groups(rewards: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) whether all present members of each group have the same reward (no learning signal)."""
+    m = torch.ones_like(rewards, dtype=torch.bool) if members is None else members
+    hi = rewards.masked_fill(~m, float("-inf")).amax(1)
+    lo = rewards.masked_fill(~m, float("inf")).amin(1)
+    return (hi - lo) <= 1e-9 * hi.abs().clamp_min(1.0)
+
+
+def loss(logp: torch.Tensor, old: torch.Tensor, ref: torch.Tensor, adv: torch.Tensor, is_ref: torch.Tensor,
+         members: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """logp / old / ref (B, N, L) token log-probs; adv, is_ref, members (B, N). See the module docstring."""
+    A = adv[..., None]  # (B, N, 1)
+    rho = torch.exp(logp - old)
+    sampled = torch.minimum(rho * A, rho.clamp(1 - cfg.clip, 1 + cfg.clip) * A)
+    p = logp.exp()
+    guided = p / (p + cfg.gamma) * A if cfg.shaping == "luffy" else torch.exp(logp - logp.detach()) * A
+    surrogate = torch.where(is_ref[..., None], cfg.ref_weight * guided, sampled)  # (B, N, L)
+    present = members[..., None].expand_as(surrogate).float()
+    on = (members & ~is_ref)[..., None].expand_as(surrogate).float()
+    d = ref - logp
+    kl = torch.exp(d) - d - 1  # (B, N, L), >= 0
+    pg = -(surrogate * present).sum() / present.sum().clamp_min(1)
+    kl_mean = (kl * on).sum() / on.sum().clamp_min(1)
+    total = pg + cfg.kl * kl_mean
+    clipped = ((rho - 1).abs() > cfg.clip).float()
+    return total, {"pg_loss": float(pg.detach()), "kl": float(kl_mean.detach()),
+                   "clip_share": float((clipped * on).sum() / on.sum().clamp_min(1))}

@@ -1,0 +1,198 @@
+"""Stage 4: refine the stage-3 generator against the ranker with GRPO or EG-GRPO (`workbench rl`).
+
+Prompts are the training queries' searches that got a click (user context at that time + query);
+the held-out queries' searches measure click and purchase hit rates. Each step:
+
+    1. draw `prompts` searches; sample `group` SIDs each from the current policy (constrained)
+    2. EG-GRPO: add up to `refs` reference members, the SIDs of the products bought, then clicked
+    3. score every member's cluster with the ranker (`rewards.Judge`) and sum the weighted rewards
+    4. advantages over each group; `inner` clipped policy-gradient updates with KL to stage 3
+
+and logs, per step, the collapse diagnostics: each reward component, the share of groups whose
+rewards are all equal, SID entropy (bits) and the share of distinct SIDs across the batch's samples,
+mean cluster size, the share of click-bait clusters (half or more of their products), KL to the
+reference. Every `eval_every` steps: click and purchase hit@10 on held-out searches (beam, with the
+user's context) and held-out Recall@10. Writes <workspace>/gen/<out>.safetensors.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from workbench.data.relevance import held_out
+from workbench.gen import store
+from workbench.gen.data import eval_set
+from workbench.gen.retrieve import Retriever, ranked_products
+from workbench.gen.stages import recall_eval
+from workbench.rl import grpo, rewards
+from workbench.rl.ranker import from_workspace as load_ranker
+from workbench.rl.ranker import impressions
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    algo: str = "eg-grpo"
+    steps: int = 100
+    prompts: int = 32
+    group: int = 8
+    refs: int = 1
+    temperature: float = 1.0
+    inner: int = 2
+    lr: float = 1e-4
+    eval_every: int = 20
+    eval_width: int = 32
+    seed: int = 0
+    loss: grpo.LossConfig = field(default_factory=grpo.LossConfig)
+    rewards: rewards.RewardConfig = field(default_factory=rewards.RewardConfig)
+
+    def __post_init__(self):
+        if self.algo not in grpo.ALGOS:
+            raise ValueError(f"algo must be one of {grpo.ALGOS}, got {self.algo!r}")
+        if min(self.steps, self.prompts, self.group, self.inner) < 1 or self.refs < 0:
+            raise ValueError("steps, prompts, group and inner must be >= 1 and refs >= 0")
+
+
+def searches(ws, held: bool) -> pd.DataFrame:
+    """One row per search with a click: session_id, user_id, time, query_id, query, clicked, bought."""
+    log = ws.table("search_log")
+    ev = log[(log["clicked"] | log["purchased"]) & (held_out(log["query_id"]) == held)]
+    if ev.empty:
+        raise ValueError(f"workspace {ws.path} has no {'held-out' if held else 'training'} searches with clicks")
+    g = ev.groupby("session_id", sort=True).agg(
+        user_id=("user_id", "first"), time=("time", "first"), query_id=("query_id", "first"),
+        clicked=("product_id", list), bought=("purchased", list))
+    g["bought"] = [[p for p, b in zip(c, f) if b] for c, f in zip(g["clicked"], g["bought"])]
+    return g.reset_index().merge(ws.table("queries"), on="query_id")
+
+
+def hit_rates(retriever: Retriever, s: pd.DataFrame, context, width: int, k: int = 10) -> dict[str, float]:
+    """Share of searches with a clicked (bought) product in the top k retrieved products."""
+    got = [set(ranked_products(h, k)) for h in retriever.search(s["query"].tolist(), width, context)]
+    click = np.mean([bool(g & set(c)) for g, c in zip(got, s["clicked"])])
+    has_buy = [len(b) > 0 for b in s["bought"]]
+    buy = np.mean([bool(g & set(b)) for g, b, h in zip(got, s["bought"], has_buy) if h]) if any(has_buy) else float("nan")
+    return {f"click_hit@{k}": float(click), f"purchase_hit@{k}": float(buy)}
+
+
+def _gt_rows(sid_of: dict, lists, width: int) -> torch.Tensor:
+    """(B, width) index rows of the SIDs of the listed products, -1 padded."""
+    out = torch.full((len(lists), max(width, 1)), -1, dtype=torch.long)
+    for i, ps in enumerate(lists):
+        rows = list(dict.fromkeys(int(sid_of[p]) for p in ps if p in sid_of))[:width]
+        out[i, : len(rows)] = torch.as_tensor(rows, dtype=torch.long)
+    return out
+
+
+def diagnostics(sids: torch.Tensor, s: rewards.Scored, parts: dict, equal: torch.Tensor, G: int) -> dict:
+    """Collapse diagnostics over the sampled members (the first G of each group) of one step."""
+    flat = [tuple(x) for x in sids[:, :G].reshape(-1, sids.shape[-1]).tolist()]
+    counts = pd.Series(flat).value_counts().to_numpy()
+    p = counts / counts.sum()
+    out = {f"reward_{k}": float(v[:, :G].mean()) for k, v in parts.items()}
+    out.update({"equal_groups": float(equal.float().mean()), "sid_entropy_bits": float(-(p * np.log2(p)).sum()),
+                "distinct_sids": len(counts) / len(flat), "cluster_size": float(s.size[:, :G].float().mean()),
+                "clickbait_clusters": float((s.clickbait[:, :G] >= 0.5).float().mean())})
+    return out
+
+
+def train_rl(ws, cfg: RLConfig, name: str = "generator", source: str | None = None, out: str | None = None,
+             device: str = "cpu", progress: bool = True) -> list[dict]:
+    """Refine `source` (default <name>-stage3) with `cfg.algo`; save as `out` (default <name>-<algo>)."""
+    source = source or f"{name}-stage3"
+    out = out or f"{name}-{cfg.algo}"
+    retriever = Retriever.from_workspace(ws, source, device)
+    policy, tok, trie = retriever.model, retriever.tok, retriever.trie
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    ranker, feats, qvecs = load_ranker(ws, device, progress)
+    qvecs = torch.as_tensor(qvecs, dtype=torch.float32)
+    q_row = pd.Series(np.arange(len(qvecs)), index=ws.table("queries")["query_id"])
+
+    # the exposure threshold: median pCTR (no position) over logged impressions
+    imp = impressions(ws, qvecs.numpy(), feats)
+    pick = torch.randperm(len(imp["user"]), generator=torch.Generator().manual_seed(cfg.seed))[:20_000]
+    with torch.no_grad():
+        f = {k: v.to(device) for k, v in feats.rows(imp["user"][pick], qvecs[imp["query"][pick]], imp["product"][pick]).items()}
+        tau = float(torch.sigmoid(ranker(f)[0]).median())
+    judge = rewards.Judge(retriever.index, retriever.lookup, ranker, feats, rewards.clickbait_products(ws), tau,
+                          cfg.rewards, device)
+    rows = np.repeat(np.arange(len(retriever.index.sids)), np.diff(retriever.lookup.offsets))
+    sid_of = dict(zip(retriever.lookup.ids, rows))  # product id -> index row of its SID
+
+    personal = policy.cfg.context_vocab > 0
+    ctx = retriever.users(ws) if personal else None
+    train_s, test_s = searches(ws, False), searches(ws, True)
+    test_ctx = torch.as_tensor(ctx.ids(test_s["user_id"], test_s["time"])) if personal else None
+    evalset = eval_set(ws)
+
+    def evaluate() -> dict:
+        policy.eval()
+        return {**hit_rates(retriever, test_s, test_ctx, cfg.eval_width), **recall_eval(retriever, evalset, cfg.eval_width, (10,))}
+
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    stage = f"4-{cfg.algo}"
+    history: list[dict] = []
+    with ws.logbook().run("rl", {"rl": cfg, "source": source, "out": out, "device": device, "tau": tau}, seed=cfg.seed,
+                          name=f"rl {cfg.algo} {name}") as run:
+        row = {"step": 0, **evaluate()}
+        history.append(row)
+        run.log(0, stage=stage, **{k: v for k, v in row.items() if k != "step"})
+        for step in tqdm(range(1, cfg.steps + 1), desc=f"rl ({cfg.algo})", disable=not progress):
+            batch = train_s.iloc[rng.choice(len(train_s), min(cfg.prompts, len(train_s)), replace=False)]
+            ids, mask = tok.encode(batch["query"].tolist(), policy.cfg.max_len, device)
+            c = torch.as_tensor(ctx.ids(batch["user_id"], batch["time"]), device=device) if personal else None
+            B, G, L = len(batch), cfg.group, policy.cfg.levels
+            policy.eval()
+            with torch.no_grad():
+                sampled = grpo.sample(policy, policy.memory(ids, mask, c), trie, G, cfg.temperature, gen).cpu()  # (B, G, L)
+            buy_rows = _gt_rows(sid_of, batch["bought"], cfg.refs + 4)
+            click_rows = _gt_rows(sid_of, batch["clicked"], cfg.refs + 4)
+            R = cfg.refs if cfg.algo == "eg-grpo" else 0
+            refs = _gt_rows(sid_of, [b + c_ for b, c_ in zip(batch["bought"], batch["clicked"])], R)[:, :R]  # (B, R)
+            ref_sids = torch.as_tensor(retriever.index.sids, dtype=torch.long)[refs.clamp_min(0)]  # (B, R, L)
+            members = torch.cat([sampled, ref_sids], 1)  # (B, N, L)
+            present = torch.cat([torch.ones(B, G, dtype=torch.bool), refs >= 0], 1)  # (B, N)
+            is_ref = torch.cat([torch.zeros(B, G, dtype=torch.bool), torch.ones(B, R, dtype=torch.bool)], 1)
+            users = feats.users(batch["user_id"])
+            scored = judge.score(members, users, qvecs[q_row.loc[batch["query_id"]].to_numpy()], buy_rows, click_rows)
+            reward, parts = rewards.total(scored, cfg.rewards)
+            reward = reward.masked_fill(~present, 0.0)
+            adv = grpo.advantages(reward, present)
+            equal = grpo.equal_groups(reward, present)
+
+            N = members.shape[1]
+            inputs = [None if x is None else x.repeat_interleave(N, 0) for x in (ids, mask, c)]  # (B*N, ...)
+            flat = members.reshape(B * N, L).to(device)
+            with torch.no_grad():
+                old = grpo.token_logp(policy, *inputs, flat, trie, cfg.temperature).reshape(B, N, L)
+                ref_lp = grpo.token_logp(reference, *inputs, flat, trie, cfg.temperature).reshape(B, N, L)
+            for _ in range(cfg.inner):
+                logp = grpo.token_logp(policy, *inputs, flat, trie, cfg.temperature).reshape(B, N, L)
+                lo, stats = grpo.loss(logp, old, ref_lp, adv.to(device), is_ref.to(device), present.to(device), cfg.loss)
+                opt.zero_grad(set_to_none=True)
+                lo.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+                opt.step()
+            row = {"step": step, "loss": float(lo), **stats, "reward": float(reward[:, :G].mean()),
+                   **diagnostics(members, scored, parts, equal, G)}
+            if R:
+                row["reward_refs"] = float(reward[:, G:][present[:, G:]].mean())
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                row.update(evaluate())
+            history.append(row)
+            run.log(step, stage=stage, **{k: v for k, v in row.items() if k != "step"})
+        final = history[-1]
+        for key, value in final.items():
+            if "@" in key:
+                metric, _, k = key.partition("@")
+                run.log_eval(metric, value, k=int(k), dataset="held-out searches", method=f"generator/{cfg.algo}", stage=stage)
+        store.save(ws, policy.cpu(), tok, out, run_id=run.run_id, stage=stage, source=source, rl=asdict(cfg))
+        policy.to(device)
+    return history
