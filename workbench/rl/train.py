@@ -180,7 +180,7 @@ def train_rl(ws, cfg: RLConfig, name: str = "generator", source: str | None = No
                 lo.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
                 opt.step()
-            row = {"step": step, "loss": float(lo), **stats, "reward": float(reward[:, :G].mean()),
+            row = {"step": step, "loss": float(lo.detach()), **stats, "reward": float(reward[:, :G].mean()),
                    **diagnostics(members, scored, parts, equal, G)}
             if R:
                 row["reward_refs"] = float(reward[:, G:][present[:, G:]].mean())
