@@ -238,3 +238,20 @@ def test_rl_bad_inputs(rl_ws):
     ws, _ = rl_ws
     with pytest.raises(FileNotFoundError, match="no generator 'nope-stage3'"):
         train_rl(ws, RLConfig(steps=1), name="nope", progress=False)
+
+
+def test_stage_4_through_workbench_train_and_cli_errors(rl_ws):
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    ws, _ = rl_ws
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "train", "--stages", "4", "--algo", "grpo", "--rl-steps", "1",
+                                  "--embedder", "hashing-64"])
+    assert r.exit_code == 0, r.output
+    _, _, meta = store.load(ws, "generator")
+    assert meta["stage"] == "4-grpo" and "wrote generator-stage4 and generator" in r.output
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "rl", "--reward", "clicks=1"])
+    assert r.exit_code != 0 and "unknown reward 'clicks'" in r.output
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "rl", "--reward", "click=lots"])
+    assert r.exit_code != 0 and "name=number" in r.output

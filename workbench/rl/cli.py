@@ -19,6 +19,7 @@ def rl_options(f):
         click.option("--prompts", type=int, default=32, show_default=True, help="Searches per step."),
         click.option("--group", type=int, default=8, show_default=True, help="SIDs sampled per search (G)."),
         click.option("--refs", type=int, default=1, show_default=True, help="EG-GRPO: ground-truth members per group (R)."),
+        click.option("--temperature", type=float, default=1.0, show_default=True, help="Sampling temperature of the groups."),
         click.option("--lr", type=float, default=1e-4, show_default=True),
         click.option("--kl", type=float, default=0.02, show_default=True, help="Weight of the KL to the stage-3 model."),
         click.option("--shaping", type=click.Choice(SHAPINGS), default="luffy", show_default=True,
@@ -31,7 +32,7 @@ def rl_options(f):
     return f
 
 
-def rl_config(algo, steps, prompts, group, refs, lr, kl, shaping, reward_weights, eval_every, seed):
+def rl_config(algo, steps, prompts, group, refs, temperature, lr, kl, shaping, reward_weights, eval_every, seed):
     from workbench.rl.grpo import LossConfig
     from workbench.rl.rewards import REWARDS, RewardConfig
     from workbench.rl.train import RLConfig
@@ -45,7 +46,8 @@ def rl_config(algo, steps, prompts, group, refs, lr, kl, shaping, reward_weights
             weights[key] = float(value)
         except ValueError:
             raise click.BadParameter(f"{part!r} is not name=number", param_hint="--reward") from None
-    return RLConfig(algo=algo, steps=steps, prompts=prompts, group=group, refs=refs, lr=lr, eval_every=eval_every, seed=seed,
+    return RLConfig(algo=algo, steps=steps, prompts=prompts, group=group, refs=refs, temperature=temperature, lr=lr,
+                    eval_every=eval_every, seed=seed,
                     loss=LossConfig(kl=kl, shaping=shaping), rewards=RewardConfig(**weights))
 
 
@@ -104,7 +106,9 @@ def bench_rl(ctx, name, embedder, device, **kw):
     cfg = rl_config(**kw)
     ensure_ranker(ws, embedder, device)
     tag = "-" + "-".join(f"{k}{v:g}" for k, v in cfg.rewards.weights().items()) if kw["reward_weights"] else ""
+    tag += f"-t{cfg.temperature:g}" if cfg.temperature != 1 else ""
     params = {"steps": cfg.steps, "prompts": cfg.prompts, "group": cfg.group, "refs": cfg.refs, "seed": cfg.seed,
+              "temperature": cfg.temperature,
               "rewards": cfg.rewards.weights(), "lr": cfg.lr, "kl": cfg.loss.kl, "shaping": cfg.loss.shaping}
     with ws.logbook().run("bench", {"bench": "rl", "rl": cfg, "device": device}, seed=cfg.seed) as run:
         curves, diags, harness = compare(ws, cfg, name=name, device=device, tag=tag)

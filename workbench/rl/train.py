@@ -161,7 +161,8 @@ def train_rl(ws, cfg: RLConfig, name: str = "generator", source: str | None = No
             present = torch.cat([torch.ones(B, G, dtype=torch.bool), refs >= 0], 1)  # (B, N)
             is_ref = torch.cat([torch.zeros(B, G, dtype=torch.bool), torch.ones(B, R, dtype=torch.bool)], 1)
             users = feats.users(batch["user_id"])
-            scored = judge.score(members, users, qvecs[q_row.loc[batch["query_id"]].to_numpy()], buy_rows, click_rows)
+            scored = judge.score(members, users, qvecs[torch.as_tensor(q_row.loc[batch["query_id"]].to_numpy().copy())],
+                                 buy_rows, click_rows)
             reward, parts = rewards.total(scored, cfg.rewards)
             reward = reward.masked_fill(~present, 0.0)
             adv = grpo.advantages(reward, present)
