@@ -218,7 +218,7 @@ def test_one_rl_step_changes_the_generator_and_logs_diagnostics(rl_ws):
         assert len(history) == 3 and "click_hit@10" in history[0] and "click_hit@10" in history[-1]
         assert ("reward_refs" in history[1]) == (algo == "eg-grpo")
         for key in ("reward_click", "reward_gt", "equal_groups", "sid_entropy_bits", "distinct_sids", "cluster_size",
-                    "clickbait_clusters", "kl"):
+                    "clickbait_clusters", "kl", "sample_click_hit"):
             assert np.isfinite(history[1][key]), key
     a, _, meta = store.load(ws, "generator-eg-grpo")
     b, _, _ = store.load(ws, "generator-stage3")

@@ -8,8 +8,8 @@ the held-out queries' searches measure click and purchase hit rates. Each step:
     3. score every member's cluster with the ranker (`rewards.Judge`) and sum the weighted rewards
     4. advantages over each group; `inner` clipped policy-gradient updates with KL to stage 3
 
-and logs, per step, the collapse diagnostics: each reward component, the share of groups whose
-rewards are all equal, SID entropy (bits) and the share of distinct SIDs across the batch's samples,
+and logs, per step, the collapse diagnostics: each reward component, the share of sampled SIDs that
+hold a product clicked (bought) in their search, the share of groups whose rewards are all equal, SID entropy (bits) and the share of distinct SIDs across the batch's samples,
 mean cluster size, the share of click-bait clusters (half or more of their products), KL to the
 reference. Every `eval_every` steps: click and purchase hit@10 on held-out searches (beam, with the
 user's context) and held-out Recall@10. Writes <workspace>/gen/<out>.safetensors.
@@ -89,12 +89,16 @@ def _gt_rows(sid_of: dict, lists, width: int) -> torch.Tensor:
     return out
 
 
-def diagnostics(sids: torch.Tensor, s: rewards.Scored, parts: dict, equal: torch.Tensor, G: int) -> dict:
+def diagnostics(sids: torch.Tensor, s: rewards.Scored, parts: dict, equal: torch.Tensor, G: int, has_buy=None) -> dict:
     """Collapse diagnostics over the sampled members (the first G of each group) of one step."""
     flat = [tuple(x) for x in sids[:, :G].reshape(-1, sids.shape[-1]).tolist()]
     counts = pd.Series(flat).value_counts().to_numpy()
     p = counts / counts.sum()
     out = {f"reward_{k}": float(v[:, :G].mean()) for k, v in parts.items()}
+    buyers = s.hit_buy.new_tensor([bool(b) for b in has_buy]) if has_buy is not None else None
+    out["sample_click_hit"] = float(s.hit_click[:, :G].float().mean())  # share of sampled SIDs holding a clicked product
+    if buyers is not None and buyers.any():
+        out["sample_purchase_hit"] = float(s.hit_buy[buyers, :G].float().mean())
     out.update({"equal_groups": float(equal.float().mean()), "sid_entropy_bits": float(-(p * np.log2(p)).sum()),
                 "distinct_sids": len(counts) / len(flat), "cluster_size": float(s.size[:, :G].float().mean()),
                 "clickbait_clusters": float((s.clickbait[:, :G] >= 0.5).float().mean())})
@@ -182,7 +186,7 @@ def train_rl(ws, cfg: RLConfig, name: str = "generator", source: str | None = No
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
                 opt.step()
             row = {"step": step, "loss": float(lo.detach()), **stats, "reward": float(reward[:, :G].mean()),
-                   **diagnostics(members, scored, parts, equal, G)}
+                   **diagnostics(members, scored, parts, equal, G, [len(b) > 0 for b in batch["bought"]])}
             if R:
                 row["reward_refs"] = float(reward[:, G:][present[:, G:]].mean())
             if step % cfg.eval_every == 0 or step == cfg.steps:
