@@ -1,0 +1,127 @@
+"""The app: its logic (workbench.serve) directly, and every page driven through Streamlit's AppTest."""
+
+import shutil
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import ROOT
+from workbench import Workspace, serve
+
+
+@pytest.fixture(scope="module")
+def app_ws(trained, tmp_path_factory):
+    ws, _ = trained
+    d = tmp_path_factory.mktemp("app") / "ws"
+    shutil.copytree(ws.path, d)
+    return Workspace(d)
+
+
+@pytest.fixture(scope="module")
+def eng(app_ws):
+    return serve.Engine(app_ws)
+
+
+def test_open_workspace_errors(tmp_path, app_ws):
+    with pytest.raises(serve.AppError, match="no workspace at"):
+        serve.open_workspace(tmp_path / "missing")
+    bare = Workspace(tmp_path / "bare")
+    shutil.copytree(app_ws.path / "tables", bare.path / "tables")
+    shutil.copy(app_ws.path / "workspace.json", bare.path / "workspace.json")
+    with pytest.raises(serve.AppError, match="no trained generator"):
+        serve.open_workspace(bare.path)
+    assert serve.workspace_embedder(app_ws) == "hashing-64"
+
+
+def test_search_paths_tree_and_served_log(eng, app_ws):
+    res = eng.search("cordless drill", width=8)
+    assert 1 <= len(res.hits) <= 8 and res.products == [p for h in res.hits for p in h.products]
+    paths, tree = res.paths(), res.tree()
+    assert paths["probability"].is_monotonic_decreasing and abs(paths["share"].sum() - 1) < 1e-6
+    roots = tree[tree["level"] == 1]
+    assert abs(roots["probability"].sum() - paths["probability"].sum()) < 1e-6  # each level holds the beam's mass
+    assert set(tree[tree["level"] == 3]["id"]) == set(paths["sid"])
+    got = app_ws.logbook().query("SELECT query, beam_width, n_results, source FROM served")
+    assert got.values.tolist()[-1] == ["cordless drill", 8, len(res.hits), "app"]
+
+
+def test_search_bad_inputs_and_users(eng):
+    for q in ("", "   "):
+        with pytest.raises(serve.AppError, match="type a query"):
+            eng.search(q)
+    with pytest.raises(serve.AppError, match="under 500"):
+        eng.search("drill " * 200)
+    for w in (0, 2000, 2.5, True):
+        with pytest.raises(serve.AppError, match="beam width"):
+            eng.search("drill", width=w)
+    assert eng.search("drill", 4, user="nobody-here", log=False).personalised is False
+    assert eng.search("drill", 4, user=eng.user_ids[0], log=False).personalised is True
+    assert eng.search("zzqx ###", 4, log=False).hits  # nonsense still decodes existing SIDs only
+
+
+def test_baselines_side_by_side(eng):
+    res = eng.search("garden hose", 16, log=False)
+    lists = eng.baselines("garden hose", res.products[:10], k=10)
+    assert set(lists) == {"bm25", "dense", "hybrid", "hybrid+gen"}
+    assert all(len(v) == 10 for v in lists.values())
+    added = [p for p in lists["hybrid+gen"] if p not in lists["hybrid"]]
+    assert added and all(p in res.products[:10] for p in added)  # what the supplement adds comes from generation
+
+
+def test_sql_console_is_read_only(app_ws):
+    assert len(serve.run_sql(app_ws, "SELECT * FROM runs")) > 0
+    with pytest.raises(serve.AppError, match="type a SQL"):
+        serve.run_sql(app_ws, " ")
+    for bad in ("DELETE FROM runs", "CREATE TABLE x (a INT)", "SELECT * FROM read_csv('/etc/passwd')", "SELEC 1"):
+        with pytest.raises(serve.AppError):
+            serve.run_sql(app_ws, bad)
+    assert len(serve.run_sql(app_ws, "SELECT * FROM runs")) > 0  # nothing was deleted
+
+
+# -- the app, page by page ------------------------------------------------------------------------
+def _app(path) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    at.text_input(key="workspace").set_value(str(path)).run()
+    return at
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_app_search_page(app_ws):
+    at = _app(app_ws.path)
+    _ok(at)
+    assert any("Type a query" in i.value for i in at.info)
+    at.text_input(key="query").set_value("cordless drill").run()
+    _ok(at)
+    assert any("SIDs" in c.value and "ms" in c.value for c in at.caption)
+    assert any("`" in m.value and "p = " in m.value for m in at.markdown)  # the SID paths
+    at.number_input(key="width").set_value(4).run()
+    _ok(at)
+    assert any(c.value.startswith("4 SIDs") or c.value.startswith("3 SIDs") for c in at.caption)
+    at.selectbox(key="user").set_value(at.selectbox(key="user").options[1]).run()
+    _ok(at)
+    assert any("personalised for" in c.value for c in at.caption)
+    at.text_input(key="query").set_value("   ").run()
+    _ok(at)
+    assert any("Type a query" in i.value for i in at.info)
+
+
+def test_app_other_pages_and_bad_workspace(app_ws, tmp_path):
+    at = _app(app_ws.path)
+    for page in ("Training", "Beam width", "Codebooks", "SQL"):
+        at.radio(key="page").set_value(page).run()
+        _ok(at)
+        assert not at.error, (page, [e.value for e in at.error])
+    at.text_area(key="sql").set_value("SELECT kind, count(*) AS n FROM runs GROUP BY kind").run()
+    at.button(key="run_sql").click().run()
+    _ok(at)
+    assert "kind" in at.dataframe[0].value.columns
+    at.text_area(key="sql").set_value("DROP TABLE runs").run()
+    at.button(key="run_sql").click().run()
+    assert at.error and not at.exception
+    at.text_input(key="workspace").set_value(str(tmp_path / "nowhere")).run()
+    _ok(at)
+    assert any("no workspace at" in e.value for e in at.error)

@@ -1,0 +1,189 @@
+"""What the app serves, without Streamlit: search a workspace (generative and the baselines side by
+side) and the tables behind each page. `app.py` only lays these out; everything here is tested
+without a browser.
+
+Errors a user can cause (no workspace, no generator, an empty query, an unknown user, bad SQL) are
+`AppError`s with a message meant to be shown as it is.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workbench.workspace import Workspace
+
+
+class AppError(ValueError):
+    pass
+
+
+def open_workspace(path: str | Path) -> Workspace:
+    ws = Workspace(Path(str(path).strip() or "."))
+    if not ws.exists():
+        raise AppError(f"no workspace at {ws.path}: build one with `workbench demo` (or pick another path)")
+    if not (ws.path / "gen" / "generator.safetensors").exists():
+        raise AppError(f"workspace {ws.path} has no trained generator yet: run `workbench train` (or `workbench demo`)")
+    return ws
+
+
+def workspace_embedder(ws: Workspace) -> str:
+    """The embedder name (`minilm`, `hashing-64`) the workspace's SIDs were built with."""
+    from safetensors import safe_open
+
+    with safe_open(str(ws.path / "sid" / "rqvae.safetensors"), framework="pt") as f:
+        key = str((f.metadata() or {}).get("embedder", "")).strip('"')
+    if key.startswith("hashing-"):
+        return "-".join(key.split("-")[:2])
+    return "minilm"
+
+
+@dataclass
+class Served:
+    query: str
+    user: str | None
+    personalised: bool
+    width: int
+    latency_ms: float
+    hits: list  # list[Hit], best SID first
+    products: list[str]  # the retrieved list, best SID's products first
+
+    def paths(self) -> pd.DataFrame:
+        """One row per decoded SID: its path, probability, share of the beam's mass, products."""
+        p = np.exp([h.logp for h in self.hits]) if self.hits else np.zeros(0)
+        return pd.DataFrame({"sid": ["-".join(map(str, h.sid)) for h in self.hits], "probability": p,
+                             "share": p / p.sum() if p.sum() > 0 else p, "products": [len(h.products) for h in self.hits]})
+
+    def tree(self) -> pd.DataFrame:
+        """The decoded paths as a tree, level by level: id, parent, label, probability (summed over the
+        beams below each prefix), for a sunburst."""
+        rows = {}
+        for h in self.hits:
+            for lvl in range(1, len(h.sid) + 1):
+                node = "-".join(map(str, h.sid[:lvl]))
+                parent = "-".join(map(str, h.sid[: lvl - 1]))
+                r = rows.setdefault(node, {"id": node, "parent": parent, "label": str(h.sid[lvl - 1]), "level": lvl,
+                                           "probability": 0.0})
+                r["probability"] += float(np.exp(h.logp))
+        return pd.DataFrame(list(rows.values()), columns=["id", "parent", "label", "level", "probability"])
+
+
+class Engine:
+    """A workspace loaded for serving: the generator's retriever, product titles, users, and (built on
+    first use) BM25 and dense retrieval for the side-by-side comparison."""
+
+    def __init__(self, ws: Workspace, device: str = "cpu", name: str = "generator"):
+        from workbench.gen.retrieve import Retriever
+
+        self.ws, self.device = ws, device
+        self.retriever = Retriever.from_workspace(ws, name, device)
+        self.products = ws.table("products").set_index("product_id")
+        self.personal = self.retriever.model.cfg.context_vocab > 0
+        self.user_ids = ws.table("users")["user_id"].astype(str).tolist() if ws.has("users") else []
+        self._bm25 = self._dense = None
+
+    def search(self, query: str, width: int = 16, user: str | None = None, log: bool = True) -> Served:
+        query = (query or "").strip()
+        if not query:
+            raise AppError("type a query")
+        if len(query) > 500:
+            raise AppError(f"the query is {len(query)} characters long; keep it under 500")
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 1024:
+            raise AppError(f"beam width must be a whole number from 1 to 1024, got {width!r}")
+        context, personalised = None, False
+        if user and self.personal:
+            context, known = self.retriever.user_context(self.ws, [user])
+            personalised = bool(known[0])
+        t = time.perf_counter()
+        hits = self.retriever.search([query], width, context=context)[0]
+        ms = (time.perf_counter() - t) * 1000
+        products = [p for h in hits for p in h.products]
+        served = Served(query, user or None, personalised, width, ms, hits, products)
+        if log:
+            self.ws.logbook().serve(query, [{"sid": list(h.sid), "logp": h.logp, "products": h.products[:20]} for h in hits],
+                                    ms, user_id=user or None, beam_width=width, source="app")
+        return served
+
+    def titles(self, ids: list[str]) -> pd.DataFrame:
+        cols = [c for c in ("title", "category", "price") if c in self.products]
+        return self.products.reindex(ids)[cols].reset_index().rename(columns={"index": "product_id"})
+
+    def baselines(self, query: str, gen: list[str], k: int = 10, share: float = 0.3) -> dict[str, list[str]]:
+        """Top k of BM25, dense, their hybrid (RRF), and the hybrid with generation as a supplement."""
+        from workbench.embed import embed_workspace, get_embedder, product_texts
+        from workbench.eval.baselines import BM25, Dense, rrf, supplement
+
+        ids = self.products.index.tolist()
+        if self._bm25 is None:
+            self._bm25 = BM25(ids, product_texts(self.products.reset_index()))
+            e = get_embedder(workspace_embedder(self.ws), self.device)
+            self._dense = Dense(ids, embed_workspace(self.ws, e, ("products",), progress=False)["products"], e, self.device)
+        bm, de = self._bm25.search([query], k)[0], self._dense.search([query], k)[0]
+        hy = rrf([[bm], [de]], k)[0]
+        return {"bm25": bm, "dense": de, "hybrid": hy, "hybrid+gen": supplement([hy], [gen], k, share)[0]}
+
+
+# the other pages' data --------------------------------------------------------------------------
+def stage_curves(ws: Workspace) -> pd.DataFrame:
+    """Per epoch of every generator stage: run, stage, step, metric, value (loss, recall@K, ...)."""
+    return ws.logbook().query(
+        "SELECT r.name AS run, m.stage, m.step, m.name AS metric, m.value FROM metrics m JOIN runs r USING (run_id) "
+        "WHERE r.kind = 'gen-train' ORDER BY r.started_at, m.step")
+
+
+def rl_curves(ws: Workspace) -> pd.DataFrame:
+    return ws.logbook().query(
+        "SELECT r.name AS run, m.stage, m.step, m.name AS metric, m.value FROM metrics m JOIN runs r USING (run_id) "
+        "WHERE r.kind = 'rl' ORDER BY r.started_at, m.step")
+
+
+def beam_sweep(ws: Workspace) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The latest width sweep of each ID kind (width, batch, p50/p95 ms, recall) and the chosen widths."""
+    sweep = ws.logbook().query(
+        "SELECT b.bench, b.case_name, b.metric, b.value, b.run_id FROM bench b JOIN runs r USING (run_id) "
+        "WHERE b.bench LIKE 'beam-sweep%' OR b.bench = 'beam-width-choice' ORDER BY r.started_at")
+    if sweep.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    latest = sweep.groupby("bench")["run_id"].last()
+    sweep = sweep[sweep["run_id"] == sweep["bench"].map(latest)]
+    wide = sweep.pivot_table(index=["bench", "case_name"], columns="metric", values="value").reset_index()
+    choice = wide[wide["bench"] == "beam-width-choice"]
+    curves = wide[wide["bench"] != "beam-width-choice"].copy()
+    curves["ids"] = curves["bench"].str.extract(r"\((\w+) IDs\)")[0]
+    return curves, choice
+
+
+def codebook_points(ws: Workspace, n: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """A UMAP map of up to n products' embeddings with their codes and category (sampled, seeded)."""
+    from workbench.embed import embed_workspace, get_embedder
+    from workbench.sid.store import load_sids
+
+    sids = load_sids(ws)
+    products = ws.table("products")
+    vecs = embed_workspace(ws, get_embedder(workspace_embedder(ws)), ("products",), progress=False)["products"]
+    idx = np.sort(np.random.default_rng(seed).choice(len(products), min(n, len(products)), replace=False))
+    df = products.iloc[idx][["product_id", "title", "category"]].merge(sids, on="product_id", how="left")
+    import umap
+
+    xy = umap.UMAP(n_neighbors=15, random_state=seed, n_jobs=1).fit_transform(vecs[idx])
+    df["x"], df["y"] = xy[:, 0], xy[:, 1]
+    df["top_category"] = df["category"].fillna("").str.split(" > ").str[0]
+    return df
+
+
+def run_sql(ws: Workspace, sql: str, max_rows: int = 1000) -> pd.DataFrame:
+    """Read-only SQL over the logbook: no writes, no files, no network."""
+    sql = (sql or "").strip()
+    if not sql:
+        raise AppError("type a SQL query, e.g. SELECT * FROM runs")
+    try:
+        df = ws.logbook().query(sql, safe=True)
+    except FileNotFoundError as e:
+        raise AppError(str(e)) from e
+    except Exception as e:  # duckdb's errors: show the message, not a traceback
+        raise AppError(f"{type(e).__name__}: {e}") from e
+    return df.head(max_rows)
