@@ -57,12 +57,15 @@ def test_python_m_workbench_and_help_on_every_verb():
 def test_demo_builds_then_skips_and_sql_reads_the_logbook(tmp_path):
     ws = tmp_path / "ws"
     runner = CliRunner()
-    r = runner.invoke(main, ["-w", str(ws), "demo", "--embedder", "hashing-64"])
+    r = runner.invoke(main, ["-w", str(ws), "demo", "--embedder", "hashing-64", "--no-app"])
     assert r.exit_code == 0, r.output
+    assert "sweep    width " in r.output and "rl       ranker; 40 steps each: grpo click hit@10" in r.output
+    assert (ws / "gen" / "generator-eg-grpo.safetensors").exists() and (ws / "rl" / "ranker.safetensors").exists()
     assert "products 3,000" in r.output and "hashing-64: products 3,000x64" in r.output and "CQ-SID (64, 16, 8)" in r.output
     assert (ws / "sid" / "sids.parquet").exists() and (ws / "sid" / "index.parquet").exists()
-    r = runner.invoke(main, ["-w", str(ws), "demo", "--embedder", "hashing-64"])
+    r = runner.invoke(main, ["-w", str(ws), "demo", "--embedder", "hashing-64", "--no-app"])
     assert r.exit_code == 0 and "tables present" in r.output and "SIDs present" in r.output
+    assert "width sweep present" in r.output and "stage-4 models present" in r.output
     assert Workspace(ws).meta["copied_from"].endswith("sample_data") and "name" not in Workspace(ws).meta
     r = runner.invoke(main, ["-w", str(ws), "sql", "SELECT kind, status FROM runs"])
     assert r.exit_code == 0 and r.output.count("build finished") == 2 and r.output.count("sid-train finished") == 1

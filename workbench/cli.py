@@ -6,7 +6,9 @@ Verbs of later components plug in with `main.add_command(...)` at the bottom of 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -52,9 +54,11 @@ def main(ctx: click.Context, workspace: Path | None) -> None:
               help="Workspace of tables to build from (default: the repository's sample_data/).")
 @click.option("--embedder", default="minilm", show_default=True, help="minilm or hashing[-DIM].")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for models (cpu, cuda, cuda:1...).")
+@click.option("--app/--no-app", default=True, show_default=True, help="Start the app on http://127.0.0.1:PORT afterwards.")
+@click.option("--port", type=int, default=8501, show_default=True)
 @click.pass_context
-def demo(ctx: click.Context, rebuild: bool, source: Path | None, embedder: str, device: str) -> None:
-    """Build the default workspace from sample_data/ (steps already done are skipped) and report it."""
+def demo(ctx: click.Context, rebuild: bool, source: Path | None, embedder: str, device: str, app: bool, port: int) -> None:
+    """Build the default workspace from sample_data/ (steps already done are skipped), then open the app."""
     from workbench.pipeline import SAMPLE_DATA, build
 
     ws = _ws(ctx)
@@ -64,7 +68,17 @@ def demo(ctx: click.Context, rebuild: bool, source: Path | None, embedder: str, 
     t0 = time.perf_counter()
     build(ws, source or SAMPLE_DATA, embedder, device, echo=click.echo)
     click.echo(f"done in {time.perf_counter() - t0:.1f} s; logbook {ws.logbook_path}")
-    click.echo('next: workbench data stats; workbench sql "SELECT kind, status, started_at FROM runs"')
+    if not app:
+        click.echo('next: workbench data stats; workbench sql "SELECT kind, status, started_at FROM runs"')
+        return
+    script = Path(__file__).resolve().parent.parent / "app.py"
+    if not script.exists():
+        raise click.ClickException(f"the app is not installed beside the package ({script}); run from a clone of the repository")
+    click.echo(f"starting the app on http://127.0.0.1:{port} (Ctrl+C stops it)")
+    env = {**os.environ, "WORKBENCH_WORKSPACE": str(ws.path.resolve())}
+    sys.exit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(script), "--server.address=127.0.0.1",
+                              f"--server.port={port}", "--server.headless=true", "--browser.gatherUsageStats=false"],
+                             env=env))
 
 
 # data ------------------------------------------------------------------------------------------
@@ -373,8 +387,6 @@ def bench_beam(ctx, widths, batch_sizes, k, tolerance, modes, speed, speed_batch
     """Beam width vs latency and Recall@K (cluster vs unique IDs); speed against Hugging Face generate."""
     from workbench.bench import beam as bb
     from workbench.bench import device_name, report
-    from workbench.gen.data import eval_set
-    from workbench.gen.retrieve import Retriever
 
     ws = _ws(ctx).require()
     widths, sizes = list(ints(widths)), list(ints(batch_sizes))
@@ -389,10 +401,7 @@ def bench_beam(ctx, widths, batch_sizes, k, tolerance, modes, speed, speed_batch
         picks = {}
         for mode in [m.strip() for m in modes.split(",")]:
             w = ws if mode == "workspace" else bb.mode_workspace(ws, mode, embedder, device)
-            rows = bb.sweep(Retriever.from_workspace(w, device=device), eval_set(w), widths, sizes, k, rounds, f"{mode} ")
-            report(f"beam-sweep ({mode} IDs)", rows, run, units={"p50_ms": "ms", "p95_ms": "ms", "queries_per_s": "1/s"},
-                   params={**params, "workspace": str(w.path)}, device=device_name(device))
-            picks[mode] = (rows, bb.pick_width(rows, k, tolerance))
+            picks[mode] = bb.run_sweep(w, mode, widths, sizes, k, tolerance, rounds, run, device)
         summary = []
         target = min(p["widest_recall"] for _, p in picks.values()) * (1 - tolerance)
         for mode, (rows, p) in picks.items():

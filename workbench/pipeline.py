@@ -2,8 +2,8 @@
 
 `build(ws)` is what `workbench demo` (the README's first command), the notebooks and the app call
 when a workspace is missing. Each step reads the workspace and writes its artifacts there, so a
-rerun only does what is missing and an interrupted build resumes. Later components (SIDs, the
-generator's stages, the beam-width sweep) add their steps to `STEPS`.
+rerun only does what is missing and an interrupted build resumes: data, embeddings, SIDs, the
+generator's stages 1-3, the beam-width sweep, then stage 4 (ranker, GRPO and EG-GRPO).
 """
 
 from __future__ import annotations
@@ -86,7 +86,42 @@ def _gen(ws: Workspace, run, device: str, **_) -> str:
             + ", ".join(f"{k} {v:.3f}" for k, v in last.items() if "@" in k))
 
 
-STEPS = [("data", _data), ("embed", _embed), ("sid", _sid), ("gen", _gen)]
+RL_STEPS = 40  # per algorithm: enough for the Training page's GRPO vs EG-GRPO curves
+
+
+def _rl(ws: Workspace, run, embedder: str, device: str, **_) -> str:
+    """Stage 4, both algorithms, for their curves; `generator` stays the stage-3 model (on the sample,
+    RL against this ranker lowers hit rates: see the README)."""
+    from workbench.gen.store import gen_dir
+    from workbench.rl.ranker import ranker_path, train_workspace
+    from workbench.rl.train import RLConfig, train_rl
+
+    if (gen_dir(ws) / "generator-eg-grpo.safetensors").exists():
+        return "stage-4 models present"
+    if not ranker_path(ws).exists():
+        train_workspace(ws, embedder, device, progress=False)
+    out = []
+    for algo in ("grpo", "eg-grpo"):
+        last = train_rl(ws, RLConfig(algo=algo, steps=RL_STEPS), device=device)[-1]
+        out.append(f"{algo} click hit@10 {last['click_hit@10']:.3f}")
+    return f"ranker; {RL_STEPS} steps each: " + ", ".join(out)
+
+
+SWEEP_WIDTHS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+def _sweep(ws: Workspace, run, device: str, **_) -> str:
+    from workbench.bench import report
+    from workbench.bench.beam import run_sweep
+
+    if not ws.logbook().query("SELECT 1 FROM bench WHERE bench = 'beam-sweep (workspace IDs)' LIMIT 1").empty:
+        return "width sweep present"
+    rows, pick = run_sweep(ws, "workspace", SWEEP_WIDTHS, [1, 32], 50, 0.02, 2, run, device)
+    report("beam-width-choice", [{"case": "workspace", **pick}], run)
+    return f"width {pick['width']} (recall@50 {pick['recall']:.3f} vs {pick['widest_recall']:.3f} at {pick['widest']})"
+
+
+STEPS = [("data", _data), ("embed", _embed), ("sid", _sid), ("gen", _gen), ("sweep", _sweep), ("rl", _rl)]
 
 
 def build(ws: Workspace, source: str | Path = SAMPLE_DATA, embedder: str = "minilm", device: str = "cpu",

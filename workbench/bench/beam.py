@@ -204,6 +204,19 @@ def sweep(retriever: Retriever, evalset: pd.DataFrame, widths: list[int], batch_
     return rows
 
 
+def run_sweep(w, mode: str, widths: list[int], batch_sizes: list[int], k: int, tolerance: float, rounds: int, run,
+              device: str = "cpu") -> tuple[list[dict], dict]:
+    """The sweep of workspace `w`'s generator, reported as `beam-sweep (<mode> IDs)`; rows and pick_width."""
+    from workbench.bench import device_name, report
+    from workbench.gen.data import eval_set
+
+    rows = sweep(Retriever.from_workspace(w, device=device), eval_set(w), widths, batch_sizes, k, rounds, f"{mode} ")
+    report(f"beam-sweep ({mode} IDs)", rows, run, units={"p50_ms": "ms", "p95_ms": "ms", "queries_per_s": "1/s"},
+           params={"widths": widths, "batch_sizes": batch_sizes, "k": k, "rounds": rounds, "workspace": str(w.path)},
+           device=device_name(device))
+    return rows, pick_width(rows, k, tolerance)
+
+
 def pick_width(rows: list[dict], k: int, tolerance: float = 0.02) -> dict:
     """Smallest width whose Recall@k is within `tolerance` (relative) of the widest width's; the
     latency saved at the largest batch size measured."""
