@@ -1,0 +1,95 @@
+"""The app in a real browser: `streamlit run app.py` on 127.0.0.1, driven by Playwright in Debian's
+headless chromium (Playwright's own browser download does not work offline). Skips locally when
+chromium is missing; fails in CI (CI=true), which installs it."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import ROOT
+from workbench import Workspace
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def _need_browser():
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing in CI (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("playwright")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_app(trained, tmp_path_factory):
+    _need_browser()
+    ws, _ = trained
+    path = tmp_path_factory.mktemp("browser") / "ws"
+    shutil.copytree(ws.path, path)
+    port = _free_port()
+    env = {**os.environ, "WORKBENCH_WORKSPACE": str(path)}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless=true",
+                             "--server.address=127.0.0.1", f"--server.port={port}", "--server.fileWatcherType=none",
+                             "--browser.gatherUsageStats=false"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the app did not start: {proc.stdout.read().decode()[-2000:]}")
+        time.sleep(0.5)
+    yield url, Workspace(path)
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def _settle(page, timeout: float = 120_000) -> None:
+    """Wait until the script has finished its run (Streamlit's own marker)."""
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
+
+
+def test_search_renders_sid_paths_in_a_browser(served_app):
+    from playwright.sync_api import sync_playwright
+
+    url, ws = served_app
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
+        page.goto(url)
+        _settle(page)
+        page.get_by_text("Type a query to decode it into semantic IDs.").wait_for(timeout=120_000)
+        box = page.get_by_label("Query")
+        box.fill("cordless drill")
+        box.press("Enter")
+        page.get_by_text("Decoded SID paths").wait_for(timeout=120_000)
+        _settle(page)
+        paths = page.locator("code").all_inner_texts()
+        sids = [t for t in paths if t.count("-") == 2 and t.replace("-", "").isdigit()]
+        assert sids, paths  # e.g. 12-3-1
+        assert page.get_by_text("SIDs,", exact=False).count() >= 1
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.screenshot(path=str(ARTIFACTS / "app-search.png"))
+        browser.close()
+    served = ws.logbook().query("SELECT query, source FROM served")
+    assert ["cordless drill", "app"] in served.values.tolist()
