@@ -37,7 +37,7 @@ def search_page(path: str) -> None:
     except serve.AppError as e:
         st.warning(str(e))
         return
-    st.caption(f"{len(res.hits)} SIDs, {len(res.products)} products in {res.latency_ms:.1f} ms"
+    st.caption(f'{len(res.hits)} SIDs, {len(res.products)} products in {res.latency_ms:.1f} ms for "{res.query}"'
                + (f"; personalised for {res.user}" if res.personalised else ""))
     left, right = st.columns([1, 1])
     with left:

@@ -96,7 +96,7 @@ def test_app_search_page(app_ws):
     assert any("Type a query" in i.value for i in at.info)
     at.text_input(key="query").set_value("cordless drill").run()
     _ok(at)
-    assert any("SIDs" in c.value and "ms" in c.value for c in at.caption)
+    assert any('ms for "cordless drill"' in c.value for c in at.caption)
     assert any("`" in m.value and "p = " in m.value for m in at.markdown)  # the SID paths
     at.number_input(key="width").set_value(4).run()
     _ok(at)

@@ -93,3 +93,13 @@ def test_search_renders_sid_paths_in_a_browser(served_app):
         browser.close()
     served = ws.logbook().query("SELECT query, source FROM served")
     assert ["cordless drill", "app"] in served.values.tolist()
+
+
+def test_concurrent_sessions_search_without_errors(served_app):
+    """A short version of `workbench bench app` (20 sessions, 60 s): 3 sessions for 15 s."""
+    from workbench.bench.app import load
+
+    _, ws = served_app
+    row = load(ws.path, sessions=3, seconds=15)
+    assert row["errors"] == 0, row["first_errors"]
+    assert row["searches"] >= 3 and 0 < row["p50_s"] <= row["p95_s"] <= row["max_s"]

@@ -491,6 +491,23 @@ def _bench_workspace(name: str, root: Path | None) -> Workspace:
     return ws
 
 
+@bench.command(name="app")
+@click.option("--sessions", type=int, default=20, show_default=True, help="Browser sessions searching at once.")
+@click.option("--seconds", type=float, default=60, show_default=True, help="How long they search.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def bench_app(ctx, sessions, seconds, seed) -> None:
+    """Load on the app: concurrent browser sessions (headless chromium) searching; p50/p95 per search."""
+    from workbench.bench import report
+    from workbench.bench.app import load
+
+    ws = _ws(ctx).require()
+    with ws.logbook().run("bench", {"bench": "app", "sessions": sessions, "seconds": seconds}, seed=seed) as run:
+        row = load(ws.path.resolve(), sessions, seconds, seed)
+        report("app-load", [row], run, units={"p50_s": "s", "p95_s": "s", "max_s": "s", "searches_per_s": "1/s"},
+               params={"sessions": sessions, "seconds": seconds})
+
+
 @bench.command(name="sid-assign")
 @click.option("--n", type=int, default=1_000_000, show_default=True, help="Number of products (random vectors).")
 @click.option("--dim", type=int, default=384, show_default=True)
