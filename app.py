@@ -43,7 +43,7 @@ def search_page(path: str) -> None:
     with left:
         st.subheader("Decoded SID paths")
         paths = res.paths()
-        st.markdown("\n".join(f"- `{r.sid}`  p = {r.probability:.3f} ({r.products} products)" for r in paths.head(10).itertuples()),
+        st.markdown("\n".join(f"- `{r.sid}`  p = {r.probability:.3f} ({r.products} product{'s' * (r.products != 1)})" for r in paths.head(10).itertuples()),
                     help="Each path is a level-1, level-2, level-3 code; probabilities are the model's path probabilities.")
         tree = res.tree()
         if not tree.empty:
@@ -53,7 +53,7 @@ def search_page(path: str) -> None:
     with right:
         st.subheader("Products by cluster")
         for h in res.hits[:5]:
-            with st.expander(f"{'-'.join(map(str, h.sid))}: {len(h.products)} products"):
+            with st.expander(f"{'-'.join(map(str, h.sid))}: {len(h.products)} product{'s' * (len(h.products) != 1)}"):
                 st.dataframe(eng.titles(h.products[:20]), hide_index=True, key=f"cluster-{h.sid}")
     st.subheader("Against the baselines (top 10)")
     try:

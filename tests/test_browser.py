@@ -89,6 +89,10 @@ def test_search_renders_sid_paths_in_a_browser(served_app):
         assert sids, paths  # e.g. 12-3-1
         assert page.get_by_text("SIDs,", exact=False).count() >= 1
         assert page.locator('[data-testid="stException"]').count() == 0
+        page.wait_for_selector('[data-testid="stPlotlyChart"] g.slice', timeout=60_000)  # the SID tree (sunburst) drew
+        page.wait_for_selector('[data-testid="stDataFrame"] canvas', timeout=60_000)  # the baseline lists drew
+        assert page.locator('[data-testid="stPlotlyChart"] g.slice').count() >= len(sids)
+        page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / "app-search.png"))
         browser.close()
     served = ws.logbook().query("SELECT query, source FROM served")
