@@ -93,7 +93,7 @@ def training_page(path: str) -> None:
         metric = st.selectbox("Metric", sorted(curves["metric"].unique()), key="train_metric",
                               index=sorted(curves["metric"].unique()).index("recall@50") if "recall@50" in set(curves["metric"]) else 0)
         d = curves[curves["metric"] == metric]
-        st.plotly_chart(px.line(d, x="step", y="value", color="stage", line_group="run", markers=True, height=380), key="stages")
+        st.plotly_chart(px.line(d, x="step", y="value", color="stage", line_group="run_id", markers=True, height=380), key="stages")
     rl = serve.rl_curves(ws)
     st.subheader("Stage 4: GRPO vs EG-GRPO")
     if rl.empty:
@@ -101,7 +101,7 @@ def training_page(path: str) -> None:
         return
     metric = st.selectbox("Diagnostic", sorted(rl["metric"].unique()), key="rl_metric")
     d = rl[rl["metric"] == metric]
-    st.plotly_chart(px.line(d, x="step", y="value", color="run", height=380), key="rl")
+    st.plotly_chart(px.line(d, x="step", y="value", color="run", line_group="run_id", height=380), key="rl")
 
 
 def beam_page(path: str) -> None:

@@ -5,11 +5,13 @@ import re
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from workbench import Workspace
 from workbench.cli import main
 from workbench.data.schema import describe
+from workbench.pipeline import missing, open_or_build
 
 from .conftest import ROOT
 
@@ -57,15 +59,15 @@ def test_python_m_workbench_and_help_on_every_verb():
     walk(main, [])
 
 
-def test_demo_builds_then_skips_and_sql_reads_the_logbook(tmp_path):
-    ws = tmp_path / "ws"
+def test_demo_builds_then_skips_and_sql_reads_the_logbook(demo_workspace):
+    ws, output = demo_workspace  # `workbench demo --embedder hashing-64 --no-app`, run once (conftest.py)
     runner = CliRunner()
-    r = runner.invoke(main, ["-w", str(ws), "demo", "--embedder", "hashing-64", "--no-app"])
-    assert r.exit_code == 0, r.output
-    assert "sweep    width " in r.output and "rl       ranker; 40 steps each: grpo click hit@10" in r.output
+    assert "sweep    width " in output and "rl       ranker; 40 steps each: grpo click hit@10" in output
     assert (ws / "gen" / "generator-eg-grpo.safetensors").exists() and (ws / "rl" / "ranker.safetensors").exists()
-    assert "products 3,000" in r.output and "hashing-64: products 3,000x64" in r.output and "CQ-SID (64, 16, 8)" in r.output
+    assert "products 3,000" in output and "hashing-64: products 3,000x64" in output and "CQ-SID (64, 16, 8)" in output
     assert (ws / "sid" / "sids.parquet").exists() and (ws / "sid" / "index.parquet").exists()
+    assert missing(Workspace(ws)) == [] and missing(Workspace(ws.parent / "none")) == ["data", "sid", "gen", "sweep", "rl"]
+    assert open_or_build(ws, echo=pytest.fail).path == ws  # built: opened without a build run (counted below)
     r = runner.invoke(main, ["-w", str(ws), "demo", "--embedder", "hashing-64", "--no-app"])
     assert r.exit_code == 0 and "tables present" in r.output and "SIDs present" in r.output
     assert "width sweep present" in r.output and "stage-4 models present" in r.output

@@ -1,9 +1,10 @@
 """The default pipeline: build a workspace end to end, skipping steps whose artifacts exist.
 
-`build(ws)` is what `workbench demo` (the README's first command), the notebooks and the app call
-when a workspace is missing. Each step reads the workspace and writes its artifacts there, so a
-rerun only does what is missing and an interrupted build resumes: data, embeddings, SIDs, the
-generator's stages 1-3, the beam-width sweep, then stage 4 (ranker, GRPO and EG-GRPO).
+`build(ws)` is what `workbench demo` (the README's first command) runs; the notebooks call
+`open_or_build`, which builds only when a step is missing. Each step reads the workspace and writes
+its artifacts there, so a rerun only does what is missing and an interrupted build resumes: data,
+embeddings, SIDs, the generator's stages 1-3, the beam-width sweep, then stage 4 (ranker, GRPO and
+EG-GRPO).
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ def copy_tables(src: Workspace, dst: Workspace) -> dict[str, int]:
     return {t: len(d) for t, d in done.items()}
 
 
+def _has_data(ws: Workspace) -> bool:
+    return ws.exists() and ws.has("products")
+
+
 def _data(ws: Workspace, source: Path, run, **_) -> str:
-    if ws.exists() and ws.has("products"):
+    if _has_data(ws):
         return "tables present"
     if source.exists():
         counts = copy_tables(Workspace(source), ws)
@@ -52,15 +57,21 @@ SID_SIZES = (64, 16, 8)  # cluster IDs for a catalog of a few thousand products:
 SID_EPOCHS = 40
 
 
+def _has_sids(ws: Workspace) -> bool:
+    from workbench.sid.store import sid_dir
+
+    return (sid_dir(ws) / "sids.parquet").exists()
+
+
 def _sid(ws: Workspace, run, embedder: str, device: str, **_) -> str:
     from dataclasses import replace
 
     from workbench.embed import get_embedder
     from workbench.sid.cqsid import CQSIDConfig
     from workbench.sid.rqvae import RQVAEConfig
-    from workbench.sid.store import sid_dir, train_workspace
+    from workbench.sid.store import train_workspace
 
-    if (sid_dir(ws) / "sids.parquet").exists():
+    if _has_sids(ws):
         return "SIDs present"
     e = get_embedder(embedder, device)
     cfg = replace(CQSIDConfig(model=RQVAEConfig(input_dim=e.dim, codebook_sizes=SID_SIZES)), epochs=SID_EPOCHS)
@@ -73,11 +84,16 @@ GEN_MODEL = dict(d_model=128, n_heads=4, enc_layers=2, dec_layers=2, d_ff=512)  
 GEN_STAGES, GEN_EPOCHS = (1, 2, 3), (20, 12, 6)  # the small items stage needs more passes
 
 
-def _gen(ws: Workspace, run, device: str, **_) -> str:
-    from workbench.gen.stages import train_stages
+def _has_generator(ws: Workspace) -> bool:
     from workbench.gen.store import gen_dir
 
-    if (gen_dir(ws) / "generator.safetensors").exists():
+    return (gen_dir(ws) / "generator.safetensors").exists()
+
+
+def _gen(ws: Workspace, run, device: str, **_) -> str:
+    from workbench.gen.stages import train_stages
+
+    if _has_generator(ws):
         return "generator present"
     rows = train_stages(ws, GEN_STAGES, "scratch", GEN_MODEL, epochs=GEN_EPOCHS, device=device)
     last = rows[-1]
@@ -86,17 +102,22 @@ def _gen(ws: Workspace, run, device: str, **_) -> str:
             + ", ".join(f"{k} {v:.3f}" for k, v in last.items() if "@" in k))
 
 
+def _has_rl(ws: Workspace) -> bool:
+    from workbench.gen.store import gen_dir
+
+    return (gen_dir(ws) / "generator-eg-grpo.safetensors").exists()
+
+
 RL_STEPS = 40  # per algorithm: enough for the Training page's GRPO vs EG-GRPO curves
 
 
 def _rl(ws: Workspace, run, embedder: str, device: str, **_) -> str:
     """Stage 4, both algorithms, for their curves; `generator` stays the stage-3 model (on the sample,
     RL against this ranker lowers hit rates: see the README)."""
-    from workbench.gen.store import gen_dir
     from workbench.rl.ranker import ranker_path, train_workspace
     from workbench.rl.train import RLConfig, train_rl
 
-    if (gen_dir(ws) / "generator-eg-grpo.safetensors").exists():
+    if _has_rl(ws):
         return "stage-4 models present"
     if not ranker_path(ws).exists():
         train_workspace(ws, embedder, device, progress=False)
@@ -110,11 +131,16 @@ def _rl(ws: Workspace, run, embedder: str, device: str, **_) -> str:
 SWEEP_WIDTHS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
+def _has_sweep(ws: Workspace) -> bool:
+    return ws.exists() and not ws.logbook().query(
+        "SELECT 1 FROM bench WHERE bench = 'beam-sweep (workspace IDs)' LIMIT 1").empty
+
+
 def _sweep(ws: Workspace, run, device: str, **_) -> str:
     from workbench.bench import report
     from workbench.bench.beam import run_sweep
 
-    if not ws.logbook().query("SELECT 1 FROM bench WHERE bench = 'beam-sweep (workspace IDs)' LIMIT 1").empty:
+    if _has_sweep(ws):
         return "width sweep present"
     rows, pick = run_sweep(ws, "workspace", SWEEP_WIDTHS, [1, 32], 50, 0.02, 2, run, device)
     report("beam-width-choice", [{"case": "workspace", **pick}], run)
@@ -122,6 +148,23 @@ def _sweep(ws: Workspace, run, device: str, **_) -> str:
 
 
 STEPS = [("data", _data), ("embed", _embed), ("sid", _sid), ("gen", _gen), ("sweep", _sweep), ("rl", _rl)]
+# what each step leaves behind (embeddings are a cache, recomputed on demand, so they never count as missing)
+DONE = {"data": _has_data, "sid": _has_sids, "gen": _has_generator, "sweep": _has_sweep, "rl": _has_rl}
+
+
+def missing(ws: Workspace) -> list[str]:
+    """The pipeline steps whose artifacts `ws` lacks, in order (empty: fully built)."""
+    return [name for name, _ in STEPS if name in DONE and not DONE[name](ws)]
+
+
+def open_or_build(path: str | Path, embedder: str = "minilm", device: str = "cpu", echo=print) -> Workspace:
+    """The workspace at `path`, built from `sample_data/` first if any step is missing (how the notebooks
+    and the demo open theirs); a fully built workspace is opened without touching its logbook."""
+    ws = Workspace(path)
+    if todo := missing(ws):
+        echo(f"building {ws.path} (missing: {', '.join(todo)})")
+        build(ws, embedder=embedder, device=device, echo=echo)
+    return ws
 
 
 def build(ws: Workspace, source: str | Path = SAMPLE_DATA, embedder: str = "minilm", device: str = "cpu",

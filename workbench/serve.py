@@ -86,7 +86,7 @@ class Engine:
         self.user_ids = ws.table("users")["user_id"].astype(str).tolist() if ws.has("users") else []
         self._bm25 = self._dense = None
 
-    def search(self, query: str, width: int = 16, user: str | None = None, log: bool = True) -> Served:
+    def search(self, query: str, width: int = 16, user: str | None = None, log: bool = True, source: str = "app") -> Served:
         query = (query or "").strip()
         if not query:
             raise AppError("type a query")
@@ -105,7 +105,7 @@ class Engine:
         served = Served(query, user or None, personalised, width, ms, hits, products)
         if log:
             self.ws.logbook().serve(query, [{"sid": list(h.sid), "logp": h.logp, "products": h.products[:20]} for h in hits],
-                                    ms, user_id=user or None, beam_width=width, source="app")
+                                    ms, user_id=user or None, beam_width=width, source=source)
         return served
 
     def titles(self, ids: list[str]) -> pd.DataFrame:
@@ -128,16 +128,22 @@ class Engine:
 
 
 # the other pages' data --------------------------------------------------------------------------
+def latest(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each run name's latest run only (curves frames are ordered by start time)."""
+    return df[df["run_id"].isin(df.groupby("run", sort=False)["run_id"].last())] if len(df) else df
+
+
 def stage_curves(ws: Workspace) -> pd.DataFrame:
-    """Per epoch of every generator stage: run, stage, step, metric, value (loss, recall@K, ...)."""
+    """Per epoch of every generator stage: run, run_id, stage, step, metric, value (loss, recall@K, ...)."""
     return ws.logbook().query(
-        "SELECT r.name AS run, m.stage, m.step, m.name AS metric, m.value FROM metrics m JOIN runs r USING (run_id) "
+        "SELECT r.name AS run, r.run_id, m.stage, m.step, m.name AS metric, m.value FROM metrics m JOIN runs r USING (run_id) "
         "WHERE r.kind = 'gen-train' ORDER BY r.started_at, m.step")
 
 
 def rl_curves(ws: Workspace) -> pd.DataFrame:
+    """Per step of every stage-4 run: run, run_id, stage, step, metric, value (rewards, diagnostics, hit rates)."""
     return ws.logbook().query(
-        "SELECT r.name AS run, m.stage, m.step, m.name AS metric, m.value FROM metrics m JOIN runs r USING (run_id) "
+        "SELECT r.name AS run, r.run_id, m.stage, m.step, m.name AS metric, m.value FROM metrics m JOIN runs r USING (run_id) "
         "WHERE r.kind = 'rl' ORDER BY r.started_at, m.step")
 
 
@@ -167,12 +173,17 @@ def codebook_points(ws: Workspace, n: int = 1000, seed: int = 0) -> pd.DataFrame
     vecs = embed_workspace(ws, get_embedder(workspace_embedder(ws)), ("products",), progress=False)["products"]
     idx = np.sort(np.random.default_rng(seed).choice(len(products), min(n, len(products)), replace=False))
     df = products.iloc[idx][["product_id", "title", "category"]].merge(sids, on="product_id", how="left")
-    import umap
-
-    xy = umap.UMAP(n_neighbors=15, random_state=seed, n_jobs=1).fit_transform(vecs[idx])
+    xy = umap_2d(vecs[idx], seed)
     df["x"], df["y"] = xy[:, 0], xy[:, 1]
     df["top_category"] = df["category"].fillna("").str.split(" > ").str[0]
     return df
+
+
+def umap_2d(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
+    """(N, D) vectors -> (N, 2) UMAP map (seeded and single-threaded, so a rerun draws the same map)."""
+    import umap
+
+    return umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), random_state=seed, n_jobs=1).fit_transform(x)
 
 
 def run_sql(ws: Workspace, sql: str, max_rows: int = 1000) -> pd.DataFrame:
