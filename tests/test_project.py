@@ -68,6 +68,9 @@ def test_demo_builds_then_skips_and_sql_reads_the_logbook(demo_workspace):
     assert (ws / "sid" / "sids.parquet").exists() and (ws / "sid" / "index.parquet").exists()
     assert missing(Workspace(ws)) == [] and missing(Workspace(ws.parent / "none")) == ["data", "sid", "gen", "sweep", "rl"]
     assert open_or_build(ws, echo=pytest.fail).path == ws  # built: opened without a build run (counted below)
+    for wrong in (ws / "logbook.duckdb", ws / "tables"):  # a file, a folder that is not a workspace: refused
+        with pytest.raises(FileExistsError, match="is not a workspace"):
+            open_or_build(wrong, echo=pytest.fail)
     r = runner.invoke(main, ["-w", str(ws), "demo", "--embedder", "hashing-64", "--no-app"])
     assert r.exit_code == 0 and "tables present" in r.output and "SIDs present" in r.output
     assert "width sweep present" in r.output and "stage-4 models present" in r.output

@@ -161,6 +161,9 @@ def open_or_build(path: str | Path, embedder: str = "minilm", device: str = "cpu
     """The workspace at `path`, built from `sample_data/` first if any step is missing (how the notebooks
     and the demo open theirs); a fully built workspace is opened without touching its logbook."""
     ws = Workspace(path)
+    if ws.path.is_file() or (ws.path.is_dir() and any(ws.path.iterdir()) and not ws.exists()):
+        raise FileExistsError(f"{ws.path} is not a workspace (no workspace.json) and not empty: point at a workspace, "
+                              "or at a new path to build the sample one there")
     if todo := missing(ws):
         echo(f"building {ws.path} (missing: {', '.join(todo)})")
         build(ws, embedder=embedder, device=device, echo=echo)
