@@ -35,23 +35,34 @@ def _ws(ctx):
 @click.option("--name", default="generator", show_default=True, help="Checkpoint name in <workspace>/gen/.")
 @click.option("--eval-width", type=int, default=32, show_default=True, help="Beam width of the per-epoch held-out Recall@K.")
 @click.option("--fresh", is_flag=True, help="Ignore finished and interrupted stages' checkpoints (default: resume).")
+@click.option("--dropout", type=float, default=0.1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda (under torchrun: each process its own GPU).")
 @click.pass_context
 def train(ctx, stages, epochs, algo, rl_steps, embedder, backbone, d_model, layers, heads, d_ff, batch_size, lr, replay, name,
-          eval_width, fresh, seed, device):
+          eval_width, fresh, dropout, seed, device):
     """Train the generator stage by stage (resumes a killed run: finished stages are kept, an
-    interrupted one continues after its last finished epoch)."""
+    interrupted one continues after its last finished epoch).
+
+    Stages 1-3 are data-parallel under torchrun, e.g. `torchrun --nproc_per_node 2 -m workbench train`:
+    --batch-size is the global batch, split over the processes; only rank 0 writes."""
+    from workbench import dist
     from workbench.gen.stages import train_stages
 
     ws = _ws(ctx).require()
     st, ep = ints(stages), ints(epochs)
     rl_stage, st = 4 in st, tuple(s for s in st if s != 4)
+    if rl_stage and dist.launched():
+        raise click.UsageError("stage 4 (RL) runs on one process so far; run stages 1-3 under torchrun, then "
+                               "`workbench train --stages 4` without it")
+    device = dist.setup(device)
     ep = ep * len(st) if len(ep) == 1 else ep
     if st:
-        model = dict(d_model=d_model, n_heads=heads, enc_layers=layers, dec_layers=layers, d_ff=d_ff)
+        model = dict(d_model=d_model, n_heads=heads, enc_layers=layers, dec_layers=layers, d_ff=d_ff, dropout=dropout)
         rows = train_stages(ws, st, backbone, model, TrainConfig(batch_size=batch_size, lr=lr, seed=seed), replay, name=name,
                             device=device, eval_width=eval_width, resume=not fresh, epochs=ep)
+        if not dist.is_main():
+            return
         df = pd.DataFrame(rows).drop(columns=["epoch", "seconds"], errors="ignore")
         click.echo(f"\ngenerator {name!r}, held-out queries, beam width {eval_width}\n"
                    + df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -258,8 +258,12 @@ def _empty_cache(x: torch.Tensor, n: int, h: int) -> tuple[torch.Tensor, torch.T
 
 
 def loss(logits: list[torch.Tensor], sids: torch.Tensor, weight: torch.Tensor | None = None,
-         label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean over the batch of the summed per-level cross-entropy (optionally weighted per example)."""
+         label_smoothing: float = 0.0, total: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of the summed per-level cross-entropy (optionally weighted per example).
+    `total` replaces the batch's own summed weight as the denominator (a data-parallel rank divides its
+    slice by the global batch's: see workbench.dist)."""
     per = sum(F.cross_entropy(lg.float(), sids[:, i].long(), reduction="none", label_smoothing=label_smoothing)
               for i, lg in enumerate(logits))  # (B,)
-    return per.mean() if weight is None else (per * weight).sum() / weight.sum().clamp_min(1e-9)
+    if weight is None:
+        return per.mean()
+    return (per * weight).sum() / (weight.sum().clamp_min(1e-9) if total is None else total)

@@ -20,13 +20,14 @@ stage-by-stage curves are one SQL query.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import torch
 
-from workbench import checkpoint
+from workbench import checkpoint, dist
 from workbench.data.relevance import held_out
 from workbench.eval.metrics import recall_at_k
 from workbench.gen import store
@@ -200,12 +201,18 @@ def train_stages(ws, stages: tuple[int, ...] = (1, 2, 3), backbone: str = "scrat
             tensors, groups = _optimizer_tensors(opt)
             store.save(ws, gen, tok, f"{name}-stage{s}.partial", extra=tensors, epoch=epoch, param_groups=groups)
 
-        with ws.logbook().run("gen-train", {"generator": gen.cfg, "train": train, "stage": stage, "replay": replay_share,
-                                            "examples": pairs.source, "device": device},
-                              seed=train.seed, name=f"gen-train {name} stage {stage}") as run:
-            history_ = fit(gen, tok, pairs, replace(train, epochs=per_stage[s]), device, run=run, stage=stage, progress=progress,
+        main = dist.is_main()  # under torchrun only rank 0 evaluates and writes (logbook rows, checkpoints)
+        logged = ws.logbook().run("gen-train", {"generator": gen.cfg, "train": train, "stage": stage, "replay": replay_share,
+                                                "examples": pairs.source, "device": device, "processes": dist.world()},
+                                  seed=train.seed, name=f"gen-train {name} stage {stage}") if main else nullcontext(None)
+        with logged as run:
+            history_ = fit(gen, tok, pairs, replace(train, epochs=per_stage[s]), device, run=run, stage=stage, progress=progress and main,
                            evaluate=lambda m: recall_eval(retriever, evalset, eval_width),
-                           on_epoch=save_partial, resume=state)
+                           on_epoch=save_partial if main else None, resume=state)
+            if not main:
+                results.append({"stage": stage, "examples": len(pairs), **(history_[-1] if history_ else {})})
+                done.append(own)
+                continue
             last = history_[-1] if history_ else recall_eval(retriever, evalset, eval_width)  # killed after its last epoch
             row = {"stage": stage, "examples": len(pairs), **last}
             row.update(item_eval(retriever, items))
@@ -222,5 +229,7 @@ def train_stages(ws, stages: tuple[int, ...] = (1, 2, 3), backbone: str = "scrat
         part.unlink(missing_ok=True)
         results.append(row)
         done.append(own)
-    store.save(ws, gen.cpu(), tok, name, run_id=run_id, stage=STAGES[stages[-1]], stages=list(stages))
+    if dist.is_main():
+        store.save(ws, gen.cpu(), tok, name, run_id=run_id, stage=STAGES[stages[-1]], stages=list(stages))
+    dist.barrier()  # every rank returns once rank 0 has written
     return results

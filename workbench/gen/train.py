@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from workbench import dist
 from workbench.gen.data import Pairs
 from workbench.gen.model import Generator, loss
 from workbench.gen.tokenizer import TextTokenizer
@@ -89,6 +90,7 @@ def fit(model: Generator, tok: TextTokenizer, pairs: Pairs, cfg: TrainConfig, de
     ctx = None if pairs.context is None else torch.tensor(pairs.context, dtype=torch.long)
 
     model.to(device).train()
+    net = dist.wrap(model)  # DDP under torchrun, the model itself on one process
     enc = list(model.encoder.parameters()) if model.cfg.backbone == "minilm" else []
     enc_ids = {id(p) for p in enc}
     rest = [p for p in model.parameters() if id(p) not in enc_ids]
@@ -115,12 +117,15 @@ def fit(model: Generator, tok: TextTokenizer, pairs: Pairs, cfg: TrainConfig, de
         gen.manual_seed(cfg.seed + epoch)  # batch order and dropout depend on the epoch only: resumable
         torch.manual_seed(cfg.seed + epoch)
         t0, seen, total_loss = time.perf_counter(), 0, 0.0
-        for b in batches(lens, cfg.batch_size, gen):
-            T = int(lens[b].max())
-            x = ids[b, :T].to(device)
-            c = None if ctx is None else ctx[b].to(device)
-            logits = model(x, x != tok.pad_id, sids[b].to(device), c)
-            lo = loss(logits, sids[b].to(device), weight[b].to(device), cfg.label_smoothing)
+        for b in batches(lens, cfg.batch_size, gen):  # the same global batches on every rank
+            mine = dist.shard(b)  # this rank's examples (all of them on one process)
+            w = weight[mine] if len(mine) else torch.zeros(1)
+            mine = mine if len(mine) else b[:1]  # an empty slice trains on one zero-weight example
+            T = int(lens[mine].max())
+            x = ids[mine, :T].to(device)
+            c = None if ctx is None else ctx[mine].to(device)
+            logits = net(x, x != tok.pad_id, sids[mine].to(device), c)
+            lo = loss(logits, sids[mine].to(device), w.to(device), cfg.label_smoothing, dist.local_total(weight[b]).to(device))
             opt.zero_grad(set_to_none=True)
             lo.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -129,9 +134,10 @@ def fit(model: Generator, tok: TextTokenizer, pairs: Pairs, cfg: TrainConfig, de
             step += 1
             seen += len(b)
             total_loss += float(lo.detach()) * len(b)
+        total_loss = dist.all_sum(total_loss) / dist.world()  # each rank's loss is its share of the global batch's
         secs = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "loss": total_loss / seen, "seconds": secs, "examples_per_s": seen / secs}
-        if evaluate is not None:
+        if evaluate is not None and dist.is_main():
             model.eval()
             row.update(evaluate(model))
         history.append(row)

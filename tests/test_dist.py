@@ -1,0 +1,98 @@
+"""Data parallelism: the shard and loss-scaling contract in one process, and a real
+`torchrun --nproc_per_node=2` (gloo, CPU) training of stages 1-2 that matches one process."""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from workbench import Workspace, dist
+from workbench.gen.model import loss
+
+
+def test_one_process_is_the_identity():
+    b = torch.arange(10)
+    assert not dist.launched() and dist.world() == 1 and dist.is_main()
+    assert dist.shard(b).tolist() == list(range(10)) and float(dist.local_total(torch.ones(4))) == 4
+    model = torch.nn.Linear(2, 2)
+    assert dist.wrap(model) is model and dist.all_sum(2.5) == 2.5
+
+
+def test_ranks_losses_average_to_the_global_batch_loss():
+    """What DDP's gradient averaging sees: each rank's slice over the global weight / N, averaged over
+    ranks, is the one-process loss of the whole batch, for any split (uneven ones included)."""
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(7, 5, generator=g, requires_grad=True), torch.randn(7, 3, generator=g, requires_grad=True)]
+    sids = torch.stack([torch.randint(0, 5, (7,), generator=g), torch.randint(0, 3, (7,), generator=g)], 1)
+    w = torch.rand(7, generator=g) + 0.5
+    full = loss(logits, sids, w, 0.1)
+    want = torch.autograd.grad(full, logits)
+    for n in (2, 3):
+        parts = [loss([lg[r::n] for lg in logits], sids[r::n], w[r::n], 0.1, total=w.sum() / n) for r in range(n)]
+        assert torch.allclose(sum(parts) / n, full)
+        got = torch.autograd.grad(sum(parts) / n, logits)
+        assert all(torch.allclose(a, b) for a, b in zip(got, want))
+
+
+@pytest.fixture(scope="module")
+def sid_workspace(tmp_path_factory):
+    """The sample marketplace with small hashing-64 SIDs, no generator."""
+    from workbench.embed import get_embedder
+    from workbench.pipeline import SAMPLE_DATA
+    from workbench.sid.cqsid import CQSIDConfig
+    from workbench.sid.rqvae import RQVAEConfig
+    from workbench.sid.store import train_workspace
+
+    path = tmp_path_factory.mktemp("dist") / "ws"
+    shutil.copytree(SAMPLE_DATA, path)
+    cfg = CQSIDConfig(model=RQVAEConfig(input_dim=64, hidden=(128,), codebook_sizes=(16, 8, 4)), epochs=6)
+    train_workspace(Workspace(path), cfg, get_embedder("hashing-64"), progress=False)
+    return path
+
+
+ARGS = ["train", "--stages", "1,2", "--epochs", "2,1", "--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64",
+        "--batch-size", "96", "--dropout", "0", "--eval-width", "4", "--fresh"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(sid_workspace):
+    ws = Workspace(sid_workspace)
+    one = subprocess.run([sys.executable, "-m", "workbench", "-w", str(ws.path), *ARGS, "--name", "one"],
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "workbench", "-w", str(ws.path), *ARGS, "--name", "two"],
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
+    assert two.stdout.count("held-out queries, beam width") == 1  # rank 0 reports, rank 1 stays quiet
+
+    # the same global batches, the same weights (up to float summation order)
+    a, b = load_file(ws.path / "gen" / "one.safetensors"), load_file(ws.path / "gen" / "two.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), (k, np.abs(a[k] - b[k]).max())
+
+    # rank 0 alone wrote the logbook: one run per stage, one row per epoch, the same losses
+    lb = ws.logbook()
+    runs = lb.query("SELECT name, config->>'$.processes' AS processes FROM runs WHERE name LIKE 'gen-train two %' ORDER BY name")
+    assert runs["name"].tolist() == ["gen-train two stage 1-items", "gen-train two stage 2-queries"]
+    assert runs["processes"].tolist() == ["2", "2"]
+    losses = lb.query("SELECT r.name, m.step, m.value FROM metrics m JOIN runs r USING (run_id) "
+                      "WHERE m.name = 'loss' AND r.name LIKE 'gen-train % stage 1-items' ORDER BY r.name, m.step")
+    one_l, two_l = (losses[losses["name"] == f"gen-train {n} stage 1-items"]["value"].to_numpy() for n in ("one", "two"))
+    assert len(one_l) == len(two_l) == 2 and np.allclose(one_l, two_l, rtol=1e-4)
+    assert not list((ws.path / "gen").glob("*.partial.safetensors"))
+
+
+def test_stage_4_refuses_torchrun(sid_workspace, monkeypatch):
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = CliRunner().invoke(main, ["-w", str(sid_workspace), "train", "--stages", "3,4"])
+    assert r.exit_code != 0 and "stage 4 (RL) runs on one process so far" in r.output
