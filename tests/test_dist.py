@@ -96,3 +96,21 @@ def test_stage_4_refuses_torchrun(sid_workspace, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     r = CliRunner().invoke(main, ["-w", str(sid_workspace), "train", "--stages", "3,4"])
     assert r.exit_code != 0 and "stage 4 (RL) runs on one process so far" in r.output
+
+
+@pytest.mark.slow
+def test_bench_dist_logs_throughput_per_process_count(sid_workspace):
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    r = CliRunner().invoke(main, ["-w", str(sid_workspace), "bench", "dist", "--epochs", "1", "--train-args",
+                                  "--d-model 32 --layers 1 --heads 2 --d-ff 64 --eval-width 4"])
+    assert r.exit_code == 0, r.output
+    rows = Workspace(sid_workspace).logbook().query(
+        "SELECT case_name, metric, value FROM bench WHERE bench = 'dist-throughput' AND metric IN ('processes', 'examples_per_s')")
+    got = rows.pivot(index="case_name", columns="metric", values="value")
+    assert sorted(got["processes"]) == [1, 2] and (got["examples_per_s"] > 0).all()
+    assert not list((sid_workspace / "gen").glob("bench-dist-*"))
+    r = CliRunner().invoke(main, ["-w", str(sid_workspace), "bench", "dist", "--epochs", "1", "--train-args", "--heads 3"])
+    assert r.exit_code != 0 and "1-process training failed" in str(r.exception)

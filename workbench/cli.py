@@ -526,6 +526,28 @@ def bench_sid_assign(ctx, n, dim, codebook_sizes, chunk, device) -> None:
                units={"seconds": "s", "products_per_s": "1/s", "peak_rss_mib": "MiB", "peak_rss_growth_mib": "MiB", "input_mib": "MiB"},
                device=device_name(device))
 
+@bench.command(name="dist")
+@click.option("--procs", default="1,2", show_default=True, help="Process counts to compare (the first is the baseline).")
+@click.option("--stages", default="1", show_default=True)
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cuda: one GPU per process.")
+@click.option("--train-args", default="", help='More `workbench train` options, e.g. "--d-model 256 --batch-size 512".')
+@click.pass_context
+def bench_dist(ctx, procs, stages, epochs, device, train_args) -> None:
+    """Data-parallel throughput: `workbench train` on 1 process and under torchrun on N, examples/s."""
+    import shlex
+
+    from workbench.bench import device_name, report
+    from workbench.bench.dist import throughput
+
+    ws = _ws(ctx).require()
+    extra = ["--device", device, *shlex.split(train_args)]
+    params = {"procs": procs, "stages": stages, "epochs": epochs, "train_args": train_args}
+    with ws.logbook().run("bench", {"bench": "dist", **params}) as run:
+        report("dist-throughput", throughput(ws, ints(procs), stages, epochs, extra), run, params=params,
+               units={"examples_per_s": "1/s", "wall_s": "s"}, device=device_name(device))
+
+
 from workbench.gen.cli import gen, train  # noqa: E402
 from workbench.rl.cli import bench_rl, ranker, rl  # noqa: E402
 from workbench.sid.cli import sid  # noqa: E402  (later components' verbs plug in here)
