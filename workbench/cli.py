@@ -548,11 +548,13 @@ def bench_dist(ctx, procs, stages, epochs, device, train_args) -> None:
                units={"examples_per_s": "1/s", "wall_s": "s"}, device=device_name(device))
 
 
+from workbench.batch_cli import batch  # noqa: E402
 from workbench.gen.cli import gen, train  # noqa: E402
 from workbench.rl.cli import bench_rl, ranker, rl  # noqa: E402
 from workbench.sid.cli import sid  # noqa: E402  (later components' verbs plug in here)
 
 main.add_command(sid)
+main.add_command(batch)
 main.add_command(gen)
 main.add_command(train)
 main.add_command(ranker)

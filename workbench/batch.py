@@ -1,0 +1,160 @@
+"""Batch jobs over catalogs larger than memory: embed, assign SIDs, decode offline, chunk by chunk.
+
+Each job reads its input Parquet file in chunks of rows (`pyarrow` record batches), processes a chunk,
+appends it to the output and drops it, so memory is bounded by the chunk size and the models, not by
+the catalog: a 1,000,000-product job holds one chunk at a time. The output is written to a temporary
+file and renamed when complete: a killed job leaves no half-written output.
+
+- `embed`: products (product_id + text columns) -> product_id, vector (float32 list).
+- `sids`: products or embeddings -> product_id, sid_1..sid_L (the workspace's SID model; cluster codes).
+- `decode`: any table with a text column (product titles, a query log) -> the generator's top SIDs per
+  row with their log-probabilities, through the trie-constrained beam search.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from workbench.workspace import atomic_write
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def open_parquet(path: str | Path) -> pq.ParquetFile:
+    """The input file, with a clear error when it is missing or not Parquet."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no input file {path}")
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid for a file that is not Parquet
+        raise ValueError(f"{path}: not a Parquet file ({e})") from e
+
+
+def read_chunks(path: str | Path, columns: list[str], chunk: int) -> Iterator[pd.DataFrame]:
+    """The input in chunks of `chunk` rows, only `columns`; a clear error for a missing file or column."""
+    pf = open_parquet(path)
+    missing = [c for c in columns if c not in pf.schema_arrow.names]
+    if missing:
+        raise ValueError(f"{path}: no column(s) {missing}; it has {pf.schema_arrow.names}")
+    for batch in pf.iter_batches(batch_size=chunk, columns=columns):
+        yield batch.to_pandas()
+
+
+def stream(src: str | Path, dst: str | Path, columns: list[str], fn: Callable[[pd.DataFrame], pa.Table],
+           chunk: int = 65_536, desc: str = "batch", progress: bool = True) -> dict:
+    """Apply `fn` to every chunk of `src` and write the results to `dst` (atomically); returns rows,
+    seconds, rows_per_s and the process's peak memory."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    total = open_parquet(src).metadata.num_rows
+    stats = {"rows": 0}
+    t0 = time.perf_counter()
+
+    def write(tmp: Path) -> None:
+        writer = None
+        try:
+            with tqdm(total=total, desc=desc, unit="row", unit_scale=True, disable=not progress) as bar:
+                for df in read_chunks(src, columns, chunk):
+                    table = fn(df)
+                    writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                    writer.write_table(table)
+                    stats["rows"] += len(df)
+                    bar.update(len(df))
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"{src}: no rows")
+
+    atomic_write(Path(dst), write)
+    secs = time.perf_counter() - t0
+    return {**stats, "seconds": secs, "rows_per_s": stats["rows"] / max(secs, 1e-9), "peak_rss_mib": peak_rss_mib()}
+
+
+TEXT_COLUMNS = ["product_id", "title", "brand", "category", "description"]
+
+
+def product_columns(path: str | Path) -> list[str]:
+    """The product text columns the input has (product_id and title are required)."""
+    have = open_parquet(path).schema_arrow.names
+    return [c for c in TEXT_COLUMNS if c in have or c in ("product_id", "title")]
+
+
+def embed_fn(embedder) -> Callable[[pd.DataFrame], pa.Table]:
+    from workbench.embed import product_texts
+
+    def fn(df: pd.DataFrame) -> pa.Table:
+        x = np.ascontiguousarray(embedder.encode(product_texts(df)), dtype=np.float32)  # (B, D)
+        vec = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+        return pa.table({"product_id": pa.array(df["product_id"].astype(str)), "vector": vec})
+
+    return fn
+
+
+def vectors_of(df: pd.DataFrame) -> np.ndarray:
+    """(B, D) float32 from a chunk's `vector` column."""
+    return np.stack(df["vector"].to_numpy()).astype(np.float32, copy=False)
+
+
+def sids_fn(model, embedder=None, device: str = "cpu") -> Callable[[pd.DataFrame], pa.Table]:
+    """Codes of each chunk: from its `vector` column, or from its text when an embedder is given."""
+    from workbench.embed import product_texts
+    from workbench.sid.cqsid import assign
+
+    def fn(df: pd.DataFrame) -> pa.Table:
+        x = vectors_of(df) if embedder is None else np.asarray(embedder.encode(product_texts(df)), np.float32)
+        codes = assign(model, x, device)  # (B, L)
+        return pa.table({"product_id": pa.array(df["product_id"].astype(str)),
+                         **{f"sid_{i + 1}": pa.array(codes[:, i]) for i in range(codes.shape[1])}})
+
+    return fn
+
+
+def decode_fn(retriever, column: str, width: int = 16, top: int = 5, batch_size: int = 256) -> Callable[[pd.DataFrame], pa.Table]:
+    """The top `top` SIDs (as 'a-b-c' strings) and log-probabilities the generator decodes for each row's text."""
+    def fn(df: pd.DataFrame) -> pa.Table:
+        texts = df[column].fillna("").astype(str).tolist()
+        texts = [t if t.strip() else "[empty]" for t in texts]  # an empty text still gets a row
+        hits = retriever.search(texts, width, batch_size=batch_size)
+        sids = [["-".join(map(str, h.sid)) for h in hs[:top]] for hs in hits]
+        logp = [[float(h.logp) for h in hs[:top]] for hs in hits]
+        keep = {c: pa.array(df[c].astype(str)) for c in df.columns if c != column}
+        return pa.table({**keep, column: pa.array(df[column].astype(str)), "sids": pa.array(sids, pa.list_(pa.string())),
+                         "logp": pa.array(logp, pa.list_(pa.float32()))})
+
+    return fn
+
+
+def tile_catalog(products: pd.DataFrame, n: int, dst: str | Path, chunk: int = 100_000) -> Path:
+    """A synthetic catalog of `n` products written chunk by chunk: the given products repeated, each copy
+    with its own id and a variant suffix in the title (so texts differ). For scale benchmarks."""
+    cols = [c for c in TEXT_COLUMNS if c in products.columns]
+    base = products[cols].reset_index(drop=True)
+
+    def write(tmp: Path) -> None:
+        writer = None
+        for s in range(0, n, chunk):
+            idx = np.arange(s, min(s + chunk, n))
+            df = base.iloc[idx % len(base)].reset_index(drop=True)
+            df["product_id"] = [f"T{i:08d}" for i in idx]
+            df["title"] = df["title"].astype(str) + [f", variant {i // len(base)}" for i in idx]
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
+            writer.write_table(table)
+        writer.close()
+
+    atomic_write(Path(dst), write)
+    return Path(dst)

@@ -1,0 +1,87 @@
+"""`workbench batch ...`: the chunked jobs of workbench/batch.py, each logged as a `batch` run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+IO = [click.argument("src", type=click.Path(path_type=Path)), click.argument("dst", type=click.Path(path_type=Path)),
+      click.option("--chunk", type=int, default=65_536, show_default=True, help="Rows in memory at a time."),
+      click.option("--device", default="cpu", show_default=True)]
+
+
+def io_options(f):
+    for deco in reversed(IO):
+        f = deco(f)
+    return click.pass_context(f)
+
+
+def _run(ctx, job: str, src: Path, dst: Path, columns: list[str], fn, chunk: int, config: dict) -> None:
+    from workbench import batch
+
+    ws = ctx.find_root().obj["ws"].require()
+    if src.resolve() == dst.resolve():
+        raise click.UsageError("the output would overwrite the input; give another path")
+    with ws.logbook().run("batch", {"job": job, "src": str(src), "dst": str(dst), "chunk": chunk, **config},
+                          name=f"batch {job}") as run:
+        stats = batch.stream(src, dst, columns, fn, chunk, desc=job)
+        run.log(0, stage=job, **{k: float(v) for k, v in stats.items()})
+    click.echo(f"{job}: {stats['rows']:,} rows in {stats['seconds']:.1f} s ({stats['rows_per_s']:,.0f}/s), "
+               f"peak memory {stats['peak_rss_mib']:,.0f} MiB -> {dst}")
+
+
+@click.group()
+def batch() -> None:
+    """Chunked jobs over catalogs larger than memory (Parquet in, Parquet out)."""
+
+
+@batch.command()
+@io_options
+@click.option("--embedder", default="minilm", show_default=True)
+def embed(ctx, src, dst, chunk, device, embedder) -> None:
+    """Embed products: SRC (product_id, title, [brand, category, description]) -> DST (product_id, vector)."""
+    from workbench import batch as b
+    from workbench.embed import get_embedder
+
+    e = get_embedder(embedder, device)
+    _run(ctx, "embed", src, dst, b.product_columns(src), b.embed_fn(e), chunk, {"embedder": embedder})
+
+
+@batch.command()
+@io_options
+@click.option("--vectors", is_flag=True, help="SRC holds vectors (the output of `batch embed`), not product text.")
+def sids(ctx, src, dst, chunk, device, vectors) -> None:
+    """Assign SIDs with the workspace's SID model: products (or their vectors) -> product_id, sid_1..sid_L."""
+    from workbench import batch as b
+    from workbench.embed import get_embedder
+    from workbench.serve import workspace_embedder
+    from workbench.sid.store import load_model
+
+    ws = ctx.find_root().obj["ws"].require()
+    model, cfg, _ = load_model(ws, device)
+    e = None if vectors else get_embedder(workspace_embedder(ws), device)
+    cols = ["product_id", "vector"] if vectors else b.product_columns(src)
+    _run(ctx, "sids", src, dst, cols, b.sids_fn(model, e, device), chunk, {"vectors": vectors, "levels": cfg.model.levels})
+
+
+@batch.command()
+@io_options
+@click.option("--column", default="title", show_default=True, help="The text column to decode (title, query...).")
+@click.option("--width", type=int, default=16, show_default=True)
+@click.option("--top", type=int, default=5, show_default=True, help="SIDs kept per row.")
+@click.option("--model", "name", default="generator", show_default=True)
+def decode(ctx, src, dst, chunk, device, column, width, top, name) -> None:
+    """Decode every row's text into its top SIDs with the generator (offline, batched beam search)."""
+    from workbench import batch as b
+    from workbench.gen.retrieve import Retriever
+
+    if width < 1 or top < 1:
+        raise click.UsageError("--width and --top must be >= 1")
+    ws = ctx.find_root().obj["ws"].require()
+    retriever = Retriever.from_workspace(ws, name, device)
+    cols = list(dict.fromkeys(["product_id", column])) if column == "title" else [column]
+    _run(ctx, "decode", src, dst, cols, b.decode_fn(retriever, column, width, top), chunk,
+         {"column": column, "width": width, "top": top, "model": name})
+
+
