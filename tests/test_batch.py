@@ -35,9 +35,9 @@ def test_stream_works_chunk_by_chunk(catalog, tmp_path):
     _, src, _ = catalog
     sizes = []
 
-    def fn(df):
-        sizes.append(len(df))
-        return pa.table({"product_id": pa.array(df["product_id"])})
+    def fn(rb):
+        sizes.append(rb.num_rows)
+        return pa.table({"product_id": rb.column("product_id")})
 
     stats = batch.stream(src, tmp_path / "ids.parquet", ["product_id"], fn, chunk=3_000, progress=False)
     assert sizes == [3_000, 3_000, 1_000] and stats["rows"] == 7_000 and stats["peak_rss_mib"] > 0
@@ -51,7 +51,7 @@ def test_embed_sids_decode_in_chunks_equal_one_piece(catalog):
         assert r.exit_code == 0, r.output
     a, b = pd.read_parquet(d / "vec-1000.parquet"), pd.read_parquet(d / "vec-100000.parquet")
     assert a["product_id"].tolist() == pd.read_parquet(src)["product_id"].tolist()
-    assert np.array_equal(batch.vectors_of(a), batch.vectors_of(b)) and batch.vectors_of(a).shape == (7_000, 64)
+    assert np.array_equal(batch.vectors_of(pa.Table.from_pandas(a)), batch.vectors_of(pa.Table.from_pandas(b))) and batch.vectors_of(pa.Table.from_pandas(a)).shape == (7_000, 64)
 
     # SIDs from vectors equal SIDs from text, and the sample's own products get the workspace's SIDs
     assert cli(ws, "sids", str(d / "vec-1000.parquet"), str(d / "sid-v.parquet"), "--vectors", "--chunk", "1500").exit_code == 0

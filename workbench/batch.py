@@ -43,17 +43,16 @@ def open_parquet(path: str | Path) -> pq.ParquetFile:
         raise ValueError(f"{path}: not a Parquet file ({e})") from e
 
 
-def read_chunks(path: str | Path, columns: list[str], chunk: int) -> Iterator[pd.DataFrame]:
-    """The input in chunks of `chunk` rows, only `columns`; a clear error for a missing file or column."""
+def read_chunks(path: str | Path, columns: list[str], chunk: int) -> Iterator[pa.RecordBatch]:
+    """The input in Arrow batches of `chunk` rows, only `columns`; a clear error for a missing file or column."""
     pf = open_parquet(path)
     missing = [c for c in columns if c not in pf.schema_arrow.names]
     if missing:
         raise ValueError(f"{path}: no column(s) {missing}; it has {pf.schema_arrow.names}")
-    for batch in pf.iter_batches(batch_size=chunk, columns=columns):
-        yield batch.to_pandas()
+    yield from pf.iter_batches(batch_size=chunk, columns=columns)
 
 
-def stream(src: str | Path, dst: str | Path, columns: list[str], fn: Callable[[pd.DataFrame], pa.Table],
+def stream(src: str | Path, dst: str | Path, columns: list[str], fn: Callable[[pa.RecordBatch], pa.Table],
            chunk: int = 65_536, desc: str = "batch", progress: bool = True) -> dict:
     """Apply `fn` to every chunk of `src` and write the results to `dst` (atomically); returns rows,
     seconds, rows_per_s and the process's peak memory."""
@@ -67,12 +66,12 @@ def stream(src: str | Path, dst: str | Path, columns: list[str], fn: Callable[[p
         writer = None
         try:
             with tqdm(total=total, desc=desc, unit="row", unit_scale=True, disable=not progress) as bar:
-                for df in read_chunks(src, columns, chunk):
-                    table = fn(df)
+                for rb in read_chunks(src, columns, chunk):
+                    table = fn(rb)
                     writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
                     writer.write_table(table)
-                    stats["rows"] += len(df)
-                    bar.update(len(df))
+                    stats["rows"] += rb.num_rows
+                    bar.update(rb.num_rows)
         finally:
             if writer is not None:
                 writer.close()
@@ -93,10 +92,11 @@ def product_columns(path: str | Path) -> list[str]:
     return [c for c in TEXT_COLUMNS if c in have or c in ("product_id", "title")]
 
 
-def embed_fn(embedder) -> Callable[[pd.DataFrame], pa.Table]:
+def embed_fn(embedder) -> Callable[[pa.RecordBatch], pa.Table]:
     from workbench.embed import product_texts
 
-    def fn(df: pd.DataFrame) -> pa.Table:
+    def fn(rb: pa.RecordBatch) -> pa.Table:
+        df = rb.to_pandas()
         x = np.ascontiguousarray(embedder.encode(product_texts(df)), dtype=np.float32)  # (B, D)
         vec = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
         return pa.table({"product_id": pa.array(df["product_id"].astype(str)), "vector": vec})
@@ -104,28 +104,34 @@ def embed_fn(embedder) -> Callable[[pd.DataFrame], pa.Table]:
     return fn
 
 
-def vectors_of(df: pd.DataFrame) -> np.ndarray:
-    """(B, D) float32 from a chunk's `vector` column."""
-    return np.stack(df["vector"].to_numpy()).astype(np.float32, copy=False)
+def vectors_of(rb: pa.RecordBatch | pa.Table) -> np.ndarray:
+    """(B, D) float32 from a `vector` column (a fixed-size list), without a Python object per row."""
+    col = rb.column("vector")
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return np.array(col.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(col), -1)  # (B, D), writable
 
 
-def sids_fn(model, embedder=None, device: str = "cpu") -> Callable[[pd.DataFrame], pa.Table]:
+def sids_fn(model, embedder=None, device: str = "cpu") -> Callable[[pa.RecordBatch], pa.Table]:
     """Codes of each chunk: from its `vector` column, or from its text when an embedder is given."""
     from workbench.embed import product_texts
     from workbench.sid.cqsid import assign
 
-    def fn(df: pd.DataFrame) -> pa.Table:
-        x = vectors_of(df) if embedder is None else np.asarray(embedder.encode(product_texts(df)), np.float32)
+    def fn(rb: pa.RecordBatch) -> pa.Table:
+        if embedder is None:
+            x = vectors_of(rb)
+        else:
+            x = np.asarray(embedder.encode(product_texts(rb.to_pandas())), np.float32)
         codes = assign(model, x, device)  # (B, L)
-        return pa.table({"product_id": pa.array(df["product_id"].astype(str)),
+        return pa.table({"product_id": rb.column("product_id").cast(pa.string()),
                          **{f"sid_{i + 1}": pa.array(codes[:, i]) for i in range(codes.shape[1])}})
 
     return fn
 
 
-def decode_fn(retriever, column: str, width: int = 16, top: int = 5, batch_size: int = 256) -> Callable[[pd.DataFrame], pa.Table]:
+def decode_fn(retriever, column: str, width: int = 16, top: int = 5, batch_size: int = 256) -> Callable[[pa.RecordBatch], pa.Table]:
     """The top `top` SIDs (as 'a-b-c' strings) and log-probabilities the generator decodes for each row's text."""
-    def fn(df: pd.DataFrame) -> pa.Table:
+    def fn(rb: pa.RecordBatch) -> pa.Table:
+        df = rb.to_pandas()
         texts = df[column].fillna("").astype(str).tolist()
         texts = [t if t.strip() else "[empty]" for t in texts]  # an empty text still gets a row
         hits = retriever.search(texts, width, batch_size=batch_size)

@@ -548,6 +548,29 @@ def bench_dist(ctx, procs, stages, epochs, device, train_args) -> None:
                units={"examples_per_s": "1/s", "wall_s": "s"}, device=device_name(device))
 
 
+@bench.command(name="batch")
+@click.option("--n", "sizes", default="1000000", show_default=True, help="Catalog sizes, e.g. 100000,1000000.")
+@click.option("--jobs", default="embed,sids,decode", show_default=True)
+@click.option("--chunk", type=int, default=65_536, show_default=True)
+@click.option("--embedder", default=None, help="Default: the one the workspace's SIDs were built with.")
+@click.option("--width", type=int, default=16, show_default=True, help="Decoding beam width.")
+@click.option("--device", default="cpu", show_default=True)
+@click.pass_context
+def bench_batch(ctx, sizes, jobs, chunk, embedder, width, device) -> None:
+    """Batch jobs at scale: embed, assign SIDs and decode N products in chunks; time and peak memory."""
+    from workbench.bench import device_name, report
+    from workbench.bench.batch import scale
+    from workbench.serve import workspace_embedder
+
+    ws = _ws(ctx).require()
+    embedder = embedder or workspace_embedder(ws)
+    params = {"sizes": sizes, "jobs": jobs, "chunk": chunk, "embedder": embedder, "width": width}
+    with ws.logbook().run("bench", {"bench": "batch", **params}) as run:
+        rows = [r for n in ints(sizes) for r in scale(ws, n, jobs.split(","), chunk, embedder, width, device=device)]
+        report("batch-scale", rows, run, params=params, device=device_name(device),
+               units={"seconds": "s", "rows_per_s": "1/s", "peak_rss_mib": "MiB", "output_mib": "MiB"})
+
+
 from workbench.batch_cli import batch  # noqa: E402
 from workbench.gen.cli import gen, train  # noqa: E402
 from workbench.rl.cli import bench_rl, ranker, rl  # noqa: E402
