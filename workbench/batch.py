@@ -38,7 +38,7 @@ def open_parquet(path: str | Path) -> pq.ParquetFile:
     if not path.exists():
         raise FileNotFoundError(f"no input file {path}")
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, pre_buffer=False)  # pre-buffering keeps read-ahead memory that grows with the file
     except Exception as e:  # pyarrow raises ArrowInvalid for a file that is not Parquet
         raise ValueError(f"{path}: not a Parquet file ({e})") from e
 
