@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.numpy import load_file
@@ -114,3 +115,40 @@ def test_bench_dist_logs_throughput_per_process_count(sid_workspace):
     assert not list((sid_workspace / "gen").glob("bench-dist-*"))
     r = CliRunner().invoke(main, ["-w", str(sid_workspace), "bench", "dist", "--epochs", "1", "--train-args", "--heads 3"])
     assert r.exit_code != 0 and "1-process training failed" in str(r.exception)
+
+
+SID_ARGS = ["sid", "train", "--embedder", "hashing-64", "--codebook-sizes", "512,64,8", "--latent-dim", "16", "--epochs", "3",
+            "--batch-size", "101"]  # 101: uneven slices; 512 codes for 3,000 products: dead codes to restart
+
+
+@pytest.mark.slow
+def test_torchrun_rqvae_two_processes_match_one(tmp_path):
+    """CQ-SID with both constraints (whole-batch losses over gathered rows, summed code usage for the
+    restarts) on 2 gloo processes ends with one process's weights and exactly its SIDs."""
+    from workbench.embed import embed_workspace, get_embedder
+    from workbench.pipeline import SAMPLE_DATA
+
+    shutil.copytree(SAMPLE_DATA, tmp_path / "one")
+    embed_workspace(Workspace(tmp_path / "one"), get_embedder("hashing-64"), progress=False)
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    one = subprocess.run([sys.executable, "-m", "workbench", "-w", str(tmp_path / "one"), *SID_ARGS],
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "workbench", "-w", str(tmp_path / "two"), *SID_ARGS], capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
+    assert two.stdout.count("trained cq-sid") == 1  # rank 0 reports, rank 1 stays quiet
+
+    a, b = (load_file(tmp_path / w / "sid" / "rqvae.safetensors") for w in ("one", "two"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), (k, np.abs(a[k] - b[k]).max())
+    sa, sb = (pd.read_parquet(tmp_path / w / "sid" / "sids.parquet") for w in ("one", "two"))
+    assert (sa == sb).all(axis=None)
+
+    q = ("SELECT r.config->>'$.processes' AS processes, m.name, m.step, m.value FROM metrics m JOIN runs r USING (run_id) "
+         "WHERE r.kind = 'sid-train' AND m.name IN ('recon', 'category', 'query', 'restarted') ORDER BY m.name, m.step")
+    ra, rb = (Workspace(tmp_path / w).logbook().query(q) for w in ("one", "two"))
+    assert ra["processes"].eq("1").all() and rb["processes"].eq("2").all() and len(ra) == len(rb) == 12
+    assert ra.loc[ra["name"] == "restarted", "value"].sum() > 0  # the summed usage was exercised
+    assert np.allclose(ra["value"], rb["value"], rtol=1e-4)

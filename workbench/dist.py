@@ -20,6 +20,7 @@ The contract the trainers keep:
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as td
@@ -83,14 +84,81 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
+def _comm_device() -> str:
+    return f"cuda:{torch.cuda.current_device()}" if td.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors only
+
+
 def all_sum(x: float) -> float:
     """The sum of a number over ranks (the number itself on one process)."""
+    return float(all_sum_(torch.tensor([x], dtype=torch.float64))) if world() > 1 else x
+
+
+def all_sum_(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks in place (and return it); a no-op on one process."""
+    if world() > 1:
+        buf = t.to(_comm_device())
+        td.all_reduce(buf)
+        t.copy_(buf)
+    return t
+
+
+def average_grads(params) -> None:
+    """Average the gradients of `params` over ranks in one flat all-reduce: DDP's arithmetic, for trainers
+    whose loss needs whole-batch collectives of its own (`gather_batch`) inside the backward pass."""
     if world() == 1:
-        return x
-    dev = f"cuda:{torch.cuda.current_device()}" if td.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors only
-    t = torch.tensor([x], dtype=torch.float64, device=dev)
-    td.all_reduce(t)
-    return float(t)
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    all_sum_(flat).div_(world())
+    for g, v in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(v.view_as(g))
+
+
+def sync_params(model: torch.nn.Module) -> None:
+    """Every rank starts from rank 0's parameters and buffers (a guard: seeded inits already agree)."""
+    if world() == 1:
+        return
+    for t in [*model.parameters(), *model.buffers()]:
+        buf = t.data.to(_comm_device())
+        td.broadcast(buf, 0)
+        t.data.copy_(buf)
+
+
+def gather_batch(local: torch.Tensor, total: int) -> torch.Tensor:
+    """The whole global batch (total rows, in global order) from each rank's `shard` of it; differentiable.
+
+    Every rank then computes the same whole-batch loss (an in-batch contrastive loss, say). The
+    backward pass sums the ranks' gradients into each rank's own rows, so after `average_grads` the
+    optimiser sees exactly the one-process gradient. Slices differ by at most a row: pad, gather, cut."""
+    n = world()
+    if n == 1:
+        return local
+    from torch.distributed.nn.functional import all_gather  # the autograd-aware gather
+
+    m = -(-total // n)
+    pad = torch.cat([local, local.new_zeros(m - len(local), *local.shape[1:])])
+    parts = all_gather(pad.to(_comm_device()))  # N x (m, ...)
+    # (m, N, ...) -> (m*N, ...): row j*N + r is rank r's j-th row, which is global row j*N + r
+    return torch.stack(parts, 1).flatten(0, 1)[:total].to(local.device)
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj` (pickled: only for this job's own processes), in rank order; [obj] on one process."""
+    if world() == 1:
+        return [obj]
+    out = [None] * world()
+    td.all_gather_object(out, obj)
+    return out
+
+
+@contextmanager
+def main_first():
+    """Rank 0 runs the block first (e.g. to fill a cache on disk), then the others."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def teardown() -> None:

@@ -52,16 +52,23 @@ def sid() -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.pass_context
 def train(ctx, codebook_sizes, latent_dim, which, mode, epochs, batch_size, lr, category_depth, rotation_trick, seed, embedder, device):
-    """Train CQ-SID on the workspace's products; write weights, SID table and index."""
+    """Train CQ-SID on the workspace's products; write weights, SID table and index.
+
+    Data-parallel under torchrun, e.g. `torchrun --nproc_per_node 2 -m workbench sid train`:
+    --batch-size is the global batch, split over the processes; only rank 0 writes."""
+    from workbench import dist
     from workbench.embed import get_embedder
     from workbench.sid.store import train_workspace
 
+    device = dist.setup(device)
     e = get_embedder(embedder, device)
     model = RQVAEConfig(input_dim=e.dim, codebook_sizes=ints(codebook_sizes), latent_dim=latent_dim, rotation_trick=rotation_trick)
     cfg = variant(CQSIDConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, category_depth=category_depth,
                               mode=mode, seed=seed), which)
     t0 = time.perf_counter()
     stats = train_workspace(_ws(ctx).require(), cfg, e, device)
+    if not dist.is_main():
+        return
     click.echo(f"trained {cfg.variant} ({mode} IDs) in {time.perf_counter() - t0:.1f} s; wrote {_ws(ctx).path / 'sid'}\n")
     print_stats(stats)
 

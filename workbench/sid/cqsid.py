@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from workbench import dist
 from workbench.sid import metrics
 from workbench.sid.rqvae import RQVAE, RQVAEConfig, sq_dist
 
@@ -152,7 +153,13 @@ def query_loss(zq: torch.Tensor, zp: torch.Tensor, positive: torch.Tensor, tau: 
 # training --------------------------------------------------------------------------------------------
 def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progress: bool = True) -> RQVAE:
     """Train CQ-SID on `data`; every epoch's losses and code usage (and every `eval_every` epochs the
-    unique rate, purity and coherence) go to `run` (a logbook Run) when given."""
+    unique rate, purity and coherence) go to `run` (a logbook Run) when given.
+
+    Data-parallel under torchrun (`workbench.dist`): every rank draws the same global batches and
+    query pairs and encodes its slice; the whole-batch constraint losses see every rank's rows
+    through `dist.gather_batch`; gradients are averaged (`dist.average_grads`, DDP's arithmetic: the
+    gathers need collectives of their own inside the backward pass) and code usage is summed over
+    ranks before dead codes restart. Rank 0 alone evaluates; `run` is only given there."""
     m = cfg.model
     check_vectors(data.x, dim=m.input_dim)
     n = len(data.x)
@@ -165,6 +172,8 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
     x = torch.as_tensor(data.x, dtype=torch.float32, device=device)
     model.set_standardisation(x)
     model.init_codebooks(x[torch.randperm(n, generator=g)[:20_000].to(device)])
+    dist.sync_params(model)
+    N = dist.world()
 
     cat = torch.as_tensor(data.category_codes(cfg.category_depth), device=device)
     use_cat = cfg.category_weight > 0 and bool((cat >= 0).any())
@@ -178,33 +187,46 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * -(-n // cfg.batch_size), eta_min=cfg.lr * 0.05)
-    bar = tqdm(range(cfg.epochs), desc=f"cq-sid ({cfg.variant})", disable=not progress)
+    bar = tqdm(range(cfg.epochs), desc=f"cq-sid ({cfg.variant})", disable=not progress or not dist.is_main())
     for epoch in bar:
         model.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         counts = [torch.zeros(k, device=device) for k in m.codebook_sizes]
         batches = torch.randperm(n, generator=g).to(device).split(cfg.batch_size)
-        for b in batches:
-            out = model(x[b])
+        for b in batches:  # the same global batches on every rank
+            mine = dist.shard(b)
+            k_mine = len(mine)
+            share = k_mine / (len(b) / N)  # local means -> this rank's part of the global mean (1 on one process)
+            out = model(x[mine if k_mine else b[:1]])  # an empty slice runs one row at weight 0
             parts = {"recon": out["recon"], "codebook": out["codebook"], "commit": out["commit"]}
-            loss = out["loss"]
+            weight = dict.fromkeys(parts, share)
+            loss = out["loss"] * share
             if use_cat:
-                parts["category"] = category_loss(out["residuals"], model.codebooks, cat[b], cfg.category_levels, cfg.tau_code)
+                res = dist.gather_batch(out["residuals"][:k_mine], len(b))  # (B, L, d), every rank's rows
+                parts["category"] = category_loss(res, model.codebooks, cat[b], cfg.category_levels, cfg.tau_code)
+                weight["category"] = 1.0
                 loss = loss + cfg.category_weight * parts["category"]
             if pairs is not None:
                 pick = torch.multinomial(pw, min(cfg.query_batch, len(pw)), replacement=True, generator=g).numpy()
                 qi, pi = pair_q[pick], pair_p[pick]
                 positive = torch.as_tensor(rel[qi][:, pi].toarray() > 0, device=device)  # (Bq, Bq)
-                parts["query"] = query_loss(model.encode(qx[qi]), model.encode(x[pi]), positive, cfg.tau_query)
+                r = slice(dist.rank(), None, N)  # this rank's pairs
+                zq, zp = model.encode(qx[qi[r]]), model.encode(x[pi[r]])
+                parts["query"] = query_loss(dist.gather_batch(zq, len(qi)), dist.gather_batch(zp, len(pi)), positive, cfg.tau_query)
+                weight["query"] = 1.0
                 loss = loss + cfg.query_weight * parts["query"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            dist.average_grads(model.parameters())
             opt.step()
             sched.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v.item() / len(batches)
-            for lvl, c in enumerate(out["codes"].T):
+            for k, v in parts.items():  # summed over ranks after the epoch: local parts by share, shared ones / N
+                sums[k] = sums.get(k, 0.0) + v.detach() * weight[k] / N / len(batches)
+            for lvl, c in enumerate(out["codes"][:k_mine].T):
                 counts[lvl] += torch.bincount(c, minlength=m.codebook_sizes[lvl])
+        total = dist.all_sum_(torch.cat([torch.stack(list(sums.values())), *counts]))  # one reduce for the epoch
+        sums = dict(zip(sums, total[:len(sums)].tolist()))
+        counts = list(total[len(sums):].split(list(m.codebook_sizes)))
         # dead codes: re-seed from live residuals while there is time left to train them
         restarted = 0
         if epoch < cfg.restart_until * cfg.epochs and any((c == 0).any() for c in counts):
@@ -217,7 +239,7 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
         row = {**sums, "lr": sched.get_last_lr()[0], "restarted": restarted,
                **{f"used_l{i + 1}": float((counts[i] > 0).float().mean()) for i in range(m.levels)},
                **{f"perplexity_l{i + 1}": ppl[i] for i in range(m.levels)}}
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        if dist.is_main() and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             with torch.no_grad():  # x is checked and on the device already: code it in chunks, no round trip
                 codes = torch.cat([model.codes(xb) for xb in x.split(65_536)]).cpu().numpy()
             row.update(flat_stats(evaluate(model, data, cfg, device, codes=codes)))

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workbench import checkpoint
+from workbench import checkpoint, dist
 from workbench.data.relevance import held_out, relevance
 from workbench.sid import metrics
 from workbench.sid.cqsid import CQSIDConfig, SIDData, dedup, evaluate, flat_stats, train
@@ -101,16 +101,25 @@ def load_sids(ws: Workspace) -> pd.DataFrame:
 
 # workspace-level operations (the `workbench sid ...` verbs) -------------------------------------------
 def train_workspace(ws: Workspace, cfg: CQSIDConfig, embedder, device: str = "cpu", progress: bool = True) -> dict:
-    """Train CQ-SID on the workspace, write weights, SID table and index; log the run. Returns stats."""
-    data = workspace_data(ws, embedder, progress)
-    with ws.logbook().run("sid-train", {"cqsid": cfg, "embedder": embedder.key, "device": device}, seed=cfg.seed,
-                          name=f"sid-train {cfg.variant} {cfg.mode}") as run:
+    """Train CQ-SID on the workspace, write weights, SID table and index; log the run. Returns stats.
+
+    Under torchrun every rank trains (data-parallel, see `cqsid.train`); rank 0 embeds first (the
+    others then read its cache), and alone logs and writes. Other ranks return {} once it has."""
+    with dist.main_first():
+        data = workspace_data(ws, embedder, progress and dist.is_main())
+    if not dist.is_main():
+        train(data, cfg, device, progress=False)
+        dist.barrier()
+        return {}
+    with ws.logbook().run("sid-train", {"cqsid": cfg, "embedder": embedder.key, "device": device, "processes": dist.world()},
+                          seed=cfg.seed, name=f"sid-train {cfg.variant} {cfg.mode}") as run:
         model = train(data, cfg, device, run=run, progress=progress)
         codes = assign_codes(model, data.x, device)
         sids = np.column_stack([codes, dedup(codes)]) if cfg.mode == "unique" else codes
         write_sids(ws, model, cfg, data.product_ids, sids, embedder=embedder.key, run_id=run.run_id)
         stats = evaluate(model, data, cfg, device, codes=codes)
         log_stats(run, stats, cfg)
+    dist.barrier()
     return stats
 
 
