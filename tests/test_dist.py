@@ -89,16 +89,6 @@ def test_torchrun_two_processes_match_one(sid_workspace):
     assert not list((ws.path / "gen").glob("*.partial.safetensors"))
 
 
-def test_stage_4_refuses_torchrun(sid_workspace, monkeypatch):
-    from click.testing import CliRunner
-
-    from workbench.cli import main
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    r = CliRunner().invoke(main, ["-w", str(sid_workspace), "train", "--stages", "3,4"])
-    assert r.exit_code != 0 and "stage 4 (RL) runs on one process so far" in r.output
-
-
 @pytest.mark.slow
 def test_bench_dist_logs_throughput_per_process_count(sid_workspace):
     from click.testing import CliRunner

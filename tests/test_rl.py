@@ -117,6 +117,27 @@ def test_samples_exist_and_policy_is_normalised():
         grpo.sample(model, model.memory(ids, mask), trie, 0)
 
 
+def test_samples_follow_the_policy_and_a_split_batch_draws_the_same():
+    """Inverse-CDF sampling: SID frequencies match the constrained policy's probabilities, and each
+    query's samples depend on its own uniforms only (what data-parallel RL relies on)."""
+    codes = np.array([[0, 1, 2], [0, 1, 0], [1, 0, 1], [2, 2, 2], [2, 0, 1]])
+    index = SIDIndex.from_codes(codes, (3, 3, 3))
+    model, trie = _tiny_model(index), compile_trie(index)
+    ids, mask = torch.randint(4, 50, (4, 5), generator=torch.Generator().manual_seed(2)), torch.ones(4, 5, dtype=torch.bool)
+    u = torch.rand(4, 20_000, 3, generator=torch.Generator().manual_seed(3))
+    s = grpo.sample(model, model.memory(ids, mask), trie, 20_000, temperature=1.5, uniforms=u)
+    every = torch.as_tensor(index.sids, dtype=torch.long)
+    with torch.no_grad():
+        p = grpo.token_logp(model, ids[:1].expand(len(every), -1), mask[:1].expand(len(every), -1), None, every, trie, 1.5).sum(1).exp()
+    freq = (s[0][:, None, :] == every[None]).all(-1).float().mean(0)  # (SIDs,)
+    assert torch.allclose(freq, p, atol=0.015), (freq, p)  # 20k draws: standard error <= 0.0036
+    halves = [grpo.sample(model, model.memory(ids[r::2], mask[r::2]), trie, 50, uniforms=u[r::2, :50]) for r in (0, 1)]
+    whole = grpo.sample(model, model.memory(ids, mask), trie, 50, uniforms=u[:, :50])
+    assert torch.equal(whole[0::2], halves[0]) and torch.equal(whole[1::2], halves[1])
+    with pytest.raises(ValueError, match="uniforms must have shape"):
+        grpo.sample(model, model.memory(ids, mask), trie, 50, uniforms=u[:, :49])
+
+
 def test_policy_at_the_optimum_is_not_pushed_away():
     """All mass on the best SID, which is also the reference: equal rewards, zero advantage, and a step
     with zero KL leaves every parameter where it was."""
@@ -228,7 +249,7 @@ def test_one_rl_step_changes_the_generator_and_logs_diagnostics(rl_ws):
     assert got["stage"].tolist() == ["4-eg-grpo", "4-grpo"]
 
 
-def test_rl_bad_inputs(rl_ws):
+def test_rl_bad_inputs(rl_ws, monkeypatch):
     from workbench.rl.train import RLConfig, train_rl
 
     with pytest.raises(ValueError, match="algo must be"):
@@ -238,6 +259,9 @@ def test_rl_bad_inputs(rl_ws):
     ws, _ = rl_ws
     with pytest.raises(FileNotFoundError, match="no generator 'nope-stage3'"):
         train_rl(ws, RLConfig(steps=1), name="nope", progress=False)
+    monkeypatch.setattr("workbench.dist.world", lambda: 4)
+    with pytest.raises(ValueError, match="2 prompts per step cannot be split over 4 processes"):
+        train_rl(ws, RLConfig(steps=1, prompts=2), progress=False)
 
 
 def test_stage_4_through_workbench_train_and_cli_errors(rl_ws):
@@ -255,3 +279,46 @@ def test_stage_4_through_workbench_train_and_cli_errors(rl_ws):
     assert r.exit_code != 0 and "unknown reward 'clicks'" in r.output
     r = CliRunner().invoke(main, ["-w", str(ws.path), "rl", "--reward", "click=lots"])
     assert r.exit_code != 0 and "name=number" in r.output
+
+
+RL_ARGS = ["rl", "--algo", "eg-grpo", "--steps", "3", "--prompts", "7", "--group", "4", "--eval-every", "100", "--lr", "1e-3"]
+
+
+@pytest.mark.slow
+def test_torchrun_rl_two_processes_match_one(rl_ws, tmp_path):
+    """EG-GRPO with 7 prompts per step (uneven: 4 + 3) on 2 gloo processes: the same samples, rewards,
+    diagnostics and final weights as one process; rank 0 alone logs and writes."""
+    import subprocess
+    import sys
+
+    from safetensors.numpy import load_file
+
+    ws, _ = rl_ws
+    for w in ("one", "two"):
+        shutil.copytree(ws.path, tmp_path / w)
+    one = subprocess.run([sys.executable, "-m", "workbench", "-w", str(tmp_path / "one"), *RL_ARGS],
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "workbench", "-w", str(tmp_path / "two"), *RL_ARGS], capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
+    assert two.stdout.count("eg-grpo: wrote generator-eg-grpo") == 1
+
+    a, b = (load_file(tmp_path / w / "gen" / "generator-eg-grpo.safetensors") for w in ("one", "two"))
+    assert a.keys() == b.keys()
+    for k in a:
+        # atol: key biases have a zero true gradient (softmax ignores them), so Adam scales float noise up to lr-size steps
+        assert np.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), (k, np.abs(a[k] - b[k]).max())
+    base = load_file(ws.path / "gen" / "generator-stage3.safetensors")
+    changed = any(not np.array_equal(a[k], base[k]) for k in base if k in a)
+    assert changed  # the steps moved the policy, so matching means something
+
+    q = ("SELECT r.config->>'$.processes' AS processes, m.name, m.step, m.value FROM metrics m JOIN runs r USING (run_id) "
+         "WHERE r.kind = 'rl' AND r.config->>'$.out' = 'generator-eg-grpo' AND r.started_at = "
+         "(SELECT max(started_at) FROM runs WHERE kind = 'rl') AND m.name IN "
+         "('reward', 'reward_refs', 'distinct_sids', 'sid_entropy_bits', 'equal_groups', 'kl', 'loss', 'click_hit@10') "
+         "ORDER BY m.name, m.step")
+    ra, rb = (Workspace(tmp_path / w).logbook().query(q) for w in ("one", "two"))
+    assert ra["processes"].eq("1").all() and rb["processes"].eq("2").all() and len(ra) == len(rb) > 20
+    assert ra[["name", "step"]].equals(rb[["name", "step"]])
+    assert np.allclose(ra["value"], rb["value"], rtol=1e-4, atol=1e-6), pd.concat([ra, rb["value"]], axis=1)

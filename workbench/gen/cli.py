@@ -44,7 +44,7 @@ def train(ctx, stages, epochs, algo, rl_steps, embedder, backbone, d_model, laye
     """Train the generator stage by stage (resumes a killed run: finished stages are kept, an
     interrupted one continues after its last finished epoch).
 
-    Stages 1-3 are data-parallel under torchrun, e.g. `torchrun --nproc_per_node 2 -m workbench train`:
+    Every stage is data-parallel under torchrun, e.g. `torchrun --nproc_per_node 2 -m workbench train`:
     --batch-size is the global batch, split over the processes; only rank 0 writes."""
     from workbench import dist
     from workbench.gen.stages import train_stages
@@ -52,9 +52,6 @@ def train(ctx, stages, epochs, algo, rl_steps, embedder, backbone, d_model, laye
     ws = _ws(ctx).require()
     st, ep = ints(stages), ints(epochs)
     rl_stage, st = 4 in st, tuple(s for s in st if s != 4)
-    if rl_stage and dist.launched():
-        raise click.UsageError("stage 4 (RL) runs on one process so far; run stages 1-3 under torchrun, then "
-                               "`workbench train --stages 4` without it")
     device = dist.setup(device)
     ep = ep * len(st) if len(ep) == 1 else ep
     if st:
@@ -75,9 +72,11 @@ def train(ctx, stages, epochs, algo, rl_steps, embedder, backbone, d_model, laye
             ensure_ranker(ws, embedder, device)
             history = train_rl(ws, RLConfig(algo=algo, steps=rl_steps, seed=seed, eval_width=eval_width), name,
                                out=f"{name}-stage4", device=device)
-            click.echo(f"\nstage 4 ({algo}, {rl_steps} steps): {({k: round(v, 3) for k, v in history[-1].items() if '@' in k})}")
-        gen_, tok, meta = store.load(ws, f"{name}-stage4")
-        store.save(ws, gen_, tok, name, **{k: v for k, v in meta.items() if k != "sid_fingerprint"})
+            if dist.is_main():
+                click.echo(f"\nstage 4 ({algo}, {rl_steps} steps): {({k: round(v, 3) for k, v in history[-1].items() if '@' in k})}")
+        if dist.is_main():
+            gen_, tok, meta = store.load(ws, f"{name}-stage4")
+            store.save(ws, gen_, tok, name, **{k: v for k, v in meta.items() if k != "sid_fingerprint"})
         click.echo(f"wrote {name}-stage4 and {name}")
 
 

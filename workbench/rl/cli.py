@@ -52,11 +52,14 @@ def rl_config(algo, steps, prompts, group, refs, temperature, lr, kl, shaping, r
 
 
 def ensure_ranker(ws, embedder: str, device: str) -> None:
+    """Train the ranker if the workspace has none (under torchrun rank 0 does; the others wait for it)."""
+    from workbench import dist
     from workbench.rl.ranker import ranker_path, train_workspace
 
-    if not ranker_path(ws).exists():
-        click.echo(f"no ranker in {ws.path}: training one on the search log first")
-        train_workspace(ws, embedder, device)
+    with dist.main_first():
+        if not ranker_path(ws).exists():
+            click.echo(f"no ranker in {ws.path}: training one on the search log first")
+            train_workspace(ws, embedder, device)
 
 
 @click.command()
@@ -80,13 +83,20 @@ def ranker(ctx, epochs, embedder, seed, device):
 @click.option("--device", default="cpu", show_default=True)
 @click.pass_context
 def rl(ctx, name, embedder, device, **kw):
-    """Stage 4: refine the stage-3 generator against the ranker with GRPO or EG-GRPO."""
+    """Stage 4: refine the stage-3 generator against the ranker with GRPO or EG-GRPO.
+
+    Data-parallel under torchrun, e.g. `torchrun --nproc_per_node 2 -m workbench rl`: --prompts is the
+    global number per step, split over the processes; only rank 0 evaluates and writes."""
+    from workbench import dist
     from workbench.rl.train import train_rl
 
     ws = _ws(ctx).require()
     cfg = rl_config(**kw)
+    device = dist.setup(device)
     ensure_ranker(ws, embedder, device)
     history = train_rl(ws, cfg, name, device=device)
+    if not dist.is_main():
+        return
     df = pd.DataFrame([h for h in history if "click_hit@10" in h])
     click.echo(f"\n{cfg.algo}: wrote {name}-{cfg.algo}\n" + df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 

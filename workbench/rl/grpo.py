@@ -63,18 +63,28 @@ class LossConfig:
 
 @torch.no_grad()
 def sample(model: Generator, mem: Memory, trie: Trie, n: int, temperature: float = 1.0,
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, n, L) SIDs, n independent samples per query from the trie-constrained policy."""
+           generator: torch.Generator | None = None, uniforms: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, n, L) SIDs, n independent samples per query from the trie-constrained policy.
+
+    Inverse-CDF sampling from `uniforms` (B, n, L) in [0, 1), drawn with `generator` when not given:
+    a sample is a function of its query's own uniforms, so a batch split over processes (each
+    passing its rows of the global batch's uniforms) draws what one process would."""
     if n < 1 or temperature <= 0:
         raise ValueError(f"need n >= 1 samples and temperature > 0, got {n}, {temperature}")
     B, dev = mem.batch, mem.mask.device
+    if uniforms is None:
+        uniforms = torch.rand(B, n, model.cfg.levels, generator=generator, device=generator.device if generator else dev)
+    if uniforms.shape != (B, n, model.cfg.levels):
+        raise ValueError(f"uniforms must have shape {(B, n, model.cfg.levels)}, got {tuple(uniforms.shape)}")
+    uniforms = uniforms.to(dev)
     node = torch.zeros(B, n, dtype=torch.long, device=dev)
     cache, codes, out = None, None, []
     for t in range(model.cfg.levels):
         logits, cache = model.step(mem, codes, t, cache, n)  # (B, n, K); members keep their own cache rows
         logits = (logits.float() / temperature).masked_fill(~trie.valid_mask(t, node), float("-inf"))
-        K = logits.shape[-1]
-        codes = torch.multinomial(logits.softmax(-1).reshape(B * n, K), 1, generator=generator).reshape(B, n)
+        cdf = logits.softmax(-1).cumsum(-1)  # (B, n, K); flat over codes the trie forbids, so they are never drawn
+        u = uniforms[..., t: t + 1] * cdf[..., -1:]  # (B, n, 1), below the total mass
+        codes = torch.searchsorted(cdf, u, right=True)[..., 0].clamp_max(cdf.shape[-1] - 1)  # (B, n)
         node = trie.step(t, node, codes)
         out.append(codes)
     return torch.stack(out, -1)
@@ -114,8 +124,11 @@ def equal_groups(rewards: torch.Tensor, members: torch.Tensor | None = None) -> 
 
 
 def loss(logp: torch.Tensor, old: torch.Tensor, ref: torch.Tensor, adv: torch.Tensor, is_ref: torch.Tensor,
-         members: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """logp / old / ref (B, N, L) token log-probs; adv, is_ref, members (B, N). See the module docstring."""
+         members: torch.Tensor, cfg: LossConfig, totals: tuple[float, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """logp / old / ref (B, N, L) token log-probs; adv, is_ref, members (B, N). See the module docstring.
+
+    The means divide by the batch's present and sampled token counts, or by `totals` (the global
+    batch's counts over the number of processes, for a data-parallel slice: see `workbench.dist`)."""
     A = adv[..., None]  # (B, N, 1)
     rho = torch.exp(logp - old)
     sampled = torch.minimum(rho * A, rho.clamp(1 - cfg.clip, 1 + cfg.clip) * A)
@@ -126,9 +139,11 @@ def loss(logp: torch.Tensor, old: torch.Tensor, ref: torch.Tensor, adv: torch.Te
     on = (members & ~is_ref)[..., None].expand_as(surrogate).float()
     d = ref - logp
     kl = torch.exp(d) - d - 1  # (B, N, L), >= 0
-    pg = -(surrogate * present).sum() / present.sum().clamp_min(1)
-    kl_mean = (kl * on).sum() / on.sum().clamp_min(1)
+    n_present, n_on = totals if totals is not None else (present.sum(), on.sum())
+    n_present, n_on = max(float(n_present), 1.0), max(float(n_on), 1.0)
+    pg = -(surrogate * present).sum() / n_present
+    kl_mean = (kl * on).sum() / n_on
     total = pg + cfg.kl * kl_mean
     clipped = ((rho - 1).abs() > cfg.clip).float()
     return total, {"pg_loss": float(pg.detach()), "kl": float(kl_mean.detach()),
-                   "clip_share": float((clipped * on).sum() / on.sum().clamp_min(1))}
+                   "clip_share": float((clipped * on).sum() / n_on)}

@@ -13,18 +13,26 @@ hold a product clicked (bought) in their search, the share of groups whose rewar
 mean cluster size, the share of click-bait clusters (half or more of their products), KL to the
 reference. Every `eval_every` steps: click and purchase hit@10 on held-out searches (beam, with the
 user's context) and held-out Recall@10. Writes <workspace>/gen/<out>.safetensors.
+
+Data-parallel under torchrun (`workbench.dist`): every rank draws the same prompts and the same
+sampling uniforms for them, and takes its slice of the prompts; groups live on one rank, so the
+advantages are local; each rank's loss divides by the global batch's token counts over N and DDP
+averages the gradients, which gives the one-process update. The diagnostics are computed on every
+rank's members gathered together; rank 0 alone evaluates, logs and writes.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from workbench import dist
 from workbench.data.relevance import held_out
 from workbench.gen import store
 from workbench.gen.data import eval_set
@@ -105,9 +113,34 @@ def diagnostics(sids: torch.Tensor, s: rewards.Scored, parts: dict, equal: torch
     return out
 
 
+def _cpu(x):
+    """Tensors in (nested) tuples, lists, dicts and `Scored` moved to the CPU, to gather between processes."""
+    if isinstance(x, torch.Tensor):
+        return x.cpu()
+    if isinstance(x, dict):
+        return {k: _cpu(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_cpu(v) for v in x)
+    if isinstance(x, rewards.Scored):
+        return rewards.Scored(**{f.name: _cpu(getattr(x, f.name)) for f in fields(x)})
+    return x
+
+
+def _cat_ranks(parts: list) -> tuple:
+    """Every rank's (members, scored, rewards, equal, has_buy) joined along the batch: one step's whole batch."""
+    members, scored, comps, equal, has_buy = zip(*parts)
+    s = rewards.Scored(**{f.name: torch.cat([getattr(x, f.name) for x in scored]) for f in fields(rewards.Scored) if f.name != "tau"},
+                       tau=scored[0].tau)
+    comps = {k: torch.cat([c[k] for c in comps]) for k in comps[0]}
+    return torch.cat(members), s, comps, torch.cat(equal), [b for h in has_buy for b in h]
+
+
 def train_rl(ws, cfg: RLConfig, name: str = "generator", source: str | None = None, out: str | None = None,
              device: str = "cpu", progress: bool = True) -> list[dict]:
     """Refine `source` (default <name>-stage3) with `cfg.algo`; save as `out` (default <name>-<algo>)."""
+    n_ranks, me, main = dist.world(), dist.rank(), dist.is_main()
+    if cfg.prompts < n_ranks:
+        raise ValueError(f"{cfg.prompts} prompts per step cannot be split over {n_ranks} processes; use --prompts >= {n_ranks}")
     source = source or f"{name}-stage3"
     out = out or f"{name}-{cfg.algo}"
     retriever = Retriever.from_workspace(ws, source, device)
@@ -138,24 +171,30 @@ def train_rl(ws, cfg: RLConfig, name: str = "generator", source: str | None = No
         policy.eval()
         return {**hit_rates(retriever, test_s, test_ctx, cfg.eval_width), **recall_eval(retriever, evalset, cfg.eval_width, (10,))}
 
+    net = dist.wrap(policy)  # DDP under torchrun, the policy itself on one process
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # sampling uniforms: the same on every rank
     stage = f"4-{cfg.algo}"
     history: list[dict] = []
-    with ws.logbook().run("rl", {"rl": cfg, "source": source, "out": out, "device": device, "tau": tau}, seed=cfg.seed,
-                          name=f"rl {cfg.algo} {name}") as run:
-        row = {"step": 0, **evaluate()}
+    logged = ws.logbook().run("rl", {"rl": cfg, "source": source, "out": out, "device": device, "tau": tau,
+                                     "processes": n_ranks}, seed=cfg.seed, name=f"rl {cfg.algo} {name}") if main else nullcontext()
+    with logged as run:
+        row = {"step": 0, **(evaluate() if main else {})}
         history.append(row)
-        run.log(0, stage=stage, **{k: v for k, v in row.items() if k != "step"})
-        for step in tqdm(range(1, cfg.steps + 1), desc=f"rl ({cfg.algo})", disable=not progress):
-            batch = train_s.iloc[rng.choice(len(train_s), min(cfg.prompts, len(train_s)), replace=False)]
+        if main:
+            run.log(0, stage=stage, **{k: v for k, v in row.items() if k != "step"})
+        for step in tqdm(range(1, cfg.steps + 1), desc=f"rl ({cfg.algo})", disable=not progress or not main):
+            whole = train_s.iloc[rng.choice(len(train_s), min(cfg.prompts, len(train_s)), replace=False)]
+            G, L = cfg.group, policy.cfg.levels
+            u = torch.rand(len(whole), G, L, generator=gen)[me::n_ranks]  # this rank's prompts' uniforms
+            batch = whole.iloc[me::n_ranks]  # this rank's prompts (all of them on one process)
             ids, mask = tok.encode(batch["query"].tolist(), policy.cfg.max_len, device)
             c = torch.as_tensor(ctx.ids(batch["user_id"], batch["time"]), device=device) if personal else None
-            B, G, L = len(batch), cfg.group, policy.cfg.levels
+            B = len(batch)
             policy.eval()
             with torch.no_grad():
-                sampled = grpo.sample(policy, policy.memory(ids, mask, c), trie, G, cfg.temperature, gen).cpu()  # (B, G, L)
+                sampled = grpo.sample(policy, policy.memory(ids, mask, c), trie, G, cfg.temperature, uniforms=u).cpu()  # (B, G, L)
             buy_rows = _gt_rows(sid_of, batch["bought"], cfg.refs + 4)
             click_rows = _gt_rows(sid_of, batch["clicked"], cfg.refs + 4)
             R = cfg.refs if cfg.algo == "eg-grpo" else 0
@@ -178,26 +217,35 @@ def train_rl(ws, cfg: RLConfig, name: str = "generator", source: str | None = No
             with torch.no_grad():
                 old = grpo.token_logp(policy, *inputs, flat, trie, cfg.temperature).reshape(B, N, L)
                 ref_lp = grpo.token_logp(reference, *inputs, flat, trie, cfg.temperature).reshape(B, N, L)
+            # the global batch's token counts over the number of ranks: DDP's average then gives the global mean
+            totals = (dist.all_sum(float(present.sum()) * L) / n_ranks, dist.all_sum(float((present & ~is_ref).sum()) * L) / n_ranks)
             for _ in range(cfg.inner):
-                logp = grpo.token_logp(policy, *inputs, flat, trie, cfg.temperature).reshape(B, N, L)
-                lo, stats = grpo.loss(logp, old, ref_lp, adv.to(device), is_ref.to(device), present.to(device), cfg.loss)
+                logp = grpo.token_logp(net, *inputs, flat, trie, cfg.temperature).reshape(B, N, L)
+                lo, stats = grpo.loss(logp, old, ref_lp, adv.to(device), is_ref.to(device), present.to(device), cfg.loss, totals)
                 opt.zero_grad(set_to_none=True)
                 lo.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
                 opt.step()
-            row = {"step": step, "loss": float(lo.detach()), **stats, "reward": float(reward[:, :G].mean()),
-                   **diagnostics(members, scored, parts, equal, G, [len(b) > 0 for b in batch["bought"]])}
+            stats = {k: dist.all_sum(v) / n_ranks for k, v in {"loss": float(lo.detach()), **stats}.items()}
+            step_ = (members, scored, {"_reward": reward, "_present": present, **parts}, equal, [len(b) > 0 for b in batch["bought"]])
+            if n_ranks > 1:  # the diagnostics see every rank's members
+                step_ = _cat_ranks(dist.gather_objects(_cpu(step_)))
+            members, scored, parts, equal, has_buy = step_
+            reward, present = parts.pop("_reward"), parts.pop("_present")
+            row = {"step": step, **stats, "reward": float(reward[:, :G].mean()), **diagnostics(members, scored, parts, equal, G, has_buy)}
             if R:
                 row["reward_refs"] = float(reward[:, G:][present[:, G:]].mean())
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if main and (step % cfg.eval_every == 0 or step == cfg.steps):
                 row.update(evaluate())
             history.append(row)
-            run.log(step, stage=stage, **{k: v for k, v in row.items() if k != "step"})
-        final = history[-1]
-        for key, value in final.items():
-            if "@" in key:
-                metric, _, k = key.partition("@")
-                run.log_eval(metric, value, k=int(k), dataset="held-out searches", method=f"generator/{cfg.algo}", stage=stage)
-        store.save(ws, policy.cpu(), tok, out, run_id=run.run_id, stage=stage, source=source, rl=asdict(cfg))
-        policy.to(device)
+            if main:
+                run.log(step, stage=stage, **{k: v for k, v in row.items() if k != "step"})
+        if main:
+            for key, value in history[-1].items():
+                if "@" in key:
+                    metric, _, k = key.partition("@")
+                    run.log_eval(metric, value, k=int(k), dataset="held-out searches", method=f"generator/{cfg.algo}", stage=stage)
+            store.save(ws, policy.cpu(), tok, out, run_id=run.run_id, stage=stage, source=source, rl=asdict(cfg))
+            policy.to(device)
+    dist.barrier()  # every rank returns once rank 0 has written
     return history
