@@ -142,3 +142,22 @@ def test_torchrun_rqvae_two_processes_match_one(tmp_path):
     assert ra["processes"].eq("1").all() and rb["processes"].eq("2").all() and len(ra) == len(rb) == 12
     assert ra.loc[ra["name"] == "restarted", "value"].sum() > 0  # the summed usage was exercised
     assert np.allclose(ra["value"], rb["value"], rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_torchrun_the_whole_curriculum_through_stage_4(sid_workspace, tmp_path):
+    """`workbench train --stages 1,2,3,4` under torchrun: every rank goes on to RL (which trains the
+    ranker on rank 0 first), rank 0 alone reports and writes the final generator."""
+    from workbench.gen import store
+
+    shutil.copytree(sid_workspace, tmp_path / "ws")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "workbench",
+                        "-w", str(tmp_path / "ws"), "train", "--stages", "1,2,3,4", "--epochs", "1", "--rl-steps", "2",
+                        "--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64", "--eval-width", "4",
+                        "--embedder", "hashing-64", "--fresh"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert r.stdout.count("wrote generator-stage4 and generator") == 1 and r.stdout.count("training one on the search log") == 1
+    _, _, meta = store.load(Workspace(tmp_path / "ws"), "generator")
+    assert meta["stage"] == "4-eg-grpo"
+    runs = Workspace(tmp_path / "ws").logbook().query("SELECT config->>'$.processes' AS p FROM runs WHERE kind = 'rl'")
+    assert runs["p"].tolist() == ["2"]

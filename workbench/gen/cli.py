@@ -58,11 +58,10 @@ def train(ctx, stages, epochs, algo, rl_steps, embedder, backbone, d_model, laye
         model = dict(d_model=d_model, n_heads=heads, enc_layers=layers, dec_layers=layers, d_ff=d_ff, dropout=dropout)
         rows = train_stages(ws, st, backbone, model, TrainConfig(batch_size=batch_size, lr=lr, seed=seed), replay, name=name,
                             device=device, eval_width=eval_width, resume=not fresh, epochs=ep)
-        if not dist.is_main():
-            return
-        df = pd.DataFrame(rows).drop(columns=["epoch", "seconds"], errors="ignore")
-        click.echo(f"\ngenerator {name!r}, held-out queries, beam width {eval_width}\n"
-                   + df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        if dist.is_main():  # the other ranks go on to stage 4, if asked, without a word
+            df = pd.DataFrame(rows).drop(columns=["epoch", "seconds"], errors="ignore")
+            click.echo(f"\ngenerator {name!r}, held-out queries, beam width {eval_width}\n"
+                       + df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if rl_stage:
         from workbench.gen import store
         from workbench.rl.cli import ensure_ranker
@@ -77,7 +76,7 @@ def train(ctx, stages, epochs, algo, rl_steps, embedder, backbone, d_model, laye
         if dist.is_main():
             gen_, tok, meta = store.load(ws, f"{name}-stage4")
             store.save(ws, gen_, tok, name, **{k: v for k, v in meta.items() if k != "sid_fingerprint"})
-        click.echo(f"wrote {name}-stage4 and {name}")
+            click.echo(f"wrote {name}-stage4 and {name}")
 
 
 @click.group()
