@@ -527,24 +527,27 @@ def bench_sid_assign(ctx, n, dim, codebook_sizes, chunk, device) -> None:
                device=device_name(device))
 
 @bench.command(name="dist")
+@click.option("--job", type=click.Choice(["train", "sid", "rl"]), default="train", show_default=True,
+              help="Which trainer: the generator (workbench train), CQ-SID (sid train) or stage 4 (rl).")
 @click.option("--procs", default="1,2", show_default=True, help="Process counts to compare (the first is the baseline).")
-@click.option("--stages", default="1", show_default=True)
-@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--epochs", type=int, default=3, show_default=True, help="Epochs (RL: steps) per run.")
 @click.option("--device", default="cpu", show_default=True, help="cuda: one GPU per process.")
-@click.option("--train-args", default="", help='More `workbench train` options, e.g. "--d-model 256 --batch-size 512".')
+@click.option("--args", "job_args", default="", help='More options for the trainer, e.g. "--stages 1 --d-model 256".')
 @click.pass_context
-def bench_dist(ctx, procs, stages, epochs, device, train_args) -> None:
-    """Data-parallel throughput: `workbench train` on 1 process and under torchrun on N, examples/s."""
+def bench_dist(ctx, job, procs, epochs, device, job_args) -> None:
+    """Data-parallel throughput: a trainer on 1 process and under torchrun on N, examples/s.
+
+    Runs in a scratch copy of the workspace (links, its own logbook): the workspace is not changed."""
     import shlex
 
     from workbench.bench import device_name, report
     from workbench.bench.dist import throughput
 
     ws = _ws(ctx).require()
-    extra = ["--device", device, *shlex.split(train_args)]
-    params = {"procs": procs, "stages": stages, "epochs": epochs, "train_args": train_args}
+    extra = ["--device", device, *shlex.split(job_args)]
+    params = {"job": job, "procs": procs, "epochs": epochs, "args": job_args}
     with ws.logbook().run("bench", {"bench": "dist", **params}) as run:
-        report("dist-throughput", throughput(ws, ints(procs), stages, epochs, extra), run, params=params,
+        report("dist-throughput", throughput(ws, ints(procs), job, epochs, extra), run, params=params,
                units={"examples_per_s": "1/s", "wall_s": "s"}, device=device_name(device))
 
 

@@ -24,6 +24,7 @@ rank's members gathered together; rank 0 alone evaluates, logs and writes.
 from __future__ import annotations
 
 import copy
+import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 
@@ -185,6 +186,7 @@ def train_rl(ws, cfg: RLConfig, name: str = "generator", source: str | None = No
         if main:
             run.log(0, stage=stage, **{k: v for k, v in row.items() if k != "step"})
         for step in tqdm(range(1, cfg.steps + 1), desc=f"rl ({cfg.algo})", disable=not progress or not main):
+            t0 = time.perf_counter()
             whole = train_s.iloc[rng.choice(len(train_s), min(cfg.prompts, len(train_s)), replace=False)]
             G, L = cfg.group, policy.cfg.levels
             u = torch.rand(len(whole), G, L, generator=gen)[me::n_ranks]  # this rank's prompts' uniforms
@@ -232,7 +234,8 @@ def train_rl(ws, cfg: RLConfig, name: str = "generator", source: str | None = No
                 step_ = _cat_ranks(dist.gather_objects(_cpu(step_)))
             members, scored, parts, equal, has_buy = step_
             reward, present = parts.pop("_reward"), parts.pop("_present")
-            row = {"step": step, **stats, "reward": float(reward[:, :G].mean()), **diagnostics(members, scored, parts, equal, G, has_buy)}
+            row = {"step": step, **stats, "reward": float(reward[:, :G].mean()), **diagnostics(members, scored, parts, equal, G, has_buy),
+                   "examples_per_s": len(whole) / (time.perf_counter() - t0)}  # prompts per second, evaluation aside
             if R:
                 row["reward_refs"] = float(reward[:, G:][present[:, G:]].mean())
             if main and (step % cfg.eval_every == 0 or step == cfg.steps):

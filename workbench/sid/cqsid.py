@@ -24,6 +24,7 @@ Two ID modes: `cluster` (the paper's: a SID is the L codes, many products share 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -190,6 +191,7 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
     bar = tqdm(range(cfg.epochs), desc=f"cq-sid ({cfg.variant})", disable=not progress or not dist.is_main())
     for epoch in bar:
         model.train()
+        t0 = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
         counts = [torch.zeros(k, device=device) for k in m.codebook_sizes]
         batches = torch.randperm(n, generator=g).to(device).split(cfg.batch_size)
@@ -236,7 +238,8 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
                 res = model.quantize(model.encode(sample))[1]
             restarted = model.restart_dead(counts, res, generator=g)
         ppl = [float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())) for p in (c / c.sum() for c in counts)]
-        row = {**sums, "lr": sched.get_last_lr()[0], "restarted": restarted,
+        secs = time.perf_counter() - t0
+        row = {**sums, "lr": sched.get_last_lr()[0], "restarted": restarted, "seconds": secs, "examples_per_s": n / secs,
                **{f"used_l{i + 1}": float((counts[i] > 0).float().mean()) for i in range(m.levels)},
                **{f"perplexity_l{i + 1}": ppl[i] for i in range(m.levels)}}
         if dist.is_main() and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
