@@ -213,8 +213,8 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
                 qi, pi = pair_q[pick], pair_p[pick]
                 positive = torch.as_tensor(rel[qi][:, pi].toarray() > 0, device=device)  # (Bq, Bq)
                 r = slice(dist.rank(), None, N)  # this rank's pairs
-                zq, zp = model.encode(qx[qi[r]]), model.encode(x[pi[r]])
-                parts["query"] = query_loss(dist.gather_batch(zq, len(qi)), dist.gather_batch(zp, len(pi)), positive, cfg.tau_query)
+                z = dist.gather_batch(torch.cat([model.encode(qx[qi[r]]), model.encode(x[pi[r]])], 1), len(qi))  # (Bq, 2d)
+                parts["query"] = query_loss(*z.chunk(2, dim=1), positive, cfg.tau_query)
                 weight["query"] = 1.0
                 loss = loss + cfg.query_weight * parts["query"]
             opt.zero_grad(set_to_none=True)
