@@ -318,3 +318,20 @@ def test_nested_config_json_roundtrip():
     assert from_json(CQSIDConfig, to_json(cfg)) == cfg
     with pytest.raises(ValueError, match="no field"):
         from_json(CQSIDConfig, json.dumps({"nonsense": 1}))
+
+
+def test_category_loss_splits_over_anchor_rows():
+    """What data-parallel CQ-SID relies on: the terms of disjoint anchor sets add up to the loss, in
+    value and gradient, for any split (uneven ones included)."""
+    from workbench.sid.cqsid import category_loss
+
+    g = torch.Generator().manual_seed(0)
+    res = torch.randn(37, 3, 8, generator=g, requires_grad=True)
+    books = [torch.randn(6, 8, generator=g, requires_grad=True) for _ in range(2)]
+    cat = torch.randint(-1, 4, (37,), generator=g)  # -1: products without a category
+    full = category_loss(res, books, cat, (1, 2), 0.1)
+    want = torch.autograd.grad(full, [res, *books])
+    for n in (2, 3):
+        split = sum(category_loss(res, books, cat, (1, 2), 0.1, anchors=slice(r, None, n)) for r in range(n))
+        assert torch.allclose(split, full)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(torch.autograd.grad(split, [res, *books]), want))

@@ -118,8 +118,11 @@ def soft_assign(r: torch.Tensor, codebook: torch.Tensor, tau: float) -> torch.Te
 
 
 def category_loss(residuals: torch.Tensor, codebooks: torch.Tensor, cat: torch.Tensor, levels: tuple[int, ...],
-                  tau: float) -> torch.Tensor:
-    """Soft prefix purity (module docstring). residuals (B, L, d), codebooks L x (K_l, d), cat (B,) with -1 = none."""
+                  tau: float, anchors: slice = slice(None)) -> torch.Tensor:
+    """Soft prefix purity (module docstring). residuals (B, L, d), codebooks L x (K_l, d), cat (B,) with -1 = none.
+
+    `anchors` picks the rows i whose terms are summed (still divided by the whole batch's count): the
+    terms of all anchors add up to the loss, so processes can split them (`train`)."""
     known = cat >= 0
     same = (cat[:, None] == cat[None, :]) & known[:, None] & known[None, :]
     same.fill_diagonal_(False)
@@ -128,15 +131,16 @@ def category_loss(residuals: torch.Tensor, codebooks: torch.Tensor, cat: torch.T
         return residuals.new_zeros(())
     other = known[None, :].expand(len(cat), -1).clone()
     other.fill_diagonal_(False)
+    same, other, mine = same[anchors], other[anchors], rows[anchors]  # (A, B), (A, B), (A,)
     loss, S = residuals.new_zeros(()), None
     for lvl in range(max(levels)):
         P = soft_assign(residuals[:, lvl], codebooks[lvl], tau)
-        co = P @ P.T  # (B, B) chance of sharing the code at this level
+        co = P[anchors] @ P.T  # (A, B) chance of sharing the code at this level
         S = co if S is None else S * co
         if lvl + 1 in levels:
             num = (S * same).sum(1)
             den = (S * other).sum(1)
-            loss = loss + -(torch.log(num[rows] + 1e-12) - torch.log(den[rows] + 1e-12)).mean()
+            loss = loss + -(torch.log(num[mine] + 1e-12) - torch.log(den[mine] + 1e-12)).sum() / rows.sum()
     return loss / len(levels)
 
 
@@ -205,7 +209,9 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
             loss = out["loss"] * share
             if use_cat:
                 res = dist.gather_batch(out["residuals"][:k_mine], len(b))  # (B, L, d), every rank's rows
-                parts["category"] = category_loss(res, model.codebooks, cat[b], cfg.category_levels, cfg.tau_code)
+                # each rank sums its anchors' terms: N x its share, which the gradient averaging divides back
+                parts["category"] = N * category_loss(res, model.codebooks, cat[b], cfg.category_levels, cfg.tau_code,
+                                                      anchors=slice(dist.rank(), None, N))
                 weight["category"] = 1.0
                 loss = loss + cfg.category_weight * parts["category"]
             if pairs is not None:
@@ -222,7 +228,7 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
             dist.average_grads(model.parameters())
             opt.step()
             sched.step()
-            for k, v in parts.items():  # summed over ranks after the epoch: local parts by share, shared ones / N
+            for k, v in parts.items():  # summed over ranks after the epoch: local parts by share, the others / N
                 sums[k] = sums.get(k, 0.0) + v.detach() * weight[k] / N / len(batches)
             for lvl, c in enumerate(out["codes"][:k_mine].T):
                 counts[lvl] += torch.bincount(c, minlength=m.codebook_sizes[lvl])
