@@ -99,3 +99,31 @@ def test_bad_inputs_are_named_and_leave_no_output(catalog, tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".out.parquet.*"))  # nothing half-written
     assert load_model(ws)[1].model.input_dim == 64
     assert get_embedder("hashing-64").dim == 64
+
+
+@pytest.mark.slow
+def test_torchrun_deals_out_chunks_and_merges_them_in_order(catalog, tmp_path):
+    """2 processes: 5 chunks dealt 3 + 2, and 1 chunk (rank 1 idle); the outputs equal one process's."""
+    import subprocess
+    import sys
+
+    ws, src, _ = catalog
+
+    def run(procs, *args):
+        launch = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] if procs > 1 else [])
+        r = subprocess.run([*launch, "-m", "workbench", "-w", str(ws.path), "batch", *args], capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        return r.stdout
+
+    for procs in (1, 2):
+        out = run(procs, "decode", str(src), str(tmp_path / f"dec{procs}.parquet"), "--width", "4", "--top", "2", "--chunk", "1500")
+        assert out.count("decode: 7,000 rows") == 1  # rank 0 reports the whole job
+        run(procs, "embed", str(src), str(tmp_path / f"vec{procs}.parquet"), "--embedder", "hashing-64", "--chunk", "100000")
+    one, two = (pd.read_parquet(tmp_path / f"dec{p}.parquet") for p in (1, 2))
+    assert one["product_id"].equals(two["product_id"]) and one["sids"].map(list).equals(two["sids"].map(list))
+    assert np.allclose(np.concatenate(one["logp"].to_numpy()), np.concatenate(two["logp"].to_numpy()), atol=1e-4)
+    assert pd.read_parquet(tmp_path / "vec1.parquet").equals(pd.read_parquet(tmp_path / "vec2.parquet"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dec1.parquet", "dec2.parquet", "vec1.parquet", "vec2.parquet"]  # no parts left
+    runs = ws.logbook().query("SELECT config->>'$.processes' AS p FROM runs WHERE kind = 'batch' AND name = 'batch decode'")
+    assert {"1", "2"} <= set(runs["p"])

@@ -5,6 +5,11 @@ appends it to the output and drops it, so memory is bounded by the chunk size an
 the catalog: a 1,000,000-product job holds one chunk at a time. The output is written to a temporary
 file and renamed when complete: a killed job leaves no half-written output.
 
+Under torchrun (`workbench.dist`) the chunks are dealt out round-robin: rank r processes chunks r,
+r + N, ... into a part file of its own (one row group per chunk), and rank 0 then merges the parts in
+chunk order into the output, one chunk at a time. The output is the one-process output; every rank
+reads the whole input (reading is cheap next to embedding or decoding) but processes only its share.
+
 - `embed`: products (product_id + text columns) -> product_id, vector (float32 list).
 - `sids`: products or embeddings -> product_id, sid_1..sid_L (the workspace's SID model; cluster codes).
 - `decode`: any table with a text column (product titles, a query log) -> the generator's top SIDs per
@@ -24,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from workbench import dist
 from workbench.workspace import atomic_write
 
 
@@ -55,32 +61,60 @@ def read_chunks(path: str | Path, columns: list[str], chunk: int) -> Iterator[pa
 def stream(src: str | Path, dst: str | Path, columns: list[str], fn: Callable[[pa.RecordBatch], pa.Table],
            chunk: int = 65_536, desc: str = "batch", progress: bool = True) -> dict:
     """Apply `fn` to every chunk of `src` and write the results to `dst` (atomically); returns rows,
-    seconds, rows_per_s and the process's peak memory."""
+    seconds, rows_per_s and the peak memory of the process (under torchrun: the largest of any rank)."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     total = open_parquet(src).metadata.num_rows
-    stats = {"rows": 0}
-    t0 = time.perf_counter()
+    if total == 0:
+        raise ValueError(f"{src}: no rows")
+    n, me, dst = dist.world(), dist.rank(), Path(dst)
+    rows, t0 = 0, time.perf_counter()
 
     def write(tmp: Path) -> None:
+        nonlocal rows
         writer = None
         try:
-            with tqdm(total=total, desc=desc, unit="row", unit_scale=True, disable=not progress) as bar:
-                for rb in read_chunks(src, columns, chunk):
+            with tqdm(total=-(-total // n), desc=desc, unit="row", unit_scale=True, disable=not progress or not dist.is_main()) as bar:
+                for i, rb in enumerate(read_chunks(src, columns, chunk)):
+                    if i % n != me:  # another rank's chunk
+                        continue
                     table = fn(rb)
                     writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
-                    writer.write_table(table)
-                    stats["rows"] += rb.num_rows
+                    writer.write_table(table, row_group_size=max(len(table), 1))  # one row group per chunk
+                    rows += rb.num_rows
                     bar.update(rb.num_rows)
         finally:
             if writer is not None:
                 writer.close()
-        if writer is None:
-            raise ValueError(f"{src}: no rows")
 
-    atomic_write(Path(dst), write)
+    part = dst if n == 1 else dst.with_name(f".{dst.name}.part{me}-of-{n}")
+    if n == 1 or me < -(-total // chunk):  # a rank with no chunk writes no part
+        atomic_write(part, write)
+    if n > 1:
+        dist.barrier()
+        if dist.is_main():
+            merge_parts(dst, n, -(-total // chunk))
+        dist.barrier()
+        rows = int(dist.all_sum(float(rows)))
     secs = time.perf_counter() - t0
-    return {**stats, "seconds": secs, "rows_per_s": stats["rows"] / max(secs, 1e-9), "peak_rss_mib": peak_rss_mib()}
+    peak = max(dist.gather_objects(peak_rss_mib()))
+    return {"rows": rows, "seconds": secs, "rows_per_s": rows / max(secs, 1e-9), "peak_rss_mib": peak}
+
+
+def merge_parts(dst: Path, n: int, chunks: int) -> None:
+    """The N ranks' part files of `dst` joined in chunk order (chunk i is row group i // N of part i % N),
+    written atomically; the parts are removed."""
+    parts = [dst.with_name(f".{dst.name}.part{r}-of-{n}") for r in range(n)]
+    files = [pq.ParquetFile(p) if r < chunks else None for r, p in enumerate(parts)]
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, files[0].schema_arrow, compression="zstd") as writer:
+            for i in range(chunks):
+                writer.write_table(files[i % n].read_row_group(i // n))
+
+    atomic_write(dst, write)
+    for p in parts:
+        p.unlink(missing_ok=True)
 
 
 TEXT_COLUMNS = ["product_id", "title", "brand", "category", "description"]

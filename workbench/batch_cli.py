@@ -18,13 +18,16 @@ def io_options(f):
 
 
 def _run(ctx, job: str, src: Path, dst: Path, columns: list[str], fn, chunk: int, config: dict) -> None:
-    from workbench import batch
+    from workbench import batch, dist
 
     ws = ctx.find_root().obj["ws"].require()
     if src.resolve() == dst.resolve():
         raise click.UsageError("the output would overwrite the input; give another path")
-    with ws.logbook().run("batch", {"job": job, "src": str(src), "dst": str(dst), "chunk": chunk, **config},
-                          name=f"batch {job}") as run:
+    if not dist.is_main():  # under torchrun: rank 0 logs and reports
+        batch.stream(src, dst, columns, fn, chunk, desc=job)
+        return
+    with ws.logbook().run("batch", {"job": job, "src": str(src), "dst": str(dst), "chunk": chunk, "processes": dist.world(),
+                                    **config}, name=f"batch {job}") as run:
         stats = batch.stream(src, dst, columns, fn, chunk, desc=job)
         run.log(0, stage=job, **{k: float(v) for k, v in stats.items()})
     click.echo(f"{job}: {stats['rows']:,} rows in {stats['seconds']:.1f} s ({stats['rows_per_s']:,.0f}/s), "
@@ -33,7 +36,10 @@ def _run(ctx, job: str, src: Path, dst: Path, columns: list[str], fn, chunk: int
 
 @click.group()
 def batch() -> None:
-    """Chunked jobs over catalogs larger than memory (Parquet in, Parquet out)."""
+    """Chunked jobs over catalogs larger than memory (Parquet in, Parquet out).
+
+    Under torchrun (e.g. `torchrun --nproc_per_node 8 -m workbench batch decode ... --device cuda`)
+    the chunks are dealt out over the processes and rank 0 merges their parts in order."""
 
 
 @batch.command()
@@ -42,8 +48,10 @@ def batch() -> None:
 def embed(ctx, src, dst, chunk, device, embedder) -> None:
     """Embed products: SRC (product_id, title, [brand, category, description]) -> DST (product_id, vector)."""
     from workbench import batch as b
+    from workbench import dist
     from workbench.embed import get_embedder
 
+    device = dist.setup(device)
     e = get_embedder(embedder, device)
     _run(ctx, "embed", src, dst, b.product_columns(src), b.embed_fn(e), chunk, {"embedder": embedder})
 
@@ -54,10 +62,12 @@ def embed(ctx, src, dst, chunk, device, embedder) -> None:
 def sids(ctx, src, dst, chunk, device, vectors) -> None:
     """Assign SIDs with the workspace's SID model: products (or their vectors) -> product_id, sid_1..sid_L."""
     from workbench import batch as b
+    from workbench import dist
     from workbench.embed import get_embedder
     from workbench.serve import workspace_embedder
     from workbench.sid.store import load_model
 
+    device = dist.setup(device)
     ws = ctx.find_root().obj["ws"].require()
     model, cfg, _ = load_model(ws, device)
     e = None if vectors else get_embedder(workspace_embedder(ws), device)
@@ -74,10 +84,12 @@ def sids(ctx, src, dst, chunk, device, vectors) -> None:
 def decode(ctx, src, dst, chunk, device, column, width, top, name) -> None:
     """Decode every row's text into its top SIDs with the generator (offline, batched beam search)."""
     from workbench import batch as b
+    from workbench import dist
     from workbench.gen.retrieve import Retriever
 
     if width < 1 or top < 1:
         raise click.UsageError("--width and --top must be >= 1")
+    device = dist.setup(device)
     ws = ctx.find_root().obj["ws"].require()
     retriever = Retriever.from_workspace(ws, name, device)
     cols = list(dict.fromkeys(["product_id", column])) if column == "title" else [column]

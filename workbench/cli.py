@@ -26,11 +26,16 @@ class Errors(click.Group):
     """Turn the errors users cause (bad files, missing workspaces) into one clear line, not a traceback."""
 
     def invoke(self, ctx):
+        from workbench import dist
+
         try:
-            return super().invoke(ctx)
+            out = super().invoke(ctx)
         except (DataError, FileNotFoundError, ValueError, KeyError) as e:
+            dist.teardown(wait=False)
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             raise click.ClickException(f"{type(e).__name__}: {msg}") from None
+        dist.teardown()  # under torchrun: every rank leaves together
+        return out
 
 
 def _ws(ctx: click.Context) -> Workspace:

@@ -161,6 +161,10 @@ def main_first():
         barrier()
 
 
-def teardown() -> None:
+def teardown(wait: bool = True) -> None:
+    """Leave the process group (after every rank is done, when `wait`): a clean exit, instead of ranks
+    tearing their connections down while a peer still reads them."""
     if td.is_initialized():
+        if wait:
+            td.barrier()
         td.destroy_process_group()
