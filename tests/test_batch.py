@@ -105,14 +105,13 @@ def test_bad_inputs_are_named_and_leave_no_output(catalog, tmp_path):
 def test_torchrun_deals_out_chunks_and_merges_them_in_order(catalog, tmp_path):
     """2 processes: 5 chunks dealt 3 + 2, and 1 chunk (rank 1 idle); the outputs equal one process's."""
     import subprocess
-    import sys
+
+    from workbench import dist
 
     ws, src, _ = catalog
 
     def run(procs, *args):
-        launch = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] if procs > 1 else [])
-        r = subprocess.run([*launch, "-m", "workbench", "-w", str(ws.path), "batch", *args], capture_output=True, text=True,
-                           timeout=600)
+        r = subprocess.run(dist.command(procs, ["-w", str(ws.path), "batch", *args]), capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
         return r.stdout
 

@@ -3,7 +3,6 @@
 
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -62,12 +61,9 @@ ARGS = ["train", "--stages", "1,2", "--epochs", "2,1", "--d-model", "32", "--lay
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(sid_workspace):
     ws = Workspace(sid_workspace)
-    one = subprocess.run([sys.executable, "-m", "workbench", "-w", str(ws.path), *ARGS, "--name", "one"],
-                         capture_output=True, text=True, timeout=600)
+    one = subprocess.run(dist.command(1, ["-w", str(ws.path), *ARGS, "--name", "one"]), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "workbench", "-w", str(ws.path), *ARGS, "--name", "two"],
-                         capture_output=True, text=True, timeout=600)
+    two = subprocess.run(dist.command(2, ["-w", str(ws.path), *ARGS, "--name", "two"]), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
     assert two.stdout.count("held-out queries, beam width") == 1  # rank 0 reports, rank 1 stays quiet
 
@@ -132,11 +128,9 @@ def test_torchrun_rqvae_two_processes_match_one(tmp_path):
     shutil.copytree(SAMPLE_DATA, tmp_path / "one")
     embed_workspace(Workspace(tmp_path / "one"), get_embedder("hashing-64"), progress=False)
     shutil.copytree(tmp_path / "one", tmp_path / "two")
-    one = subprocess.run([sys.executable, "-m", "workbench", "-w", str(tmp_path / "one"), *SID_ARGS],
-                         capture_output=True, text=True, timeout=600)
+    one = subprocess.run(dist.command(1, ["-w", str(tmp_path / "one"), *SID_ARGS]), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "workbench", "-w", str(tmp_path / "two"), *SID_ARGS], capture_output=True, text=True, timeout=600)
+    two = subprocess.run(dist.command(2, ["-w", str(tmp_path / "two"), *SID_ARGS]), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
     assert two.stdout.count("trained cq-sid") == 1  # rank 0 reports, rank 1 stays quiet
 
@@ -162,10 +156,9 @@ def test_torchrun_the_whole_curriculum_through_stage_4(sid_workspace, tmp_path):
     from workbench.gen import store
 
     shutil.copytree(sid_workspace, tmp_path / "ws")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "workbench",
-                        "-w", str(tmp_path / "ws"), "train", "--stages", "1,2,3,4", "--epochs", "1", "--rl-steps", "2",
-                        "--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64", "--eval-width", "4",
-                        "--embedder", "hashing-64", "--fresh"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(dist.command(2, ["-w", str(tmp_path / "ws"), "train", "--stages", "1,2,3,4", "--epochs", "1", "--rl-steps", "2",
+                                        "--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64", "--eval-width", "4",
+                                        "--embedder", "hashing-64", "--fresh"]), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert r.stdout.count("wrote generator-stage4 and generator") == 1 and r.stdout.count("training one on the search log") == 1
     _, _, meta = store.load(Workspace(tmp_path / "ws"), "generator")

@@ -289,18 +289,17 @@ def test_torchrun_rl_two_processes_match_one(rl_ws, tmp_path):
     """EG-GRPO with 7 prompts per step (uneven: 4 + 3) on 2 gloo processes: the same samples, rewards,
     diagnostics and final weights as one process; rank 0 alone logs and writes."""
     import subprocess
-    import sys
 
     from safetensors.numpy import load_file
+
+    from workbench import dist
 
     ws, _ = rl_ws
     for w in ("one", "two"):
         shutil.copytree(ws.path, tmp_path / w)
-    one = subprocess.run([sys.executable, "-m", "workbench", "-w", str(tmp_path / "one"), *RL_ARGS],
-                         capture_output=True, text=True, timeout=600)
+    one = subprocess.run(dist.command(1, ["-w", str(tmp_path / "one"), *RL_ARGS]), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "workbench", "-w", str(tmp_path / "two"), *RL_ARGS], capture_output=True, text=True, timeout=600)
+    two = subprocess.run(dist.command(2, ["-w", str(tmp_path / "two"), *RL_ARGS]), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
     assert two.stdout.count("eg-grpo: wrote generator-eg-grpo") == 1
 

@@ -68,7 +68,7 @@ def stream(src: str | Path, dst: str | Path, columns: list[str], fn: Callable[[p
     if total == 0:
         raise ValueError(f"{src}: no rows")
     n, me, dst = dist.world(), dist.rank(), Path(dst)
-    rows, t0 = 0, time.perf_counter()
+    chunks, rows, t0 = -(-total // chunk), 0, time.perf_counter()
 
     def write(tmp: Path) -> None:
         nonlocal rows
@@ -87,13 +87,12 @@ def stream(src: str | Path, dst: str | Path, columns: list[str], fn: Callable[[p
             if writer is not None:
                 writer.close()
 
-    part = dst if n == 1 else dst.with_name(f".{dst.name}.part{me}-of-{n}")
-    if n == 1 or me < -(-total // chunk):  # a rank with no chunk writes no part
-        atomic_write(part, write)
+    if n == 1 or me < chunks:  # a rank with no chunk writes no part
+        atomic_write(dst if n == 1 else part_path(dst, me, n), write)
     if n > 1:
         dist.barrier()
         if dist.is_main():
-            merge_parts(dst, n, -(-total // chunk))
+            merge_parts(dst, n, chunks)
         dist.barrier()
         rows = int(dist.all_sum(float(rows)))
     secs = time.perf_counter() - t0
@@ -101,10 +100,15 @@ def stream(src: str | Path, dst: str | Path, columns: list[str], fn: Callable[[p
     return {"rows": rows, "seconds": secs, "rows_per_s": rows / max(secs, 1e-9), "peak_rss_mib": peak}
 
 
+def part_path(dst: Path, r: int, n: int) -> Path:
+    """Where rank r of n writes its chunks of `dst` (a hidden file beside it)."""
+    return dst.with_name(f".{dst.name}.part{r}-of-{n}")
+
+
 def merge_parts(dst: Path, n: int, chunks: int) -> None:
     """The N ranks' part files of `dst` joined in chunk order (chunk i is row group i // N of part i % N),
     written atomically; the parts are removed."""
-    parts = [dst.with_name(f".{dst.name}.part{r}-of-{n}") for r in range(n)]
+    parts = [part_path(dst, r, n) for r in range(n)]
     files = [pq.ParquetFile(p) if r < chunks else None for r, p in enumerate(parts)]
 
     def write(tmp: Path) -> None:

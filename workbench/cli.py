@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from workbench.bench.dist import JOBS as DIST_JOBS
 from workbench.cli_args import ints
 from workbench.data.schema import DataError
 from workbench.eval import METHODS
@@ -532,7 +533,7 @@ def bench_sid_assign(ctx, n, dim, codebook_sizes, chunk, device) -> None:
                device=device_name(device))
 
 @bench.command(name="dist")
-@click.option("--job", type=click.Choice(["train", "sid", "rl"]), default="train", show_default=True,
+@click.option("--job", type=click.Choice(DIST_JOBS), default="train", show_default=True,
               help="Which trainer: the generator (workbench train), CQ-SID (sid train) or stage 4 (rl).")
 @click.option("--procs", default="1,2", show_default=True, help="Process counts to compare (the first is the baseline).")
 @click.option("--epochs", type=int, default=3, show_default=True, help="Epochs (RL: steps) per run.")

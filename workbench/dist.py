@@ -20,10 +20,17 @@ The contract the trainers keep:
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 
 import torch
 import torch.distributed as td
+
+
+def command(procs: int, args: list[str]) -> list[str]:
+    """The command line of `workbench ARGS` on `procs` processes of this host (torchrun when more than one)."""
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] if procs > 1 else []
+    return [sys.executable, *launch, "-m", "workbench", *args]
 
 
 def launched() -> bool:

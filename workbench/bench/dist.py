@@ -13,19 +13,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from workbench import dist
 from workbench.workspace import Workspace
 
-JOBS = ("train", "sid", "rl")
-RUN_KIND = {"train": "gen-train", "sid": "sid-train", "rl": "rl"}
-
-
+RUN_KIND = {"train": "gen-train", "sid": "sid-train", "rl": "rl"}  # job -> the kind of run it logs
+JOBS = tuple(RUN_KIND)
 WRITTEN = ("gen", "sid", "rl")  # folders trainers write into
 
 
@@ -48,17 +46,14 @@ def scratch(ws: Workspace) -> Path:
 
 
 def command(job: str, ws_path: Path, procs: int, epochs: int, extra: list[str]) -> list[str]:
-    cli = ["-m", "workbench", "-w", str(ws_path)]
+    cli = ["-w", str(ws_path)]
     if job == "train":
         cli += ["train", "--epochs", str(epochs), "--fresh", "--name", "bench-dist"]
     elif job == "sid":
         cli += ["sid", "train", "--epochs", str(epochs)]
     else:
         cli += ["rl", "--steps", str(epochs), "--eval-every", str(epochs)]
-    cli += extra
-    if procs == 1:
-        return [sys.executable, *cli]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *cli]
+    return dist.command(procs, [*cli, *extra])
 
 
 def throughput(ws: Workspace, procs: list[int], job: str = "train", epochs: int = 3, extra: list[str] | None = None,

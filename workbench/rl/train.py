@@ -220,7 +220,8 @@ def train_rl(ws, cfg: RLConfig, name: str = "generator", source: str | None = No
                 old = grpo.token_logp(policy, *inputs, flat, trie, cfg.temperature).reshape(B, N, L)
                 ref_lp = grpo.token_logp(reference, *inputs, flat, trie, cfg.temperature).reshape(B, N, L)
             # the global batch's token counts over the number of ranks: DDP's average then gives the global mean
-            totals = (dist.all_sum(float(present.sum()) * L) / n_ranks, dist.all_sum(float((present & ~is_ref).sum()) * L) / n_ranks)
+            counts = torch.tensor([float(present.sum()), float((present & ~is_ref).sum())], dtype=torch.float64)
+            totals = tuple((dist.all_sum_(counts) * L / n_ranks).tolist())
             for _ in range(cfg.inner):
                 logp = grpo.token_logp(net, *inputs, flat, trie, cfg.temperature).reshape(B, N, L)
                 lo, stats = grpo.loss(logp, old, ref_lp, adv.to(device), is_ref.to(device), present.to(device), cfg.loss, totals)
@@ -228,7 +229,8 @@ def train_rl(ws, cfg: RLConfig, name: str = "generator", source: str | None = No
                 lo.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
                 opt.step()
-            stats = {k: dist.all_sum(v) / n_ranks for k, v in {"loss": float(lo.detach()), **stats}.items()}
+            stats = {"loss": float(lo.detach()), **stats}  # each rank's share of the global means, summed in one reduce
+            stats = dict(zip(stats, (dist.all_sum_(torch.tensor(list(stats.values()), dtype=torch.float64)) / n_ranks).tolist()))
             step_ = (members, scored, {"_reward": reward, "_present": present, **parts}, equal, [len(b) > 0 for b in batch["bought"]])
             if n_ranks > 1:  # the diagnostics see every rank's members
                 step_ = _cat_ranks(dist.gather_objects(_cpu(step_)))
