@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
     """The sample marketplace with hashing-64 SIDs (16, 8, 4) and a tiny generator trained through stages 1-3."""
     from workbench import Workspace
     from workbench.embed import get_embedder
-    from workbench.gen.stages import train_stages
+    from workbench.gen.stages import StagesConfig, train_stages
     from workbench.gen.train import TrainConfig
     from workbench.pipeline import SAMPLE_DATA
     from workbench.sid.cqsid import CQSIDConfig
@@ -44,6 +44,6 @@ def trained(tmp_path_factory):
     ws = Workspace(d / "ws")
     cfg = CQSIDConfig(model=RQVAEConfig(input_dim=64, hidden=(128,), codebook_sizes=(16, 8, 4)), epochs=8)
     train_sids(ws, cfg, get_embedder("hashing-64"), progress=False)
-    rows = train_stages(ws, (1, 2, 3), "scratch", TINY, TrainConfig(lr=3e-3), epochs=(3, 3, 2), eval_width=16,
+    rows = train_stages(ws, StagesConfig(model=TINY, train=TrainConfig(lr=3e-3), epochs=(3, 3, 2), eval_width=16),
                         progress=False)
     return ws, rows

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from workbench import metrics
 from workbench.cli import main
 from workbench.embed import get_embedder
-from workbench.eval import metrics
 from workbench.eval.baselines import BM25, Dense, rrf, supplement
 from workbench.eval.harness import EvalConfig, evaluate, judgments_file
 

@@ -14,13 +14,13 @@ from workbench import Workspace
 from workbench.checkpoint import CheckpointError
 from workbench.cli import main
 from workbench.data.relevance import held_out, relevance
-from workbench.eval.metrics import hit_at_k, recall_at_k
 from workbench.gen import store
 from workbench.gen.data import Pairs, eval_set, item_pairs, query_pairs
 from workbench.gen.model import GenConfig, Generator
 from workbench.gen.retrieve import ProductLookup, Retriever, ranked_products
 from workbench.gen.stages import make_tokenizer, recall_eval
 from workbench.gen.train import TrainConfig, check_pairs, fit
+from workbench.metrics import hit_at_k, recall_at_k
 
 
 def test_training_learns_the_held_out_queries_better_than_an_untrained_model(trained):
@@ -190,7 +190,8 @@ def test_bench_beam_sweep_logs_and_picks_a_width(trained):
 
 
 def test_pick_width_and_flop_count():
-    from workbench.bench.beam import decode_flops, pick_width, width_for_recall, widths_per_step
+    from workbench.bench.beam import decode_flops, widths_per_step
+    from workbench.eval.width import pick_width, width_for_recall
 
     rows = [{"width": w, "batch": 32, "recall@50": r, "p50_ms": ms, "queries_per_s": 1000 / ms}
             for w, r, ms in [(1, 0.2, 1.0), (4, 0.5, 2.0), (16, 0.69, 4.0), (64, 0.70, 10.0)]]

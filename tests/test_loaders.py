@@ -3,7 +3,6 @@ import json
 import pytest
 
 from workbench import Workspace
-from workbench.data.loaders import import_csv, import_lcrec
 from workbench.data.schema import DataError
 
 from .conftest import need_dataset
@@ -25,7 +24,7 @@ def csvs(tmp_path):
 
 def test_csv_import_with_mapping(tmp_path, csvs):
     ws = Workspace(tmp_path / "w")
-    counts = import_csv(ws, {"products": csvs[0], "judgments": csvs[1]}, HD_MAP, relevance_threshold=2.5)
+    counts = ws.import_csv({"products": csvs[0], "judgments": csvs[1]}, HD_MAP, relevance_threshold=2.5)
     assert counts == {"products": 3, "queries": 3, "judgments": 3}
     assert ws.table("queries")["query"].tolist() == ["angle bracket", "l bracket", "deck"]  # whitespace normalised
     assert ws.table("products")["title"].tolist()[2] == "Café Table"
@@ -35,39 +34,39 @@ def test_csv_import_with_mapping(tmp_path, csvs):
 def test_latin1_file_needs_its_encoding(tmp_path):
     p = write(tmp_path / "p.csv", "product_uid,product_title\n1,Mug\n2,Caf\u00e9 Table\n", "latin-1")
     with pytest.raises(DataError, match=r"p\.csv: line 3, byte 6 is not valid utf-8.*--encoding latin-1"):
-        import_csv(Workspace(tmp_path / "w"), {"products": p}, HD_MAP)
+        Workspace(tmp_path / "w").import_csv({"products": p}, HD_MAP)
     assert not (tmp_path / "w").exists()
-    import_csv(Workspace(tmp_path / "w"), {"products": p}, HD_MAP, encoding="latin-1")
+    Workspace(tmp_path / "w").import_csv({"products": p}, HD_MAP, encoding="latin-1")
     assert Workspace(tmp_path / "w").table("products")["title"][1] == "Café Table"
 
 
 def test_missing_column_names_file_and_column(tmp_path, csvs):
     with pytest.raises(DataError, match=r"products\.csv, column 'product_title ': missing column.*columns found: product_uid, product_title"):
-        import_csv(Workspace(tmp_path / "w"), {"products": csvs[0]}, {"product_id": "product_uid", "title": "product_title "})
+        Workspace(tmp_path / "w").import_csv({"products": csvs[0]}, {"product_id": "product_uid", "title": "product_title "})
     with pytest.raises(DataError, match=r"judg\.csv, column 'relevance': missing column"):
         bad = write(tmp_path / "judg.csv", "query,product_uid\nx,1\n")
-        import_csv(Workspace(tmp_path / "w"), {"products": csvs[0], "judgments": bad}, HD_MAP)
+        Workspace(tmp_path / "w").import_csv({"products": csvs[0], "judgments": bad}, HD_MAP)
 
 
 def test_duplicate_ids_name_row_line_and_file_column(tmp_path):
     p = write(tmp_path / "p.csv", "product_uid,product_title\n1,A\n2,B\n1,C\n")
     with pytest.raises(DataError, match=r"p\.csv, row 3 \(line 4\), column 'product_uid': duplicate id '1' \(first at row 1\)"):
-        import_csv(Workspace(tmp_path / "w"), {"products": p}, HD_MAP)
+        Workspace(tmp_path / "w").import_csv({"products": p}, HD_MAP)
 
 
 def test_judgment_for_unknown_product(tmp_path, csvs):
     j = write(tmp_path / "j.csv", "query,product_uid,relevance\nmug,1,3\nmug,99,2\n")
     with pytest.raises(DataError, match=r"j\.csv, row 2 \(line 3\), column 'product_uid': unknown product_id '99'"):
-        import_csv(Workspace(tmp_path / "w"), {"products": csvs[0], "judgments": j}, HD_MAP)
+        Workspace(tmp_path / "w").import_csv({"products": csvs[0], "judgments": j}, HD_MAP)
     assert not Workspace(tmp_path / "w").has("products")  # nothing half-written
 
 
 def test_duplicate_judgments_after_whitespace_normalisation(tmp_path, csvs):
     j = write(tmp_path / "j.csv", "query,product_uid,relevance\nslide bolt,1,3\nslide  bolt,1,2\n")
     with pytest.raises(DataError, match=r"row 2 \(line 3\), column 'query,product_uid': duplicate judgment for query 'slide bolt'.*--on-duplicate"):
-        import_csv(Workspace(tmp_path / "w"), {"products": csvs[0], "judgments": j}, HD_MAP)
+        Workspace(tmp_path / "w").import_csv({"products": csvs[0], "judgments": j}, HD_MAP)
     ws = Workspace(tmp_path / "w")
-    import_csv(ws, {"products": csvs[0], "judgments": j}, HD_MAP, on_duplicate="mean")
+    ws.import_csv({"products": csvs[0], "judgments": j}, HD_MAP, on_duplicate="mean")
     assert ws.table("judgments")["relevance"].tolist() == [2.5]
 
 
@@ -82,18 +81,18 @@ def test_duplicate_judgments_after_whitespace_normalisation(tmp_path, csvs):
 def test_bad_csv_files(tmp_path, text, msg):
     p = write(tmp_path / "p.csv", text)
     with pytest.raises(DataError, match=msg):
-        import_csv(Workspace(tmp_path / "w"), {"products": p}, HD_MAP)
+        Workspace(tmp_path / "w").import_csv({"products": p}, HD_MAP)
 
 
 def test_missing_file_and_bad_relevance(tmp_path, csvs):
     with pytest.raises(DataError, match=r"nope\.csv: file not found"):
-        import_csv(Workspace(tmp_path / "w"), {"products": tmp_path / "nope.csv"}, HD_MAP)
+        Workspace(tmp_path / "w").import_csv({"products": tmp_path / "nope.csv"}, HD_MAP)
     j = write(tmp_path / "j.csv", "query,product_uid,relevance\nmug,1,high\n")
     with pytest.raises(DataError, match=r"row 1 \(line 2\), column 'relevance': not a valid float"):
-        import_csv(Workspace(tmp_path / "w"), {"products": csvs[0], "judgments": j}, HD_MAP)
+        Workspace(tmp_path / "w").import_csv({"products": csvs[0], "judgments": j}, HD_MAP)
     j = write(tmp_path / "j.csv", "query,product_uid,relevance\n   ,1,3\n")
     with pytest.raises(DataError, match=r"row 1 \(line 2\), column 'query': empty query"):
-        import_csv(Workspace(tmp_path / "w"), {"products": csvs[0], "judgments": j}, HD_MAP)
+        Workspace(tmp_path / "w").import_csv({"products": csvs[0], "judgments": j}, HD_MAP)
 
 
 def test_search_log_csv_creates_users_and_checks_funnel(tmp_path, csvs):
@@ -102,11 +101,11 @@ def test_search_log_csv_creates_users_and_checks_funnel(tmp_path, csvs):
            "1,u1,deck stain,1,2,true,false,false,2026-01-01T10:00:00Z\n")
     ws = Workspace(tmp_path / "w")
     maps = {**HD_MAP, "session_id": "session", "user_id": "user"}
-    counts = import_csv(ws, {"products": csvs[0], "search_log": write(tmp_path / "log.csv", log)}, maps)
+    counts = ws.import_csv({"products": csvs[0], "search_log": write(tmp_path / "log.csv", log)}, maps)
     assert counts["users"] == 1 and counts["search_log"] == 2
     bad = log.replace("true,false,false", "false,true,false")
     with pytest.raises(DataError, match=r"log\.csv, row 2 \(line 3\), column 'clicked': clicked but not impressed"):
-        import_csv(Workspace(tmp_path / "w2"), {"products": csvs[0], "search_log": write(tmp_path / "log.csv", bad)}, maps)
+        Workspace(tmp_path / "w2").import_csv({"products": csvs[0], "search_log": write(tmp_path / "log.csv", bad)}, maps)
 
 
 def lcrec(tmp_path, items=None, inter=None):
@@ -122,7 +121,7 @@ def lcrec(tmp_path, items=None, inter=None):
 
 def test_lcrec_import(tmp_path):
     ws = Workspace(tmp_path / "w")
-    assert import_lcrec(ws, *lcrec(tmp_path)) == {"products": 2, "users": 2, "interactions": 3}
+    assert ws.import_lcrec(*lcrec(tmp_path)) == {"products": 2, "users": 2, "interactions": 3}
     p = ws.table("products")
     assert p["title"][0] == "Relay Kit & Capacitor" and p["category"][0] == "Industrial > Electrical > Relays"
     inter = ws.table("interactions")
@@ -138,7 +137,7 @@ def test_lcrec_import(tmp_path):
 ])
 def test_lcrec_bad_input(tmp_path, items, inter, msg):
     with pytest.raises(DataError, match=msg):
-        import_lcrec(Workspace(tmp_path / "w"), *lcrec(tmp_path, items, inter))
+        Workspace(tmp_path / "w").import_lcrec(*lcrec(tmp_path, items, inter))
     assert not (tmp_path / "w").exists()
 
 
@@ -146,8 +145,8 @@ def test_homedepot_real_data(tmp_path):
     d = need_dataset("homedepot")
     ws = Workspace(tmp_path / "hd")
     with pytest.raises(DataError, match="duplicate judgment for query 'slide bolt'"):
-        import_csv(ws, {"products": d / "products.csv", "judgments": d / "judgments_dev.csv"}, HD_MAP)
-    counts = import_csv(ws, {"products": d / "products.csv", "judgments": d / "judgments_dev.csv"}, HD_MAP,
+        ws.import_csv({"products": d / "products.csv", "judgments": d / "judgments_dev.csv"}, HD_MAP)
+    counts = ws.import_csv({"products": d / "products.csv", "judgments": d / "judgments_dev.csv"}, HD_MAP,
                         relevance_threshold=2.5, on_duplicate="mean")
     assert counts["products"] == 54_667 and counts["judgments"] == 59_165 and counts["queries"] > 9_000
     j = ws.table("judgments")
@@ -157,7 +156,7 @@ def test_homedepot_real_data(tmp_path):
 def test_amazon_scientific_real_data(tmp_path):
     d = need_dataset("amazon_scientific")
     ws = Workspace(tmp_path / "sci")
-    counts = import_lcrec(ws, d / "Scientific.item.json", d / "Scientific.inter.json")
+    counts = ws.import_lcrec(d / "Scientific.item.json", d / "Scientific.inter.json")
     assert counts["products"] == 4_344 and counts["users"] == 8_317 and counts["interactions"] > 50_000
     p = ws.table("products")
     assert p["category"].str.startswith("Industrial & Scientific").mean() > 0.95 and p["brand"].notna().mean() > 0.8

@@ -9,10 +9,10 @@ import torch
 
 from tests.conftest import TINY
 from workbench import Workspace
-from workbench.eval.metrics import auc
 from workbench.gen import store
 from workbench.gen.model import GenConfig, Generator
 from workbench.gen.trie import compile_trie
+from workbench.metrics import auc
 from workbench.rl import grpo, rewards
 from workbench.rl.ranker import from_workspace as load_ranker
 from workbench.rl.ranker import train_workspace as train_ranker

@@ -57,18 +57,18 @@ def test_bad_stage_plans_are_refused(trained, tmp_path):
     ws, _ = trained
     for bad in [(2, 1), (4,), (), (1, 1)]:
         with pytest.raises(ValueError, match="stages must be"):
-            st.train_stages(ws, bad)
+            st.train_stages(ws, st.StagesConfig(stages=bad))
     with pytest.raises(FileNotFoundError, match="no generator 'fresh-stage1'"):
-        st.train_stages(ws, (2,), name="fresh")
+        st.train_stages(ws, st.StagesConfig(stages=(2,)), name="fresh")
     with pytest.raises(ValueError, match="epoch counts"):
-        st.train_stages(ws, (1, 2), epochs=(1,))
+        st.train_stages(ws, st.StagesConfig(stages=(1, 2), epochs=(1, 2, 3)))
 
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_and_ends_with_the_same_weights(trained, tmp_path, monkeypatch):
     ws = Workspace(shutil.copytree(trained[0].path, tmp_path / "ws"))
-    kw = dict(model=TINY, train=TrainConfig(lr=3e-3), epochs=(1, 3), eval_width=4, progress=False)
-    st.train_stages(ws, (1, 2), name="straight", **kw)
+    cfg = st.StagesConfig(stages=(1, 2), model=TINY, train=TrainConfig(lr=3e-3), epochs=(1, 3), eval_width=4)
+    st.train_stages(ws, cfg, name="straight", progress=False)
 
     real, calls = st.recall_eval, {"n": 0}
 
@@ -80,11 +80,11 @@ def test_a_killed_run_resumes_and_ends_with_the_same_weights(trained, tmp_path, 
 
     monkeypatch.setattr(st, "recall_eval", dies_in_stage_2_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        st.train_stages(ws, (1, 2), name="killed", **kw)
+        st.train_stages(ws, cfg, name="killed", progress=False)
     assert (store.gen_dir(ws) / "killed-stage1.safetensors").exists()
     assert (store.gen_dir(ws) / "killed-stage2.partial.safetensors").exists()
     monkeypatch.setattr(st, "recall_eval", real)
-    rows = st.train_stages(ws, (1, 2), name="killed", **kw)
+    rows = st.train_stages(ws, cfg, name="killed", progress=False)
     assert rows[0] == {"stage": "1-items", "resumed": "done"}
     assert not (store.gen_dir(ws) / "killed-stage2.partial.safetensors").exists()
     a, _, _ = store.load(ws, "straight")

@@ -2,12 +2,20 @@
 
 `to_dict(cfg)` is `dataclasses.asdict`; `from_dict(Cls, d)` rebuilds nested configs and tuples and
 rejects keys the class does not have (a checkpoint from another version or another component).
+`field_help(Cls)` reads each field's documentation from the comment beside it (`lr: float = 1e-3  #
+...`), so a default and its meaning are written once, next to the field, and the CLI's options and
+`--help` are derived from them. `get_path` / `replace_path` reach nested configs by dotted name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import io
 import json
+import textwrap
+import tokenize
 import typing
 
 
@@ -40,3 +48,65 @@ def from_dict(cls, d: dict):
 
 def from_json(cls, text: str):
     return from_dict(cls, json.loads(text))
+
+
+@functools.cache
+def field_help(cls) -> dict[str, str]:
+    """{field: the comment on its line (or the comment lines right above it)} for a dataclass."""
+    try:
+        src = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source (e.g. a frozen install): options go without help
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    out, above, line_of = {}, [], {}
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            if tok.line.strip().startswith("#"):
+                above.append(text)
+            elif tok.start[0] in line_of:
+                out[line_of[tok.start[0]]] = text
+        elif tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in names:
+            line_of.setdefault(tok.start[0], tok.string)
+            if above:
+                out[tok.string] = " ".join(above)
+        if tok.type == tokenize.NL and not tok.line.strip().startswith("#"):
+            above = []
+        elif tok.type == tokenize.NEWLINE:
+            above = []
+    return out
+
+
+def get_path(cfg, path: str):
+    """cfg.a.b for path 'a.b'."""
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def replace_path(cfg, path: str, value):
+    """A copy of `cfg` with the (nested) field at dotted `path` set to `value`."""
+    head, _, rest = path.partition(".")
+    if not rest:
+        return dataclasses.replace(cfg, **{head: value})
+    return dataclasses.replace(cfg, **{head: replace_path(getattr(cfg, head), rest, value)})
+
+
+def field_type(cls, path: str):
+    """The annotation of the (nested) field at dotted `path` of dataclass `cls`."""
+    head, _, rest = path.partition(".")
+    t = typing.get_type_hints(cls)[head]
+    return field_type(t, rest) if rest else t
+
+
+def field_default(cls, path: str):
+    """The default of the (nested) field at dotted `path` of dataclass `cls` (its default instance's value)."""
+    head, _, rest = path.partition(".")
+    f = {f.name: f for f in dataclasses.fields(cls)}[head]
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return get_path(value, rest) if rest else value
+
+
+def field_doc(cls, path: str) -> str:
+    head, _, rest = path.partition(".")
+    return field_doc(typing.get_type_hints(cls)[head], rest) if rest else field_help(cls).get(head, "")

@@ -16,6 +16,9 @@ training process therefore never blocks the app for longer than one batch insert
 queries see every row flushed so far. Within one process a lock serialises connections (DuckDB
 refuses a read-only and a read-write connection to one file in one process at the same time).
 
+Tags. `with tagged(recipe=...):` adds its keys to the config of every run started inside it (the
+CLI tags each command's runs with the named recipe it ran, so a curve can be traced to its settings).
+
 Crash safety. A run's row is written as `running` when it starts and updated with a heartbeat at
 every flush; its end sets `finished`, `failed` or `interrupted`. A process killed outright leaves
 `running` behind (and at most one flush interval of metrics unwritten); the next writer on the same
@@ -33,6 +36,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -64,8 +68,19 @@ COLUMNS = {
     "bench": ["run_id", "bench", "case_name", "params", "metric", "value", "unit", "device", "time"],
     "served": ["time", "run_id", "query", "user_id", "beam_width", "latency_ms", "n_results", "results", "source"],
 }
+_TAGS: ContextVar[dict | None] = ContextVar("logbook_tags", default=None)
 _LOCKS: dict[str, threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def tagged(**tags):
+    """Every run started inside this block records `tags` in its config (keys the run sets itself win)."""
+    token = _TAGS.set({**(_TAGS.get() or {}), **tags})
+    try:
+        yield
+    finally:
+        _TAGS.reset(token)
 
 
 def now() -> datetime:
@@ -236,6 +251,8 @@ class Run:
                  flush_rows: int = 5000, flush_seconds: float = 5.0):
         self.logbook, self.kind, self.name = logbook, kind, name or kind
         self.config = _jsonable(config) if config is not None else {}
+        if _TAGS.get() and isinstance(self.config, dict):
+            self.config = {**_TAGS.get(), **self.config}
         self.seed = seed
         self.run_id = f"{kind}-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds

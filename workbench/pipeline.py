@@ -1,17 +1,20 @@
-"""The default pipeline: build a workspace end to end, skipping steps whose artifacts exist.
+"""The default pipeline: build a workspace end to end with a named recipe, skipping steps whose
+artifacts exist.
 
-`build(ws)` is what `workbench demo` (the README's first command) runs; the notebooks call
-`open_or_build`, which builds only when a step is missing. Each step reads the workspace and writes
-its artifacts there, so a rerun only does what is missing and an interrupted build resumes: data,
-embeddings, SIDs, the generator's stages 1-3, the beam-width sweep, then stage 4 (ranker, GRPO and
-EG-GRPO).
+`build(ws)` is what `workbench demo` (the README's first command) runs, with the `demo` recipe
+(`workbench.recipes`); the notebooks call `open_or_build`, which builds only when a step is missing.
+Each step reads the workspace and writes its artifacts there, so a rerun only does what is missing and
+an interrupted build resumes: data, embeddings, SIDs, the generator's stages, the beam-width sweep,
+then stage 4 (ranker, GRPO and EG-GRPO).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from workbench.recipes import Recipe, get
 from workbench.workspace import Workspace
 
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
@@ -30,7 +33,7 @@ def _has_data(ws: Workspace) -> bool:
     return ws.exists() and ws.has("products")
 
 
-def _data(ws: Workspace, source: Path, run, **_) -> str:
+def _data(ws: Workspace, source: Path, run, recipe: Recipe, **_) -> str:
     if _has_data(ws):
         return "tables present"
     if source.exists():
@@ -53,35 +56,23 @@ def _embed(ws: Workspace, run, embedder: str, device: str, **_) -> str:
     return f"{embedder}: " + ", ".join(f"{k} {v.shape[0]:,}x{v.shape[1]}" for k, v in vecs.items())
 
 
-SID_SIZES = (64, 16, 8)  # cluster IDs for a catalog of a few thousand products: median cluster ~2, max ~70
-SID_EPOCHS = 40
-
-
 def _has_sids(ws: Workspace) -> bool:
     from workbench.sid.store import sid_dir
 
     return (sid_dir(ws) / "sids.parquet").exists()
 
 
-def _sid(ws: Workspace, run, embedder: str, device: str, **_) -> str:
-    from dataclasses import replace
-
+def _sid(ws: Workspace, run, recipe: Recipe, embedder: str, device: str, **_) -> str:
     from workbench.embed import get_embedder
-    from workbench.sid.cqsid import CQSIDConfig
-    from workbench.sid.rqvae import RQVAEConfig
     from workbench.sid.store import train_workspace
 
     if _has_sids(ws):
         return "SIDs present"
     e = get_embedder(embedder, device)
-    cfg = replace(CQSIDConfig(model=RQVAEConfig(input_dim=e.dim, codebook_sizes=SID_SIZES)), epochs=SID_EPOCHS)
+    cfg = recipe.sid_for(e.dim)
     c = train_workspace(ws, cfg, e, device)["clusters"]
     run.log(0, stage="sid", sids=c["sids"], collision_rate=c["collision_rate"])
-    return f"CQ-SID {SID_SIZES}: {c['sids']:,} SIDs, cluster size median {c['size_median']:g}, max {c['size_max']}"
-
-
-GEN_MODEL = dict(d_model=128, n_heads=4, enc_layers=2, dec_layers=2, d_ff=512)  # 1.4M parameters, most in embeddings
-GEN_STAGES, GEN_EPOCHS = (1, 2, 3), (20, 12, 6)  # the small items stage needs more passes
+    return f"CQ-SID {cfg.model.codebook_sizes}: {c['sids']:,} SIDs, cluster size median {c['size_median']:g}, max {c['size_max']}"
 
 
 def _has_generator(ws: Workspace) -> bool:
@@ -90,12 +81,12 @@ def _has_generator(ws: Workspace) -> bool:
     return (gen_dir(ws) / "generator.safetensors").exists()
 
 
-def _gen(ws: Workspace, run, device: str, **_) -> str:
+def _gen(ws: Workspace, run, recipe: Recipe, device: str, **_) -> str:
     from workbench.gen.stages import train_stages
 
     if _has_generator(ws):
         return "generator present"
-    rows = train_stages(ws, GEN_STAGES, "scratch", GEN_MODEL, epochs=GEN_EPOCHS, device=device)
+    rows = train_stages(ws, recipe.gen, device=device)
     last = rows[-1]
     run.log(0, stage="gen", **{k: v for k, v in last.items() if "@" in k})
     return (f"generator, stages {', '.join(r['stage'] for r in rows)}: held-out "
@@ -108,14 +99,11 @@ def _has_rl(ws: Workspace) -> bool:
     return (gen_dir(ws) / "generator-eg-grpo.safetensors").exists()
 
 
-RL_STEPS = 40  # per algorithm: enough for the Training page's GRPO vs EG-GRPO curves
-
-
-def _rl(ws: Workspace, run, embedder: str, device: str, **_) -> str:
+def _rl(ws: Workspace, run, recipe: Recipe, embedder: str, device: str, **_) -> str:
     """Stage 4, both algorithms, for their curves; `generator` stays the stage-3 model (on the sample,
     RL against this ranker lowers hit rates: see the README)."""
     from workbench.rl.ranker import ranker_path, train_workspace
-    from workbench.rl.train import RLConfig, train_rl
+    from workbench.rl.train import train_rl
 
     if _has_rl(ws):
         return "stage-4 models present"
@@ -123,12 +111,9 @@ def _rl(ws: Workspace, run, embedder: str, device: str, **_) -> str:
         train_workspace(ws, embedder, device, progress=False)
     out = []
     for algo in ("grpo", "eg-grpo"):
-        last = train_rl(ws, RLConfig(algo=algo, steps=RL_STEPS), device=device)[-1]
+        last = train_rl(ws, replace(recipe.rl, algo=algo), device=device)[-1]
         out.append(f"{algo} click hit@10 {last['click_hit@10']:.3f}")
-    return f"ranker; {RL_STEPS} steps each: " + ", ".join(out)
-
-
-SWEEP_WIDTHS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    return f"ranker; {recipe.rl.steps} steps each: " + ", ".join(out)
 
 
 def _has_sweep(ws: Workspace) -> bool:
@@ -136,13 +121,13 @@ def _has_sweep(ws: Workspace) -> bool:
         "SELECT 1 FROM bench WHERE bench = 'beam-sweep (workspace IDs)' LIMIT 1").empty
 
 
-def _sweep(ws: Workspace, run, device: str, **_) -> str:
-    from workbench.bench import report
-    from workbench.bench.beam import run_sweep
+def _sweep(ws: Workspace, run, recipe: Recipe, device: str, **_) -> str:
+    from workbench.eval.width import run_sweep
+    from workbench.report import report
 
     if _has_sweep(ws):
         return "width sweep present"
-    rows, pick = run_sweep(ws, "workspace", SWEEP_WIDTHS, [1, 32], 50, 0.02, 2, run, device)
+    rows, pick = run_sweep(ws, "workspace", recipe.sweep, run, device)
     report("beam-width-choice", [{"case": "workspace", **pick}], run)
     return f"width {pick['width']} (recall@50 {pick['recall']:.3f} vs {pick['widest_recall']:.3f} at {pick['widest']})"
 
@@ -157,7 +142,7 @@ def missing(ws: Workspace) -> list[str]:
     return [name for name, _ in STEPS if name in DONE and not DONE[name](ws)]
 
 
-def open_or_build(path: str | Path, embedder: str = "minilm", device: str = "cpu", echo=print) -> Workspace:
+def open_or_build(path: str | Path, embedder: str = "minilm", device: str = "cpu", echo=print, recipe: str = "demo") -> Workspace:
     """The workspace at `path`, built from `sample_data/` first if any step is missing (how the notebooks
     and the demo open theirs); a fully built workspace is opened without touching its logbook."""
     ws = Workspace(path)
@@ -166,18 +151,22 @@ def open_or_build(path: str | Path, embedder: str = "minilm", device: str = "cpu
                               "or at a new path to build the sample one there")
     if todo := missing(ws):
         echo(f"building {ws.path} (missing: {', '.join(todo)})")
-        build(ws, embedder=embedder, device=device, echo=echo)
+        build(ws, embedder=embedder, device=device, echo=echo, recipe=recipe)
     return ws
 
 
 def build(ws: Workspace, source: str | Path = SAMPLE_DATA, embedder: str = "minilm", device: str = "cpu",
-          echo=print) -> Workspace:
-    """Run every step of the pipeline on `ws` (from `source`, a workspace of tables); log it as one run."""
-    config = {"workspace": str(ws.path), "source": str(source), "embedder": embedder, "device": device}
+          echo=print, recipe: str = "demo") -> Workspace:
+    """Run every step of the pipeline on `ws` (from `source`, a workspace of tables) with the named
+    recipe; log it as one run, and tag every run it starts with the recipe."""
+    from workbench.logbook import tagged
+
+    r = get(recipe)
+    config = {"workspace": str(ws.path), "source": str(source), "embedder": embedder, "device": device, "recipe": r.to_dict()}
     ws.path.mkdir(parents=True, exist_ok=True)
-    with ws.logbook().run("build", config) as run:
+    with tagged(recipe=r.name), ws.logbook().run("build", config) as run:
         for name, step in STEPS:
             t0 = time.perf_counter()
-            what = step(ws, source=Path(source), run=run, embedder=embedder, device=device)
+            what = step(ws, source=Path(source), run=run, recipe=r, embedder=embedder, device=device)
             echo(f"  {name:<8} {what} ({time.perf_counter() - t0:.1f} s)")
     return ws

@@ -129,6 +129,28 @@ class Workspace:
             write_parquet(done[n], n, self.table_path(n))
         return done
 
+    def write_import(self, imported) -> dict[str, int]:
+        """Validate and write the tables a loader read (`workbench.data.loaders.Imported`), then record
+        where they came from in workspace.json. Returns row counts."""
+        try:
+            done = self.write_tables(imported.frames, imported.sources)
+        except DataError as e:
+            raise imported.explain(e) from None
+        self.init(**imported.meta)
+        return {t: len(d) for t, d in done.items()}
+
+    def import_csv(self, files: dict, columns: dict[str, str] | None = None, **kw) -> dict[str, int]:
+        """`data.loaders.csv_tables(files, columns, **kw)` written into this workspace."""
+        from workbench.data.loaders import csv_tables
+
+        return self.write_import(csv_tables(files, columns, present=tuple(self.tables()), **kw))
+
+    def import_lcrec(self, items, inter=None, name: str | None = None) -> dict[str, int]:
+        """`data.loaders.lcrec_tables(items, inter)` written into this workspace."""
+        from workbench.data.loaders import lcrec_tables
+
+        return self.write_import(lcrec_tables(items, inter, name))
+
     def validate_all(self) -> dict[str, int]:
         """Re-validate every table against the others; returns row counts."""
         done: dict[str, pd.DataFrame] = {}

@@ -5,9 +5,8 @@
   random model and a random index (speed does not depend on training). Cases are interleaved round by
   round so a noisy neighbour slows them all alike; medians are reported. Also the achieved FLOP/s of
   decoding against a plain matmul of the decoder's MLP shape measured in the same run.
-- `sweep`: a trained generator over beam widths and batch sizes: latency p50/p95 per batch (a
-  query's latency when it arrives in such a batch), throughput, Recall@K on held-out queries; then
-  `pick_width` chooses the smallest width within a tolerance of the widest one's recall.
+- `mode_workspace`: the demo recipe's SIDs and generator in cluster or unique ID mode, for the width
+  sweep (`workbench.eval.width`) of both side by side.
 """
 
 from __future__ import annotations
@@ -15,13 +14,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 
-from workbench.eval.metrics import recall_at_k
 from workbench.gen.beam import beam_search
 from workbench.gen.model import GenConfig, Generator
-from workbench.gen.retrieve import Retriever, ranked_products
 from workbench.gen.trie import compile_trie
 from workbench.sid.index import SIDIndex
 
@@ -176,92 +172,28 @@ def speed(batch: int = 32, width: int = 64, n_sids: int = 20_000, vocab: tuple[i
     return rows, summary
 
 
-def sweep(retriever: Retriever, evalset: pd.DataFrame, widths: list[int], batch_sizes: list[int], k: int = 50,
-          rounds: int = 3, label: str = "") -> list[dict]:
-    """One row per (batch size, width): latency p50/p95 per batch, throughput, Recall@k."""
-    texts, rel = evalset["query"].tolist(), evalset["relevant"].tolist()
-    recall = {}
-    for w in widths:
-        got = [ranked_products(h) for h in retriever.search(texts, w)]
-        recall[w] = (recall_at_k(got, rel, k), float(np.mean([len(g) for g in got])))
-    rows = []
-    for bs in batch_sizes:
-        chunks = [texts[i:i + bs] for i in range(0, len(texts), bs)]
-        chunks = [c for c in chunks if len(c) == bs] or chunks[:1]  # equal batches only, unless all are short
-        for w in widths:
-            retriever.search(chunks[0], w, batch_size=bs)  # warm-up
-            lat = []
-            for _ in range(rounds):
-                for c in chunks:
-                    t = time.perf_counter()
-                    retriever.search(c, w, batch_size=bs)  # to host lists: synchronises on CUDA too
-                    lat.append(time.perf_counter() - t)
-            lat = np.array(lat)
-            rows.append({"case": f"{label}w{w} b{bs}".strip(), "ids": label, "width": w, "batch": bs,
-                         "p50_ms": 1e3 * np.percentile(lat, 50), "p95_ms": 1e3 * np.percentile(lat, 95),
-                         "queries_per_s": len(lat) * len(chunks[0]) / lat.sum(),
-                         f"recall@{k}": recall[w][0], "products": recall[w][1]})
-    return rows
-
-
-def run_sweep(w, mode: str, widths: list[int], batch_sizes: list[int], k: int, tolerance: float, rounds: int, run,
-              device: str = "cpu") -> tuple[list[dict], dict]:
-    """The sweep of workspace `w`'s generator, reported as `beam-sweep (<mode> IDs)`; rows and pick_width."""
-    from workbench.bench import device_name, report
-    from workbench.gen.data import eval_set
-
-    rows = sweep(Retriever.from_workspace(w, device=device), eval_set(w), widths, batch_sizes, k, rounds, f"{mode} ")
-    report(f"beam-sweep ({mode} IDs)", rows, run, units={"p50_ms": "ms", "p95_ms": "ms", "queries_per_s": "1/s"},
-           params={"widths": widths, "batch_sizes": batch_sizes, "k": k, "rounds": rounds, "workspace": str(w.path)},
-           device=device_name(device))
-    return rows, pick_width(rows, k, tolerance)
-
-
-def pick_width(rows: list[dict], k: int, tolerance: float = 0.02) -> dict:
-    """Smallest width whose Recall@k is within `tolerance` (relative) of the widest width's; the
-    latency saved at the largest batch size measured."""
-    df = pd.DataFrame(rows)
-    bs = df["batch"].max()
-    df = df[df["batch"] == bs].sort_values("width")
-    widest = df.iloc[-1]
-    ok = df[df[f"recall@{k}"] >= (1 - tolerance) * widest[f"recall@{k}"]]
-    best = ok.iloc[0]
-    return {"width": int(best["width"]), "recall": float(best[f"recall@{k}"]), "widest": int(widest["width"]),
-            "widest_recall": float(widest[f"recall@{k}"]), "batch": int(bs),
-            "latency_saving": 1 - best["p50_ms"] / widest["p50_ms"],
-            "throughput_gain": best["queries_per_s"] / widest["queries_per_s"]}
-
-
-def width_for_recall(rows: list[dict], k: int, target: float) -> int | None:
-    """Smallest width reaching `target` Recall@k (None if none does)."""
-    df = pd.DataFrame(rows).drop_duplicates("width").sort_values("width")
-    hit = df[df[f"recall@{k}"] >= target]
-    return int(hit.iloc[0]["width"]) if len(hit) else None
-
-
-def mode_workspace(src, mode: str, embedder: str = "minilm", device: str = "cpu", root=None):
+def mode_workspace(src, mode: str, embedder: str = "minilm", device: str = "cpu", root=None, recipe: str = "demo"):
     """workspaces/bench-beam-<mode>: `src`'s tables with SIDs of that mode (cluster | unique) and a
-    generator trained with the default recipe; steps already done are kept."""
+    generator trained with `recipe`; steps already done are kept."""
     from dataclasses import replace
     from pathlib import Path
 
     from workbench.embed import get_embedder
     from workbench.gen.stages import train_stages
     from workbench.gen.store import gen_dir
-    from workbench.pipeline import GEN_EPOCHS, GEN_MODEL, GEN_STAGES, SID_EPOCHS, SID_SIZES, copy_tables
-    from workbench.sid.cqsid import CQSIDConfig
-    from workbench.sid.rqvae import RQVAEConfig
+    from workbench.pipeline import copy_tables
+    from workbench.recipes import get
     from workbench.sid.store import sid_dir
     from workbench.sid.store import train_workspace as train_sids
     from workbench.workspace import Workspace
 
+    r = get(recipe)
     ws = Workspace(Path(root or "workspaces") / f"bench-beam-{mode}")
     if not ws.has("products"):
         copy_tables(src, ws)
     if not (sid_dir(ws) / "sids.parquet").exists():
         e = get_embedder(embedder, device)
-        cfg = replace(CQSIDConfig(model=RQVAEConfig(input_dim=e.dim, codebook_sizes=SID_SIZES)), epochs=SID_EPOCHS, mode=mode)
-        train_sids(ws, cfg, e, device)
+        train_sids(ws, replace(r.sid_for(e.dim), mode=mode), e, device)
     if not (gen_dir(ws) / "generator.safetensors").exists():
-        train_stages(ws, GEN_STAGES, "scratch", GEN_MODEL, epochs=GEN_EPOCHS, device=device)
+        train_stages(ws, r.gen, device=device)
     return ws

@@ -1,4 +1,5 @@
-"""Data benchmarks: synthetic marketplace generation at scale, and embedding throughput."""
+"""Data benchmarks: synthetic marketplace generation at scale, embedding throughput, and the real data
+sets imported into bench workspaces on first use."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import resource
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -56,3 +58,24 @@ def embed_speed(texts: list[str], names: list[str], device: str = "cpu", batch_s
         rows.append({"case": name, "texts": len(texts), "seconds": dt, "texts_per_s": len(texts) / dt,
                      "dim": v.shape[1], "unit_norm": float(np.abs(np.linalg.norm(v, axis=1) - 1).max() < 1e-3)})
     return rows
+
+
+DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"  # ../shared/datasets beside the repository
+
+
+def bench_workspace(name: str, root: Path | None) -> Workspace:
+    """workspaces/bench-<name>, imported from the real data set on first use."""
+    root = root or DATASETS
+    ws = Workspace(Path("workspaces") / f"bench-{name}")
+    if ws.exists() and ws.has("products"):
+        return ws
+    if not root.exists():
+        raise FileNotFoundError(f"real data sets not found at {root}; pass --datasets")
+    if name == "scientific":
+        d = root / "amazon_scientific"
+        ws.import_lcrec(d / "Scientific.item.json", d / "Scientific.inter.json")
+    else:
+        d = root / "homedepot"
+        ws.import_csv({"products": d / "products.csv", "judgments": d / "judgments_dev.csv"},
+                      {"product_id": "product_uid", "title": "product_title"}, relevance_threshold=2.5, on_duplicate="mean")
+    return ws

@@ -1,12 +1,14 @@
 """Loaders for real data into the workbench's tables.
 
-- `import_csv`: product, judgment, search-log and user CSV files with a column mapping and an
+- `csv_tables`: product, judgment, search-log and user CSV files with a column mapping and an
   encoding (e.g. the Home Depot search-relevance data). Queries are given as text and get ids.
-- `import_lcrec`: the LC-Rec json format (`<name>.item.json` item metadata, `<name>.inter.json`
+- `lcrec_tables`: the LC-Rec json format (`<name>.item.json` item metadata, `<name>.inter.json`
   chronological user sequences), e.g. Amazon Reviews 2018 "Industrial & Scientific".
 
-Every problem is a `DataError` naming the file, the row (and line) and the file's own column name;
-nothing is written unless every table is valid.
+Loaders only read: each returns an `Imported` (frames, their source files, workspace metadata) that
+`Workspace.write_import` validates and writes, as `synth.generate` returns frames. Every problem is a
+`DataError` naming the file, the row (and line) and the file's own column name; nothing is written
+unless every table is valid.
 """
 
 from __future__ import annotations
@@ -16,15 +18,26 @@ import html
 import io
 import json
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from workbench.data.schema import TABLES, DataError
-from workbench.workspace import Workspace
 
 CSV_TABLES = ("products", "users", "judgments", "search_log")
+
+
+@dataclass
+class Imported:
+    """Tables read from files, not yet validated against a workspace or written."""
+
+    frames: dict[str, pd.DataFrame]
+    sources: dict[str, str]  # table -> the file it came from (validation errors name it)
+    meta: dict  # workspace metadata: source, files, relevance threshold, name
+    explain: Callable[[DataError], DataError] = field(default=lambda e: e)  # validation errors in the files' own column names
 
 
 def read_text(path: str | Path, encoding: str = "utf-8") -> str:
@@ -105,21 +118,22 @@ def _query_ids(frames: list[tuple[pd.Series, str]]) -> tuple[pd.DataFrame, list[
     return queries, out
 
 
-def import_csv(ws: Workspace, files: dict[str, str | Path], columns: dict[str, str] | None = None,
-               encoding: str = "utf-8", sep: str = ",", relevance_threshold: float | None = None,
-               on_duplicate: str = "error", name: str | None = None) -> dict[str, int]:
-    """Import CSV files (keys of `files`: products, users, judgments, search_log) into `ws`.
+def csv_tables(files: dict[str, str | Path], columns: dict[str, str] | None = None, encoding: str = "utf-8",
+               sep: str = ",", relevance_threshold: float | None = None, on_duplicate: str = "error",
+               name: str | None = None, present: tuple[str, ...] = ()) -> Imported:
+    """Read CSV files (keys of `files`: products, users, judgments, search_log); `present` lists the
+    tables the target workspace already has.
 
     Judgments and search logs name queries by text in a `query` column. `columns` maps our column
     names to the files' (a key "table.column" applies to one table only). Query texts are trimmed
     and inner whitespace collapsed; judgments that then repeat a (query, product) pair are an error
-    unless `on_duplicate` is "mean", "max" or "first". Returns row counts.
+    unless `on_duplicate` is "mean", "max" or "first".
     """
     columns = columns or {}
     unknown = set(files) - set(CSV_TABLES)
     if unknown:
         raise ValueError(f"cannot import {sorted(unknown)} from CSV; importable tables: {', '.join(CSV_TABLES)}")
-    if "products" not in files and not ws.has("products"):
+    if "products" not in files and "products" not in present:
         raise ValueError("a products file is needed (the workspace has no products table yet)")
     raw, maps = {}, {}
     for table, path in files.items():
@@ -153,19 +167,20 @@ def import_csv(ws: Workspace, files: dict[str, str | Path], columns: dict[str, s
             raise ValueError(f"on_duplicate must be error, mean, max or first, got {on_duplicate!r}")
         if rel.notna().all():  # bad numbers are reported by validation, with their rows
             raw["judgments"] = j.assign(relevance=rel).groupby(["query_id", "product_id"], sort=False, as_index=False)["relevance"].agg(agg)
-    if "search_log" in raw and "users" not in raw and not ws.has("users"):
+    if "search_log" in raw and "users" not in raw and "users" not in present:
         u = raw["search_log"]["user_id"].dropna().unique()
         if len(u):
             frames["users"] = pd.DataFrame({"user_id": u})
     for t in raw:
         frames[t] = raw[t]
-    try:
-        done = ws.write_tables(frames, {t: str(p) for t, p in files.items()})
-    except DataError as e:
+
+    def explain(e: DataError) -> DataError:
         table = next((t for t in files if any(f == str(files[t]) for f, *_ in e.problems)), None)
-        raise (_renamed(e, maps[table]) if table else e) from None
-    ws.init(source="csv", files={t: str(p) for t, p in files.items()}, relevance_threshold=relevance_threshold, name=name)
-    return {t: len(d) for t, d in done.items()}
+        return _renamed(e, maps[table]) if table else e
+
+    sources = {t: str(p) for t, p in files.items()}
+    return Imported(frames, sources, dict(source="csv", files=sources, relevance_threshold=relevance_threshold, name=name),
+                    explain)
 
 
 def _read_json(path: str | Path) -> dict:
@@ -179,8 +194,8 @@ def _read_json(path: str | Path) -> dict:
     return data
 
 
-def import_lcrec(ws: Workspace, items: str | Path, inter: str | Path | None = None, name: str | None = None) -> dict[str, int]:
-    """Import LC-Rec item metadata (and user sequences) as products, users and interactions."""
+def lcrec_tables(items: str | Path, inter: str | Path | None = None, name: str | None = None) -> Imported:
+    """Read LC-Rec item metadata (and user sequences) as products, users and interactions."""
     meta = _read_json(items)
     rows, problems = [], []
     for n, (pid, it) in enumerate(meta.items(), 1):
@@ -215,6 +230,4 @@ def import_lcrec(ws: Workspace, items: str | Path, inter: str | Path | None = No
         frames["users"] = pd.DataFrame({"user_id": [str(u) for u in seqs]})
         frames["interactions"] = pd.DataFrame({"user_id": us, "product_id": ps, "event": "review", "seq": qs})
         sources.update(users=str(inter), interactions=str(inter))
-    done = ws.write_tables(frames, sources)
-    ws.init(source="lcrec", files={k: v for k, v in sources.items()}, name=name)
-    return {t: len(d) for t, d in done.items()}
+    return Imported(frames, sources, dict(source="lcrec", files=dict(sources), name=name))

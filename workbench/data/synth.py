@@ -45,18 +45,18 @@ _SYLLABLES = ["vol", "tra", "nor", "dix", "ka", "len", "zo", "mar", "qui", "bel"
 
 @dataclass(frozen=True)
 class SynthConfig:
-    n_products: int = 3000
-    n_users: int = 500
-    n_sessions: int = 4000
+    n_products: int = 3000  # number of products
+    n_users: int = 500  # number of users
+    n_sessions: int = 4000  # number of search sessions
     page_size: int = 20
     brands_per_department: int = 12
-    clickbait_share: float = 0.08
+    clickbait_share: float = 0.08  # share of click-bait products
     typo_rate: float = 0.06
     broad_rate: float = 0.08
     n_judged_queries: int = 400
     days: int = 30
     start: str = "2026-01-01"
-    seed: int = 0
+    seed: int = 0  # random seed (same seed, same bytes)
 
     def __post_init__(self):
         for k in ("n_products", "n_users", "n_sessions", "page_size", "brands_per_department"):

@@ -30,17 +30,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workbench.eval import METHODS, metrics
+from workbench import metrics
+from workbench.eval import METHODS
 from workbench.eval.baselines import BM25, Dense, rrf, supplement
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    ks: tuple[int, ...] = (10, 50)
-    width: int = 32
-    share: float = 0.3  # supplement: share of the k slots given to generated products
+    ks: tuple[int, ...] = (10, 50)  # cut-offs
+    width: int = 32  # beam width of the generator
+    share: float = 0.3  # share of the k slots a supplement gives to generation
     methods: tuple[str, ...] = METHODS
-    generator: str = "generator"
+    generator: str = "generator"  # which generator checkpoint
     embedder: str = "minilm"
     device: str = "cpu"
 

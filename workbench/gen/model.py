@@ -32,11 +32,11 @@ class GenConfig:
     text_vocab: int  # tokenizer size
     tokenizer: str = ""  # tokenizer key, checked when the model meets a tokenizer
     backbone: str = "scratch"  # scratch | minilm
-    d_model: int = 256
-    n_heads: int = 4
-    enc_layers: int = 4  # scratch only; minilm brings its own 6
-    dec_layers: int = 4
-    d_ff: int = 1024
+    d_model: int = 128  # model width (1.4M parameters at the demo's vocabularies, most in embeddings)
+    n_heads: int = 4  # attention heads
+    enc_layers: int = 2  # encoder layers (scratch only; minilm brings its own 6)
+    dec_layers: int = 2  # decoder layers
+    d_ff: int = 512  # feed-forward width
     dropout: float = 0.1  # on residual branches (attention weights are not dropped: slow on CPU, little gain)
     max_len: int = 32  # text tokens kept per input
     context_vocab: int = 0  # ids of optional context tokens (users, history); 0 = none

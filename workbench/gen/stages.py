@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,6 @@ import torch
 
 from workbench import checkpoint, dist
 from workbench.data.relevance import held_out
-from workbench.eval.metrics import recall_at_k
 from workbench.gen import store
 from workbench.gen.context import UserContext
 from workbench.gen.data import Pairs, eval_set, item_pairs, item_text, query_pairs, sid_matrix
@@ -37,11 +36,39 @@ from workbench.gen.model import GenConfig, Generator
 from workbench.gen.retrieve import ProductLookup, Retriever, popularity, ranked_products
 from workbench.gen.tokenizer import TextTokenizer
 from workbench.gen.train import TrainConfig, fit
+from workbench.metrics import recall_at_k
 from workbench.sid.index import SIDIndex
 from workbench.sid.store import load_sids, sid_dir
 
 STAGES = {1: "items", 2: "queries", 3: "personal"}
 EVAL_KS = (10, 50)
+
+
+@dataclass(frozen=True)
+class StagesConfig:
+    """A curriculum: which stages, how long each, the model they train and how they train it."""
+
+    stages: tuple[int, ...] = (1, 2, 3)  # 1 items, 2 queries, 3 personal (user + history + query); each starts from the previous one
+    epochs: tuple[int, ...] = (20, 12, 6)  # epochs per stage (one number: the same for each); the small items stage needs more passes
+    backbone: str = "scratch"  # encoder trained from scratch, or all-MiniLM-L6-v2's pretrained BERT (minilm)
+    model: dict = field(default_factory=dict)  # GenConfig fields to override (d_model, n_heads, enc_layers, ...); empty: its defaults
+    train: TrainConfig = field(default_factory=TrainConfig)
+    replay: float = 0.2  # examples replayed from earlier stages, as a share of the stage's own
+    history: int = 5  # a user's latest clicks before the search, given to stage 3 as context
+    eval_width: int = 32  # beam width of the per-epoch held-out Recall@K
+
+    def __post_init__(self):
+        st = tuple(self.stages)
+        if not st or any(s not in STAGES for s in st) or list(st) != sorted(set(st)):
+            raise ValueError(f"stages must be increasing and among {sorted(STAGES)} (stage 4 is `workbench rl`), got {st}")
+        ep = tuple(self.epochs) * len(st) if len(self.epochs) == 1 else tuple(self.epochs)
+        if len(ep) != len(st):
+            raise ValueError(f"{len(ep)} epoch counts for {len(st)} stages")
+        if min(ep) < 1 or self.replay < 0 or self.history < 1 or self.eval_width < 1:
+            raise ValueError(f"epochs >= 1, replay >= 0, history >= 1 and eval_width >= 1 needed, got {ep}, {self.replay}, "
+                             f"{self.history}, {self.eval_width}")
+        object.__setattr__(self, "stages", st)
+        object.__setattr__(self, "epochs", ep)
 
 
 def make_tokenizer(ws, backbone: str, vocab_size: int = 8000) -> TextTokenizer:
@@ -132,19 +159,13 @@ def _optimizer_state(state: dict, groups: str) -> dict:
     return {"state": out, "param_groups": json.loads(groups)}
 
 
-def train_stages(ws, stages: tuple[int, ...] = (1, 2, 3), backbone: str = "scratch", model: dict | None = None,
-                 train: TrainConfig | None = None, replay_share: float = 0.2, history: int = 5,
-                 name: str = "generator", device: str = "cpu", eval_width: int = 32, resume: bool = True,
-                 epochs: tuple[int, ...] | None = None, progress: bool = True) -> list[dict]:
-    """Run `stages` in order; returns one result row per stage (loss, recall@K, ...). `epochs`, one per
-    stage, overrides train.epochs."""
-    bad = [s for s in stages if s not in STAGES]
-    if bad or not stages or list(stages) != sorted(set(stages)):
-        raise ValueError(f"stages must be increasing and among {sorted(STAGES)} (stage 4 is `workbench rl`), got {stages}")
-    train = train or TrainConfig()
-    if epochs is not None and len(epochs) != len(stages):
-        raise ValueError(f"{len(epochs)} epoch counts for {len(stages)} stages")
-    per_stage = dict(zip(stages, epochs or [train.epochs] * len(stages)))
+def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", device: str = "cpu", resume: bool = True,
+                 progress: bool = True) -> list[dict]:
+    """Run `cfg.stages` in order; returns one result row per stage (loss, recall@K, ...)."""
+    cfg = cfg or StagesConfig()
+    stages, backbone, model, train, replay_share, history, eval_width = (
+        cfg.stages, cfg.backbone, cfg.model, cfg.train, cfg.replay, cfg.history, cfg.eval_width)
+    per_stage = dict(zip(stages, cfg.epochs))
     sids = load_sids(ws)
     index = SIDIndex.load(sid_dir(ws) / "index.parquet")
     personal = 3 in stages

@@ -27,14 +27,14 @@ from workbench.gen.tokenizer import TextTokenizer
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
+    batch_size: int = 256  # examples per step (the global batch under torchrun)
+    lr: float = 1e-3  # AdamW learning rate (peak, after warm-up)
     encoder_lr: float = 1e-4  # for a pretrained encoder; a scratch encoder uses lr
     weight_decay: float = 0.01
     warmup: float = 0.05  # share of all steps
     label_smoothing: float = 0.1
     clip: float = 1.0
-    seed: int = 0
+    seed: int = 0  # random seed
 
 
 def tokenize(tok: TextTokenizer, texts: list[str], max_len: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:

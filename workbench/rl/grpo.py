@@ -48,11 +48,11 @@ SHAPINGS = ("luffy", "none")
 
 @dataclass(frozen=True)
 class LossConfig:
-    clip: float = 0.2
-    kl: float = 0.02
-    ref_weight: float = 1.0
-    shaping: str = "luffy"
-    gamma: float = 0.1
+    clip: float = 0.2  # PPO clip range of the sampled members' ratio
+    kl: float = 0.02  # weight of the KL to the stage-3 model
+    ref_weight: float = 1.0  # weight of the reference members' surrogate
+    shaping: str = "luffy"  # reference members' weight: LUFFY's pi / (pi + gamma), or none (ratio 1)
+    gamma: float = 0.1  # LUFFY's gamma
 
     def __post_init__(self):
         if self.shaping not in SHAPINGS:

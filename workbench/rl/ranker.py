@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from workbench import checkpoint
 from workbench.data.relevance import held_out
-from workbench.eval.metrics import auc
+from workbench.metrics import auc
 
 
 @dataclass(frozen=True)

@@ -46,17 +46,17 @@ from workbench.rl.ranker import impressions
 
 @dataclass(frozen=True)
 class RLConfig:
-    algo: str = "eg-grpo"
-    steps: int = 100
-    prompts: int = 32
-    group: int = 8
-    refs: int = 1
-    temperature: float = 1.0
-    inner: int = 2
-    lr: float = 1e-4
-    eval_every: int = 20
-    eval_width: int = 32
-    seed: int = 0
+    algo: str = "eg-grpo"  # grpo, or eg-grpo (ground-truth reference members in every group)
+    steps: int = 100  # optimisation steps
+    prompts: int = 32  # searches per step (the global number under torchrun)
+    group: int = 8  # SIDs sampled per search (G)
+    refs: int = 1  # EG-GRPO: ground-truth members per group (R)
+    temperature: float = 1.0  # sampling temperature of the groups
+    inner: int = 2  # clipped updates per step on the same samples
+    lr: float = 1e-4  # AdamW learning rate
+    eval_every: int = 20  # steps between held-out evaluations
+    eval_width: int = 32  # beam width of the held-out evaluations
+    seed: int = 0  # random seed
     loss: grpo.LossConfig = field(default_factory=grpo.LossConfig)
     rewards: rewards.RewardConfig = field(default_factory=rewards.RewardConfig)
 

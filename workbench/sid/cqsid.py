@@ -44,9 +44,9 @@ MODES = ("cluster", "unique")
 @dataclass(frozen=True)
 class CQSIDConfig:
     model: RQVAEConfig = field(default_factory=RQVAEConfig)
-    epochs: int = 80
-    batch_size: int = 512
-    lr: float = 1e-3
+    epochs: int = 80  # passes over the products
+    batch_size: int = 512  # products per step (the global batch under torchrun)
+    lr: float = 1e-3  # Adam learning rate
     category_weight: float = 1.0  # 0 turns the category constraint off
     category_levels: tuple[int, ...] = (1, 2)  # prefix lengths the constraint applies to
     category_depth: int | None = None  # categories cut at this depth (None: the full path)
@@ -56,8 +56,8 @@ class CQSIDConfig:
     tau_query: float = 0.1
     restart_until: float = 0.8  # restart dead codes after each epoch until this share of epochs
     eval_every: int = 1  # epochs between full evaluations (unique rate, purity, coherence) in the logbook
-    mode: str = "cluster"
-    seed: int = 0
+    mode: str = "cluster"  # cluster IDs (the paper's), or unique IDs with a dedup token (TIGER's)
+    seed: int = 0  # random seed
 
     def __post_init__(self):
         if self.mode not in MODES:

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 class RQVAEConfig:
     input_dim: int = 384
     hidden: tuple[int, ...] = (512, 256)
-    latent_dim: int = 64
+    latent_dim: int = 64  # width of the latent the codebooks quantise
     codebook_sizes: tuple[int, ...] = (256, 256, 256)  # K per level; L = len
     beta: float = 0.25  # commitment weight
-    rotation_trick: bool = False
+    rotation_trick: bool = False  # rotation trick instead of straight-through gradients
 
     def __post_init__(self):
         if not 1 <= self.levels <= 8:

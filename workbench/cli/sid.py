@@ -7,13 +7,8 @@ import time
 import click
 import pandas as pd
 
-from workbench.cli_args import ints
+from workbench.cli.options import apply, config_options, device_option, embedder_option, recipe_option, ws_of
 from workbench.sid.cqsid import MODES, CQSIDConfig, variant
-from workbench.sid.rqvae import RQVAEConfig
-
-
-def _ws(ctx):
-    return ctx.find_root().obj["ws"]
 
 
 def print_stats(stats: dict) -> None:
@@ -37,52 +32,48 @@ def sid() -> None:
 
 
 @sid.command()
-@click.option("--codebook-sizes", default="256,256,256", show_default=True, help="K per level, comma-separated (L = how many).")
-@click.option("--latent-dim", type=int, default=64, show_default=True)
+@recipe_option("the SIDs")
+@config_options(CQSIDConfig, "model.codebook_sizes", "model.latent_dim", help={"model.codebook_sizes": "K per level, comma-separated (L = how many)."})
 @click.option("--variant", "which", type=click.Choice(["plain", "+category", "+query", "cq-sid"]), default="cq-sid", show_default=True,
               help="Which constraints: none, category, query or both.")
-@click.option("--mode", type=click.Choice(MODES), default="cluster", show_default=True, help="cluster IDs, or unique IDs with a dedup token.")
-@click.option("--epochs", type=int, default=80, show_default=True)
-@click.option("--batch-size", type=int, default=512, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--category-depth", type=int, default=None, help="Cut category paths at this depth (default: the full path).")
-@click.option("--rotation-trick", is_flag=True, help="Rotation trick instead of straight-through gradients.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--embedder", default="minilm", show_default=True, help="minilm or hashing[-DIM].")
-@click.option("--device", default="cpu", show_default=True)
+@config_options(CQSIDConfig, "mode", "epochs", "batch_size", "lr", "category_depth", "model.rotation_trick", "seed",
+                choices={"mode": MODES})
+@embedder_option()
+@device_option()
 @click.pass_context
-def train(ctx, codebook_sizes, latent_dim, which, mode, epochs, batch_size, lr, category_depth, rotation_trick, seed, embedder, device):
+def train(ctx, recipe, which, embedder, device, **kw):
     """Train CQ-SID on the workspace's products; write weights, SID table and index.
 
     Data-parallel under torchrun, e.g. `torchrun --nproc_per_node 2 -m workbench sid train`:
     --batch-size is the global batch, split over the processes; only rank 0 writes."""
-    from workbench import dist
+    from workbench import dist, recipes
     from workbench.embed import get_embedder
+    from workbench.logbook import tagged
     from workbench.sid.store import train_workspace
 
     device = dist.setup(device)
     e = get_embedder(embedder, device)
-    model = RQVAEConfig(input_dim=e.dim, codebook_sizes=ints(codebook_sizes), latent_dim=latent_dim, rotation_trick=rotation_trick)
-    cfg = variant(CQSIDConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, category_depth=category_depth,
-                              mode=mode, seed=seed), which)
+    r = recipes.get(recipe)
+    cfg = variant(apply(ctx, r.sid_for(e.dim), kw), which)
     t0 = time.perf_counter()
-    stats = train_workspace(_ws(ctx).require(), cfg, e, device)
+    with tagged(recipe=r.name):
+        stats = train_workspace(ws_of(ctx).require(), cfg, e, device)
     if not dist.is_main():
         return
-    click.echo(f"trained {cfg.variant} ({mode} IDs) in {time.perf_counter() - t0:.1f} s; wrote {_ws(ctx).path / 'sid'}\n")
+    click.echo(f"trained {cfg.variant} ({cfg.mode} IDs) in {time.perf_counter() - t0:.1f} s; wrote {ws_of(ctx).path / 'sid'}\n")
     print_stats(stats)
 
 
 @sid.command()
-@click.option("--embedder", default="minilm", show_default=True, help="The embedder the SID model was trained on.")
-@click.option("--device", default="cpu", show_default=True)
+@embedder_option("The embedder the SID model was trained on.")
+@device_option()
 @click.pass_context
 def assign(ctx, embedder, device):
     """Give products without a SID one from the trained model (no retraining); update table and index."""
     from workbench.embed import get_embedder
     from workbench.sid.store import assign_new
 
-    c = assign_new(_ws(ctx).require(), get_embedder(embedder, device), device)
+    c = assign_new(ws_of(ctx).require(), get_embedder(embedder, device), device)
     share = c["into_existing"] / c["new"] if c["new"] else 0.0
     click.echo(f"{c['new']:,} new products: {c['into_existing']:,} ({share:.1%}) into existing clusters; "
                f"{c['removed']:,} removed; SIDs {c['sids_before']:,} -> {c['sids_after']:,}")
@@ -94,8 +85,11 @@ def stats(ctx):
     """Usage, cluster sizes, category purity and query coherence of the workspace's SIDs."""
     from workbench.sid.store import log_stats, workspace_stats
 
-    ws = _ws(ctx).require()
+    ws = ws_of(ctx).require()
     s = workspace_stats(ws)
     with ws.logbook().run("sid-stats") as run:
         log_stats(run, s, s["config"])
     print_stats(s)
+
+
+COMMANDS = [sid]

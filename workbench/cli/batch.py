@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from workbench.cli.options import device_option, embedder_option, ws_of
+
 IO = [click.argument("src", type=click.Path(path_type=Path)), click.argument("dst", type=click.Path(path_type=Path)),
       click.option("--chunk", type=int, default=65_536, show_default=True, help="Rows in memory at a time."),
-      click.option("--device", default="cpu", show_default=True)]
+      device_option()]
 
 
 def io_options(f):
@@ -20,7 +22,7 @@ def io_options(f):
 def _run(ctx, job: str, src: Path, dst: Path, columns: list[str], fn, chunk: int, config: dict) -> None:
     from workbench import batch, dist
 
-    ws = ctx.find_root().obj["ws"].require()
+    ws = ws_of(ctx).require()
     if src.resolve() == dst.resolve():
         raise click.UsageError("the output would overwrite the input; give another path")
     if not dist.is_main():  # under torchrun: rank 0 logs and reports
@@ -44,7 +46,7 @@ def batch() -> None:
 
 @batch.command()
 @io_options
-@click.option("--embedder", default="minilm", show_default=True)
+@embedder_option()
 def embed(ctx, src, dst, chunk, device, embedder) -> None:
     """Embed products: SRC (product_id, title, [brand, category, description]) -> DST (product_id, vector)."""
     from workbench import batch as b
@@ -68,7 +70,7 @@ def sids(ctx, src, dst, chunk, device, vectors) -> None:
     from workbench.sid.store import load_model
 
     device = dist.setup(device)
-    ws = ctx.find_root().obj["ws"].require()
+    ws = ws_of(ctx).require()
     model, cfg, _ = load_model(ws, device)
     e = None if vectors else get_embedder(workspace_embedder(ws), device)
     cols = ["product_id", "vector"] if vectors else b.product_columns(src)
@@ -90,10 +92,13 @@ def decode(ctx, src, dst, chunk, device, column, width, top, name) -> None:
     if width < 1 or top < 1:
         raise click.UsageError("--width and --top must be >= 1")
     device = dist.setup(device)
-    ws = ctx.find_root().obj["ws"].require()
+    ws = ws_of(ctx).require()
     retriever = Retriever.from_workspace(ws, name, device)
     cols = list(dict.fromkeys(["product_id", column])) if column == "title" else [column]
     _run(ctx, "decode", src, dst, cols, b.decode_fn(retriever, column, width, top), chunk,
          {"column": column, "width": width, "top": top, "model": name})
 
 
+
+
+COMMANDS = [batch]

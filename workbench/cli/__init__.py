@@ -1,0 +1,62 @@
+"""`workbench ...` (also `python -m workbench ...`): every verb has --help.
+
+The only package that imports click. One module per verb group, each a thin layer that turns options
+into the library's config dataclasses (options derived from their fields: `options.config_options`)
+and prints what the library returns:
+
+    demo.py      demo                         data.py   data synth|import|validate|stats|schema, embed
+    sid.py       sid train|assign|stats       gen.py    train, gen search
+    rl.py        ranker, rl                   eval.py   eval
+    logbook.py   sql, runs, merge, recipes    bench.py  bench ... (every benchmark)
+    batch.py     batch embed|sids|decode
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from workbench.data.schema import DataError
+from workbench.workspace import Workspace, default_path
+
+
+class Errors(click.Group):
+    """Turn the errors users cause (bad files, missing workspaces) into one clear line, not a traceback."""
+
+    def invoke(self, ctx):
+        from workbench import dist
+
+        try:
+            out = super().invoke(ctx)
+        except (DataError, FileNotFoundError, ValueError, KeyError) as e:
+            dist.teardown(wait=False)
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            raise click.ClickException(f"{type(e).__name__}: {msg}") from None
+        dist.teardown()  # under torchrun: every rank leaves together
+        return out
+
+
+@click.group(cls=Errors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Workspace directory (default: $WORKBENCH_WORKSPACE or ./workspaces/default).")
+@click.version_option(package_name="workbench")
+@click.pass_context
+def main(ctx: click.Context, workspace: Path | None) -> None:
+    """Generative e-commerce search workbench: data, semantic IDs, training, decoding, evaluation, logbook."""
+    ctx.obj = {"ws": Workspace(workspace or default_path())}
+
+
+def _register() -> None:
+    from workbench.cli import batch, bench, data, demo, eval, gen, logbook, rl, sid
+
+    for module in (demo, data, sid, gen, rl, eval, logbook, bench, batch):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""`workbench bench ...`: every benchmark prints a table and records its figures in the logbook's
+`bench` table (`workbench.report`); the measuring code lives in `workbench.bench` and `workbench.eval.width`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from workbench.bench.data import DATASETS, bench_workspace
+from workbench.bench.dist import JOBS as DIST_JOBS
+from workbench.cli.options import apply, config_options, device_option, embedder_option, ints, names, ws_of
+from workbench.cli.rl import ensure_ranker, rl_config, rl_options
+from workbench.eval.width import SweepConfig
+from workbench.report import device_name, report
+
+
+# benchmarks ------------------------------------------------------------------------------------
+@click.group()
+def bench() -> None:
+    """Benchmarks: print a table and record the figures in the logbook's `bench` table."""
+
+
+@bench.command(name="synth")
+@click.option("--sizes", default="3000,100000,1000000", show_default=True, help="Comma-separated product counts.")
+@click.option("--sessions-per-product", type=float, default=1.0, show_default=True)
+@click.pass_context
+def bench_synth(ctx, sizes, sessions_per_product) -> None:
+    """Time and peak memory of generating, validating and writing a synthetic marketplace."""
+    from workbench.bench.data import synth_scale
+
+    ns = [int(s) for s in sizes.split(",")]
+    ws = ws_of(ctx)
+    with ws.logbook().run("bench", {"bench": "synth", "sizes": ns, "sessions_per_product": sessions_per_product}) as run:
+        report("synth", synth_scale(ns, sessions_per_product), run, units={"generate_s": "s", "validate_write_s": "s",
+               "total_s": "s", "peak_rss_mib": "MiB"}, device=device_name())
+
+
+@bench.command(name="embed")
+@click.option("--n", type=int, default=2000, show_default=True, help="Number of product titles to embed.")
+@click.option("--embedders", default="minilm,hashing", show_default=True)
+@device_option()
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.pass_context
+def bench_embed(ctx, n, embedders, device, batch_size) -> None:
+    """Embedding throughput (titles per second) of each embedder, on the workspace's product titles."""
+    from workbench.bench.data import embed_speed
+    from workbench.embed import product_texts
+
+    ws = ws_of(ctx).require()
+    titles = product_texts(ws.table("products"))
+    titles = (titles * (n // max(len(titles), 1) + 1))[:n]
+    with ws.logbook().run("bench", {"bench": "embed", "n": n, "batch_size": batch_size, "device": device}) as run:
+        report("embed", embed_speed(titles, embedders.split(","), device, batch_size), run,
+               units={"texts_per_s": "1/s", "seconds": "s"}, device=device_name(device))
+
+
+@bench.command(name="sid")
+@click.option("--dataset", type=click.Choice(["workspace", "scientific", "homedepot"]), default="workspace", show_default=True,
+              help="The -w workspace, or a real data set imported from --datasets into workspaces/bench-<name>.")
+@click.option("--datasets", "datasets_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the real data sets (default: ../shared/datasets beside the repository).")
+@click.option("--codebook-sizes", default="256,256,256", show_default=True)
+@click.option("--epochs", type=int, default=40, show_default=True)
+@click.option("--variants", default="plain,+category,+query,cq-sid", show_default=True)
+@embedder_option()
+@device_option()
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--rotation-trick", is_flag=True, help="Rotation trick instead of straight-through gradients.")
+@click.pass_context
+def bench_sid(ctx, dataset, datasets_dir, codebook_sizes, epochs, variants, embedder, device, seed, rotation_trick) -> None:
+    """CQ-SID ablation (plain, +category, +query, both) with the same seed and budget; published indexes too."""
+    from workbench.bench.sid import ablation, base_config, code_stats, lcrec_index
+    from workbench.embed import get_embedder
+    from workbench.sid.store import workspace_data
+
+    ws = ws_of(ctx) if dataset == "workspace" else bench_workspace(dataset, datasets_dir)
+    e = get_embedder(embedder, device)
+    data = workspace_data(ws.require(), e)
+    base = base_config(e.dim, ints(codebook_sizes), epochs, seed, rotation_trick)
+    names = [v.strip() for v in variants.split(",")]
+    if data.category is None:
+        names = [v for v in names if v not in ("+category",)]  # no categories: +category is plain
+    if data.pairs is None or not len(data.pairs):
+        names = [v for v in names if v not in ("+query",)]
+    params = {"dataset": dataset, "workspace": str(ws.path), "codebook_sizes": base.model.codebook_sizes, "epochs": epochs,
+              "rotation_trick": rotation_trick,
+              "embedder": e.key, "seed": seed, "products": len(data.x)}
+    with ws.logbook().run("bench", {"bench": "sid", **params}, seed=seed) as run:
+        rows = ablation(data, base, names, device)
+        if dataset == "scientific":
+            root = datasets_dir or DATASETS
+            for name in ("rqvae_native", "letter_native"):
+                codes = lcrec_index(root / "amazon_scientific" / f"{name}__Scientific.index.json", data.product_ids)
+                rows.append(code_stats(f"{name} (published, 3 levels)", codes[:, :3], data.category))
+                rows.append(code_stats(f"{name} (published, 4 levels)", codes, data.category))
+        report("sid", rows, run, params=params, device=device_name(device))
+
+
+@bench.command(name="beam")
+@config_options(SweepConfig, "widths", "batch_sizes", "k", "tolerance")
+@click.option("--ids", "modes", default="cluster,unique", show_default=True,
+              help="Compare cluster and unique IDs (each in workspaces/bench-beam-<mode>, built from -w's tables), "
+                   "or 'workspace' for the workspace's own generator.")
+@click.option("--speed/--no-speed", default=True, show_default=True,
+              help="Also time our beam search against HF T5 generate (random models, 20k SIDs, width 64).")
+@click.option("--speed-batches", default="32", show_default=True, help="Batch sizes of the speed comparison.")
+@config_options(SweepConfig, "rounds")
+@embedder_option()
+@device_option()
+@click.pass_context
+def bench_beam(ctx, modes, speed, speed_batches, embedder, device, **kw) -> None:
+    """Beam width vs latency and Recall@K (cluster vs unique IDs); speed against Hugging Face generate."""
+    from workbench.bench import beam as bb
+    from workbench.eval.width import run_sweep, width_for_recall
+
+    ws = ws_of(ctx).require()
+    cfg = apply(ctx, SweepConfig(), kw)
+    k, tolerance = cfg.k, cfg.tolerance
+    params = {"widths": list(cfg.widths), "batch_sizes": list(cfg.batch_sizes), "k": k, "tolerance": tolerance, "ids": modes,
+              "rounds": cfg.rounds}
+    with ws.logbook().run("bench", {"bench": "beam", **params, "device": device}) as run:
+        for b in list(ints(speed_batches)) if speed else []:
+            rows, summary = bb.speed(batch=b, device=device, rounds=cfg.rounds)
+            rows = [{**r, "case": f"{r['case']}, batch {b}"} for r in rows]
+            report("beam-speed", rows, run, units={"s_per_batch": "s", "queries_per_s": "1/s"},
+                   params={"batch": b, "width": 64, "sids": summary["sids"]}, device=device_name(device))
+            report("beam-speed-summary", [{"case": f"batch {b}, width 64", **summary}], run, device=device_name(device))
+        picks = {}
+        for mode in names(modes):
+            w = ws if mode == "workspace" else bb.mode_workspace(ws, mode, embedder, device)
+            picks[mode] = run_sweep(w, mode, cfg, run, device)
+        summary = []
+        target = min(p["widest_recall"] for _, p in picks.values()) * (1 - tolerance)
+        for mode, (rows, p) in picks.items():
+            summary.append({"case": mode, **p, "target_recall": target, "width_for_target": width_for_recall(rows, k, target)})
+        report("beam-width-choice", summary, run, device=device_name(device))
+
+
+@bench.command(name="seqrec")
+@click.option("--datasets", "datasets_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the real data sets (default: ../shared/datasets beside the repository).")
+@click.option("--indexes", default="cq-sid,rqvae_native,letter_native", show_default=True,
+              help="SIDs to predict: cq-sid (ours, trained in the bench workspace if missing) and the published indexes.")
+@click.option("--codebook-sizes", default="256,256,256", show_default=True, help="CQ-SID's, when it is trained here.")
+@click.option("--epochs", default="10,10", show_default=True, help="Epochs of stage 1 (items) and stage 2 (next item).")
+@click.option("--d-model", type=int, default=128, show_default=True)
+@click.option("--layers", type=int, default=2, show_default=True)
+@click.option("--width", type=int, default=32, show_default=True)
+@click.option("--history", type=int, default=5, show_default=True, help="History items given as SID tokens.")
+@embedder_option()
+@device_option()
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def bench_seqrec(ctx, datasets_dir, indexes, codebook_sizes, epochs, d_model, layers, width, history, embedder, device,
+                 seed) -> None:
+    """Next-item prediction on Amazon Scientific (leave-last-item-out): the same generator on our CQ-SID vs
+    the published TIGER-style (RQ-VAE) and LETTER indexes."""
+    from workbench.bench.seqrec import run_case, sequences, sid_table
+    from workbench.bench.sid import lcrec_index
+    from workbench.gen.train import TrainConfig
+    from workbench.sid.store import load_sids, sid_dir
+
+    ws = bench_workspace("scientific", datasets_dir)
+    e1, e2 = ints(epochs)
+    names = [n.strip() for n in indexes.split(",")]
+    if "cq-sid" in names and not (sid_dir(ws) / "sids.parquet").exists():
+        from workbench.embed import get_embedder
+        from workbench.sid.cqsid import CQSIDConfig
+        from workbench.sid.rqvae import RQVAEConfig
+        from workbench.sid.store import train_workspace
+
+        e = get_embedder(embedder, device)
+        train_workspace(ws, CQSIDConfig(model=RQVAEConfig(input_dim=e.dim, codebook_sizes=ints(codebook_sizes)), seed=seed),
+                        e, device)
+    products = ws.table("products")
+    seqs = sequences(ws.table("interactions"))
+    root = datasets_dir or DATASETS
+    model = {"d_model": d_model, "enc_layers": layers, "dec_layers": layers, "n_heads": 4, "d_ff": 4 * d_model}
+    params = {"epochs": [e1, e2], "model": model, "width": width, "history": history, "seed": seed, "users": len(seqs)}
+    rows = []
+    with ws.logbook().run("bench", {"bench": "seqrec", "indexes": names, **params, "device": device}, seed=seed) as run:
+        for name in names:
+            if name == "cq-sid":
+                sids = load_sids(ws)
+            else:
+                path = root / "amazon_scientific" / f"{name}__Scientific.index.json"
+                sids = sid_table(products["product_id"], lcrec_index(path, products["product_id"].to_numpy()))
+            row = run_case(products, seqs, sids, model, TrainConfig(seed=seed), (e1, e2), history, width, device, run, name)
+            rows.append(row)
+            for key, value in row.items():
+                if "@" in key:
+                    metric, _, k = key.partition("@")
+                    run.log_eval(metric, value, k=int(k), dataset="scientific leave-last-out", method=f"generator on {name}")
+        report("seqrec", rows, run, params=params, device=device_name(device))
+
+
+@bench.command(name="app")
+@click.option("--sessions", type=int, default=20, show_default=True, help="Browser sessions searching at once.")
+@click.option("--seconds", type=float, default=60, show_default=True, help="How long they search.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def bench_app(ctx, sessions, seconds, seed) -> None:
+    """Load on the app: concurrent browser sessions (headless chromium) searching; p50/p95 per search."""
+    from workbench.bench.app import load
+
+    ws = ws_of(ctx).require()
+    with ws.logbook().run("bench", {"bench": "app", "sessions": sessions, "seconds": seconds}, seed=seed) as run:
+        row = load(ws.path.resolve(), sessions, seconds, seed)
+        report("app-load", [row], run, units={"p50_s": "s", "p95_s": "s", "max_s": "s", "searches_per_s": "1/s"},
+               params={"sessions": sessions, "seconds": seconds})
+
+
+@bench.command(name="sid-assign")
+@click.option("--n", type=int, default=1_000_000, show_default=True, help="Number of products (random vectors).")
+@click.option("--dim", type=int, default=384, show_default=True)
+@click.option("--codebook-sizes", default="256,256,256", show_default=True)
+@click.option("--chunk", type=int, default=65_536, show_default=True)
+@device_option()
+@click.pass_context
+def bench_sid_assign(ctx, n, dim, codebook_sizes, chunk, device) -> None:
+    """Time and peak memory of assigning SIDs to N products with a trained model (target: 1M x 384-d <= 30 s)."""
+    from workbench.bench.sid import assign_scale
+    
+    params = {"n": n, "dim": dim, "codebook_sizes": codebook_sizes, "chunk": chunk}
+    with ws_of(ctx).logbook().run("bench", {"bench": "sid-assign", **params}) as run:
+        report("sid-assign", [assign_scale(n, dim, ints(codebook_sizes), chunk, device)], run, params=params,
+               units={"seconds": "s", "products_per_s": "1/s", "peak_rss_mib": "MiB", "peak_rss_growth_mib": "MiB", "input_mib": "MiB"},
+               device=device_name(device))
+
+@bench.command(name="dist")
+@click.option("--job", type=click.Choice(DIST_JOBS), default="train", show_default=True,
+              help="Which trainer: the generator (workbench train), CQ-SID (sid train) or stage 4 (rl).")
+@click.option("--procs", default="1,2", show_default=True, help="Process counts to compare (the first is the baseline).")
+@click.option("--epochs", type=int, default=3, show_default=True, help="Epochs (RL: steps) per run.")
+@device_option("cuda: one GPU per process.")
+@click.option("--args", "job_args", default="", help='More options for the trainer, e.g. "--stages 1 --d-model 256".')
+@click.pass_context
+def bench_dist(ctx, job, procs, epochs, device, job_args) -> None:
+    """Data-parallel throughput: a trainer on 1 process and under torchrun on N, examples/s.
+
+    Runs in a scratch copy of the workspace (links, its own logbook): the workspace is not changed."""
+    import shlex
+
+    from workbench.bench.dist import throughput
+
+    ws = ws_of(ctx).require()
+    extra = ["--device", device, *shlex.split(job_args)]
+    params = {"job": job, "procs": procs, "epochs": epochs, "args": job_args}
+    with ws.logbook().run("bench", {"bench": "dist", **params}) as run:
+        report("dist-throughput", throughput(ws, ints(procs), job, epochs, extra), run, params=params,
+               units={"examples_per_s": "1/s", "wall_s": "s"}, device=device_name(device))
+
+
+@bench.command(name="batch")
+@click.option("--n", "sizes", default="1000000", show_default=True, help="Catalog sizes, e.g. 100000,1000000.")
+@click.option("--jobs", default="embed,sids,decode", show_default=True)
+@click.option("--chunk", type=int, default=65_536, show_default=True)
+@embedder_option("Default: the one the workspace's SIDs were built with.", default=None)
+@click.option("--width", type=int, default=16, show_default=True, help="Decoding beam width.")
+@device_option()
+@click.pass_context
+def bench_batch(ctx, sizes, jobs, chunk, embedder, width, device) -> None:
+    """Batch jobs at scale: embed, assign SIDs and decode N products in chunks; time and peak memory."""
+    from workbench.bench.batch import scale
+    from workbench.serve import workspace_embedder
+
+    ws = ws_of(ctx).require()
+    embedder = embedder or workspace_embedder(ws)
+    params = {"sizes": sizes, "jobs": jobs, "chunk": chunk, "embedder": embedder, "width": width}
+    with ws.logbook().run("bench", {"bench": "batch", **params}) as run:
+        rows = [r for n in ints(sizes) for r in scale(ws, n, jobs.split(","), chunk, embedder, width, device=device)]
+        report("batch-scale", rows, run, params=params, device=device_name(device),
+               units={"seconds": "s", "rows_per_s": "1/s", "peak_rss_mib": "MiB", "output_mib": "MiB"})
+
+
+@bench.command(name="rl")
+@rl_options
+@click.option("--name", default="generator", show_default=True, help="Both start from <name>-stage3.")
+@embedder_option("For the ranker, if it has to be trained.")
+@device_option()
+@click.pass_context
+def bench_rl(ctx, recipe, reward_weights, name, embedder, device, **kw):
+    """GRPO vs EG-GRPO with the same seed, prompts and budget: curves, collapse diagnostics, stage 3 vs 4."""
+    from workbench.bench.rl import compare
+
+    ws = ws_of(ctx).require()
+    cfg = rl_config(ctx, recipe, reward_weights, kw)
+    ensure_ranker(ws, embedder, device)
+    tag = "-" + "-".join(f"{k}{v:g}" for k, v in cfg.rewards.weights().items()) if reward_weights else ""
+    tag += f"-t{cfg.temperature:g}" if cfg.temperature != 1 else ""
+    params = {"steps": cfg.steps, "prompts": cfg.prompts, "group": cfg.group, "refs": cfg.refs, "seed": cfg.seed,
+              "temperature": cfg.temperature,
+              "rewards": cfg.rewards.weights(), "lr": cfg.lr, "kl": cfg.loss.kl, "shaping": cfg.loss.shaping}
+    with ws.logbook().run("bench", {"bench": "rl", "rl": cfg, "device": device}, seed=cfg.seed) as run:
+        curves, diags, harness = compare(ws, cfg, name=name, device=device, tag=tag)
+        curves["case"] = curves["case"] + " step " + curves["step"].astype(str)
+        report("rl-curves", curves.drop(columns="step").to_dict("records"), run, params=params, device=device_name(device))
+        report("rl-diagnostics (mean of the last 10 steps)", diags.to_dict("records"), run, params=params,
+               device=device_name(device))
+        report("rl-harness (held-out queries, generative)", harness.to_dict("records"), run, params=params,
+               device=device_name(device))
+
+
+COMMANDS = [bench]

@@ -1,0 +1,137 @@
+"""`workbench data synth | import csv | import lcrec | validate | stats | schema` and `workbench embed`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from workbench.cli.options import apply, config_options, device_option, embedder_option, path_option, ws_of
+from workbench.data.synth import PRESETS, SynthConfig
+from workbench.workspace import Workspace
+
+
+@click.group()
+def data() -> None:
+    """Create, import, validate and inspect the workspace's tables."""
+
+
+@data.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Workspace to write (default: -w).")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="sample", show_default=True, help="Starting configuration.")
+@config_options(SynthConfig, "n_products", "n_users", "n_sessions", "clickbait_share", "seed",
+                flags={"n_products": "--products", "n_users": "--users", "n_sessions": "--sessions"})
+@click.pass_context
+def synth(ctx, out, preset, **kw) -> None:
+    """Generate a synthetic marketplace (catalog, users, queries, search log, judgments, truth); options
+    given override the preset."""
+    from workbench.data.synth import generate, synth_meta
+
+    cfg = apply(ctx, PRESETS[preset], kw)
+    ws = Workspace(out) if out else ws_of(ctx)
+    t0 = time.perf_counter()
+    done = ws.write_tables(generate(cfg))
+    ws.init(**synth_meta(cfg))
+    click.echo(f"wrote {ws.path} in {time.perf_counter() - t0:.1f} s: " + ", ".join(f"{t} {len(d):,}" for t, d in done.items()))
+
+
+def _mapping(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise click.BadParameter(f"{p!r}: expected OURS=THEIRS, e.g. product_id=product_uid", param_hint="--map")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+@data.group(name="import")
+def import_() -> None:
+    """Import real data (CSV files or the LC-Rec json format) into a workspace."""
+
+
+@import_.command(name="csv")
+@path_option("--products", help="Product CSV (product_id, title; optional category, brand, price, attributes, description).")
+@path_option("--judgments", help="Judgment CSV (query, product_id, relevance).")
+@path_option("--search-log", help="Search-log CSV (session_id, user_id, query, product_id, position, impressed, clicked, purchased, time).")
+@path_option("--users", help="User CSV (user_id; optional age_band, region).")
+@click.option("--map", "maps", multiple=True, metavar="OURS=THEIRS", help="Column mapping, repeatable; OURS may be table.column.")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the files.")
+@click.option("--sep", default=",", show_default=True, help="Field separator.")
+@click.option("--relevance-threshold", type=float, default=None, help="Grades at or above it count as relevant.")
+@click.option("--on-duplicate", type=click.Choice(["error", "mean", "max", "first"]), default="error", show_default=True,
+              help="Judgments repeating a (query, product) pair once whitespace is normalised.")
+@click.pass_context
+def import_csv_cmd(ctx, products, judgments, search_log, users, maps, encoding, sep, relevance_threshold, on_duplicate) -> None:
+    """Import product, judgment, search-log and user CSV files.
+
+    Home Depot example: --products products.csv --judgments judgments_dev.csv
+    --map product_id=product_uid --map title=product_title --relevance-threshold 2.5 --on-duplicate mean
+    """
+    files = {k: v for k, v in {"products": products, "judgments": judgments, "search_log": search_log, "users": users}.items() if v}
+    if not files:
+        raise click.UsageError("give at least one file (--products, --judgments, --search-log, --users)")
+    ws = ws_of(ctx)
+    counts = ws.import_csv(files, _mapping(maps), encoding=encoding, sep=sep, relevance_threshold=relevance_threshold,
+                           on_duplicate=on_duplicate)
+    click.echo(f"imported into {ws.path}: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
+
+
+@import_.command(name="lcrec")
+@path_option("--items", required=True, help="<name>.item.json")
+@path_option("--inter", help="<name>.inter.json (user -> item sequence)")
+@click.pass_context
+def import_lcrec_cmd(ctx, items, inter) -> None:
+    """Import the LC-Rec json format: item metadata and chronological user sequences."""
+    ws = ws_of(ctx)
+    counts = ws.import_lcrec(items, inter)
+    click.echo(f"imported into {ws.path}: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
+
+
+@data.command()
+@click.pass_context
+def validate(ctx) -> None:
+    """Re-check every table of the workspace (types, keys, values, references)."""
+    counts = ws_of(ctx).require().validate_all()
+    click.echo("valid: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
+
+
+@data.command()
+@click.pass_context
+def stats(ctx) -> None:
+    """Row counts and the search log's funnel (impressions, clicks, purchases)."""
+    ws = ws_of(ctx).require()
+    for t in ws.tables():
+        click.echo(f"{t:<16} {len(ws.table(t)):>10,} rows")
+    if ws.has("search_log"):
+        from workbench.data.funnel import funnel
+
+        f = funnel(ws.table("search_log")).to_dict("records")[0]
+        click.echo(f"\nsearch log: {f['sessions']:,} sessions, {f['impressions']:,} impressions, {f['clicks']:,} clicks "
+                   f"(CTR {f['ctr']:.3f}), {f['purchases']:,} purchases (CVR {f['cvr']:.3f})")
+
+
+@data.command()
+def schema() -> None:
+    """Print the data model: every table's columns and their meaning."""
+    from workbench.data.schema import describe
+
+    click.echo(describe())
+
+
+@click.command()
+@embedder_option()
+@device_option("Torch device.")
+@click.pass_context
+def embed(ctx, embedder, device) -> None:
+    """Embed the workspace's product titles and queries (cached: a rerun costs nothing)."""
+    from workbench.embed import embed_workspace, get_embedder
+
+    ws = ws_of(ctx).require()
+    t0 = time.perf_counter()
+    vecs = embed_workspace(ws, get_embedder(embedder, device))
+    click.echo(f"{', '.join(f'{k} {v.shape}' for k, v in vecs.items())} in {time.perf_counter() - t0:.1f} s")
+
+
+COMMANDS = [data, embed]

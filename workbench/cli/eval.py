@@ -1,0 +1,38 @@
+"""`workbench eval`: generative retrieval against the baselines on the same queries."""
+
+from __future__ import annotations
+
+import click
+
+from workbench.cli.options import apply, config_options, device_option, embedder_option, ws_of
+from workbench.eval.harness import EvalConfig
+
+
+@click.command(name="eval")
+@config_options(EvalConfig, "ks", "width", "methods", "share", flags={"ks": "--k"})
+@click.option("--judgments", "judgments_csv", type=click.Path(dir_okay=False), default=None,
+              help="Evaluate these judgments (CSV: query, product_id, relevance) instead of the held-out queries.")
+@click.option("--threshold", type=float, default=None, help="Relevance threshold for --judgments (default: the workspace's).")
+@config_options(EvalConfig, "generator", flags={"generator": "--name"})
+@embedder_option()
+@device_option()
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON records.")
+@click.pass_context
+def eval_(ctx, judgments_csv, threshold, embedder, device, as_json, **kw) -> None:
+    """Generative retrieval against BM25, dense, hybrid and generation-as-supplement on the same queries."""
+    from dataclasses import replace
+
+    from workbench.eval.harness import evaluate, judgments_file
+
+    ws = ws_of(ctx).require()
+    cfg = replace(apply(ctx, EvalConfig(), kw), embedder=embedder, device=device)
+    queries = judgments_file(ws, judgments_csv, threshold) if judgments_csv else None
+    with ws.logbook().run("eval", {"eval": cfg, "judgments": judgments_csv}) as run:
+        df = evaluate(ws, cfg, queries, run=run, progress=not as_json)
+    if as_json:
+        click.echo(df.to_json(orient="records", indent=1))
+    else:
+        click.echo(df.set_index("method").T.to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+COMMANDS = [eval_]

@@ -1,0 +1,126 @@
+"""`workbench train` (the generator's stages, and stage 4 after them) and `workbench gen search`."""
+
+from __future__ import annotations
+
+import click
+import pandas as pd
+
+from workbench.cli.options import apply, config_options, device_option, embedder_option, given, recipe_option, ws_of
+from workbench.gen.model import GenConfig
+from workbench.gen.stages import StagesConfig
+from workbench.rl.grpo import ALGOS
+from workbench.rl.train import RLConfig
+
+MODEL = ("d_model", "n_heads", "dec_layers", "d_ff", "dropout")  # GenConfig fields `train` sets; --layers sets both stacks
+
+
+@click.command()
+@recipe_option("the curriculum and the model")
+@config_options(StagesConfig, "stages", "epochs",
+                help={"stages": "1 items, 2 queries, 3 personal (user + history + query), 4 RL against the ranker "
+                                "(`workbench rl`); each starts from the previous one.",
+                      "epochs": "Epochs per stage 1-3 (one number: the same for each)."})
+@config_options(RLConfig, "algo", "steps", flags={"steps": "--rl-steps"}, choices={"algo": ALGOS},
+                help={"algo": "Stage 4's algorithm.", "steps": "Stage 4's steps."})
+@embedder_option("Stage 4: the ranker's embedder, if one is trained.")
+@config_options(StagesConfig, "backbone", choices={"backbone": ("scratch", "minilm")})
+@config_options(GenConfig, *MODEL, flags={"n_heads": "--heads", "dec_layers": "--layers"},
+                help={"dec_layers": "Decoder layers (and scratch encoder layers)."})
+@config_options(StagesConfig, "train.batch_size", "train.lr", "replay")
+@click.option("--name", default="generator", show_default=True, help="Checkpoint name in <workspace>/gen/.")
+@config_options(StagesConfig, "eval_width")
+@click.option("--fresh", is_flag=True, help="Ignore finished and interrupted stages' checkpoints (default: resume).")
+@config_options(StagesConfig, "train.seed")
+@device_option("cpu, cuda (under torchrun: each process its own GPU).")
+@click.pass_context
+def train(ctx, recipe, embedder, name, fresh, device, **kw):
+    """Train the generator stage by stage (resumes a killed run: finished stages are kept, an
+    interrupted one continues after its last finished epoch).
+
+    Every stage is data-parallel under torchrun, e.g. `torchrun --nproc_per_node 2 -m workbench train`:
+    --batch-size is the global batch, split over the processes; only rank 0 writes."""
+    from dataclasses import replace
+
+    from workbench import dist, recipes
+    from workbench.gen.stages import train_stages
+    from workbench.logbook import tagged
+
+    ws = ws_of(ctx).require()
+    r = recipes.get(recipe)
+    model = dict(r.gen.model)
+    for f in MODEL:
+        value = kw.pop(f)
+        if given(ctx, f):
+            model.update({"enc_layers": value, "dec_layers": value} if f == "dec_layers" else {f: value})
+    plan, epochs = kw.pop("stages"), kw.pop("epochs")
+    plan = plan if given(ctx, "stages") else r.gen.stages
+    st = tuple(s for s in plan if s != 4)
+    if not given(ctx, "epochs"):  # the recipe's epochs of the stages asked for
+        epochs = tuple(dict(zip(r.gen.stages, r.gen.epochs)).get(s, r.gen.train.epochs) for s in st)
+    rl_cfg = apply(ctx, r.rl, {k: kw.pop(k) for k in ("algo", "steps")})
+    cfg = apply(ctx, r.gen, kw)  # the rest: backbone, batch size, lr, replay, eval width, seed
+    rl_cfg = replace(rl_cfg, eval_width=cfg.eval_width, seed=cfg.train.seed)
+    device = dist.setup(device)
+    with tagged(recipe=r.name):
+        if st:
+            cfg = replace(cfg, stages=st, epochs=epochs, model=model)
+            rows = train_stages(ws, cfg, name=name, device=device, resume=not fresh)
+            if dist.is_main():  # the other ranks go on to stage 4, if asked, without a word
+                df = pd.DataFrame(rows).drop(columns=["epoch", "seconds"], errors="ignore")
+                click.echo(f"\ngenerator {name!r}, held-out queries, beam width {cfg.eval_width}\n"
+                           + df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        if 4 in plan:
+            _stage4(ws, rl_cfg, name, embedder, device, fresh)
+
+
+def _stage4(ws, cfg: RLConfig, name: str, embedder: str, device: str, fresh: bool) -> None:
+    """Stage 4 after stages 1-3: `<name>-stage4`, then deployed as `<name>`."""
+    from workbench import dist
+    from workbench.cli.rl import ensure_ranker
+    from workbench.gen import store
+    from workbench.rl.train import train_rl
+
+    if fresh or not (store.gen_dir(ws) / f"{name}-stage4.safetensors").exists():
+        ensure_ranker(ws, embedder, device)
+        history = train_rl(ws, cfg, name, out=f"{name}-stage4", device=device)
+        if dist.is_main():
+            click.echo(f"\nstage 4 ({cfg.algo}, {cfg.steps} steps): {({k: round(v, 3) for k, v in history[-1].items() if '@' in k})}")
+    if dist.is_main():
+        gen_, tok, meta = store.load(ws, f"{name}-stage4")
+        store.save(ws, gen_, tok, name, **{k: v for k, v in meta.items() if k != "sid_fingerprint"})
+        click.echo(f"wrote {name}-stage4 and {name}")
+
+
+@click.group()
+def gen() -> None:
+    """The generator: decode queries into SIDs and products (train it with `workbench train`)."""
+
+
+@gen.command()
+@click.argument("queries", nargs=-1, required=True)
+@click.option("--width", type=int, default=16, show_default=True, help="Beam width: how many SIDs to decode.")
+@click.option("--top", type=int, default=5, show_default=True, help="SIDs to show per query.")
+@click.option("--user", default=None, help="Personalise for this user id (a generator trained with stage 3).")
+@click.option("--name", default="generator", show_default=True)
+@device_option()
+@click.pass_context
+def search(ctx, queries, width, top, user, name, device):
+    """Decode QUERIES into SIDs and their products (constrained beam search)."""
+    from workbench.gen.retrieve import Retriever
+
+    ws = ws_of(ctx).require()
+    r = Retriever.from_workspace(ws, name, device)
+    context = None
+    if user is not None:
+        context, known = r.user_context(ws, [user] * len(queries))
+        if not known[0]:
+            click.echo(f"unknown user {user!r}: results are not personalised")
+    titles = ws.table("products").set_index("product_id")["title"]
+    for q, hits in zip(queries, r.search(list(queries), width, context=context)):
+        click.echo(f"\n{q!r}: {len(hits)} SIDs, {sum(len(h.products) for h in hits)} products")
+        for h in hits[:top]:
+            click.echo(f"  {'-'.join(map(str, h.sid)):<14} logp {h.logp:7.3f}  {len(h.products):3d} products: "
+                       + "; ".join(titles.get(p, p) for p in h.products[:3]))
+
+
+COMMANDS = [train, gen]

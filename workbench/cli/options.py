@@ -1,0 +1,127 @@
+"""Options shared by the verbs, and options derived from config dataclasses.
+
+`config_options(Cls, "epochs", "model.codebook_sizes", ...)` makes one click option per (dotted)
+field: `--epochs`, `--codebook-sizes`; its default is the field's default, its help the comment beside
+the field (`workbench.config.field_help`), its type the field's annotation (tuples of ints are written
+`1,4,16`). So a default and its meaning are stated once, next to the field. `apply(ctx, cfg, kw)` then
+overlays on `cfg` (a recipe's config, or the class default) only the options the user gave: a named
+recipe sets the rest.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from workbench.config import field_default, field_doc, field_type, replace_path
+from workbench.workspace import Workspace
+
+
+def ints(text: str) -> tuple[int, ...]:
+    """'1,4,16' -> (1, 4, 16), every value >= 1; otherwise a click.BadParameter naming the text."""
+    try:
+        out = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated integers, e.g. 1,4,16") from None
+    if min(out) < 1:
+        raise click.BadParameter(f"{text!r}: values must be >= 1")
+    return out
+
+
+def names(text: str) -> tuple[str, ...]:
+    """'a, b' -> ('a', 'b')."""
+    return tuple(v.strip() for v in str(text).split(",") if v.strip())
+
+
+def ws_of(ctx: click.Context) -> Workspace:
+    """The workspace of `-w` (every verb reads it from the root context)."""
+    return ctx.find_root().obj["ws"]
+
+
+def device_option(help: str = "Torch device (cpu, cuda, cuda:1...).", default: str = "cpu"):
+    return click.option("--device", default=default, show_default=True, help=help)
+
+
+def embedder_option(help: str = "minilm or hashing[-DIM].", default: str | None = "minilm"):
+    return click.option("--embedder", default=default, show_default=default is not None, help=help)
+
+
+def recipe_option(what: str):
+    from workbench.recipes import RECIPES
+
+    return click.option("--recipe", type=click.Choice(list(RECIPES)), default="default", show_default=True,
+                        help=f"Named settings for {what} (`workbench recipes` lists them); options given here override it.")
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: str  # dotted field of the config class
+    flag: str  # --option-name
+    param: str  # the Python name click passes
+
+
+def _spec(path: str, flag: str | None) -> Spec:
+    return Spec(path, flag or "--" + path.rsplit(".", 1)[-1].replace("_", "-"), path.replace(".", "__"))
+
+
+def _click_type(t, choices):
+    if choices is not None:
+        return click.Choice(list(choices)), None
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is tuple and args and args[0] is int:
+        return ints, lambda v: ",".join(map(str, v))
+    if origin is tuple:
+        return names, lambda v: ",".join(map(str, v))
+    if origin in (typing.Union, types.UnionType):
+        t = next(a for a in args if a is not type(None))
+    return {int: int, float: float, str: str}.get(t, str), None
+
+
+def config_options(cls, *paths: str, flags: dict[str, str] | None = None, help: dict[str, str] | None = None,
+                   choices: dict[str, tuple] | None = None):
+    """Click options for the (dotted) fields `paths` of dataclass `cls` (see the module docstring)."""
+    flags, help, choices = flags or {}, help or {}, choices or {}
+
+    def deco(f):
+        for path in reversed(paths):
+            s = _spec(path, flags.get(path))
+            t, default = field_type(cls, path), field_default(cls, path)
+            text = help.get(path) or field_doc(cls, path)
+            text = text[:1].upper() + text[1:] + ("" if not text or text.endswith(".") else ".")
+            if t is bool:
+                f = click.option(s.flag, s.param, is_flag=True, default=default, help=text)(f)
+                continue
+            ctype, show = _click_type(t, choices.get(path))
+            f = click.option(s.flag, s.param, type=ctype, default=show(default) if show and default is not None else default,
+                             show_default=default is not None, help=text)(f)
+        return f
+    return deco
+
+
+def given(ctx: click.Context, param: str) -> bool:
+    """Whether the user set option `param` (on the command line or through the environment)."""
+    return ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+
+
+def apply(ctx: click.Context, cfg, kw: dict):
+    """`cfg` with every config option in `kw` that the user gave set at its dotted field; the options
+    that are fields of `cfg` are popped from `kw`, the others left there."""
+    for param in list(kw):
+        path = param.replace("__", ".")
+        try:
+            field_type(type(cfg), path)
+        except (KeyError, TypeError, AttributeError):
+            continue  # not a field of this config
+        value = kw.pop(param)
+        if given(ctx, param):
+            cfg = replace_path(cfg, path, value)
+    return cfg
+
+
+def path_option(*decls, **kw):
+    return click.option(*decls, type=click.Path(dir_okay=False, path_type=Path), **kw)

@@ -1,0 +1,96 @@
+"""Beam width as a decision: recall against latency over widths and batch sizes, and the width to serve.
+
+`sweep` decodes the held-out queries with a trained generator at every (batch size, width): latency
+p50/p95 per batch (a query's latency when it arrives in such a batch), throughput, Recall@K and the
+products retrieved. `pick_width` chooses the smallest width whose Recall@K is within `tolerance`
+(relative) of the widest width's, at the largest batch size measured; `width_for_recall` the smallest
+width reaching a target. `run_sweep` does both on a workspace and reports them to the logbook.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from workbench.gen.data import eval_set
+from workbench.gen.retrieve import Retriever, ranked_products
+from workbench.metrics import recall_at_k
+from workbench.report import device_name, report
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    widths: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # beam widths to measure
+    batch_sizes: tuple[int, ...] = (1, 32)  # queries decoded together
+    k: int = 50  # Recall@K over the retrieved products
+    tolerance: float = 0.02  # pick the smallest width whose Recall@K is within this share of the widest width's
+    rounds: int = 3  # timed passes over the queries per (batch size, width)
+
+    def __post_init__(self):
+        if not self.widths or not self.batch_sizes or min(*self.widths, *self.batch_sizes, self.k, self.rounds) < 1:
+            raise ValueError("widths, batch sizes, k and rounds must be >= 1")
+        if not 0 <= self.tolerance < 1:
+            raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
+
+
+def sweep(retriever: Retriever, evalset: pd.DataFrame, widths: list[int], batch_sizes: list[int], k: int = 50,
+          rounds: int = 3, label: str = "") -> list[dict]:
+    """One row per (batch size, width): latency p50/p95 per batch, throughput, Recall@k."""
+    texts, rel = evalset["query"].tolist(), evalset["relevant"].tolist()
+    recall = {}
+    for w in widths:
+        got = [ranked_products(h) for h in retriever.search(texts, w)]
+        recall[w] = (recall_at_k(got, rel, k), float(np.mean([len(g) for g in got])))
+    rows = []
+    for bs in batch_sizes:
+        chunks = [texts[i:i + bs] for i in range(0, len(texts), bs)]
+        chunks = [c for c in chunks if len(c) == bs] or chunks[:1]  # equal batches only, unless all are short
+        for w in widths:
+            retriever.search(chunks[0], w, batch_size=bs)  # warm-up
+            lat = []
+            for _ in range(rounds):
+                for c in chunks:
+                    t = time.perf_counter()
+                    retriever.search(c, w, batch_size=bs)  # to host lists: synchronises on CUDA too
+                    lat.append(time.perf_counter() - t)
+            lat = np.array(lat)
+            rows.append({"case": f"{label}w{w} b{bs}".strip(), "ids": label, "width": w, "batch": bs,
+                         "p50_ms": 1e3 * np.percentile(lat, 50), "p95_ms": 1e3 * np.percentile(lat, 95),
+                         "queries_per_s": len(lat) * len(chunks[0]) / lat.sum(),
+                         f"recall@{k}": recall[w][0], "products": recall[w][1]})
+    return rows
+
+
+def run_sweep(w, mode: str, cfg: SweepConfig, run, device: str = "cpu") -> tuple[list[dict], dict]:
+    """The sweep of workspace `w`'s generator, reported as `beam-sweep (<mode> IDs)`; rows and pick_width."""
+    widths, sizes = list(cfg.widths), list(cfg.batch_sizes)
+    rows = sweep(Retriever.from_workspace(w, device=device), eval_set(w), widths, sizes, cfg.k, cfg.rounds, f"{mode} ")
+    report(f"beam-sweep ({mode} IDs)", rows, run, units={"p50_ms": "ms", "p95_ms": "ms", "queries_per_s": "1/s"},
+           params={"widths": widths, "batch_sizes": sizes, "k": cfg.k, "rounds": cfg.rounds, "workspace": str(w.path)},
+           device=device_name(device))
+    return rows, pick_width(rows, cfg.k, cfg.tolerance)
+
+
+def pick_width(rows: list[dict], k: int, tolerance: float = 0.02) -> dict:
+    """Smallest width whose Recall@k is within `tolerance` (relative) of the widest width's; the
+    latency saved at the largest batch size measured."""
+    df = pd.DataFrame(rows)
+    bs = df["batch"].max()
+    df = df[df["batch"] == bs].sort_values("width")
+    widest = df.iloc[-1]
+    ok = df[df[f"recall@{k}"] >= (1 - tolerance) * widest[f"recall@{k}"]]
+    best = ok.iloc[0]
+    return {"width": int(best["width"]), "recall": float(best[f"recall@{k}"]), "widest": int(widest["width"]),
+            "widest_recall": float(widest[f"recall@{k}"]), "batch": int(bs),
+            "latency_saving": 1 - best["p50_ms"] / widest["p50_ms"],
+            "throughput_gain": best["queries_per_s"] / widest["queries_per_s"]}
+
+
+def width_for_recall(rows: list[dict], k: int, target: float) -> int | None:
+    """Smallest width reaching `target` Recall@k (None if none does)."""
+    df = pd.DataFrame(rows).drop_duplicates("width").sort_values("width")
+    hit = df[df[f"recall@{k}"] >= target]
+    return int(hit.iloc[0]["width"]) if len(hit) else None
