@@ -104,8 +104,13 @@ def code_version() -> str:
 
 
 def _jsonable(x):
+    """Dataclass configs (also inside dicts and lists) as plain dicts, so `runs.config` is queryable JSON."""
     if is_dataclass(x) and not isinstance(x, type):
         return asdict(x)
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
     return x
 
 

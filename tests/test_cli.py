@@ -1,0 +1,84 @@
+"""The CLI layer: every verb and option users had before the cli/ package is still there, options come
+from config fields, and a named recipe is overridden only by the options given."""
+
+import json
+import shutil
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from workbench.cli import main
+from workbench.cli.options import apply, config_options
+from workbench.config import field_help
+from workbench.gen.stages import StagesConfig
+from workbench.recipes import RECIPES, get
+from workbench.rl.train import RLConfig
+
+from .conftest import ROOT, SAMPLE
+
+
+def surface(cmd, path=("workbench",)) -> dict[str, list[str]]:
+    out = {" ".join(path): sorted(o for p in cmd.params for o in (p.opts + p.secondary_opts if isinstance(p, click.Option)
+                                                                    else [p.name.upper()]))}
+    for name, sub in getattr(cmd, "commands", {}).items():
+        out.update(surface(sub, (*path, name)))
+    return out
+
+
+def test_every_verb_and_option_of_before_is_kept():
+    before = json.loads((ROOT / "tests" / "cli_surface.json").read_text())  # the CLI's surface before workbench/cli/
+    now = surface(main)
+    assert set(before) <= set(now), f"verbs lost: {sorted(set(before) - set(now))}"
+    lost = {verb: sorted(set(opts) - set(now[verb])) for verb, opts in before.items() if set(opts) - set(now[verb])}
+    assert not lost, f"options lost: {lost}"
+
+
+def test_field_help_reads_the_comment_beside_each_field():
+    h = field_help(RLConfig)
+    assert h["prompts"].startswith("searches per step") and h["group"] == "SIDs sampled per search (G)"
+    assert "loss" not in h  # no comment, no help
+
+
+def test_options_from_fields_and_overrides_only_what_was_given():
+    @click.command()
+    @config_options(StagesConfig, "stages", "epochs", "train.lr", "eval_width")
+    @click.pass_context
+    def cmd(ctx, **kw):
+        cfg = apply(ctx, get("homedepot").gen, kw)
+        click.echo(json.dumps([cfg.stages, cfg.epochs, cfg.train.lr, cfg.eval_width, sorted(kw)]))
+
+    r = CliRunner().invoke(cmd, ["--lr", "0.5", "--eval-width", "8"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == [[1, 2], [6, 12], 0.5, 8, []]  # the recipe's stages and epochs, the given lr and width
+    help_ = CliRunner().invoke(cmd, ["--help"]).output
+    assert "[default: 1,2,3]" in help_ and "beam width of the per-epoch" in help_.lower()
+    bad = CliRunner().invoke(cmd, ["--stages", "1,x"])
+    assert bad.exit_code == 2 and "comma-separated integers" in bad.output
+
+
+def test_recipes_are_listed_printed_and_refused_by_name(tmp_path):
+    r = CliRunner().invoke(main, ["recipes"])
+    assert r.exit_code == 0 and all(name in r.output for name in RECIPES)
+    demo = json.loads(CliRunner().invoke(main, ["recipes", "demo"]).output)
+    assert demo["sid"]["model"]["codebook_sizes"] == [64, 16, 8] and demo["rl"]["steps"] == 40
+    bad = CliRunner().invoke(main, ["recipes", "nope"])
+    assert bad.exit_code == 1 and "unknown recipe 'nope'; recipes: default, demo, homedepot" in bad.output
+    bad = CliRunner().invoke(main, ["-w", str(tmp_path / "w"), "train", "--recipe", "nope"])
+    assert bad.exit_code == 2 and "nope" in bad.output
+
+
+@pytest.mark.slow
+def test_a_recipe_trains_and_is_recorded_with_the_run(tmp_path):
+    from workbench import Workspace
+
+    shutil.copytree(SAMPLE, tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws")
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "sid", "train", "--recipe", "demo", "--embedder", "hashing-32",
+                                  "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    assert "(cluster IDs)" in r.output
+    run = ws.logbook().query("SELECT config FROM runs WHERE kind = 'sid-train'")
+    cfg = json.loads(run["config"].iloc[0])
+    assert cfg["recipe"] == "demo"
+    assert cfg["cqsid"]["model"]["codebook_sizes"] == [64, 16, 8] and cfg["cqsid"]["epochs"] == 2  # recipe + the option given
