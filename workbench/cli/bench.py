@@ -275,10 +275,7 @@ def bench_batch(ctx, sizes, jobs, chunk, embedder, width, device) -> None:
 
 
 @bench.command(name="rl")
-@rl_options
-@click.option("--name", default="generator", show_default=True, help="Both start from <name>-stage3.")
-@embedder_option("For the ranker, if it has to be trained.")
-@device_option()
+@rl_options("Both start from <name>-stage3.")
 @click.pass_context
 def bench_rl(ctx, recipe, reward_weights, name, embedder, device, **kw):
     """GRPO vs EG-GRPO with the same seed, prompts and budget: curves, collapse diagnostics, stage 3 vs 4."""

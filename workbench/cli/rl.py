@@ -10,8 +10,18 @@ from workbench.rl.grpo import ALGOS, SHAPINGS
 from workbench.rl.train import RLConfig
 
 
-def rl_options(f):
-    """Stage 4's options, from RLConfig's fields (and its loss's), plus --reward weights by name."""
+def rl_options(name_help: str):
+    """Stage 4's options: RLConfig's fields (and its loss's), --reward weights by name, the generator's
+    --name (`name_help`), the ranker's --embedder and --device."""
+    def deco(f):
+        f = device_option()(f)
+        f = embedder_option("For the ranker, if it has to be trained.")(f)
+        f = click.option("--name", default="generator", show_default=True, help=name_help)(f)
+        return _rl_fields(f)
+    return deco
+
+
+def _rl_fields(f):
     f = config_options(RLConfig, "eval_every", "seed")(f)
     f = click.option("--reward", "reward_weights", default="", help="Reward weights, e.g. click=1,purchase=0,exposure=1.")(f)
     f = config_options(RLConfig, "lr", "loss.kl", "loss.shaping", choices={"loss.shaping": SHAPINGS})(f)
@@ -65,10 +75,7 @@ def ranker(ctx, epochs, embedder, seed, device):
 
 
 @click.command()
-@rl_options
-@click.option("--name", default="generator", show_default=True, help="Starts from <name>-stage3; writes <name>-<algo>.")
-@embedder_option("For the ranker, if it has to be trained.")
-@device_option()
+@rl_options("Starts from <name>-stage3; writes <name>-<algo>.")
 @click.pass_context
 def rl(ctx, recipe, reward_weights, name, embedder, device, **kw):
     """Stage 4: refine the stage-3 generator against the ranker with GRPO or EG-GRPO.
