@@ -109,6 +109,7 @@ def test_app_search_page(app_ws):
     assert any("Type a query" in i.value for i in at.info)
 
 
+@pytest.mark.slow
 def test_app_other_pages_and_bad_workspace(app_ws, tmp_path):
     at = _app(app_ws.path)
     for page in ("Training", "Beam width", "Codebooks", "SQL"):

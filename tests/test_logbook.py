@@ -66,6 +66,7 @@ def test_crash_leaves_readable_file_with_unfinished_run(tmp_path):
     assert lb.query("SELECT status FROM runs")["status"][0] == "crashed"
 
 
+@pytest.mark.slow
 def test_reader_reads_while_another_process_writes(tmp_path):
     path = tmp_path / "lb.duckdb"
     writer = subprocess.Popen([sys.executable, "-c", CHILD, str(path), "3000", "ok"], stderr=subprocess.PIPE, text=True)

@@ -59,6 +59,7 @@ def test_python_m_workbench_and_help_on_every_verb():
     walk(main, [])
 
 
+@pytest.mark.slow
 def test_demo_builds_then_skips_and_sql_reads_the_logbook(demo_workspace):
     ws, output = demo_workspace  # `workbench demo --embedder hashing-64 --no-app`, run once (conftest.py)
     runner = CliRunner()

@@ -54,7 +54,7 @@ def _grads(shaping: str, ref_weight: float = 1.0):
     is_ref = torch.tensor([[False, False, True]])
     present = torch.ones(1, 3, dtype=torch.bool)
     cfg = grpo.LossConfig(kl=0.0, shaping=shaping, gamma=0.1, ref_weight=ref_weight)
-    lo, _ = grpo.loss(logp, logp.detach(), logp.detach(), adv, is_ref, present, cfg)
+    lo, _ = grpo.loss(logp, old=logp.detach(), ref=logp.detach(), adv=adv, is_ref=is_ref, present=present, cfg=cfg)
     lo.backward()
     return logp.grad[0], logp.detach().exp()[0]
 
@@ -74,16 +74,16 @@ def test_clip_and_kl():
     logp = torch.log(torch.tensor([[[0.9]]])).requires_grad_()
     old = torch.log(torch.tensor([[[0.5]]]))  # ratio 1.8 > 1 + clip
     cfg = grpo.LossConfig(kl=0.0, clip=0.2)
-    lo, stats = grpo.loss(logp, old, logp.detach(), torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.bool),
-                          torch.ones(1, 1, dtype=torch.bool), cfg)
+    lo, stats = grpo.loss(logp, old=old, ref=logp.detach(), adv=torch.ones(1, 1), is_ref=torch.zeros(1, 1, dtype=torch.bool),
+                          present=torch.ones(1, 1, dtype=torch.bool), cfg=cfg)
     lo.backward()
     assert logp.grad.abs().sum() == 0 and stats["clip_share"] == 1.0  # clipped: no push further up
     same = torch.zeros(1, 2, 3)
-    _, stats = grpo.loss(same, same, same, torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.bool),
-                         torch.ones(1, 2, dtype=torch.bool), grpo.LossConfig())
+    _, stats = grpo.loss(same, old=same, ref=same, adv=torch.zeros(1, 2), is_ref=torch.zeros(1, 2, dtype=torch.bool),
+                         present=torch.ones(1, 2, dtype=torch.bool), cfg=grpo.LossConfig())
     assert stats["kl"] == 0.0
-    _, stats = grpo.loss(same, same, same - 0.5, torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.bool),
-                         torch.ones(1, 2, dtype=torch.bool), grpo.LossConfig())
+    _, stats = grpo.loss(same, old=same, ref=same - 0.5, adv=torch.zeros(1, 2), is_ref=torch.zeros(1, 2, dtype=torch.bool),
+                         present=torch.ones(1, 2, dtype=torch.bool), cfg=grpo.LossConfig())
     assert stats["kl"] > 0
 
 
@@ -163,7 +163,8 @@ def test_policy_at_the_optimum_is_not_pushed_away():
     logp = grpo.token_logp(model, rep(ids), rep(mask), None, flat, trie).reshape(3, 7, 3)
     is_ref = torch.zeros(3, 7, dtype=torch.bool)
     is_ref[:, -1] = True
-    lo, _ = grpo.loss(logp, old, ref_lp, adv, is_ref, torch.ones(3, 7, dtype=torch.bool), grpo.LossConfig())
+    lo, _ = grpo.loss(logp, old=old, ref=ref_lp, adv=adv, is_ref=is_ref, present=torch.ones(3, 7, dtype=torch.bool),
+                      cfg=grpo.LossConfig())
     opt.zero_grad()
     lo.backward()
     opt.step()

@@ -61,7 +61,7 @@ def test_bad_stage_plans_are_refused(trained, tmp_path):
     with pytest.raises(FileNotFoundError, match="no generator 'fresh-stage1'"):
         st.train_stages(ws, st.StagesConfig(stages=(2,)), name="fresh")
     with pytest.raises(ValueError, match="epoch counts"):
-        st.train_stages(ws, st.StagesConfig(stages=(1, 2), epochs=(1, 2, 3)))
+        st.train_stages(ws, st.StagesConfig(stages=(1, 2, 3), epochs=(1, 2)))
 
 
 @pytest.mark.slow
@@ -91,3 +91,11 @@ def test_a_killed_run_resumes_and_ends_with_the_same_weights(trained, tmp_path, 
     b, _, _ = store.load(ws, "killed")
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(va, vb, msg=k)
+
+
+def test_a_plan_takes_its_epochs_per_planned_stage_per_stage_number_or_one_for_all():
+    assert st.StagesConfig(stages=(3,)).epochs == (6,)  # the default's stage-3 epochs
+    assert st.StagesConfig(stages=(2, 3), epochs=(4,)).epochs == (4, 4)
+    assert st.StagesConfig(stages=(1, 2), epochs=(6, 12)).epochs == (6, 12)
+    with pytest.raises(ValueError, match="epochs >= 1"):
+        st.StagesConfig(epochs=(0,))

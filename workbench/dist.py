@@ -13,6 +13,9 @@ The contract the trainers keep:
   weight over N (`local_total`); DDP averages gradients over the N ranks, which gives back the global
   batch's weighted mean. A rank whose slice is empty trains on one zero-weight example, so every rank
   joins every gradient all-reduce.
+- **Reads like one process.** The trainers' collectives go through the helpers below (`my_rows`,
+  `mean_over_ranks`, `all_sum_many_`, `gather_batch`, `gather_cat`, `average_grads`), each the identity
+  (or the plain computation) on one process.
 - **Only rank 0 writes**: checkpoints, SID tables and logbook rows (`is_main`). Checkpoints go to the
   workspace, which on several hosts must be on a shared filesystem so that every rank can resume.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import fields, is_dataclass, replace
 
 import torch
 import torch.distributed as td
@@ -69,9 +73,15 @@ def barrier() -> None:
         td.barrier()
 
 
+def my_rows() -> slice:
+    """This rank's rows of a global batch, `slice(rank, None, world)`: strided, so ranks differ by at most
+    one row; every row (`slice(0, None, 1)`) on one process."""
+    return slice(rank(), None, world())
+
+
 def shard(batch: torch.Tensor) -> torch.Tensor:
-    """This rank's share of a global batch of indices (strided, so ranks differ by at most one example)."""
-    return batch[rank()::world()]
+    """This rank's share of a global batch of indices: `batch[my_rows()]`."""
+    return batch[my_rows()]
 
 
 def local_total(weight: torch.Tensor) -> torch.Tensor:
@@ -109,16 +119,36 @@ def all_sum_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_sum_many_(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Sum several tensors (of one dtype and device) over ranks in place in one flat all-reduce, and return
+    them; a no-op on one process."""
+    if world() > 1 and tensors:
+        flat = all_sum_(torch.cat([t.reshape(-1) for t in tensors]))
+        for t, v in zip(tensors, flat.split([t.numel() for t in tensors])):
+            t.copy_(v.view_as(t))
+    return tensors
+
+
+def mean_over_ranks(stats: dict) -> dict[str, float]:
+    """Each value of `stats` averaged over ranks, as floats, in one all-reduce: numbers in float64, 0-d
+    tensors (all of them, on one device) in their own dtype; the values themselves on one process. A
+    value each rank holds as N x its part of a global quantity (a local mean times its rows' share of
+    the global batch, say) averages to that quantity; local counts average to the global count / N, a
+    rank's loss denominator (as `local_total`)."""
+    if world() == 1:
+        return {k: float(v) for k, v in stats.items()}
+    v = list(stats.values())
+    t = torch.stack(v) if all(torch.is_tensor(x) for x in v) else torch.tensor([float(x) for x in v], dtype=torch.float64)
+    return dict(zip(stats, (all_sum_(t) / world()).tolist()))
+
+
 def average_grads(params) -> None:
     """Average the gradients of `params` over ranks in one flat all-reduce: DDP's arithmetic, for trainers
     whose loss needs whole-batch collectives of its own (`gather_batch`) inside the backward pass."""
     if world() == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    all_sum_(flat).div_(world())
-    for g, v in zip(grads, flat.split([g.numel() for g in grads])):
-        g.copy_(v.view_as(g))
+    for g in all_sum_many_([p.grad for p in params if p.grad is not None]):
+        g.div_(world())
 
 
 def sync_params(model: torch.nn.Module) -> None:
@@ -156,6 +186,31 @@ def gather_objects(obj) -> list:
     out = [None] * world()
     td.all_gather_object(out, obj)
     return out
+
+
+def _merge(xs: list, tensors):
+    """One structure from several alike ones (tensors, nested in tuples, lists, dicts and dataclasses):
+    `tensors(list of the tensors at a place)` at each tensor, the first structure's value at any other leaf."""
+    x = xs[0]
+    if isinstance(x, torch.Tensor):
+        return tensors(xs)
+    if isinstance(x, dict):
+        return {k: _merge([y[k] for y in xs], tensors) for k in x}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_merge(list(ys), tensors) for ys in zip(*xs))
+    if is_dataclass(x) and not isinstance(x, type):
+        return replace(x, **{f.name: _merge([getattr(y, f.name) for y in xs], tensors) for f in fields(x) if f.init})
+    return x
+
+
+def gather_cat(x):
+    """Every rank's `x` joined along the batch (dim 0, in rank order, on the CPU): `x` is a tensor or a
+    tuple, list, dict or dataclass of them (nested), any other leaf (a float) is rank 0's. For what each
+    rank computes on its own rows and the whole batch is needed for (diagnostics); pickled
+    (`gather_objects`), not differentiable. `x` itself on one process."""
+    if world() == 1:
+        return x
+    return _merge(gather_objects(_merge([x], lambda ts: ts[0].cpu())), torch.cat)
 
 
 @contextmanager

@@ -49,7 +49,7 @@ class StagesConfig:
     """A curriculum: which stages, how long each, the model they train and how they train it."""
 
     stages: tuple[int, ...] = (1, 2, 3)  # 1 items, 2 queries, 3 personal (user + history + query); each starts from the previous one
-    epochs: tuple[int, ...] = (20, 12, 6)  # epochs per stage (one number: the same for each); the small items stage needs more passes
+    epochs: tuple[int, ...] = (20, 12, 6)  # epochs per stage planned, or per stage 1-3, or one number for all; the small items stage needs more passes
     backbone: str = "scratch"  # encoder trained from scratch, or all-MiniLM-L6-v2's pretrained BERT (minilm)
     model: dict = field(default_factory=dict)  # GenConfig fields to override (d_model, n_heads, enc_layers, ...); empty: its defaults
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -61,7 +61,11 @@ class StagesConfig:
         st = tuple(self.stages)
         if not st or any(s not in STAGES for s in st) or list(st) != sorted(set(st)):
             raise ValueError(f"stages must be increasing and among {sorted(STAGES)} (stage 4 is `workbench rl`), got {st}")
-        ep = tuple(self.epochs) * len(st) if len(self.epochs) == 1 else tuple(self.epochs)
+        ep = tuple(self.epochs)
+        if len(ep) == 1:
+            ep = ep * len(st)
+        elif len(ep) == len(STAGES) and len(st) < len(STAGES):  # one per stage 1-3: take the planned stages'
+            ep = tuple(ep[s - 1] for s in st)
         if len(ep) != len(st):
             raise ValueError(f"{len(ep)} epoch counts for {len(st)} stages")
         if min(ep) < 1 or self.replay < 0 or self.history < 1 or self.eval_width < 1:

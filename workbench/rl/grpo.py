@@ -28,6 +28,9 @@ logp (current), old (at sampling time), ref (the frozen stage-3 model):
 
     loss = -(mean over members and levels of the surrogates) + beta * mean KL
 
+Shapes: B groups of N members, each member a SID of L codes (B, N, L); the mask `present` (B, N)
+marks the members that exist (a search may have fewer than R references), `is_ref` (B, N) the references.
+
 Everything here except the choice of LUFFY-style shaping for the references is standard GRPO
 (Shao et al. 2024; TRL's GRPOTrainer); injecting references into the group and normalising over the
 union is the paper's EG-GRPO as its abstract describes it; the exact formulas are ours.
@@ -103,10 +106,10 @@ def token_logp(model: Generator, ids: torch.Tensor, mask: torch.Tensor, context:
     return torch.stack(out, 1)
 
 
-def advantages(rewards: torch.Tensor, members: torch.Tensor | None = None, eps: float = 1e-4) -> torch.Tensor:
+def advantages(rewards: torch.Tensor, present: torch.Tensor | None = None, eps: float = 1e-4) -> torch.Tensor:
     """(B, N) rewards -> (B, N) group-normalised advantages over the members present (mask (B, N));
     0 for absent members and for every member of a group whose rewards are all equal."""
-    m = torch.ones_like(rewards, dtype=torch.bool) if members is None else members
+    m = torch.ones_like(rewards, dtype=torch.bool) if present is None else present
     w = m.float()
     n = w.sum(1, keepdim=True).clamp_min(1)
     mean = (rewards * w).sum(1, keepdim=True) / n
@@ -115,18 +118,20 @@ def advantages(rewards: torch.Tensor, members: torch.Tensor | None = None, eps: 
     return torch.where(m & ~equal, (rewards - mean) / (std + eps), torch.zeros_like(rewards))
 
 
-def equal_groups(rewards: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
-    """(B,) whether all present members of each group have the same reward (no learning signal)."""
-    m = torch.ones_like(rewards, dtype=torch.bool) if members is None else members
+def equal_groups(rewards: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) whether all present members (mask (B, N)) of each group have the same reward (no learning signal)."""
+    m = torch.ones_like(rewards, dtype=torch.bool) if present is None else present
     hi = rewards.masked_fill(~m, float("-inf")).amax(1)
     lo = rewards.masked_fill(~m, float("inf")).amin(1)
     return (hi - lo) <= 1e-9 * hi.abs().clamp_min(1.0)
 
 
-def loss(logp: torch.Tensor, old: torch.Tensor, ref: torch.Tensor, adv: torch.Tensor, is_ref: torch.Tensor,
-         members: torch.Tensor, cfg: LossConfig, totals: tuple[float, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """logp / old / ref (B, N, L) token log-probs; adv, is_ref, members (B, N). See the module docstring.
+def loss(logp: torch.Tensor, *, old: torch.Tensor, ref: torch.Tensor, adv: torch.Tensor, is_ref: torch.Tensor,
+         present: torch.Tensor, cfg: LossConfig, totals: tuple[float, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one batch of groups and its statistics (pg_loss, kl, clip_share). See the module docstring.
 
+    logp / old / ref (B, N, L) token log-probs of the members (current policy, at sampling time, stage 3);
+    adv (B, N) advantages; is_ref (B, N) the reference members; present (B, N) the members that exist.
     The means divide by the batch's present and sampled token counts, or by `totals` (the global
     batch's counts over the number of processes, for a data-parallel slice: see `workbench.dist`)."""
     A = adv[..., None]  # (B, N, 1)
@@ -135,15 +140,15 @@ def loss(logp: torch.Tensor, old: torch.Tensor, ref: torch.Tensor, adv: torch.Te
     p = logp.exp()
     guided = p / (p + cfg.gamma) * A if cfg.shaping == "luffy" else torch.exp(logp - logp.detach()) * A
     surrogate = torch.where(is_ref[..., None], cfg.ref_weight * guided, sampled)  # (B, N, L)
-    present = members[..., None].expand_as(surrogate).float()
-    on = (members & ~is_ref)[..., None].expand_as(surrogate).float()
+    tok_present = present[..., None].expand_as(surrogate).float()  # (B, N, L) tokens of present members
+    tok_sampled = (present & ~is_ref)[..., None].expand_as(surrogate).float()  # (B, N, L) tokens of sampled members
     d = ref - logp
     kl = torch.exp(d) - d - 1  # (B, N, L), >= 0
-    n_present, n_on = totals if totals is not None else (present.sum(), on.sum())
-    n_present, n_on = max(float(n_present), 1.0), max(float(n_on), 1.0)
-    pg = -(surrogate * present).sum() / n_present
-    kl_mean = (kl * on).sum() / n_on
+    n_present, n_sampled = totals if totals is not None else (tok_present.sum(), tok_sampled.sum())
+    n_present, n_sampled = max(float(n_present), 1.0), max(float(n_sampled), 1.0)
+    pg = -(surrogate * tok_present).sum() / n_present
+    kl_mean = (kl * tok_sampled).sum() / n_sampled
     total = pg + cfg.kl * kl_mean
     clipped = ((rho - 1).abs() > cfg.clip).float()
     return total, {"pg_loss": float(pg.detach()), "kl": float(kl_mean.detach()),
-                   "clip_share": float((clipped * on).sum() / n_on)}
+                   "clip_share": float((clipped * tok_sampled).sum() / n_sampled)}

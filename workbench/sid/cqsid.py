@@ -163,8 +163,10 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
     Data-parallel under torchrun (`workbench.dist`): every rank draws the same global batches and
     query pairs and encodes its slice; the whole-batch constraint losses see every rank's rows
     through `dist.gather_batch`; gradients are averaged (`dist.average_grads`, DDP's arithmetic: the
-    gathers need collectives of their own inside the backward pass) and code usage is summed over
-    ranks before dead codes restart. Rank 0 alone evaluates; `run` is only given there."""
+    gathers need collectives of their own inside the backward pass). Each rank holds every logged loss
+    as N x its part of the global value, so their mean over ranks is the global value
+    (`dist.mean_over_ranks`); code usage is summed over ranks (`dist.all_sum_many_`) before dead codes
+    restart. Rank 0 alone evaluates; `run` is only given there."""
     m = cfg.model
     check_vectors(data.x, dim=m.input_dim)
     n = len(data.x)
@@ -211,14 +213,14 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
                 res = dist.gather_batch(out["residuals"][:k_mine], len(b))  # (B, L, d), every rank's rows
                 # each rank sums its anchors' terms: N x its share, which the gradient averaging divides back
                 parts["category"] = N * category_loss(res, model.codebooks, cat[b], cfg.category_levels, cfg.tau_code,
-                                                      anchors=slice(dist.rank(), None, N))
+                                                      anchors=dist.my_rows())
                 weight["category"] = 1.0
                 loss = loss + cfg.category_weight * parts["category"]
             if pairs is not None:
                 pick = torch.multinomial(pw, min(cfg.query_batch, len(pw)), replacement=True, generator=g).numpy()
                 qi, pi = pair_q[pick], pair_p[pick]
                 positive = torch.as_tensor(rel[qi][:, pi].toarray() > 0, device=device)  # (Bq, Bq)
-                r = slice(dist.rank(), None, N)  # this rank's pairs
+                r = dist.my_rows()  # this rank's pairs
                 z = dist.gather_batch(torch.cat([model.encode(qx[qi[r]]), model.encode(x[pi[r]])], 1), len(qi))  # (Bq, 2d)
                 parts["query"] = query_loss(*z.chunk(2, dim=1), positive, cfg.tau_query)
                 weight["query"] = 1.0
@@ -228,13 +230,12 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
             dist.average_grads(model.parameters())
             opt.step()
             sched.step()
-            for k, v in parts.items():  # summed over ranks after the epoch: local parts by share, the others / N
-                sums[k] = sums.get(k, 0.0) + v.detach() * weight[k] / N / len(batches)
+            for k, v in parts.items():  # N x this rank's part of the epoch's mean (local parts by their share)
+                sums[k] = sums.get(k, 0.0) + v.detach() * weight[k] / len(batches)
             for lvl, c in enumerate(out["codes"][:k_mine].T):
                 counts[lvl] += torch.bincount(c, minlength=m.codebook_sizes[lvl])
-        total = dist.all_sum_(torch.cat([torch.stack(list(sums.values())), *counts]))  # one reduce for the epoch
-        sums = dict(zip(sums, total[:len(sums)].tolist()))
-        counts = list(total[len(sums):].split(list(m.codebook_sizes)))
+        sums = dist.mean_over_ranks(sums)  # the epoch's mean losses over the global batches
+        counts = dist.all_sum_many_(counts)  # every rank's code usage
         # dead codes: re-seed from live residuals while there is time left to train them
         restarted = 0
         if epoch < cfg.restart_until * cfg.epochs and any((c == 0).any() for c in counts):
