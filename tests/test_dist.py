@@ -22,6 +22,35 @@ def test_one_process_is_the_identity():
     assert dist.wrap(model) is model and dist.all_sum(2.5) == 2.5
 
 
+def test_helpers_are_the_plain_computation_on_one_process_and_gather_cat_joins_ranks(monkeypatch):
+    """my_rows, mean_over_ranks, all_sum_many_ and gather_cat on one process; gather_cat's join with two
+    ranks faked: tensors concatenated in rank order through tuples, dicts and dataclasses, other leaves rank 0's."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Part:
+        rows: torch.Tensor
+        tau: float
+
+    assert dist.my_rows() == slice(0, None, 1) and torch.equal(torch.arange(5)[dist.my_rows()], torch.arange(5))
+    assert dist.mean_over_ranks({"a": 1.5, "b": torch.tensor(2.0)}) == {"a": 1.5, "b": 2.0}
+    ts = [torch.ones(2), torch.zeros(1, 3)]
+    assert dist.all_sum_many_(ts) is ts and ts[0].tolist() == [1.0, 1.0]
+    mine = (torch.arange(3), {"k": Part(torch.ones(3, 2), 0.5)})
+    assert dist.gather_cat(mine) is mine
+    other = (torch.arange(3, 5), {"k": Part(torch.zeros(2, 2), 9.0)})
+    monkeypatch.setattr(dist, "world", lambda: 2)
+    monkeypatch.setattr(dist, "rank", lambda: 1)
+    monkeypatch.setattr(dist, "gather_objects", lambda obj: [obj, other])
+    assert dist.my_rows() == slice(1, None, 2)
+    rows, d = dist.gather_cat(mine)
+    assert rows.tolist() == [0, 1, 2, 3, 4] and d["k"].rows.sum(1).tolist() == [2, 2, 2, 0, 0] and d["k"].tau == 0.5
+    monkeypatch.setattr(dist, "all_sum_", lambda t: t.mul_(2))  # two ranks holding the same values
+    assert dist.mean_over_ranks({"a": 1.5, "b": 3}) == {"a": 1.5, "b": 3.0}
+    ts = dist.all_sum_many_([torch.ones(2), torch.full((1, 3), 2.0)])  # one flat reduce, split back in place
+    assert ts[0].tolist() == [2.0, 2.0] and ts[1].tolist() == [[4.0, 4.0, 4.0]]
+
+
 def test_ranks_losses_average_to_the_global_batch_loss():
     """What DDP's gradient averaging sees: each rank's slice over the global weight / N, averaged over
     ranks, is the one-process loss of the whole batch, for any split (uneven ones included)."""

@@ -230,6 +230,7 @@ def test_reward_components_as_documented():
 
 
 # -- the loop ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_one_rl_step_changes_the_generator_and_logs_diagnostics(rl_ws):
     from workbench.rl.train import RLConfig, train_rl
 
@@ -265,6 +266,7 @@ def test_rl_bad_inputs(rl_ws, monkeypatch):
         train_rl(ws, RLConfig(steps=1, prompts=2), progress=False)
 
 
+@pytest.mark.slow
 def test_stage_4_through_workbench_train_and_cli_errors(rl_ws):
     from click.testing import CliRunner
 
