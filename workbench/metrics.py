@@ -9,6 +9,14 @@ relevant product are left out of the means.
     mrr        1 / rank of the first relevant product (0 if none is retrieved), over the whole list
     hit@k      1 if any relevant product is in the first k (the paper's hitrate when the relevant
                product is the one clicked or bought)
+
+A recall channel hands a *set* to the ranker, so it is judged at a budget of products B:
+
+    channel recall@B   share of the relevant products in the channel's first B candidates
+    unique recall@B    share of the relevant products in the channel's first B that the base
+                       channel's first B misses: what only this channel brings
+
+(Union recall, the two channels sharing one budget, is recall@B of `eval.baselines.supplement`.)
 """
 
 from __future__ import annotations
@@ -69,6 +77,18 @@ def hit_at_k(retrieved: list[list], relevant: list, k: int) -> float:
 
 def mrr(retrieved: list[list], relevant: list) -> float:
     return _mean(per_query(retrieved, relevant, max(1, max((len(g) for g in retrieved), default=1)))["mrr"])
+
+
+def unique_recall(channel: list[list], base: list[list], relevant: list, budget: int) -> float:
+    """Share of each query's relevant products in channel[:budget] and not in base[:budget], averaged."""
+    _check(channel, relevant, budget)
+    _check(base, relevant, budget)
+    out = []
+    for got, other, rel in zip(channel, base, relevant):
+        g = _gains(rel)
+        if g:
+            out.append(len((set(got[:budget]) - set(other[:budget])) & g.keys()) / len(g))
+    return float(np.mean(out)) if out else float("nan")
 
 
 def coverage(retrieved: list[list], k: int, catalog_size: int) -> float:
