@@ -7,6 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ROOT
 from workbench import Workspace, serve
+from workbench.sid.store import workspace_embedder
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +31,14 @@ def test_open_workspace_errors(tmp_path, app_ws):
     shutil.copy(app_ws.path / "workspace.json", bare.path / "workspace.json")
     with pytest.raises(serve.AppError, match="no trained generator"):
         serve.open_workspace(bare.path)
-    assert serve.workspace_embedder(app_ws) == "hashing-64"
+    assert workspace_embedder(app_ws) == "hashing-64"
 
 
 def test_search_paths_tree_and_served_log(eng, app_ws):
     res = eng.search("cordless drill", width=8)
-    assert 1 <= len(res.hits) <= 8 and res.products == [p for h in res.hits for p in h.products]
+    flat = [p for h in res.hits for p in h.products][:300]
+    assert 1 <= len(res.hits) <= 8 and sorted(res.products) == sorted(flat)  # the channel: the decoded products, ranked
+    assert res.products == eng.channel(["cordless drill"], [res.hits])[0]
     paths, tree = res.paths(), res.tree()
     assert paths["probability"].is_monotonic_decreasing and abs(paths["share"].sum() - 1) < 1e-6
     roots = tree[tree["level"] == 1]

@@ -70,6 +70,18 @@ def test_embed_sids_decode_in_chunks_equal_one_piece(catalog):
     known = set(load_sids(ws)[["sid_1", "sid_2", "sid_3"]].astype(str).agg("-".join, axis=1))
     assert all(1 <= len(s) <= 3 and set(s) <= known for s in dec["sids"])  # only SIDs that exist (the trie)
     assert all(list(lp) == sorted(lp, reverse=True) for lp in dec["logp"])
+    # with --products the rows carry the channel's ranked products, the same as the app and gen search rank them
+    head = d / "head.parquet"
+    pd.read_parquet(ws.table_path("products")).head(50).to_parquet(head)
+    r = cli(ws, "decode", str(head), str(d / "dec-p.parquet"), "--width", "8", "--products", "5", "--chunk", "20")
+    assert r.exit_code == 0, r.output
+    withp = pd.read_parquet(d / "dec-p.parquet")
+    from workbench.gen.retrieve import Channel, Retriever
+
+    ret, titles = Retriever.from_workspace(ws), withp["title"].tolist()
+    expect = Channel.from_workspace(ws)(titles, ret.search(titles, 8))
+    assert [list(p) for p in withp["products"]] == [g[:5] for g in expect]
+    assert cli(ws, "decode", str(head), str(d / "x.parquet"), "--products", "-1").exit_code == 2
     runs = ws.logbook().query("SELECT name FROM runs WHERE kind = 'batch' AND status = 'finished'")["name"].tolist()
     assert {"batch embed", "batch sids", "batch decode"} <= set(runs)
 

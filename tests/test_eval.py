@@ -56,15 +56,58 @@ def test_harness_compares_every_method_on_the_same_queries(trained):
     ws, _ = trained
     with ws.logbook().run("eval", {}) as run:
         df = evaluate(ws, EvalConfig(ks=(5, 20), width=8, embedder="hashing-64"), progress=False, run=run)
-    assert df["method"].tolist() == ["generative", "bm25", "dense", "hybrid", "dense+gen", "hybrid+gen"]
+    assert df["method"].tolist() == ["generative", "oracle-sids", "bm25", "dense", "hybrid", "dense+gen", "hybrid+gen"]
     for col in ("recall@5", "ndcg@20", "hit@20", "coverage@20", "click_hit@20", "mrr"):
         assert df[col].between(0, 1).all(), col
     gen = df.set_index("method").loc["generative"]
     assert gen["sids"] == 8 and gen["cluster_size"] >= 1 and 0 <= gen["valid_sid_rate_unconstrained"] <= 1
     assert 0 <= gen["personal_hit@20"] <= 1 and 0 <= gen["anonymous_hit@5"] <= 1  # the fixture trained stage 3
     assert (df["recall@20"] >= df["recall@5"] - 1e-9).all()
+    assert gen["width"] == 8 and 1 <= gen["candidates"] <= 300
+    oracle = df.set_index("method").loc["oracle-sids"]
+    assert oracle["channel_recall@1000"] == pytest.approx(1.0)  # every relevant product's SID is decoded, all fit
+    for b in (100, 300, 1000):
+        for name in ("generative", "oracle-sids"):
+            row = df.set_index("method").loc[name]
+            assert 0 <= row[f"unique_recall@{b}"] <= row[f"channel_recall@{b}"] <= 1, (name, b)
+    assert np.isnan(df.set_index("method").loc["bm25"]["channel_recall@100"])  # a channel metric of channels only
     with pytest.raises(ValueError, match="unknown methods"):
         EvalConfig(methods=("generative", "magic"))
+    with pytest.raises(ValueError, match="budgets"):
+        EvalConfig(budgets=())
+    from workbench.gen.retrieve import ChannelConfig
+
+    for bad, msg in [(dict(budget=0), "budget must be >= 1"), (dict(order="random"), "order must be")]:
+        with pytest.raises(ValueError, match=msg):
+            ChannelConfig(**bad)
+
+
+def test_unique_recall_by_hand():
+    channel, base = [["a", "b", "c"], ["x"]], [["b", "z"], ["x"]]
+    rel = [{"a", "b", "q"}, {"x"}]
+    # query 1: a is found only by the channel (b by both): 1 of 3; query 2: nothing unique
+    assert metrics.unique_recall(channel, base, rel, 3) == pytest.approx((1 / 3 + 0) / 2)
+    assert metrics.unique_recall(channel, base, rel, 1) == pytest.approx((1 / 3 + 0) / 2)  # channel[:1] = a
+    assert metrics.unique_recall([["b"], ["x"]], base, rel, 2) == 0.0
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        metrics.unique_recall(channel, base, rel, 0)
+
+
+def test_candidates_are_cut_at_the_budget_and_ranked_inside_by_cosine():
+    from workbench.gen.retrieve import CosineOrder, Hit, candidates
+
+    hits = [Hit((0, 0), -0.1, ["p2", "p1"]), Hit((1, 0), -2.0, ["p3", "p4"])]  # beam order, popularity inside
+    assert candidates(hits, 3)[0] == ["p2", "p1", "p3"] and candidates(hits, 3)[1].tolist() == [-0.1, -0.1, -2.0]
+    e = get_embedder("hashing-64")
+    order = CosineOrder(e, IDS, e.encode(TITLES))
+    (got,) = order(["cordless drill"], [hits], 3)
+    assert got[0] == "p1" and sorted(got) == ["p1", "p2", "p3"]  # the drill first; p4 is past the budget
+    assert order(["drill bit set 20 pieces"], [hits])[0][0] == "p4"
+    heavy = CosineOrder(e, IDS, e.encode(TITLES), logp_weight=10.0)  # the SID's probability dominates
+    assert heavy(["drill bit set 20 pieces"], [hits])[0][:2] in (["p1", "p2"], ["p2", "p1"])
+    assert order(["x"], [[]]) == [[]]
+    with pytest.raises(ValueError, match="product ids for"):
+        CosineOrder(e, IDS[:2], e.encode(TITLES))
 
 
 def test_judgments_csv_via_the_cli_and_its_errors(trained, tmp_path):

@@ -167,7 +167,13 @@ def test_gen_cli_search_and_errors(trained):
     r = CliRunner().invoke(main, ["-w", str(ws.path), "gen", "search", "cordless drill", "--width", "4", "--top", "2"])
     assert r.exit_code == 0, r.output
     assert "'cordless drill': 4 SIDs" in r.output and "logp" in r.output
-    for args, msg in [(["   "], "empty"), (["drill", "--width", "0"], "beam width"), (["drill", "--name", "nope"], "no generator")]:
+    assert "channel (cosine order, " in r.output
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "gen", "search", "drill", "--width", "4", "--order", "popularity",
+                                  "--budget", "3"])
+    assert r.exit_code == 0 and "channel (popularity order, 3 candidates)" in r.output, r.output
+    for args, msg in [(["   "], "empty"), (["drill", "--width", "0"], "beam width"), (["drill", "--name", "nope"], "no generator"),
+                      (["drill", "--top", "-1"], "--top must be >= 1"), (["drill", "--budget", "0"], "budget must be >= 1"),
+                      (["drill", "--order", "random"], "'random' is not one of")]:
         r = CliRunner().invoke(main, ["-w", str(ws.path), "gen", "search", *args])
         assert r.exit_code != 0 and msg in r.output, r.output
 

@@ -99,3 +99,16 @@ def test_a_plan_takes_its_epochs_per_planned_stage_per_stage_number_or_one_for_a
     assert st.StagesConfig(stages=(1, 2), epochs=(6, 12)).epochs == (6, 12)
     with pytest.raises(ValueError, match="epochs >= 1"):
         st.StagesConfig(epochs=(0,))
+
+
+def test_stage_1_learns_pseudo_queries_beside_the_titles(trained, tmp_path):
+    import json
+
+    ws = Workspace(shutil.copytree(trained[0].path, tmp_path / "ws"))
+    cfg = st.StagesConfig(stages=(1,), epochs=(1,), model=TINY, pseudo=2, eval_width=4)
+    (row,) = st.train_stages(ws, cfg, name="pseudo", progress=False)
+    n_items, n_pseudo = len(ws.table("products")), len(ws.table("pseudo_queries").groupby("product_id").head(2))
+    assert ws.has("pseudo_queries") and n_pseudo > len(ws.table("products"))  # drawn on first use, 4 per product kept
+    assert row["examples"] == n_items + n_pseudo
+    run = ws.logbook().query("SELECT config FROM runs WHERE name = 'gen-train pseudo stage 1-items'")
+    assert json.loads(run["config"].iloc[0])["examples"] == "items+pseudo"

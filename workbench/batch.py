@@ -166,8 +166,14 @@ def sids_fn(model, embedder=None, device: str = "cpu") -> Callable[[pa.RecordBat
     return fn
 
 
-def decode_fn(retriever, column: str, width: int = 16, top: int = 5, batch_size: int = 256) -> Callable[[pa.RecordBatch], pa.Table]:
-    """The top `top` SIDs (as 'a-b-c' strings) and log-probabilities the generator decodes for each row's text."""
+def decode_fn(retriever, column: str, width: int = 16, top: int = 5, batch_size: int = 256, channel=None,
+              products: int = 0) -> Callable[[pa.RecordBatch], pa.Table]:
+    """The top `top` SIDs (as 'a-b-c' strings) and log-probabilities the generator decodes for each row's
+    text; with `products` > 0 also the channel's first `products` products (`gen.retrieve.Channel`:
+    the decoded SIDs' products cut at its budget, ranked inside)."""
+    if products > 0 and channel is None:
+        raise ValueError("products > 0 needs the channel that ranks them")
+
     def fn(rb: pa.RecordBatch) -> pa.Table:
         df = rb.to_pandas()
         texts = df[column].fillna("").astype(str).tolist()
@@ -176,8 +182,11 @@ def decode_fn(retriever, column: str, width: int = 16, top: int = 5, batch_size:
         sids = [["-".join(map(str, h.sid)) for h in hs[:top]] for hs in hits]
         logp = [[float(h.logp) for h in hs[:top]] for hs in hits]
         keep = {c: pa.array(df[c].astype(str)) for c in df.columns if c != column}
-        return pa.table({**keep, column: pa.array(df[column].astype(str)), "sids": pa.array(sids, pa.list_(pa.string())),
-                         "logp": pa.array(logp, pa.list_(pa.float32()))})
+        out = {**keep, column: pa.array(df[column].astype(str)), "sids": pa.array(sids, pa.list_(pa.string())),
+               "logp": pa.array(logp, pa.list_(pa.float32()))}
+        if products > 0:
+            out["products"] = pa.array([g[:products] for g in channel(texts, hits)], pa.list_(pa.string()))
+        return pa.table(out)
 
     return fn
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from workbench.sid.store import workspace_embedder
 from workbench.workspace import Workspace
 
 
@@ -31,17 +32,6 @@ def open_workspace(path: str | Path) -> Workspace:
     return ws
 
 
-def workspace_embedder(ws: Workspace) -> str:
-    """The embedder name (`minilm`, `hashing-64`) the workspace's SIDs were built with."""
-    from safetensors import safe_open
-
-    with safe_open(str(ws.path / "sid" / "rqvae.safetensors"), framework="pt") as f:
-        key = str((f.metadata() or {}).get("embedder", "")).strip('"')
-    if key.startswith("hashing-"):
-        return "-".join(key.split("-")[:2])
-    return "minilm"
-
-
 @dataclass
 class Served:
     query: str
@@ -50,7 +40,7 @@ class Served:
     width: int
     latency_ms: float
     hits: list  # list[Hit], best SID first
-    products: list[str]  # the retrieved list, best SID's products first
+    products: list[str]  # the channel's list: the decoded SIDs' products cut at the budget, ranked inside
 
     def paths(self) -> pd.DataFrame:
         """One row per decoded SID: its path, probability, share of the beam's mass, products."""
@@ -76,11 +66,12 @@ class Engine:
     """A workspace loaded for serving: the generator's retriever, product titles, users, and (built on
     first use) BM25 and dense retrieval for the side-by-side comparison."""
 
-    def __init__(self, ws: Workspace, device: str = "cpu", name: str = "generator"):
-        from workbench.gen.retrieve import Retriever
+    def __init__(self, ws: Workspace, device: str = "cpu", name: str = "generator", channel=None):
+        from workbench.gen.retrieve import Channel, Retriever
 
         self.ws, self.device = ws, device
         self.retriever = Retriever.from_workspace(ws, name, device)
+        self.channel = Channel.from_workspace(ws, channel, device)  # a ChannelConfig, or the default
         self.products = ws.table("products").set_index("product_id")
         self.personal = self.retriever.model.cfg.context_vocab > 0
         self.user_ids = ws.table("users")["user_id"].astype(str).tolist() if ws.has("users") else []
@@ -100,8 +91,8 @@ class Engine:
             personalised = bool(known[0])
         t = time.perf_counter()
         hits = self.retriever.search([query], width, context=context)[0]
+        products = self.channel([query], [hits])[0]
         ms = (time.perf_counter() - t) * 1000
-        products = [p for h in hits for p in h.products]
         served = Served(query, user or None, personalised, width, ms, hits, products)
         if log:
             self.ws.logbook().serve(query, [{"sid": list(h.sid), "logp": h.logp, "products": h.products[:20]} for h in hits],

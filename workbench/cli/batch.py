@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from workbench.cli.options import device_option, embedder_option, ws_of
+from workbench.cli.options import apply, config_options, device_option, embedder_option, ws_of
+from workbench.gen.retrieve import ORDERS, ChannelConfig
 
 IO = [click.argument("src", type=click.Path(path_type=Path)), click.argument("dst", type=click.Path(path_type=Path)),
       click.option("--chunk", type=int, default=65_536, show_default=True, help="Rows in memory at a time."),
@@ -66,8 +67,7 @@ def sids(ctx, src, dst, chunk, device, vectors) -> None:
     from workbench import batch as b
     from workbench import dist
     from workbench.embed import get_embedder
-    from workbench.serve import workspace_embedder
-    from workbench.sid.store import load_model
+    from workbench.sid.store import load_model, workspace_embedder
 
     device = dist.setup(device)
     ws = ws_of(ctx).require()
@@ -83,22 +83,25 @@ def sids(ctx, src, dst, chunk, device, vectors) -> None:
 @click.option("--width", type=int, default=16, show_default=True)
 @click.option("--top", type=int, default=5, show_default=True, help="SIDs kept per row.")
 @click.option("--model", "name", default="generator", show_default=True)
-def decode(ctx, src, dst, chunk, device, column, width, top, name) -> None:
+@click.option("--products", type=int, default=0, show_default=True,
+              help="Also keep the channel's first N products per row (the decoded SIDs' products, ranked inside).")
+@config_options(ChannelConfig, "budget", "order", "logp_weight", choices={"order": ORDERS})
+def decode(ctx, src, dst, chunk, device, column, width, top, name, products, **kw) -> None:
     """Decode every row's text into its top SIDs with the generator (offline, batched beam search)."""
     from workbench import batch as b
     from workbench import dist
-    from workbench.gen.retrieve import Retriever
+    from workbench.gen.retrieve import Channel, Retriever
 
-    if width < 1 or top < 1:
-        raise click.UsageError("--width and --top must be >= 1")
+    if width < 1 or top < 1 or products < 0:
+        raise click.UsageError("--width and --top must be >= 1, --products >= 0")
     device = dist.setup(device)
     ws = ws_of(ctx).require()
     retriever = Retriever.from_workspace(ws, name, device)
+    cfg = apply(ctx, ChannelConfig(), kw)
+    channel = Channel.from_workspace(ws, cfg, device) if products else None
     cols = list(dict.fromkeys(["product_id", column])) if column == "title" else [column]
-    _run(ctx, "decode", src, dst, cols, b.decode_fn(retriever, column, width, top), chunk,
-         {"column": column, "width": width, "top": top, "model": name})
-
-
+    _run(ctx, "decode", src, dst, cols, b.decode_fn(retriever, column, width, top, channel=channel, products=products), chunk,
+         {"column": column, "width": width, "top": top, "model": name, "products": products, "channel": cfg})
 
 
 COMMANDS = [batch]

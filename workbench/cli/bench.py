@@ -263,7 +263,7 @@ def bench_dist(ctx, job, procs, epochs, device, job_args) -> None:
 def bench_batch(ctx, sizes, jobs, chunk, embedder, width, device) -> None:
     """Batch jobs at scale: embed, assign SIDs and decode N products in chunks; time and peak memory."""
     from workbench.bench.batch import scale
-    from workbench.serve import workspace_embedder
+    from workbench.sid.store import workspace_embedder
 
     ws = ws_of(ctx).require()
     embedder = embedder or workspace_embedder(ws)

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from workbench.cli.options import apply, config_options, device_option, embedder_option, path_option, ws_of
+from workbench.data.pseudo import PseudoConfig
 from workbench.data.synth import PRESETS, SynthConfig
 from workbench.workspace import Workspace
 
@@ -110,6 +111,22 @@ def stats(ctx) -> None:
         f = funnel(ws.table("search_log")).to_dict("records")[0]
         click.echo(f"\nsearch log: {f['sessions']:,} sessions, {f['impressions']:,} impressions, {f['clicks']:,} clicks "
                    f"(CTR {f['ctr']:.3f}), {f['purchases']:,} purchases (CVR {f['cvr']:.3f})")
+
+
+@data.command()
+@config_options(PseudoConfig, "per_product", "min_words", "max_words", "seed")
+@click.pass_context
+def pseudo(ctx, **kw) -> None:
+    """Draw pseudo-queries from the product text into the pseudo_queries table (never equal to a
+    held-out query); `workbench train --pseudo N` trains stage 1 on them."""
+    from workbench.gen.data import write_pseudo_queries
+
+    ws = ws_of(ctx).require()
+    df = write_pseudo_queries(ws, apply(ctx, PseudoConfig(), kw))
+    click.echo(f"{len(df):,} pseudo-queries for {df['product_id'].nunique():,} products: "
+               + ", ".join(f"{k} {n:,}" for k, n in df["kind"].value_counts().items()))
+    for r in df.head(6).itertuples():
+        click.echo(f"  {r.product_id}: {r.query!r} ({r.kind})")
 
 
 @data.command()

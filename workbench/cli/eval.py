@@ -6,10 +6,12 @@ import click
 
 from workbench.cli.options import apply, config_options, device_option, embedder_option, ws_of
 from workbench.eval.harness import EvalConfig
+from workbench.gen.retrieve import ORDERS
 
 
 @click.command(name="eval")
 @config_options(EvalConfig, "ks", "width", "methods", "share", flags={"ks": "--k"})
+@config_options(EvalConfig, "channel.budget", "channel.order", "channel.logp_weight", "budgets", choices={"channel.order": ORDERS})
 @click.option("--judgments", "judgments_csv", type=click.Path(dir_okay=False), default=None,
               help="Evaluate these judgments (CSV: query, product_id, relevance) instead of the held-out queries.")
 @click.option("--threshold", type=float, default=None, help="Relevance threshold for --judgments (default: the workspace's).")

@@ -7,6 +7,7 @@ import pandas as pd
 
 from workbench.cli.options import apply, config_options, device_option, embedder_option, given, recipe_option, ws_of
 from workbench.gen.model import GenConfig
+from workbench.gen.retrieve import ORDERS, ChannelConfig
 from workbench.gen.stages import StagesConfig
 from workbench.rl.grpo import ALGOS
 from workbench.rl.train import RLConfig
@@ -26,7 +27,7 @@ MODEL = ("d_model", "n_heads", "dec_layers", "d_ff", "dropout")  # GenConfig fie
 @config_options(StagesConfig, "backbone", choices={"backbone": ("scratch", "minilm")})
 @config_options(GenConfig, *MODEL, flags={"n_heads": "--heads", "dec_layers": "--layers"},
                 help={"dec_layers": "Decoder layers (and scratch encoder layers)."})
-@config_options(StagesConfig, "train.batch_size", "train.lr", "replay")
+@config_options(StagesConfig, "train.batch_size", "train.lr", "replay", "pseudo")
 @click.option("--name", default="generator", show_default=True, help="Checkpoint name in <workspace>/gen/.")
 @config_options(StagesConfig, "eval_width")
 @click.option("--fresh", is_flag=True, help="Ignore finished and interrupted stages' checkpoints (default: resume).")
@@ -99,28 +100,36 @@ def gen() -> None:
 @gen.command()
 @click.argument("queries", nargs=-1, required=True)
 @click.option("--width", type=int, default=16, show_default=True, help="Beam width: how many SIDs to decode.")
-@click.option("--top", type=int, default=5, show_default=True, help="SIDs to show per query.")
+@click.option("--top", type=int, default=5, show_default=True, help="SIDs (and channel products) to show per query.")
+@config_options(ChannelConfig, "budget", "order", "logp_weight", choices={"order": ORDERS})
 @click.option("--user", default=None, help="Personalise for this user id (a generator trained with stage 3).")
 @click.option("--name", default="generator", show_default=True)
 @device_option()
 @click.pass_context
-def search(ctx, queries, width, top, user, name, device):
-    """Decode QUERIES into SIDs and their products (constrained beam search)."""
-    from workbench.gen.retrieve import Retriever
+def search(ctx, queries, width, top, user, name, device, **kw):
+    """Decode QUERIES into SIDs and their products (constrained beam search), and the channel's list:
+    the decoded SIDs' products cut at --budget, ranked inside (--order)."""
+    from workbench.gen.retrieve import Channel, Retriever
 
+    if top < 1:
+        raise click.UsageError(f"--top must be >= 1, got {top}")
     ws = ws_of(ctx).require()
     r = Retriever.from_workspace(ws, name, device)
+    channel = Channel.from_workspace(ws, apply(ctx, ChannelConfig(), kw), device)
     context = None
     if user is not None:
         context, known = r.user_context(ws, [user] * len(queries))
         if not known[0]:
             click.echo(f"unknown user {user!r}: results are not personalised")
     titles = ws.table("products").set_index("product_id")["title"]
-    for q, hits in zip(queries, r.search(list(queries), width, context=context)):
-        click.echo(f"\n{q!r}: {len(hits)} SIDs, {sum(len(h.products) for h in hits)} products")
-        for h in hits[:top]:
+    hits = r.search(list(queries), width, context=context)
+    for q, hs, ranked in zip(queries, hits, channel(list(queries), hits)):
+        click.echo(f"\n{q!r}: {len(hs)} SIDs, {sum(len(h.products) for h in hs)} products")
+        for h in hs[:top]:
             click.echo(f"  {'-'.join(map(str, h.sid)):<14} logp {h.logp:7.3f}  {len(h.products):3d} products: "
                        + "; ".join(titles.get(p, p) for p in h.products[:3]))
+        click.echo(f"  channel ({channel.cfg.order} order, {len(ranked)} candidates): "
+                   + "; ".join(titles.get(p, p) for p in ranked[:top]))
 
 
 COMMANDS = [train, gen]

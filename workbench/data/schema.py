@@ -125,6 +125,17 @@ TABLES: dict[str, Table] = {
             key=("user_id", "seq"),
             refs=(("user_id", "users", "user_id"), ("product_id", "products", "product_id")),
         ),
+        Table(
+            "pseudo_queries",
+            "Training text drawn from product text (`workbench data pseudo`): never from logged queries.",
+            (
+                C("product_id", "str", "The product whose text the query was drawn from."),
+                C("query", "str", "The pseudo-query, lowercased words."),
+                C("kind", "str", "How it was drawn: span, drop, shuffle, abbrev, brand or category."),
+            ),
+            key=("product_id", "query"),
+            refs=(("product_id", "products", "product_id"),),
+        ),
         # Simulator ground truth, written only by `workbench data synth`: what generated the data.
         Table(
             "truth_products",

@@ -5,8 +5,14 @@
 Queries and relevance: the workspace's held-out queries (workbench.gen.data.eval_set), or a
 judgments CSV (query, product_id, relevance) given with `judgments_csv`. Methods:
 
-    generative        the workspace's generator, constrained beam of `width`; the products of the
-                      decoded SIDs in SID order, popular first within a SID (retrieve.py)
+    generative        the workspace's generator as a recall channel (`gen.retrieve.Channel`):
+                      constrained beam of `width`, the decoded SIDs' products in beam order cut at
+                      the channel's budget (the candidate set), then ranked inside by query-product
+                      cosine (+ logp_weight x the SID's log-prob; order "popularity": popular
+                      first within a SID, SIDs in beam order)
+    oracle-sids       the same channel had it decoded exactly the SIDs of each query's relevant
+                      products (in the order of their relevant products): the ceiling of the SIDs,
+                      so a shortfall splits into what the SIDs lose and what the generator loses
     bm25, dense       workbench.eval.baselines
     hybrid            reciprocal-rank fusion of bm25 and dense
     <base>+gen        generation as a supplement to <base> within the same k slots (share of slots)
@@ -19,12 +25,18 @@ of the same beam decoded without the trie (constrained decoding is valid by cons
 generator trained with users (stage 3), the personalised hit rate: hit@k of the product each user
 clicked or bought on a held-out query, decoded with that user's context (personal_hit) and without
 (anonymous_hit, on the same events).
+
+Channel metrics (generative and oracle-sids) at each budget B of `budgets`: channel_recall@B, the
+recall of the candidate set cut at B (a set: order does not matter), and unique_recall@B, the share
+of relevant products in it that BM25's first B misses (`workbench.metrics`); `candidates` is the mean
+size of the candidate set at the channel's budget. Union recall, the two channels sharing one budget, is what the
+<base>+gen rows measure.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +45,15 @@ import pandas as pd
 from workbench import metrics
 from workbench.eval import METHODS
 from workbench.eval.baselines import BM25, Dense, rrf, supplement
+from workbench.gen.retrieve import ChannelConfig
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     ks: tuple[int, ...] = (10, 50)  # cut-offs
     width: int = 32  # beam width of the generator
+    channel: ChannelConfig = field(default_factory=ChannelConfig)  # the generator's candidate set and its order
+    budgets: tuple[int, ...] = (100, 300, 1000)  # channel and unique recall at these candidate budgets
     share: float = 0.3  # share of the k slots a supplement gives to generation
     methods: tuple[str, ...] = METHODS
     generator: str = "generator"  # which generator checkpoint
@@ -51,6 +66,8 @@ class EvalConfig:
             raise ValueError(f"unknown methods {sorted(bad)}; choose from {', '.join(METHODS)}")
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be positive, got {self.ks}")
+        if self.width < 1 or not self.budgets or min(self.budgets) < 1:
+            raise ValueError(f"width and budgets must be >= 1, got {self.width}, {self.budgets}")
 
 
 def judgments_file(ws, path: str | Path, threshold: float | None = None) -> pd.DataFrame:
@@ -96,7 +113,7 @@ def evaluate(ws, cfg: EvalConfig = EvalConfig(), queries: pd.DataFrame | None = 
              progress: bool = True) -> pd.DataFrame:
     from workbench.embed import embed_workspace, get_embedder, product_texts
     from workbench.gen.data import eval_set
-    from workbench.gen.retrieve import Retriever, ranked_products
+    from workbench.gen.retrieve import Channel, Retriever, candidates
 
     queries_given = queries is not None
     queries = eval_set(ws) if queries is None else queries
@@ -114,22 +131,32 @@ def evaluate(ws, cfg: EvalConfig = EvalConfig(), queries: pd.DataFrame | None = 
         seconds[name] = time.perf_counter() - t
 
     need = set(cfg.methods)
-    if need & {"generative", "dense+gen", "hybrid+gen"}:
+    channels: dict[str, list[list]] = {}  # method -> per query its Hits (the candidate sets before ranking)
+    if need & {"generative", "oracle-sids", "dense+gen", "hybrid+gen"}:
         r = Retriever.from_workspace(ws, cfg.generator, cfg.device)
+        channel = Channel.from_workspace(ws, cfg.channel, cfg.device)
+
         t = time.perf_counter()
         hits = r.search(texts, cfg.width)
-        lists["generative"] = [ranked_products(h) for h in hits]
+        lists["generative"] = channel(texts, hits)
         seconds["generative"] = time.perf_counter() - t
+        channels["generative"] = hits
         extra["generative"] = {"sids": float(np.mean([len(h) for h in hits])),
                                "cluster_size": float(np.mean([len(x.products) for h in hits for x in h])),
+                               "width": float(cfg.width), "candidates": float(np.mean([len(g) for g in lists["generative"]])),
                                "valid_sid_rate_unconstrained": unconstrained_valid_rate(r, texts, cfg.width)}
         if r.model.cfg.context_vocab and not queries_given and ws.has("users") and ws.has("search_log"):
             from workbench.gen.stages import personal_eval, personal_events
 
             extra["generative"].update(personal_eval(r, personal_events(ws), r.users(ws), cfg.width, cfg.ks))
-    if need & {"bm25", "hybrid", "hybrid+gen"}:
+        if "oracle-sids" in need:
+            channels["oracle-sids"] = oracle_hits(r.lookup, r.index, relevant)
+            lists["oracle-sids"] = channel(texts, channels["oracle-sids"])
+            extra["oracle-sids"] = {"sids": float(np.mean([len(h) for h in channels["oracle-sids"]])),
+                                    "candidates": float(np.mean([len(g) for g in lists["oracle-sids"]]))}
+    if need & {"bm25", "hybrid", "hybrid+gen"} or channels:
         bm = BM25(ids, product_texts(products))
-        timed("bm25", lambda: bm.search(texts, K))
+        timed("bm25", lambda: bm.search(texts, max(K, *cfg.budgets) if channels else K))
     if need & {"dense", "hybrid", "dense+gen", "hybrid+gen"}:
         e = get_embedder(cfg.embedder, cfg.device)
         dense = Dense(ids, embed_workspace(ws, e, ("products",), progress=progress)["products"], e, cfg.device)
@@ -146,7 +173,7 @@ def evaluate(ws, cfg: EvalConfig = EvalConfig(), queries: pd.DataFrame | None = 
 
     clicks = click_events(ws, queries["query_id"])
     rows = []
-    for name in [m for m in METHODS if m in need]:
+    for name in [m for m in METHODS if m in need or m == "bm25" and channels]:
         row = {"method": name}
         for k in cfg.ks:
             got = ranked(name, k)
@@ -157,6 +184,10 @@ def evaluate(ws, cfg: EvalConfig = EvalConfig(), queries: pd.DataFrame | None = 
                 pos = {q: set(g[:k]) for q, g in zip(queries["query_id"], got)}
                 row[f"click_hit@{k}"] = float(np.mean([p in pos[q] for q, p in zip(clicks["query_id"], clicks["product_id"])]))
         row["mrr"] = metrics.mrr(ranked(name, K), relevant)
+        for b in cfg.budgets if name in channels else ():
+            cands = [candidates(h, b)[0] for h in channels[name]]
+            row[f"channel_recall@{b}"] = metrics.recall_at_k(cands, relevant, b)
+            row[f"unique_recall@{b}"] = metrics.unique_recall(cands, lists["bm25"], relevant, b)
         row.update(extra.get(name, {}))
         if name in seconds:
             row["ms_per_query"] = 1e3 * seconds[name] / len(texts)
@@ -170,6 +201,18 @@ def evaluate(ws, cfg: EvalConfig = EvalConfig(), queries: pd.DataFrame | None = 
                     run.log_eval(metric, v, k=int(k) if k else None, dataset=f"{len(texts)} queries", method=r_["method"],
                                  stage="eval")
     return df
+
+
+def oracle_hits(lookup, index, relevant: list) -> list[list]:
+    """Per query the Hits of exactly the SIDs of its relevant products (first seen first, log-prob 0)."""
+    from workbench.gen.retrieve import Hit
+
+    row_of = lookup.rows()
+    out = []
+    for rel in relevant:
+        rows = dict.fromkeys(row_of[p] for p in rel if p in row_of)
+        out.append([Hit(tuple(int(c) for c in index.sids[row]), 0.0, lookup(row)) for row in rows])
+    return out
 
 
 def unconstrained_valid_rate(retriever, texts: list[str], width: int) -> float:

@@ -4,6 +4,8 @@
 
 - `item_pairs`:  each product's title and its category path -> the product's SID (stage 1: learn the
                  catalog's language);
+- `pseudo_pairs`: pseudo-queries drawn from each product's text -> its SID (stage 1 too: query-like
+                 text for every product, where the log has few queries; `workbench.data.pseudo`);
 - `query_pairs`: each training query -> the SIDs of the products relevant to it, weighted by
                  purchases / clicks / judgments (stage 2); held-out queries are never used;
 - `eval_set`:    held-out queries and their relevant product ids, for Recall@K.
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from workbench.data.pseudo import PseudoConfig, pseudo_queries
 from workbench.data.relevance import held_out, judged, relevance
 from workbench.sid.store import load_sids
 
@@ -58,6 +61,26 @@ def item_pairs(ws, sids: pd.DataFrame | None = None) -> Pairs:
     sids = load_sids(ws) if sids is None else sids
     products = ws.table("products").merge(sids, on="product_id")
     return Pairs(item_text(products), sid_matrix(products), np.ones(len(products)), source="items")
+
+
+def write_pseudo_queries(ws, cfg: PseudoConfig | None = None) -> pd.DataFrame:
+    """Draw the catalog's pseudo-queries (none equal to a held-out query) into the `pseudo_queries` table."""
+    cfg, held = cfg or PseudoConfig(), []
+    if ws.has("queries"):
+        q = ws.table("queries")
+        held = q.loc[held_out(q["query_id"]), "query"].tolist()
+    df = pseudo_queries(ws.table("products"), cfg, exclude=held)
+    ws.write_tables({"pseudo_queries": df})
+    return df
+
+
+def pseudo_pairs(ws, sids: pd.DataFrame | None = None, per_product: int = 4, seed: int = 0) -> Pairs:
+    """Each product's first `per_product` pseudo-queries -> its SID (drawn into the table first if absent)."""
+    sids = load_sids(ws) if sids is None else sids
+    if not ws.has("pseudo_queries"):
+        write_pseudo_queries(ws, PseudoConfig(per_product=per_product, seed=seed))
+    pq = ws.table("pseudo_queries").groupby("product_id", sort=False).head(per_product).merge(sids, on="product_id")
+    return Pairs(pq["query"].tolist(), sid_matrix(pq), np.ones(len(pq)), source="pseudo")
 
 
 def query_pairs(ws, sids: pd.DataFrame | None = None, share: float = 0.2) -> Pairs:

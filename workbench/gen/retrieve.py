@@ -4,11 +4,15 @@ product lists of every SID, loaded once and used by the CLI, the evaluation, the
 Products of a SID come in popularity order (purchases and clicks on training queries, then id), so
 a retrieved list cut at K products is deterministic. `search` returns per query a list of `Hit`s,
 best SID first.
+
+As a recall channel the generator hands the ranker a *set*: `candidates` are the decoded SIDs'
+products in beam order cut at a budget, and `CosineOrder` ranks them inside (query-product cosine
+plus the SID's log-probability), which on a catalog without logs replaces an arbitrary order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -23,6 +27,23 @@ from workbench.gen.tokenizer import TextTokenizer
 from workbench.gen.trie import compile_trie
 from workbench.sid.index import SIDIndex
 from workbench.sid.store import load_sids, sid_dir
+
+ORDERS = ("cosine", "popularity")
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """The generator as a recall channel: the product list it hands the ranker."""
+
+    budget: int = 300  # candidate set: the decoded SIDs' products in beam order, cut at this many
+    order: str = "cosine"  # products of the candidate set: cosine (to the query) or popularity (within each SID)
+    logp_weight: float = 0.0  # cosine order: + this x the SID's log-probability
+
+    def __post_init__(self):
+        if self.budget < 1:
+            raise ValueError(f"the channel's budget must be >= 1 product, got {self.budget}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +70,10 @@ class ProductLookup:
 
     def __call__(self, row: int) -> list[str]:
         return self.ids[self.offsets[row]: self.offsets[row + 1]].tolist()
+
+    def rows(self) -> dict[str, int]:
+        """product id -> index row of its SID."""
+        return dict(zip(self.ids, np.repeat(np.arange(len(self.offsets) - 1), np.diff(self.offsets)).tolist()))
 
 
 def popularity(ws) -> pd.Series:
@@ -113,3 +138,66 @@ def ranked_products(hits: list[Hit], k: int | None = None) -> list[str]:
     """The retrieved list: products of the best SID first, then the next SID's, ... (cut at k)."""
     out = [p for h in hits for p in h.products]
     return out if k is None else out[:k]
+
+
+def candidates(hits: list[Hit], budget: int | None = None) -> tuple[list[str], np.ndarray]:
+    """A recall channel's candidate set: the decoded SIDs' products in beam order (best SID first),
+    cut at `budget` products, and each product's SID log-probability."""
+    ids = [p for h in hits for p in h.products]
+    logp = np.fromiter((h.logp for h in hits for _ in h.products), float, len(ids))
+    return (ids, logp) if budget is None else (ids[:budget], logp[:budget])
+
+
+class CosineOrder:
+    """In-cluster ranking: order a channel's candidates by
+
+        score(q, p) = cos(q, p) + logp_weight x log P(SID of p | q)
+
+    with the workspace's embedder (the one its SIDs were built on); ties keep beam order. Products of
+    one SID otherwise come in popularity order, which on a catalog without logs is arbitrary."""
+
+    def __init__(self, embedder, product_ids, vectors: np.ndarray, logp_weight: float = 0.0):
+        if len(product_ids) != len(vectors):
+            raise ValueError(f"{len(product_ids)} product ids for {len(vectors)} vectors")
+        self.embedder, self.logp_weight = embedder, logp_weight
+        self.row = pd.Series(np.arange(len(product_ids)), index=np.asarray(product_ids, dtype=object))
+        self.vectors = np.asarray(vectors, np.float32)  # (N, d), unit norm
+
+    @classmethod
+    def from_workspace(cls, ws, device: str = "cpu", logp_weight: float = 0.0) -> CosineOrder:
+        from workbench.embed import embed_workspace, get_embedder
+        from workbench.sid.store import workspace_embedder
+
+        e = get_embedder(workspace_embedder(ws), device)
+        vecs = embed_workspace(ws, e, ("products",), progress=False)["products"]
+        return cls(e, ws.table("products")["product_id"].tolist(), vecs, logp_weight)
+
+    def __call__(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None) -> list[list[str]]:
+        q = self.embedder.encode(list(texts))  # (Q, d), unit norm
+        out = []
+        for qv, h in zip(q, hits):
+            ids, logp = candidates(h, budget)
+            if not ids:
+                out.append([])
+                continue
+            score = self.vectors[self.row.loc[ids].to_numpy()] @ qv + self.logp_weight * logp  # (n,)
+            out.append([ids[i] for i in np.argsort(-score, kind="stable")])
+        return out
+
+
+@dataclass
+class Channel:
+    """Decoded Hits -> the ranked product lists the channel hands the ranker (see ChannelConfig)."""
+
+    cfg: ChannelConfig = field(default_factory=ChannelConfig)
+    order: CosineOrder | None = None  # required when cfg.order is cosine
+
+    @classmethod
+    def from_workspace(cls, ws, cfg: ChannelConfig | None = None, device: str = "cpu") -> Channel:
+        cfg = cfg or ChannelConfig()
+        return cls(cfg, CosineOrder.from_workspace(ws, device, cfg.logp_weight) if cfg.order == "cosine" else None)
+
+    def __call__(self, texts: list[str], hits: list[list[Hit]]) -> list[list[str]]:
+        if self.cfg.order == "cosine":
+            return self.order(texts, hits, self.cfg.budget)
+        return [candidates(h, self.cfg.budget)[0] for h in hits]

@@ -1,6 +1,8 @@
 """Progressive training on a workspace, the paper's curriculum (stage 4, EG-GRPO, is workbench.rl):
 
-    stage 1  items     product text (title, brand, category) -> its SID: the catalog's language
+    stage 1  items     product text (title, brand, category) -> its SID: the catalog's language; with
+                       `pseudo`, also pseudo-queries drawn from that text (query-like text for every
+                       product, where the log has few queries: `workbench.data.pseudo`)
     stage 2  queries   training queries -> SIDs of products clicked (1), bought (2), judged relevant (1)
     stage 3  personal  user + history + query -> SID of the product that user clicked or bought
 
@@ -31,7 +33,7 @@ from workbench import checkpoint, dist
 from workbench.data.relevance import held_out
 from workbench.gen import store
 from workbench.gen.context import UserContext
-from workbench.gen.data import Pairs, eval_set, item_pairs, item_text, query_pairs, sid_matrix
+from workbench.gen.data import Pairs, eval_set, item_pairs, item_text, pseudo_pairs, query_pairs, sid_matrix
 from workbench.gen.model import GenConfig, Generator
 from workbench.gen.retrieve import ProductLookup, Retriever, popularity, ranked_products
 from workbench.gen.tokenizer import TextTokenizer
@@ -54,6 +56,7 @@ class StagesConfig:
     model: dict = field(default_factory=dict)  # GenConfig fields to override (d_model, n_heads, enc_layers, ...); empty: its defaults
     train: TrainConfig = field(default_factory=TrainConfig)
     replay: float = 0.2  # examples replayed from earlier stages, as a share of the stage's own
+    pseudo: int = 0  # stage 1 also learns this many pseudo-queries per product -> its SID (0: none)
     history: int = 5  # a user's latest clicks before the search, given to stage 3 as context
     eval_width: int = 32  # beam width of the per-epoch held-out Recall@K
 
@@ -68,7 +71,7 @@ class StagesConfig:
             ep = tuple(ep[s - 1] for s in st)
         if len(ep) != len(st):
             raise ValueError(f"{len(ep)} epoch counts for {len(st)} stages")
-        if min(ep) < 1 or self.replay < 0 or self.history < 1 or self.eval_width < 1:
+        if min(ep) < 1 or self.pseudo < 0 or self.replay < 0 or self.history < 1 or self.eval_width < 1:
             raise ValueError(f"epochs >= 1, replay >= 0, history >= 1 and eval_width >= 1 needed, got {ep}, {self.replay}, "
                              f"{self.history}, {self.eval_width}")
         object.__setattr__(self, "stages", st)
@@ -167,8 +170,8 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
                  progress: bool = True) -> list[dict]:
     """Run `cfg.stages` in order; returns one result row per stage (loss, recall@K, ...)."""
     cfg = cfg or StagesConfig()
-    stages, backbone, model, train, replay_share, history, eval_width = (
-        cfg.stages, cfg.backbone, cfg.model, cfg.train, cfg.replay, cfg.history, cfg.eval_width)
+    stages, backbone, model, train, replay_share, history, eval_width, n_pseudo = (
+        cfg.stages, cfg.backbone, cfg.model, cfg.train, cfg.replay, cfg.history, cfg.eval_width, cfg.pseudo)
     per_stage = dict(zip(stages, cfg.epochs))
     sids = load_sids(ws)
     index = SIDIndex.load(sid_dir(ws) / "index.parquet")
@@ -185,16 +188,17 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
                              "with stage 3 in the plan: --stages 1,2,3")
     else:
         tok = make_tokenizer(ws, backbone)
-        cfg = GenConfig(sid_vocab=tuple(index.vocab), text_vocab=tok.vocab_size, tokenizer=tok.key, backbone=backbone,
-                        context_vocab=ctx.vocab_size if personal else 0, **(model or {}))
+        gen_cfg = GenConfig(sid_vocab=tuple(index.vocab), text_vocab=tok.vocab_size, tokenizer=tok.key, backbone=backbone,
+                            context_vocab=ctx.vocab_size if personal else 0, **(model or {}))
         torch.manual_seed(train.seed)
-        gen = Generator(cfg)
+        gen = Generator(gen_cfg)
 
     evalset = eval_set(ws)
     retriever = Retriever(gen, tok, index, ProductLookup(index, sids, popularity(ws)), device)
     events = personal_events(ws) if personal else None
     items = item_pairs(ws, sids)  # stage 1's examples, and item_eval's after every stage
-    data = {1: lambda: items, 2: lambda: query_pairs(ws, sids), 3: lambda: personal_pairs(ws, sids, ctx)}
+    pseudo = (lambda: [pseudo_pairs(ws, sids, n_pseudo, train.seed)]) if n_pseudo else list
+    data = {1: lambda: Pairs.concat([items, *pseudo()]), 2: lambda: query_pairs(ws, sids), 3: lambda: personal_pairs(ws, sids, ctx)}
     done: list[Pairs] = [data[s]() for s in range(1, first)]  # earlier stages' examples, for replay
     results, run_id = [], None
     for s in stages:

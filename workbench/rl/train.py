@@ -157,9 +157,8 @@ def environment(ws, source: str, cfg: RLConfig, device: str = "cpu", progress: b
     tau = exposure_tau(ws, ranker, feats, qvecs, cfg.seed, device)
     judge = rewards.Judge(retriever.index, retriever.lookup, ranker, feats, rewards.clickbait_products(ws), tau,
                           cfg.rewards, device)
-    rows = np.repeat(np.arange(len(retriever.index.sids)), np.diff(retriever.lookup.offsets))
     ctx = retriever.users(ws) if retriever.model.cfg.context_vocab > 0 else None
-    return Env(retriever, judge, dict(zip(retriever.lookup.ids, rows)), ctx, qvecs,
+    return Env(retriever, judge, retriever.lookup.rows(), ctx, qvecs,
                pd.Series(np.arange(len(qvecs)), index=ws.table("queries")["query_id"]))
 
 

@@ -182,3 +182,14 @@ def workspace_stats(ws: Workspace) -> dict:
         if len(pairs):
             out["coherence"] = metrics.query_coherence(codes, pairs)
     return out
+
+
+def workspace_embedder(ws) -> str:
+    """The embedder name (`minilm`, `hashing-64`) the workspace's SIDs were built with."""
+    from safetensors import safe_open
+
+    with safe_open(str(ws.path / "sid" / "rqvae.safetensors"), framework="pt") as f:
+        key = str((f.metadata() or {}).get("embedder", "")).strip('"')
+    if key.startswith("hashing-"):
+        return "-".join(key.split("-")[:2])
+    return "minilm"
