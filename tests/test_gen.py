@@ -14,6 +14,7 @@ from workbench import Workspace
 from workbench.checkpoint import CheckpointError
 from workbench.cli import main
 from workbench.data.relevance import held_out, relevance
+from workbench.gen import stages as st
 from workbench.gen import store
 from workbench.gen.data import Pairs, eval_set, item_pairs, query_pairs
 from workbench.gen.model import GenConfig, Generator
@@ -218,3 +219,35 @@ def test_speed_benchmark_runs_with_the_hugging_face_peer():
     assert [r["case"] for r in rows][-2:] == ["HF T5 generate + prefix_allowed_tokens_fn", "HF T5 generate, unconstrained"]
     assert all(r["s_per_batch"] > 0 for r in rows) and summary["decode_gflop_per_s"] > 0
     assert np.isfinite(summary["speedup_vs_hf_fp32"]) and summary["sids"] == 200
+
+
+def test_sentence_backbone_reads_cached_embeddings_with_the_same_logits_and_round_trips(trained, tmp_path):
+    from workbench.gen.model import SentenceEncoder
+    from workbench.gen.tokenizer import SentenceTokenizer, load_tokenizer
+
+    ws = Workspace(shutil.copytree(trained[0].path, tmp_path / "ws"))
+    cfg = st.StagesConfig(stages=(1, 2), epochs=(2, 1), backbone="sentence", model=TINY, eval_width=4)
+    rows = st.train_stages(ws, cfg, name="sent", progress=False)
+    assert rows[-1]["examples_per_s"] > 0 and 0 <= rows[-1]["recall@10"] <= 1
+    r = Retriever.from_workspace(ws, "sent")
+    assert isinstance(r.tok, SentenceTokenizer) and r.model.cfg.embed_dim == 64 and r.tok.key == "sentence-hashing-64-v1"
+    # the bulk (cached) path and the per-batch (uncached) path give the same vectors, so the same logits
+    texts = [f"cordless drill {i}" for i in range(SentenceTokenizer.BULK)]
+    cached, _ = r.tok.encode(texts)
+    assert any((ws.cache_dir / "embeddings").rglob("*")), "a bulk encode fills the cache"
+    again, _ = r.tok.encode(texts)  # read back from the cache
+    single = torch.cat([r.tok.encode(texts[i:i + 64])[0] for i in range(0, len(texts), 64)])
+    torch.testing.assert_close(cached, single)
+    torch.testing.assert_close(again, single)
+    sids = torch.zeros(len(texts), 3, dtype=torch.long)
+    ones = torch.ones(len(texts), 1, dtype=torch.bool)
+    with torch.no_grad():
+        for a, b in zip(r.model(again, ones, sids), r.model(single, ones, sids)):
+            torch.testing.assert_close(a, b)
+    assert [h.sid for h in r.search(["cordless drill"], 4)[0]]  # decodes existing SIDs
+    tok = load_tokenizer(store.tokenizer_path(ws, r.tok.key))
+    assert tok.key == r.tok.key
+    with pytest.raises(ValueError, match="reads \\(B, D\\) embeddings"):
+        SentenceEncoder(r.model.cfg)(torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="empty"):
+        r.tok.encode(["ok", "  "])

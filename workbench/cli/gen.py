@@ -6,7 +6,7 @@ import click
 import pandas as pd
 
 from workbench.cli.options import apply, config_options, device_option, embedder_option, given, recipe_option, ws_of
-from workbench.gen.model import GenConfig
+from workbench.gen.model import BACKBONES, GenConfig
 from workbench.gen.retrieve import ORDERS, ChannelConfig
 from workbench.gen.stages import StagesConfig
 from workbench.rl.grpo import ALGOS
@@ -24,7 +24,7 @@ MODEL = ("d_model", "n_heads", "dec_layers", "d_ff", "dropout")  # GenConfig fie
 @config_options(RLConfig, "algo", "steps", flags={"steps": "--rl-steps"}, choices={"algo": ALGOS},
                 help={"algo": "Stage 4's algorithm.", "steps": "Stage 4's steps."})
 @embedder_option("Stage 4: the ranker's embedder, if one is trained.")
-@config_options(StagesConfig, "backbone", choices={"backbone": ("scratch", "minilm")})
+@config_options(StagesConfig, "backbone", choices={"backbone": BACKBONES})
 @config_options(GenConfig, *MODEL, flags={"n_heads": "--heads", "dec_layers": "--layers"},
                 help={"dec_layers": "Decoder layers (and scratch encoder layers)."})
 @config_options(StagesConfig, "train.batch_size", "train.lr", "replay", "pseudo")

@@ -20,6 +20,7 @@ import pandas as pd
 
 from workbench.data.pseudo import PseudoConfig, pseudo_queries
 from workbench.data.relevance import held_out, judged, relevance
+from workbench.embed import product_texts
 from workbench.sid.store import load_sids
 
 
@@ -57,10 +58,13 @@ def item_text(products: pd.DataFrame) -> list[str]:
     return (products["title"].astype(str) + " . " + cat).str.strip(" .").tolist()
 
 
-def item_pairs(ws, sids: pd.DataFrame | None = None) -> Pairs:
+def item_pairs(ws, sids: pd.DataFrame | None = None, embedded_text: bool = False) -> Pairs:
+    """Each product's text -> its SID; `embedded_text`: the text the workspace embeds (the title, whose
+    embedding is cached) rather than title and category, for the sentence backbone."""
     sids = load_sids(ws) if sids is None else sids
     products = ws.table("products").merge(sids, on="product_id")
-    return Pairs(item_text(products), sid_matrix(products), np.ones(len(products)), source="items")
+    text = product_texts(products) if embedded_text else item_text(products)
+    return Pairs(text, sid_matrix(products), np.ones(len(products)), source="items")
 
 
 def write_pseudo_queries(ws, cfg: PseudoConfig | None = None) -> pd.DataFrame:

@@ -2,10 +2,14 @@
 
     text ids (B, T) --encoder--> memory (B, S, d) --decoder--> one code per SID level
 
-Encoder, one of two backbones:
-- `scratch`: a pre-LN transformer encoder trained from nothing with the workspace's tokenizer;
-- `minilm`:  the packaged all-MiniLM-L6-v2 BERT (6 layers, 384-d) and its tokenizer, projected to
-             d_model; it brings language the logs never showed (new queries, synonyms).
+Encoder, one of three backbones:
+- `scratch`:  a pre-LN transformer encoder trained from nothing with the workspace's tokenizer;
+- `minilm`:   the packaged all-MiniLM-L6-v2 BERT (6 layers, 384-d) and its tokenizer, projected to
+              d_model; it brings language the logs never showed (new queries, synonyms);
+- `sentence`: a *frozen* sentence embedding of the text (all-MiniLM-L6-v2's, `SentenceTokenizer`)
+              projected into `slots` memory vectors: MiniLM's language at the cost of a linear
+              layer, since embeddings are computed once per text and cached; the decoder then
+              learns a search of the cluster tree in the embedding space.
 Optional context ids (user, history; `context_vocab` > 0) are embedded and appended to the memory,
 so the personalised stage uses the same model; -1 marks an empty context slot.
 
@@ -25,13 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+BACKBONES = ("scratch", "minilm", "sentence")
+
 
 @dataclass(frozen=True)
 class GenConfig:
     sid_vocab: tuple[int, ...]  # codes per SID position (the SID index's vocab)
     text_vocab: int  # tokenizer size
     tokenizer: str = ""  # tokenizer key, checked when the model meets a tokenizer
-    backbone: str = "scratch"  # scratch | minilm
+    backbone: str = "scratch"  # scratch | minilm | sentence
     d_model: int = 128  # model width (1.4M parameters at the demo's vocabularies, most in embeddings)
     n_heads: int = 4  # attention heads
     enc_layers: int = 2  # encoder layers (scratch only; minilm brings its own 6)
@@ -40,10 +46,14 @@ class GenConfig:
     dropout: float = 0.1  # on residual branches (attention weights are not dropped: slow on CPU, little gain)
     max_len: int = 32  # text tokens kept per input
     context_vocab: int = 0  # ids of optional context tokens (users, history); 0 = none
+    embed_dim: int = 384  # sentence backbone: width of the frozen sentence embedding
+    slots: int = 4  # sentence backbone: memory vectors the embedding is projected into
 
     def __post_init__(self):
-        if self.backbone not in ("scratch", "minilm"):
-            raise ValueError(f"backbone must be 'scratch' or 'minilm', got {self.backbone!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.embed_dim < 1 or self.slots < 1:
+            raise ValueError(f"embed_dim and slots must be >= 1, got {self.embed_dim}, {self.slots}")
         if not self.sid_vocab or min(self.sid_vocab) < 1:
             raise ValueError(f"sid_vocab must list codes per level (all >= 1), got {self.sid_vocab}")
         if self.d_model % self.n_heads:
@@ -134,6 +144,21 @@ class MiniLMEncoder(nn.Module):
         return self.proj(self.bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state)
 
 
+class SentenceEncoder(nn.Module):
+    """(B, D) frozen sentence embeddings -> (B, slots, d_model) memory (the text's `mask` is not needed)."""
+
+    def __init__(self, cfg: GenConfig):
+        super().__init__()
+        self.slots = cfg.slots
+        self.proj = nn.Linear(cfg.embed_dim, cfg.slots * cfg.d_model)
+        self.ln = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() != 2 or not x.is_floating_point():
+            raise ValueError(f"the sentence backbone reads (B, D) embeddings, got {tuple(x.shape)} {x.dtype}")
+        return self.ln(self.proj(x.to(self.proj.weight.dtype)).unflatten(-1, (self.slots, -1)))  # (B, slots, d)
+
+
 class DecoderBlock(nn.Module):
     def __init__(self, cfg: GenConfig):
         super().__init__()
@@ -175,7 +200,7 @@ class Generator(nn.Module):
         super().__init__()
         self.cfg = cfg
         d, K = cfg.d_model, cfg.sid_vocab
-        self.encoder = MiniLMEncoder(cfg) if cfg.backbone == "minilm" else ScratchEncoder(cfg)
+        self.encoder = {"minilm": MiniLMEncoder, "sentence": SentenceEncoder, "scratch": ScratchEncoder}[cfg.backbone](cfg)
         self.context = nn.Embedding(cfg.context_vocab, d) if cfg.context_vocab else None
         # decoder inputs: BOS, then the codes of every level but the last (never an input)
         self.register_buffer("in_offset", torch.tensor([1 + sum(K[:i]) for i in range(len(K))]), persistent=False)
@@ -199,7 +224,9 @@ class Generator(nn.Module):
     # -- encoding ------------------------------------------------------------------------------
     def memory(self, ids: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None) -> Memory:
         """Encode (B, T) text (+ (B, C) context ids, -1 = empty) into per-layer cross-attention K/V."""
-        h = self.encoder(ids, mask)  # (B, T, d)
+        h = self.encoder(ids, mask)  # (B, T, d); the sentence backbone: (B, slots, d)
+        if self.cfg.backbone == "sentence":
+            mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
         if context is not None:
             if self.context is None:
                 raise ValueError("this generator was built without context tokens (context_vocab = 0)")

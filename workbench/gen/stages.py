@@ -36,11 +36,11 @@ from workbench.gen.context import UserContext
 from workbench.gen.data import Pairs, eval_set, item_pairs, item_text, pseudo_pairs, query_pairs, sid_matrix
 from workbench.gen.model import GenConfig, Generator
 from workbench.gen.retrieve import ProductLookup, Retriever, popularity, ranked_products
-from workbench.gen.tokenizer import TextTokenizer
+from workbench.gen.tokenizer import SentenceTokenizer, TextTokenizer
 from workbench.gen.train import TrainConfig, fit
 from workbench.metrics import recall_at_k
 from workbench.sid.index import SIDIndex
-from workbench.sid.store import load_sids, sid_dir
+from workbench.sid.store import load_sids, sid_dir, workspace_embedder
 
 STAGES = {1: "items", 2: "queries", 3: "personal"}
 EVAL_KS = (10, 50)
@@ -52,7 +52,7 @@ class StagesConfig:
 
     stages: tuple[int, ...] = (1, 2, 3)  # 1 items, 2 queries, 3 personal (user + history + query); each starts from the previous one
     epochs: tuple[int, ...] = (20, 12, 6)  # epochs per stage planned, or per stage 1-3, or one number for all; the small items stage needs more passes
-    backbone: str = "scratch"  # encoder trained from scratch, or all-MiniLM-L6-v2's pretrained BERT (minilm)
+    backbone: str = "scratch"  # encoder: scratch, all-MiniLM-L6-v2's BERT fine-tuned (minilm), or its frozen sentence embedding (sentence)
     model: dict = field(default_factory=dict)  # GenConfig fields to override (d_model, n_heads, enc_layers, ...); empty: its defaults
     train: TrainConfig = field(default_factory=TrainConfig)
     replay: float = 0.2  # examples replayed from earlier stages, as a share of the stage's own
@@ -78,9 +78,11 @@ class StagesConfig:
         object.__setattr__(self, "epochs", ep)
 
 
-def make_tokenizer(ws, backbone: str, vocab_size: int = 8000) -> TextTokenizer:
+def make_tokenizer(ws, backbone: str, vocab_size: int = 8000, device: str = "cpu"):
     if backbone == "minilm":
         return TextTokenizer.minilm()
+    if backbone == "sentence":  # the embedder the workspace's SIDs were built on, frozen
+        return SentenceTokenizer(workspace_embedder(ws), device, ws.cache_dir / "embeddings")
     texts = item_text(ws.table("products")) + ws.table("queries")["query"].astype(str).tolist()
     return TextTokenizer.train(texts, vocab_size=vocab_size)
 
@@ -187,16 +189,17 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
             raise ValueError(f"checkpoint {prev} was built without (or with other) context slots; start again from stage 1 "
                              "with stage 3 in the plan: --stages 1,2,3")
     else:
-        tok = make_tokenizer(ws, backbone)
+        tok = make_tokenizer(ws, backbone, device=device)
+        dims = {"embed_dim": tok.dim} if backbone == "sentence" else {}
         gen_cfg = GenConfig(sid_vocab=tuple(index.vocab), text_vocab=tok.vocab_size, tokenizer=tok.key, backbone=backbone,
-                            context_vocab=ctx.vocab_size if personal else 0, **(model or {}))
+                            context_vocab=ctx.vocab_size if personal else 0, **{**(model or {}), **dims})
         torch.manual_seed(train.seed)
         gen = Generator(gen_cfg)
 
     evalset = eval_set(ws)
     retriever = Retriever(gen, tok, index, ProductLookup(index, sids, popularity(ws)), device)
     events = personal_events(ws) if personal else None
-    items = item_pairs(ws, sids)  # stage 1's examples, and item_eval's after every stage
+    items = item_pairs(ws, sids, embedded_text=backbone == "sentence")  # stage 1's examples, and item_eval's
     pseudo = (lambda: [pseudo_pairs(ws, sids, n_pseudo, train.seed)]) if n_pseudo else list
     data = {1: lambda: Pairs.concat([items, *pseudo()]), 2: lambda: query_pairs(ws, sids), 3: lambda: personal_pairs(ws, sids, ctx)}
     done: list[Pairs] = [data[s]() for s in range(1, first)]  # earlier stages' examples, for replay

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from workbench import checkpoint
 from workbench.gen.model import GenConfig, Generator
-from workbench.gen.tokenizer import TextTokenizer
+from workbench.gen.tokenizer import TextTokenizer, load_tokenizer
 from workbench.sid.store import sid_dir
 from workbench.workspace import Workspace
 
@@ -56,7 +56,7 @@ def load(ws: Workspace, name: str = "generator", device: str = "cpu") -> tuple[G
     if meta.get("sid_fingerprint") != sid_fingerprint(ws):
         raise checkpoint.CheckpointError(f"{path}: trained on other SIDs than the workspace's current ones "
                                          "(the CQ-SID model changed since); retrain with `workbench train`")
-    tok = TextTokenizer.load(tokenizer_path(ws, cfg.tokenizer))
+    tok = load_tokenizer(tokenizer_path(ws, cfg.tokenizer), device, ws.cache_dir / "embeddings")
     if tok.key != cfg.tokenizer:
         raise checkpoint.CheckpointError(f"{path}: built for tokenizer {cfg.tokenizer!r}, the workspace has {tok.key!r}")
     model = Generator(cfg, pretrained=False)

@@ -1,10 +1,13 @@
 """Text -> token ids for the generator's encoder, with the `tokenizers` library.
 
-Two kinds, one interface (`key`, `vocab_size`, `pad_id`, `encode(texts, max_len) -> (ids, mask)`):
+Three kinds, one interface (`key`, `vocab_size`, `pad_id`, `encode(texts, max_len) -> (ids, mask)`):
 - `TextTokenizer.train(texts)`: a WordPiece vocabulary learned from the catalog and the queries
   (lower-cased, accents stripped, BERT pre-tokenisation; deterministic), for the from-scratch encoder;
 - `TextTokenizer.minilm()`: the tokenizer packaged with all-MiniLM-L6-v2, for the MiniLM encoder
-  (its word pieces are what those weights were trained on).
+  (its word pieces are what those weights were trained on);
+- `SentenceTokenizer`: a text's frozen sentence embedding (all-MiniLM-L6-v2 or the workspace's
+  embedder) as its one "token", (B, D) floats, for the `sentence` backbone. Bulk encodes (training)
+  read and fill the workspace's embedding cache, so an epoch costs decoder steps only.
 
 Saved as `tokenizer-<key>.json` in the workspace; the key (a hash of that file) goes into the
 generator's checkpoint so a model is never paired with a tokenizer it was not trained with.
@@ -17,6 +20,7 @@ same as a `max_len`-token one); an empty or whitespace-only text is a ValueError
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -112,6 +116,58 @@ class TextTokenizer:
             ids[i, : len(r)] = torch.tensor(r)
         ids = ids.to(device)
         return ids, ids != self.pad_id
+
+
+class SentenceTokenizer:
+    """Texts -> (B, D) unit sentence embeddings from a frozen embedder, and a (B, 1) mask."""
+
+    vocab_size = 0
+    pad_id = float("nan")  # never equal: every dimension of a vector counts as present
+    BULK = 1024  # encodes of at least this many texts go through the on-disk cache
+
+    def __init__(self, embedder_name: str, device: str = "cpu", cache_dir: str | Path | None = None):
+        from workbench.embed import get_embedder
+
+        self.embedder_name, self.cache_dir = embedder_name, cache_dir
+        self.embedder = get_embedder(embedder_name, device)
+        self.key = f"sentence-{self.embedder.key}"
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
+
+    def encode(self, texts: list[str], max_len: int = 32, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        from workbench.embed import embed
+
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            raise ValueError("no texts to encode")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"text {i} is empty or not a string: {t!r}")
+        texts = [t[: max_len * 32] for t in texts]  # cut absurd texts first, as TextTokenizer does
+        cache = self.cache_dir if len(texts) >= self.BULK else None
+        x = torch.as_tensor(embed(texts, self.embedder, cache, progress=False)).to(device)  # (B, D)
+        return x, torch.ones(len(texts), 1, dtype=torch.bool, device=device)
+
+    def save(self, path: str | Path) -> None:
+        text = json.dumps({"kind": "sentence", "embedder": self.embedder_name, "key": self.key})
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def load_tokenizer(path: str | Path, device: str = "cpu", cache_dir: str | Path | None = None):
+    """A saved tokenizer of either kind."""
+    path = Path(path)
+    if path.name.startswith("tokenizer-sentence-"):
+        if not path.exists():
+            raise FileNotFoundError(f"no tokenizer at {path}; train a generator with `workbench train`")
+        try:
+            spec = json.loads(path.read_text())
+            return SentenceTokenizer(spec["embedder"], device, cache_dir)
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{path}: not a sentence tokenizer file ({e})") from e
+    return TextTokenizer.load(path)
 
 
 def _key(text: str) -> str:
