@@ -12,6 +12,9 @@ the command line overrides it; every run a command starts records the recipe (`r
                 max ~70), 40 SID epochs, 40 RL steps per algorithm, 2 rounds per width
     homedepot   the README's Home Depot measurement (54,667 products, titles only, judged queries
                 and no search log): SIDs 128,32,8, 40 SID epochs, stages 1,2 for 6,12 epochs
+    few-logs    a catalog with few logged queries (the usual case before launch): the same SIDs, the
+                frozen sentence backbone (MiniLM's embedding, cached) and 4 pseudo-queries per
+                product in stage 1, more epochs since an epoch costs decoder steps only
 
 Add a recipe by adding an entry to RECIPES; `workbench recipes` prints them all, diffable as JSON.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from workbench.config import to_dict
+from workbench.eval.harness import EvalConfig
 from workbench.eval.width import SweepConfig
 from workbench.gen.stages import StagesConfig
 from workbench.rl.train import RLConfig
@@ -36,6 +40,7 @@ class Recipe:
     gen: StagesConfig = field(default_factory=StagesConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def sid_for(self, input_dim: int) -> CQSIDConfig:
         """The SID config for an embedder of `input_dim` dimensions."""
@@ -45,14 +50,19 @@ class Recipe:
         return to_dict(self)
 
 
+HOMEDEPOT_SIDS = CQSIDConfig(model=RQVAEConfig(codebook_sizes=(128, 32, 8)), epochs=40)  # ~55k products
+HOMEDEPOT_EVAL = EvalConfig(ks=(10, 100), width=128)  # ~3 products per SID: 128 SIDs fill the 300-product budget
+
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("default", "the component configs' own defaults"),
     Recipe("demo", "the 3,000-product sample marketplace (workbench demo)",
            sid=CQSIDConfig(model=RQVAEConfig(codebook_sizes=(64, 16, 8)), epochs=40),
            rl=RLConfig(steps=40), sweep=SweepConfig(rounds=2)),
     Recipe("homedepot", "Home Depot: 54,667 products with titles, judged queries, no search log",
-           sid=CQSIDConfig(model=RQVAEConfig(codebook_sizes=(128, 32, 8)), epochs=40),
-           gen=StagesConfig(stages=(1, 2), epochs=(6, 12))),
+           sid=HOMEDEPOT_SIDS, gen=StagesConfig(stages=(1, 2), epochs=(6, 12)), eval=HOMEDEPOT_EVAL),
+    Recipe("few-logs", "a catalog with few logged queries: frozen sentence encoder, pseudo-queries",
+           sid=HOMEDEPOT_SIDS, eval=HOMEDEPOT_EVAL,
+           gen=StagesConfig(stages=(1, 2), epochs=(20, 30), backbone="sentence", pseudo=4)),
 ]}
 
 

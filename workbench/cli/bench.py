@@ -195,6 +195,30 @@ def bench_seqrec(ctx, datasets_dir, indexes, codebook_sizes, epochs, d_model, la
         report("seqrec", rows, run, params=params, device=device_name(device))
 
 
+@bench.command(name="homedepot")
+@click.option("--recipe", default="homedepot", show_default=True, help="Named settings (`workbench recipes`); each recipe "
+              "trains in its own workspace, workspaces/homedepot-<recipe>.")
+@click.option("--datasets", "datasets_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the real data sets (default: ../shared/datasets beside the repository).")
+@embedder_option()
+@device_option()
+def bench_homedepot(recipe, datasets_dir, embedder, device) -> None:
+    """Home Depot end to end (import, SIDs, generator, evaluation on the held-out queries) with a recipe."""
+    from workbench import recipes
+    from workbench.bench.catalog import measure, recipe_workspace
+    from workbench.logbook import tagged
+
+    r = recipes.get(recipe)
+    ws = recipe_workspace(bench_workspace("homedepot", datasets_dir), r.name)
+    click.echo(f"Home Depot with recipe {r.name!r} in {ws.path}")
+    with tagged(recipe=r.name), ws.logbook().run("bench", {"bench": "homedepot", "recipe": r.to_dict()}) as run:
+        df = measure(ws, r, embedder, device, run=run, echo=click.echo)
+        keep = [c for c in df.columns if c == "method" or c.split("@")[0] in ("recall", "ndcg", "channel_recall", "unique_recall")
+                or c in ("width", "candidates", "sids")]
+        report("homedepot", df[keep].to_dict("records"), run, case_key="method", params={"recipe": r.name},
+               device=device_name(device))
+
+
 @bench.command(name="app")
 @click.option("--sessions", type=int, default=20, show_default=True, help="Browser sessions searching at once.")
 @click.option("--seconds", type=float, default=60, show_default=True, help="How long they search.")

@@ -1,0 +1,32 @@
+"""A catalog measured end to end with a recipe (what `workbench bench homedepot` runs), on the sample."""
+
+import pytest
+
+from tests.conftest import TINY
+from workbench import Workspace
+from workbench.bench.catalog import measure, recipe_workspace
+from workbench.eval.harness import EvalConfig
+from workbench.gen.stages import StagesConfig
+from workbench.recipes import Recipe
+from workbench.sid.cqsid import CQSIDConfig
+from workbench.sid.rqvae import RQVAEConfig
+
+
+@pytest.mark.slow
+def test_a_recipe_measures_a_catalog_in_its_own_workspace(sample_ws, tmp_path):
+    tiny = Recipe("tiny", "test", sid=CQSIDConfig(model=RQVAEConfig(hidden=(64,), codebook_sizes=(16, 8, 4)), epochs=3),
+                  gen=StagesConfig(stages=(1, 2), epochs=(2, 2), backbone="sentence", model=TINY, pseudo=2, eval_width=8),
+                  eval=EvalConfig(ks=(10, 50), width=16, embedder="hashing-64", budgets=(20, 100)))
+    ws = recipe_workspace(sample_ws, "tiny", root=tmp_path)
+    assert ws.path == tmp_path / "ws-tiny" and ws.tables() == sample_ws.tables()
+    assert (ws.cache_dir / "embeddings").resolve() == (sample_ws.cache_dir / "embeddings").resolve()  # shared cache
+    lines = []
+    df = measure(ws, tiny, "hashing-64", echo=lines.append).set_index("method")
+    assert lines[0].startswith("SIDs (16, 8, 4)") and "generator (sentence, stages (1, 2))" in lines[1]
+    gen, oracle = df.loc["generative"], df.loc["oracle-sids"]
+    assert gen["width"] == 16 and 0 < gen["candidates"] <= 300 and 0 <= gen["recall@10"] <= gen["channel_recall@100"] + 1e-9
+    assert oracle["channel_recall@100"] >= gen["channel_recall@100"] - 1e-9  # the SIDs' ceiling bounds the generator
+    assert ws.has("pseudo_queries") and not sample_ws.has("pseudo_queries")
+    again = []
+    measure(Workspace(ws.path), tiny, "hashing-64", echo=again.append)  # a rerun keeps the SIDs and the stages
+    assert len(again) == 1 and again[0].startswith("generator")
