@@ -9,7 +9,7 @@ import click
 
 from workbench.bench.data import DATASETS, bench_workspace
 from workbench.bench.dist import JOBS as DIST_JOBS
-from workbench.cli.options import apply, config_options, device_option, embedder_option, ints, names, ws_of
+from workbench.cli.options import apply, config_options, device_option, embedder_option, ints, names, set_fields, ws_of
 from workbench.cli.rl import ensure_ranker, rl_config, rl_options
 from workbench.eval.width import SweepConfig
 from workbench.report import device_name, report
@@ -198,24 +198,28 @@ def bench_seqrec(ctx, datasets_dir, indexes, codebook_sizes, epochs, d_model, la
 @bench.command(name="homedepot")
 @click.option("--recipe", default="homedepot", show_default=True, help="Named settings (`workbench recipes`); each recipe "
               "trains in its own workspace, workspaces/homedepot-<recipe>.")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+              help="Change one setting of the recipe, repeatable, e.g. --set gen.pseudo=0 (an ablation); the result "
+                   "trains in workspaces/homedepot-<recipe>+<settings>.")
 @click.option("--datasets", "datasets_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the real data sets (default: ../shared/datasets beside the repository).")
 @embedder_option()
 @device_option()
-def bench_homedepot(recipe, datasets_dir, embedder, device) -> None:
+def bench_homedepot(recipe, sets, datasets_dir, embedder, device) -> None:
     """Home Depot end to end (import, SIDs, generator, evaluation on the held-out queries) with a recipe."""
     from workbench import recipes
     from workbench.bench.catalog import measure, recipe_workspace
     from workbench.logbook import tagged
 
-    r = recipes.get(recipe)
-    ws = recipe_workspace(bench_workspace("homedepot", datasets_dir), r.name)
-    click.echo(f"Home Depot with recipe {r.name!r} in {ws.path}")
-    with tagged(recipe=r.name), ws.logbook().run("bench", {"bench": "homedepot", "recipe": r.to_dict()}) as run:
+    r = set_fields(recipes.get(recipe), sets)
+    name = r.name + "".join(f"+{s}" for s in sets)
+    ws = recipe_workspace(bench_workspace("homedepot", datasets_dir), name)
+    click.echo(f"Home Depot with recipe {name!r} in {ws.path}")
+    with tagged(recipe=name), ws.logbook().run("bench", {"bench": "homedepot", "recipe": r.to_dict()}) as run:
         df = measure(ws, r, embedder, device, run=run, echo=click.echo)
         keep = [c for c in df.columns if c == "method" or c.split("@")[0] in ("recall", "ndcg", "channel_recall", "unique_recall")
                 or c in ("width", "candidates", "sids")]
-        report("homedepot", df[keep].to_dict("records"), run, case_key="method", params={"recipe": r.name},
+        report("homedepot", df[keep].to_dict("records"), run, case_key="method", params={"recipe": name},
                device=device_name(device))
 
 

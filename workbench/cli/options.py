@@ -125,3 +125,22 @@ def apply(ctx: click.Context, cfg, kw: dict):
 
 def path_option(*decls, **kw):
     return click.option(*decls, type=click.Path(dir_okay=False, path_type=Path), **kw)
+
+
+def set_fields(cfg, pairs: tuple[str, ...]):
+    """`cfg` with each 'dotted.field=value' of `pairs` set, the value parsed by the field's type
+    (tuples as 1,2,3); an unknown field or a bad value is a click.BadParameter naming it."""
+    for pair in pairs:
+        path, sep, text = pair.partition("=")
+        try:
+            t = field_type(type(cfg), path)
+        except (KeyError, TypeError, AttributeError):
+            raise click.BadParameter(f"{path!r} is not a setting of {type(cfg).__name__}", param_hint="--set") from None
+        if not sep:
+            raise click.BadParameter(f"{pair!r}: expected FIELD=VALUE, e.g. gen.pseudo=0", param_hint="--set")
+        parse = (lambda v: v.lower() in ("1", "true", "yes")) if t is bool else _click_type(t, None)[0]
+        try:
+            cfg = replace_path(cfg, path, parse(text))
+        except (ValueError, TypeError, click.BadParameter) as e:
+            raise click.BadParameter(f"{pair!r}: {e}", param_hint="--set") from None
+    return cfg

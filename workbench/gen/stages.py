@@ -72,8 +72,8 @@ class StagesConfig:
         if len(ep) != len(st):
             raise ValueError(f"{len(ep)} epoch counts for {len(st)} stages")
         if min(ep) < 1 or self.pseudo < 0 or self.replay < 0 or self.history < 1 or self.eval_width < 1:
-            raise ValueError(f"epochs >= 1, replay >= 0, history >= 1 and eval_width >= 1 needed, got {ep}, {self.replay}, "
-                             f"{self.history}, {self.eval_width}")
+            raise ValueError(f"epochs >= 1, pseudo >= 0, replay >= 0, history >= 1 and eval_width >= 1 needed, got {ep}, "
+                             f"{self.pseudo}, {self.replay}, {self.history}, {self.eval_width}")
         object.__setattr__(self, "stages", st)
         object.__setattr__(self, "epochs", ep)
 
