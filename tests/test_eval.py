@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 from workbench import metrics
+from workbench.baselines import BM25, Dense, rrf, supplement
 from workbench.cli import main
 from workbench.embed import get_embedder
-from workbench.eval.baselines import BM25, Dense, rrf, supplement
 from workbench.eval.harness import EvalConfig, evaluate, judgments_file
 
 IDS = ["p1", "p2", "p3", "p4"]

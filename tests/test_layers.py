@@ -21,7 +21,7 @@ LAYERS = [
     {"config", "dist", "logbook", "metrics", "report"},
     {"data"},
     {"workspace", "checkpoint"},
-    {"embed"},
+    {"embed", "baselines"},
     {"sid"},
     {"gen"},
     {"rl"},

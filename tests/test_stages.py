@@ -101,14 +101,17 @@ def test_a_plan_takes_its_epochs_per_planned_stage_per_stage_number_or_one_for_a
         st.StagesConfig(epochs=(0,))
 
 
-def test_stage_1_learns_pseudo_queries_beside_the_titles(trained, tmp_path):
+def test_stage_1_learns_pseudo_queries_and_stage_2_a_teachers_ranking(trained, tmp_path):
     import json
 
     ws = Workspace(shutil.copytree(trained[0].path, tmp_path / "ws"))
-    cfg = st.StagesConfig(stages=(1,), epochs=(1,), model=TINY, pseudo=2, eval_width=4)
-    (row,) = st.train_stages(ws, cfg, name="pseudo", progress=False)
+    cfg = st.StagesConfig(stages=(1, 2), epochs=(1, 1), model=TINY, pseudo=2, distill="bm25", distill_k=5, eval_width=4)
+    rows = st.train_stages(ws, cfg, name="pseudo", progress=False)
     n_items, n_pseudo = len(ws.table("products")), len(ws.table("pseudo_queries").groupby("product_id").head(2))
     assert ws.has("pseudo_queries") and n_pseudo > len(ws.table("products"))  # drawn on first use, 4 per product kept
-    assert row["examples"] == n_items + n_pseudo
-    run = ws.logbook().query("SELECT config FROM runs WHERE name = 'gen-train pseudo stage 1-items'")
-    assert json.loads(run["config"].iloc[0])["examples"] == "items+pseudo"
+    assert rows[0]["examples"] == n_items + n_pseudo
+    runs = ws.logbook().query("SELECT name, config FROM runs WHERE name LIKE 'gen-train pseudo stage %' ORDER BY name")
+    examples = [json.loads(c)["examples"] for c in runs["config"]]
+    assert examples[0] == "items+pseudo" and examples[1].startswith("queries+distill")
+    n_texts = len(set(ws.table("pseudo_queries").groupby("product_id").head(2)["query"]))
+    assert rows[1]["examples"] > n_texts  # every training query and pseudo-query labelled by the teacher, replay on top

@@ -16,7 +16,7 @@ A recall channel hands a *set* to the ranker, so it is judged at a budget of pro
     unique recall@B    share of the relevant products in the channel's first B that the base
                        channel's first B misses: what only this channel brings
 
-(Union recall, the two channels sharing one budget, is recall@B of `eval.baselines.supplement`.)
+(Union recall, the two channels sharing one budget, is recall@B of `workbench.baselines.supplement`.)
 """
 
 from __future__ import annotations

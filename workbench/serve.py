@@ -105,8 +105,8 @@ class Engine:
 
     def baselines(self, query: str, gen: list[str], k: int = 10, share: float = 0.3) -> dict[str, list[str]]:
         """Top k of BM25, dense, their hybrid (RRF), and the hybrid with generation as a supplement."""
+        from workbench.baselines import BM25, Dense, rrf, supplement
         from workbench.embed import embed_workspace, get_embedder, product_texts
-        from workbench.eval.baselines import BM25, Dense, rrf, supplement
 
         ids = self.products.index.tolist()
         if self._bm25 is None:

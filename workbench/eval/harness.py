@@ -13,7 +13,7 @@ judgments CSV (query, product_id, relevance) given with `judgments_csv`. Methods
     oracle-sids       the same channel had it decoded exactly the SIDs of each query's relevant
                       products (in the order of their relevant products): the ceiling of the SIDs,
                       so a shortfall splits into what the SIDs lose and what the generator loses
-    bm25, dense       workbench.eval.baselines
+    bm25, dense       workbench.baselines
     hybrid            reciprocal-rank fusion of bm25 and dense
     <base>+gen        generation as a supplement to <base> within the same k slots (share of slots)
 
@@ -43,8 +43,8 @@ import numpy as np
 import pandas as pd
 
 from workbench import metrics
+from workbench.baselines import BM25, Dense, rrf, supplement
 from workbench.eval import METHODS
-from workbench.eval.baselines import BM25, Dense, rrf, supplement
 from workbench.gen.retrieve import ChannelConfig
 
 

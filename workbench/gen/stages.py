@@ -34,6 +34,7 @@ from workbench.data.relevance import held_out
 from workbench.gen import store
 from workbench.gen.context import UserContext
 from workbench.gen.data import Pairs, eval_set, item_pairs, item_text, pseudo_pairs, query_pairs, sid_matrix
+from workbench.gen.distill import TEACHERS, distill_pairs
 from workbench.gen.model import GenConfig, Generator
 from workbench.gen.retrieve import ProductLookup, Retriever, popularity, ranked_products
 from workbench.gen.tokenizer import SentenceTokenizer, TextTokenizer
@@ -57,6 +58,8 @@ class StagesConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     replay: float = 0.2  # examples replayed from earlier stages, as a share of the stage's own
     pseudo: int = 0  # stage 1 also learns this many pseudo-queries per product -> its SID (0: none)
+    distill: str = ""  # stage 2 also learns a teacher's ranking (bm25, dense or hybrid) of the training queries and pseudo-queries
+    distill_k: int = 10  # the teacher's top products per text
     history: int = 5  # a user's latest clicks before the search, given to stage 3 as context
     eval_width: int = 32  # beam width of the per-epoch held-out Recall@K
 
@@ -71,6 +74,9 @@ class StagesConfig:
             ep = tuple(ep[s - 1] for s in st)
         if len(ep) != len(st):
             raise ValueError(f"{len(ep)} epoch counts for {len(st)} stages")
+        if self.distill not in ("", *TEACHERS) or self.distill_k < 1:
+            raise ValueError(f"distill must be one of {TEACHERS} (or empty: none) with distill_k >= 1, got {self.distill!r}, "
+                             f"{self.distill_k}")
         if min(ep) < 1 or self.pseudo < 0 or self.replay < 0 or self.history < 1 or self.eval_width < 1:
             raise ValueError(f"epochs >= 1, pseudo >= 0, replay >= 0, history >= 1 and eval_width >= 1 needed, got {ep}, "
                              f"{self.pseudo}, {self.replay}, {self.history}, {self.eval_width}")
@@ -201,7 +207,16 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
     events = personal_events(ws) if personal else None
     items = item_pairs(ws, sids, embedded_text=backbone == "sentence")  # stage 1's examples, and item_eval's
     pseudo = (lambda: [pseudo_pairs(ws, sids, n_pseudo, train.seed)]) if n_pseudo else list
-    data = {1: lambda: Pairs.concat([items, *pseudo()]), 2: lambda: query_pairs(ws, sids), 3: lambda: personal_pairs(ws, sids, ctx)}
+
+    def stage_2() -> Pairs:
+        own = query_pairs(ws, sids)
+        if not cfg.distill:
+            return own
+        q = ws.table("queries")
+        texts = q.loc[~held_out(q["query_id"]), "query"].astype(str).tolist() + [p for x in pseudo() for p in x.text]
+        return Pairs.concat([own, distill_pairs(ws, sids, list(dict.fromkeys(texts)), cfg.distill, cfg.distill_k, device)])
+
+    data = {1: lambda: Pairs.concat([items, *pseudo()]), 2: stage_2, 3: lambda: personal_pairs(ws, sids, ctx)}
     done: list[Pairs] = [data[s]() for s in range(1, first)]  # earlier stages' examples, for replay
     results, run_id = [], None
     for s in stages:

@@ -1,5 +1,6 @@
 """Baseline retrievers, and the ways to combine them with generation, in one interface:
-`search(queries, k) -> list of ranked product-id lists`.
+`search(queries, k) -> list of ranked product-id lists`. The evaluation compares the generator with
+them; distillation (`workbench.gen.distill`) teaches the generator to rank the way they do.
 
 - `BM25`:  bm25s over product texts, English stemming and stop words, 1-character tokens kept
            ("v", "x" and sizes matter in product search); products with score 0 are not returned.
@@ -61,9 +62,10 @@ class Dense:
         self.embedder, self.device = embedder, device
         self.p = torch.as_tensor(np.asarray(vectors, np.float32), device=device)  # (N, d), unit norm
 
-    def search(self, queries: list[str], k: int, chunk: int = 1024) -> list[list[str]]:
+    def search(self, queries: list[str], k: int, chunk: int = 1024, vectors: np.ndarray | None = None) -> list[list[str]]:
+        """Top k products per query by cosine; `vectors`: the queries' embeddings, if already computed."""
         k = min(k, len(self.ids))
-        q = self.embedder.encode(list(queries))
+        q = self.embedder.encode(list(queries)) if vectors is None else np.asarray(vectors, np.float32)
         out = []
         for s in range(0, len(q), chunk):
             sims = torch.as_tensor(q[s:s + chunk], device=self.device) @ self.p.T  # (b, N)
