@@ -56,7 +56,7 @@ def test_harness_compares_every_method_on_the_same_queries(trained):
     ws, _ = trained
     with ws.logbook().run("eval", {}) as run:
         df = evaluate(ws, EvalConfig(ks=(5, 20), width=8, embedder="hashing-64"), progress=False, run=run)
-    assert df["method"].tolist() == ["generative", "oracle-sids", "bm25", "dense", "hybrid", "dense+gen", "hybrid+gen"]
+    assert df["method"].tolist() == ["generative", "oracle-sids", "bm25", "dense", "hybrid", "bm25+gen", "dense+gen", "hybrid+gen"]
     for col in ("recall@5", "ndcg@20", "hit@20", "coverage@20", "click_hit@20", "mrr"):
         assert df[col].between(0, 1).all(), col
     gen = df.set_index("method").loc["generative"]

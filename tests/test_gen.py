@@ -251,3 +251,14 @@ def test_sentence_backbone_reads_cached_embeddings_with_the_same_logits_and_roun
         SentenceEncoder(r.model.cfg)(torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="empty"):
         r.tok.encode(["ok", "  "])
+
+
+def test_bench_backbone_compares_encoders_in_one_run(trained):
+    ws, _ = trained
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "backbone", "--backbones", "scratch,sentence", "--n", "200"])
+    assert r.exit_code == 0, r.output
+    got = ws.logbook().query("SELECT case_name, metric, value FROM bench WHERE bench = 'backbone-throughput'")
+    assert set(got["case_name"]) == {"scratch", "sentence"}
+    assert {"first_epoch_per_s", "later_epochs_per_s", "tokenize_s", "x_vs_minilm"} <= set(got["metric"])
+    bad = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "backbone", "--epochs", "1"])
+    assert bad.exit_code == 1 and "epochs >= 2" in bad.output

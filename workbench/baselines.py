@@ -23,7 +23,10 @@ TOKEN = r"(?u)\b\w+\b"
 class BM25:
     name = "bm25"
 
-    def __init__(self, ids: list[str], texts: list[str], stem: bool = True):
+    def __init__(self, ids: list[str], texts: list[str], stem: bool = True, backend: str = "numpy"):
+        """`backend="numba"`: bm25s's compiled scorer, about 100x faster on many queries (a teacher
+        labelling pseudo-queries), with the same scores; products tied at equal scores may come in
+        another order, so evaluations keep the default."""
         import bm25s
         import Stemmer
 
@@ -31,7 +34,7 @@ class BM25:
             raise ValueError(f"BM25 needs one text per product, got {len(ids)} ids and {len(texts)} texts")
         self.ids = np.asarray(ids, dtype=object)
         self.stemmer = Stemmer.Stemmer("english") if stem else None
-        self.index = bm25s.BM25()
+        self.index = bm25s.BM25(backend=backend)
         self.index.index(self._tok(texts), show_progress=False)
 
     def _tok(self, texts, ids: bool = True):

@@ -13,8 +13,9 @@ the command line overrides it; every run a command starts records the recipe (`r
     homedepot   the README's Home Depot measurement (54,667 products, titles only, judged queries
                 and no search log): SIDs 128,32,8, 40 SID epochs, stages 1,2 for 6,12 epochs
     few-logs    a catalog with few logged queries (the usual case before launch): the same SIDs, the
-                frozen sentence backbone (MiniLM's embedding, cached) and 4 pseudo-queries per
-                product in stage 1, more epochs since an epoch costs decoder steps only
+                frozen sentence backbone (MiniLM's embedding, cached), 4 pseudo-queries per product
+                in stage 1, and in stage 2 the training queries and pseudo-queries labelled by the
+                hybrid (BM25 + dense) teacher's top 10
 
 Add a recipe by adding an entry to RECIPES; `workbench recipes` prints them all, diffable as JSON.
 """
@@ -60,9 +61,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            rl=RLConfig(steps=40), sweep=SweepConfig(rounds=2)),
     Recipe("homedepot", "Home Depot: 54,667 products with titles, judged queries, no search log",
            sid=HOMEDEPOT_SIDS, gen=StagesConfig(stages=(1, 2), epochs=(6, 12)), eval=HOMEDEPOT_EVAL),
-    Recipe("few-logs", "a catalog with few logged queries: frozen sentence encoder, pseudo-queries",
+    Recipe("few-logs", "a catalog with few logged queries: frozen sentence encoder, pseudo-queries, a hybrid teacher",
            sid=HOMEDEPOT_SIDS, eval=HOMEDEPOT_EVAL,
-           gen=StagesConfig(stages=(1, 2), epochs=(20, 30), backbone="sentence", pseudo=4)),
+           gen=StagesConfig(stages=(1, 2), epochs=(10, 3), backbone="sentence", pseudo=4, distill="hybrid")),
 ]}
 
 

@@ -55,6 +55,7 @@ def measure(ws: Workspace, recipe: Recipe, embedder: str = "minilm", device: str
     t1 = time.perf_counter()
     rows = train_stages(ws, recipe.gen, device=device)  # finished stages are kept, a killed one resumes
     echo(f"generator ({recipe.gen.backbone}, stages {recipe.gen.stages}): "
-         + ", ".join(f"{r['stage']} {r.get('examples_per_s', 0):,.0f} examples/s" for r in rows)
+         + ", ".join(f"{r['stage']} kept" if r.get("resumed") else f"{r['stage']} {r['examples_per_s']:,.0f} examples/s"
+                     for r in rows)
          + f" ({time.perf_counter() - t1:.0f} s)")
     return evaluate(ws, recipe.eval, run=run)

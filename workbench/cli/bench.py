@@ -195,6 +195,24 @@ def bench_seqrec(ctx, datasets_dir, indexes, codebook_sizes, epochs, d_model, la
         report("seqrec", rows, run, params=params, device=device_name(device))
 
 
+@bench.command(name="backbone")
+@click.option("--backbones", default="scratch,minilm,sentence", show_default=True)
+@click.option("--n", type=int, default=2000, show_default=True, help="Title -> SID examples to train on.")
+@click.option("--epochs", type=int, default=2, show_default=True, help="Epochs (>= 2: the first and the later ones).")
+@device_option()
+@click.pass_context
+def bench_backbone(ctx, backbones, n, epochs, device) -> None:
+    """Training examples per second of each encoder backbone on the workspace's titles, one run."""
+    from workbench.bench.backbone import throughput
+
+    ws = ws_of(ctx).require()
+    params = {"backbones": backbones, "n": n, "epochs": epochs}
+    with ws.logbook().run("bench", {"bench": "backbone", **params}) as run:
+        report("backbone-throughput", throughput(ws, list(names(backbones)), n, epochs, device), run, params=params,
+               units={"tokenize_s": "s", "wall_s": "s", "first_epoch_per_s": "1/s", "later_epochs_per_s": "1/s"},
+               device=device_name(device))
+
+
 @bench.command(name="homedepot")
 @click.option("--recipe", default="homedepot", show_default=True, help="Named settings (`workbench recipes`); each recipe "
               "trains in its own workspace, workspaces/homedepot-<recipe>.")

@@ -132,7 +132,7 @@ def evaluate(ws, cfg: EvalConfig = EvalConfig(), queries: pd.DataFrame | None = 
 
     need = set(cfg.methods)
     channels: dict[str, list[list]] = {}  # method -> per query its Hits (the candidate sets before ranking)
-    if need & {"generative", "oracle-sids", "dense+gen", "hybrid+gen"}:
+    if need & {"generative", "oracle-sids", "bm25+gen", "dense+gen", "hybrid+gen"}:
         r = Retriever.from_workspace(ws, cfg.generator, cfg.device)
         channel = Channel.from_workspace(ws, cfg.channel, cfg.device)
 
@@ -154,7 +154,7 @@ def evaluate(ws, cfg: EvalConfig = EvalConfig(), queries: pd.DataFrame | None = 
             lists["oracle-sids"] = channel(texts, channels["oracle-sids"])
             extra["oracle-sids"] = {"sids": float(np.mean([len(h) for h in channels["oracle-sids"]])),
                                     "candidates": float(np.mean([len(g) for g in lists["oracle-sids"]]))}
-    if need & {"bm25", "hybrid", "hybrid+gen"} or channels:
+    if need & {"bm25", "hybrid", "bm25+gen", "hybrid+gen"} or channels:
         bm = BM25(ids, product_texts(products))
         timed("bm25", lambda: bm.search(texts, max(K, *cfg.budgets) if channels else K))
     if need & {"dense", "hybrid", "dense+gen", "hybrid+gen"}:

@@ -64,7 +64,7 @@ def teacher(ws, name: str, device: str = "cpu") -> Callable[[list[str], int], li
         raise ValueError(f"unknown teacher {name!r}; teachers: {', '.join(TEACHERS)}")
     products = ws.table("products")
     ids = products["product_id"].tolist()
-    bm = BM25(ids, product_texts(products)) if name in ("bm25", "hybrid") else None
+    bm = BM25(ids, product_texts(products), backend="numba") if name in ("bm25", "hybrid") else None
     dense = None
     if name in ("dense", "hybrid"):
         e = get_embedder(workspace_embedder(ws), device)
@@ -75,7 +75,7 @@ def teacher(ws, name: str, device: str = "cpu") -> Callable[[list[str], int], li
         if bm is not None:
             lists.append(bm.search(texts, k))
         if dense is not None:
-            q = embed(texts, dense.embedder, ws.cache_dir / "embeddings", progress=False)
+            q = embed(texts, dense.embedder, ws.cache_dir / "embeddings", desc="embed texts")
             lists.append(dense.search(texts, k, vectors=q))
         return rrf(lists, k) if len(lists) > 1 else lists[0]
 

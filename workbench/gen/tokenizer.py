@@ -123,7 +123,8 @@ class SentenceTokenizer:
 
     vocab_size = 0
     pad_id = float("nan")  # never equal: every dimension of a vector counts as present
-    BULK = 1024  # encodes of at least this many texts go through the on-disk cache
+    BULK = 1024  # encodes of at least this many texts go through the on-disk cache, with a progress bar
+    encode_chunk = 1 << 62  # training encodes all its texts in one call (embed() chunks them itself)
 
     def __init__(self, embedder_name: str, device: str = "cpu", cache_dir: str | Path | None = None):
         from workbench.embed import get_embedder
@@ -147,8 +148,9 @@ class SentenceTokenizer:
             if not isinstance(t, str) or not t.strip():
                 raise ValueError(f"text {i} is empty or not a string: {t!r}")
         texts = [t[: max_len * 32] for t in texts]  # cut absurd texts first, as TextTokenizer does
-        cache = self.cache_dir if len(texts) >= self.BULK else None
-        x = torch.as_tensor(embed(texts, self.embedder, cache, progress=False)).to(device)  # (B, D)
+        bulk = len(texts) >= self.BULK
+        x = torch.as_tensor(embed(texts, self.embedder, self.cache_dir if bulk else None, progress=bulk,
+                                  desc="embed texts")).to(device)  # (B, D)
         return x, torch.ones(len(texts), 1, dtype=torch.bool, device=device)
 
     def save(self, path: str | Path) -> None:

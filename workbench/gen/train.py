@@ -38,7 +38,9 @@ class TrainConfig:
 
 
 def tokenize(tok: TextTokenizer, texts: list[str], max_len: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, T) ids and lengths for all texts (T = the longest, at most max_len)."""
+    """(N, T) ids and lengths for all texts (T = the longest, at most max_len); the sentence tokenizer's
+    (N, D) embeddings, each of length D."""
+    chunk = getattr(tok, "encode_chunk", chunk)
     parts = [tok.encode(texts[i:i + chunk], max_len)[0] for i in range(0, len(texts), chunk)]
     T = max(p.shape[1] for p in parts)
     ids = torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1]), value=tok.pad_id) for p in parts])
