@@ -99,13 +99,7 @@ class TextTokenizer:
 
     def encode(self, texts: list[str], max_len: int = 32, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) token ids and (B, T) bool mask (True = real token), T = longest text, at most max_len."""
-        if isinstance(texts, str):
-            texts = [texts]
-        if not texts:
-            raise ValueError("no texts to encode")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise ValueError(f"text {i} is empty or not a string: {t!r}")
+        texts = checked(texts)
         if max_len < 3:
             raise ValueError(f"max_len must be >= 3 (room for [CLS], a token and [SEP]), got {max_len}")
         rows = [e.ids for e in self.tok.encode_batch([t[: max_len * 32] for t in texts])]  # cut absurd texts first
@@ -140,13 +134,7 @@ class SentenceTokenizer:
     def encode(self, texts: list[str], max_len: int = 32, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         from workbench.embed import embed
 
-        if isinstance(texts, str):
-            texts = [texts]
-        if not texts:
-            raise ValueError("no texts to encode")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise ValueError(f"text {i} is empty or not a string: {t!r}")
+        texts = checked(texts)
         texts = [t[: max_len * 32] for t in texts]  # cut absurd texts first, as TextTokenizer does
         bulk = len(texts) >= self.BULK
         x = torch.as_tensor(embed(texts, self.embedder, self.cache_dir if bulk else None, progress=bulk,
@@ -170,6 +158,17 @@ def load_tokenizer(path: str | Path, device: str = "cpu", cache_dir: str | Path 
         except (ValueError, KeyError) as e:
             raise ValueError(f"{path}: not a sentence tokenizer file ({e})") from e
     return TextTokenizer.load(path)
+
+
+def checked(texts) -> list[str]:
+    """A list of non-empty texts (one text becomes a list); an empty one is a ValueError naming its position."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("no texts to encode")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise ValueError(f"text {i} is empty or not a string: {t!r}")
+    return texts
 
 
 def _key(text: str) -> str:
