@@ -108,6 +108,12 @@ def test_candidates_are_cut_at_the_budget_and_ranked_inside_by_cosine():
     assert order(["x"], [[]]) == [[]]
     with pytest.raises(ValueError, match="product ids for"):
         CosineOrder(e, IDS[:2], e.encode(TITLES))
+    from workbench.gen.retrieve import Channel, ChannelConfig
+
+    assert Channel(ChannelConfig(budget=3), order)(["cordless drill"], [hits]) == [got]
+    assert Channel(ChannelConfig(order="popularity", budget=3))(["x"], [hits]) == [["p2", "p1", "p3"]]
+    with pytest.raises(ValueError, match="needs its CosineOrder"):
+        Channel(ChannelConfig())
 
 
 def test_judgments_csv_via_the_cli_and_its_errors(trained, tmp_path):

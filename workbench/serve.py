@@ -111,8 +111,10 @@ class Engine:
         ids = self.products.index.tolist()
         if self._bm25 is None:
             self._bm25 = BM25(ids, product_texts(self.products.reset_index()))
-            e = get_embedder(workspace_embedder(self.ws), self.device)
-            self._dense = Dense(ids, embed_workspace(self.ws, e, ("products",), progress=False)["products"], e, self.device)
+            order = self.channel.order  # the channel's cosine order already holds the embedder and product vectors
+            e = order.embedder if order else get_embedder(workspace_embedder(self.ws), self.device)
+            vecs = order.vectors if order else embed_workspace(self.ws, e, ("products",), progress=False)["products"]
+            self._dense = Dense(ids, vecs, e, self.device)
         bm, de = self._bm25.search([query], k)[0], self._dense.search([query], k)[0]
         hy = rrf([[bm], [de]], k)[0]
         return {"bm25": bm, "dense": de, "hybrid": hy, "hybrid+gen": supplement([hy], [gen], k, share)[0]}

@@ -31,20 +31,20 @@ def soft_targets(texts: list[str], ranked: list[list[str]], sids: pd.DataFrame) 
     """One example per (text, distinct SID among its ranked products), weighted as in the docstring."""
     if len(texts) != len(ranked):
         raise ValueError(f"{len(texts)} texts for {len(ranked)} teacher lists")
-    row = pd.Series(np.arange(len(sids)), index=sids["product_id"].to_numpy())
+    row = dict(zip(sids["product_id"].tolist(), range(len(sids))))  # product id -> row (a hot loop: no pandas lookups)
     codes = sid_matrix(sids)
+    keys = [tuple(c) for c in codes.tolist()]
     out_text, out_row, out_w = [], [], []
     for text, products in zip(texts, ranked):
         w: dict[tuple, float] = {}
         first: dict[tuple, int] = {}
         norm = sum(1.0 / (r + 1) for r in range(len(products)))
         for r, p in enumerate(products):
-            if p not in row.index:
+            i = row.get(p)
+            if i is None:
                 continue
-            i = int(row[p])
-            key = tuple(codes[i])
-            w[key] = w.get(key, 0.0) + 1.0 / (r + 1) / norm
-            first.setdefault(key, i)
+            w[keys[i]] = w.get(keys[i], 0.0) + 1.0 / (r + 1) / norm
+            first.setdefault(keys[i], i)
         for key, weight in w.items():
             out_text.append(text)
             out_row.append(first[key])

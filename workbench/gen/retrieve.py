@@ -143,7 +143,7 @@ def ranked_products(hits: list[Hit], k: int | None = None) -> list[str]:
 def candidates(hits: list[Hit], budget: int | None = None) -> tuple[list[str], np.ndarray]:
     """A recall channel's candidate set: the decoded SIDs' products in beam order (best SID first),
     cut at `budget` products, and each product's SID log-probability."""
-    ids = [p for h in hits for p in h.products]
+    ids = ranked_products(hits)
     logp = np.fromiter((h.logp for h in hits for _ in h.products), float, len(ids))
     return (ids, logp) if budget is None else (ids[:budget], logp[:budget])
 
@@ -196,6 +196,10 @@ class Channel:
     def from_workspace(cls, ws, cfg: ChannelConfig | None = None, device: str = "cpu") -> Channel:
         cfg = cfg or ChannelConfig()
         return cls(cfg, CosineOrder.from_workspace(ws, device, cfg.logp_weight) if cfg.order == "cosine" else None)
+
+    def __post_init__(self):
+        if self.cfg.order == "cosine" and self.order is None:
+            raise ValueError("a cosine-ordered channel needs its CosineOrder (Channel.from_workspace builds it)")
 
     def __call__(self, texts: list[str], hits: list[list[Hit]]) -> list[list[str]]:
         if self.cfg.order == "cosine":
