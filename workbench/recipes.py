@@ -13,9 +13,10 @@ the command line overrides it; every run a command starts records the recipe (`r
     homedepot   the README's Home Depot measurement (54,667 products, titles only, judged queries
                 and no search log): SIDs 128,32,8, 40 SID epochs, stages 1,2 for 6,12 epochs
     few-logs    a catalog with few logged queries (the usual case before launch): the same SIDs, the
-                frozen sentence backbone (MiniLM's embedding, cached), 4 pseudo-queries per product
+                frozen sentence backbone (MiniLM's embedding, cached) with the tree head (level
+                heads that start as a cosine search of the SID tree), 4 pseudo-queries per product
                 in stage 1, and in stage 2 the training queries and pseudo-queries labelled by the
-                hybrid (BM25 + dense) teacher's top 10
+                hybrid (BM25 + dense) teacher's top 10; stages 1,2 for 3,1 epochs
 
 Add a recipe by adding an entry to RECIPES; `workbench recipes` prints them all, diffable as JSON.
 """
@@ -61,9 +62,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            rl=RLConfig(steps=40), sweep=SweepConfig(rounds=2)),
     Recipe("homedepot", "Home Depot: 54,667 products with titles, judged queries, no search log",
            sid=HOMEDEPOT_SIDS, gen=StagesConfig(stages=(1, 2), epochs=(6, 12)), eval=HOMEDEPOT_EVAL),
-    Recipe("few-logs", "a catalog with few logged queries: frozen sentence encoder, pseudo-queries, a hybrid teacher",
+    Recipe("few-logs", "a catalog with few logged queries: frozen sentence encoder, tree head, pseudo-queries, a hybrid teacher",
            sid=HOMEDEPOT_SIDS, eval=HOMEDEPOT_EVAL,
-           gen=StagesConfig(stages=(1, 2), epochs=(10, 3), backbone="sentence", pseudo=4, distill="hybrid")),
+           gen=StagesConfig(stages=(1, 2), epochs=(3, 1), backbone="sentence", tree=True, pseudo=4, distill="hybrid")),
 ]}
 
 

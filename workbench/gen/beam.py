@@ -57,10 +57,10 @@ def beam_search(model: Generator, mem: Memory, trie: Trie | None, width: int, co
     score = torch.zeros(B, 1, device=dev)  # (B, W) running path log-probability
     node = torch.zeros(B, 1, dtype=torch.long, device=dev)  # (B, W) trie node of each beam's prefix
     seq = torch.zeros(B, 1, 0, dtype=torch.long, device=dev)  # (B, W, t) codes so far
-    cache, codes = None, None
+    cache = None
     for t in range(L):
         W = score.shape[1]
-        logits, cache = model.step(mem, codes, t, cache, W)  # (B, W, K)
+        logits, cache = model.step(mem, seq if t else None, t, cache, W)  # (B, W, K)
         cand = score[..., None] + torch.log_softmax(logits.float(), -1)  # (B, W, K)
         if constrained:
             cand = cand.masked_fill(~trie.valid_mask(t, node.clamp_min(0)), float("-inf"))
@@ -84,13 +84,12 @@ def greedy(model: Generator, mem: Memory, trie: Trie) -> Beams:
     B, dev = mem.batch, mem.mask.device
     node = torch.zeros(B, dtype=torch.long, device=dev)
     total = torch.zeros(B, device=dev)
-    out, cache, codes = [], None, None
+    out, cache = [], None
     for t in range(model.cfg.levels):
-        logits, cache = model.step(mem, codes, t, cache, 1)
+        logits, cache = model.step(mem, torch.stack(out, 1)[:, None] if out else None, t, cache, 1)
         lp = torch.log_softmax(logits[:, 0].float(), -1).masked_fill(~trie.valid_mask(t, node), float("-inf"))
         best = lp.argmax(-1)
         total = total + lp.gather(1, best[:, None])[:, 0]
         node = trie.step(t, node, best)
         out.append(best)
-        codes = best[:, None]
     return Beams(torch.stack(out, 1)[:, None], total[:, None], node[:, None])

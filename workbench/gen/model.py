@@ -10,6 +10,9 @@ Encoder, one of three backbones:
               projected into `slots` memory vectors: MiniLM's language at the cost of a linear
               layer, since embeddings are computed once per text and cached; the decoder then
               learns a search of the cluster tree in the embedding space.
+With the sentence backbone, an optional tree head (`tree`, workbench.gen.tree) adds to each level's
+logits the query's cosine to every child cluster's mean product embedding, so that the generator
+starts as a search of the cluster tree and learns from there.
 Optional context ids (user, history; `context_vocab` > 0) are embedded and appended to the memory,
 so the personalised stage uses the same model; -1 marks an empty context slot.
 
@@ -28,6 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from workbench.gen.tree import TreeHead
 
 BACKBONES = ("scratch", "minilm", "sentence")
 
@@ -48,6 +53,7 @@ class GenConfig:
     context_vocab: int = 0  # ids of optional context tokens (users, history); 0 = none
     embed_dim: int = 384  # sentence backbone: width of the frozen sentence embedding
     slots: int = 4  # sentence backbone: memory vectors the embedding is projected into
+    tree: tuple[int, ...] = ()  # sentence backbone: nodes per SID level of the tree head (gen/tree.py); empty: none
 
     def __post_init__(self):
         if self.backbone not in BACKBONES:
@@ -56,6 +62,9 @@ class GenConfig:
             raise ValueError(f"embed_dim and slots must be >= 1, got {self.embed_dim}, {self.slots}")
         if not self.sid_vocab or min(self.sid_vocab) < 1:
             raise ValueError(f"sid_vocab must list codes per level (all >= 1), got {self.sid_vocab}")
+        if self.tree and (self.backbone != "sentence" or len(self.tree) != len(self.sid_vocab) or min(self.tree) < 1):
+            raise ValueError(f"the tree head needs the sentence backbone and a node count per SID level, got "
+                             f"{self.backbone!r}, {self.tree} for {len(self.sid_vocab)} levels")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
 
@@ -71,6 +80,7 @@ class Memory:
     k: list[torch.Tensor]  # per layer (B, H, S, dh)
     v: list[torch.Tensor]
     mask: torch.Tensor  # (B, 1, 1, S) bool, True = attend
+    query: torch.Tensor | None = None  # (B, D) unit-norm sentence embedding, for the tree head
 
     @property
     def batch(self) -> int:
@@ -211,6 +221,7 @@ class Generator(nn.Module):
         self.head = nn.Linear(d, sum(K))  # level l owns rows out_slice[l]
         self.out_slice = [(sum(K[:i]), sum(K[: i + 1])) for i in range(len(K))]
         self.apply(self._init)
+        self.tree = TreeHead(K, cfg.tree, cfg.embed_dim) if cfg.tree else None  # after _init: set by tree.init_from
         if cfg.backbone == "minilm" and pretrained:  # after _init, which must not overwrite BERT
             self.encoder.load_pretrained()
 
@@ -235,7 +246,8 @@ class Generator(nn.Module):
             h = torch.cat([h, self.context(context.clamp_min(0))], 1)  # (B, T + C, d)
             mask = torch.cat([mask, context >= 0], 1)
         kv = [b.cross_kv(h) for b in self.blocks]
-        return Memory([k for k, _ in kv], [v for _, v in kv], mask[:, None, None, :])
+        query = F.normalize(ids.float(), dim=-1) if self.tree is not None else None
+        return Memory([k for k, _ in kv], [v for _, v in kv], mask[:, None, None, :], query)
 
     # -- decoding ------------------------------------------------------------------------------
     def embed_codes(self, codes: torch.Tensor | None, level: int, shape: tuple[int, int]) -> torch.Tensor:
@@ -248,18 +260,22 @@ class Generator(nn.Module):
         a, b = self.out_slice[level]
         return F.linear(self.ln(h), self.head.weight[a:b], self.head.bias[a:b])
 
-    def step(self, mem: Memory, codes: torch.Tensor | None, level: int, cache: list | None, width: int):
+    def step(self, mem: Memory, prefix: torch.Tensor | None, level: int, cache: list | None, width: int):
         """One decoding step for (B, W) beams: logits (B, W, K_level) and the extended caches.
-        `codes` (B, W) are the beams' level-1 codes (None at level 0); `cache` per layer, already
+        `prefix` (B, W, level) are the beams' codes so far (None at level 0); `cache` per layer, already
         reordered to the beams (None at level 0)."""
         B = mem.batch
-        x = self.embed_codes(codes, level, (B, width))
+        x = self.embed_codes(None if prefix is None else prefix[..., -1], level, (B, width))
         new = []
         for i, b in enumerate(self.blocks):
             c = cache[i] if cache is not None else _empty_cache(x, B * width, b.h)
             x, kv = b(x, mem.k[i], mem.v[i], mem.mask, c)
             new.append(kv)
-        return self.logits(x, level), new
+        logits = self.logits(x, level)
+        if self.tree is not None:
+            node = self.tree.walk(prefix) if prefix is not None else torch.zeros(B, width, dtype=torch.long, device=x.device)
+            logits = logits + self.tree.logits(mem.query, node, level)
+        return logits, new
 
     # -- training ------------------------------------------------------------------------------
     def forward(self, ids, mask, sids, context=None) -> list[torch.Tensor]:
@@ -270,7 +286,10 @@ class Generator(nn.Module):
                       [self.embed_codes(sids[:, i - 1: i], i, (B, 1)) for i in range(1, L)], 1)  # (B, L, d)
         for i, b in enumerate(self.blocks):
             x, _ = b(x, mem.k[i], mem.v[i], mem.mask)
-        return [self.logits(x[:, i], i) for i in range(L)]
+        out = [self.logits(x[:, i], i) for i in range(L)]
+        if self.tree is not None:  # each level's tree logits after the target's prefix
+            out = [lg + self.tree.logits(mem.query, self.tree.walk(sids[:, None, :i]), i)[:, 0] for i, lg in enumerate(out)]
+        return out
 
 
 def _minilm_folder() -> Path:

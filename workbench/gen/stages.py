@@ -39,6 +39,7 @@ from workbench.gen.model import GenConfig, Generator
 from workbench.gen.retrieve import ProductLookup, Retriever, popularity, ranked_products
 from workbench.gen.tokenizer import SentenceTokenizer, TextTokenizer
 from workbench.gen.train import TrainConfig, fit
+from workbench.gen.tree import tree_nodes
 from workbench.metrics import recall_at_k
 from workbench.sid.index import SIDIndex
 from workbench.sid.store import load_sids, sid_dir, workspace_embedder
@@ -54,6 +55,7 @@ class StagesConfig:
     stages: tuple[int, ...] = (1, 2, 3)  # 1 items, 2 queries, 3 personal (user + history + query); each starts from the previous one
     epochs: tuple[int, ...] = (20, 12, 6)  # epochs per stage planned, or per stage 1-3, or one number for all; the small items stage needs more passes
     backbone: str = "scratch"  # encoder: scratch, all-MiniLM-L6-v2's BERT fine-tuned (minilm), or its frozen sentence embedding (sentence)
+    tree: bool = False  # sentence backbone: level heads start as a search of the SID tree by cosine to each cluster's mean embedding (gen/tree.py)
     model: dict = field(default_factory=dict)  # GenConfig fields to override (d_model, n_heads, enc_layers, ...); empty: its defaults
     train: TrainConfig = field(default_factory=TrainConfig)
     replay: float = 0.2  # examples replayed from earlier stages, as a share of the stage's own
@@ -77,6 +79,8 @@ class StagesConfig:
         if self.distill not in ("", *TEACHERS) or self.distill_k < 1:
             raise ValueError(f"distill must be one of {TEACHERS} (or empty: none) with distill_k >= 1, got {self.distill!r}, "
                              f"{self.distill_k}")
+        if self.tree and self.backbone != "sentence":
+            raise ValueError(f"the tree head needs the sentence backbone, got {self.backbone!r}")
         if min(ep) < 1 or self.pseudo < 0 or self.replay < 0 or self.history < 1 or self.eval_width < 1:
             raise ValueError(f"epochs >= 1, pseudo >= 0, replay >= 0, history >= 1 and eval_width >= 1 needed, got {ep}, "
                              f"{self.pseudo}, {self.replay}, {self.history}, {self.eval_width}")
@@ -91,6 +95,16 @@ def make_tokenizer(ws, backbone: str, vocab_size: int = 8000, device: str = "cpu
         return SentenceTokenizer(workspace_embedder(ws), device, ws.cache_dir / "embeddings")
     texts = item_text(ws.table("products")) + ws.table("queries")["query"].astype(str).tolist()
     return TextTokenizer.train(texts, vocab_size=vocab_size)
+
+
+def init_tree(gen: Generator, ws, sids: pd.DataFrame, device: str = "cpu") -> None:
+    """The tree head's centroids from the products' embeddings (the workspace's embedder, cached)."""
+    from workbench.embed import embed_workspace, get_embedder
+
+    products = ws.table("products")
+    vecs = embed_workspace(ws, get_embedder(workspace_embedder(ws), device), ("products",), progress=False)["products"]
+    row = pd.Series(np.arange(len(products)), index=products["product_id"].to_numpy())
+    gen.tree.init_from(sid_matrix(sids), vecs[row.loc[sids["product_id"].to_numpy()].to_numpy()])
 
 
 def personal_pairs(ws, sids: pd.DataFrame, ctx: UserContext, share: float = 0.2) -> Pairs:
@@ -197,10 +211,13 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
     else:
         tok = make_tokenizer(ws, backbone, device=device)
         dims = {"embed_dim": tok.dim} if backbone == "sentence" else {}
+        dims.update({"tree": tree_nodes(sid_matrix(sids))} if cfg.tree else {})
         gen_cfg = GenConfig(sid_vocab=tuple(index.vocab), text_vocab=tok.vocab_size, tokenizer=tok.key, backbone=backbone,
                             context_vocab=ctx.vocab_size if personal else 0, **{**(model or {}), **dims})
         torch.manual_seed(train.seed)
         gen = Generator(gen_cfg)
+        if cfg.tree:
+            init_tree(gen, ws, sids, device)
 
     evalset = eval_set(ws)
     retriever = Retriever(gen, tok, index, ProductLookup(index, sids, popularity(ws)), device)

@@ -2,7 +2,8 @@
 
 One function, `fit`, that every stage reuses: AdamW with linear warm-up and cosine decay, per-example
 loss weights (purchases count more than clicks), label smoothing, gradient clipping, and a smaller
-learning rate for a pretrained encoder (MiniLM) than for the freshly initialised decoder. Texts are
+learning rate for a pretrained encoder (MiniLM) and the tree head's centroids than for the freshly
+initialised decoder. Texts are
 tokenised once up front; each batch is cut to its longest text. Every epoch's loss (and whatever
 `evaluate(model)` returns) goes to the logbook run.
 """
@@ -29,7 +30,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 256  # examples per step (the global batch under torchrun)
     lr: float = 1e-3  # AdamW learning rate (peak, after warm-up)
-    encoder_lr: float = 1e-4  # for a pretrained encoder; a scratch encoder uses lr
+    encoder_lr: float = 1e-4  # for a pretrained encoder (and the tree head's centroids); a scratch encoder uses lr
     weight_decay: float = 0.01
     warmup: float = 0.05  # share of all steps
     label_smoothing: float = 0.1
@@ -93,7 +94,8 @@ def fit(model: Generator, tok: TextTokenizer, pairs: Pairs, cfg: TrainConfig, de
 
     model.to(device).train()
     net = dist.wrap(model)  # DDP under torchrun, the model itself on one process
-    enc = list(model.encoder.parameters()) if model.cfg.backbone == "minilm" else []
+    enc = list(model.encoder.parameters()) if model.cfg.backbone == "minilm" else []  # pretrained: the smaller lr
+    enc += list(model.tree.node.parameters()) if model.tree is not None else []  # the tree's centroids, likewise
     enc_ids = {id(p) for p in enc}
     rest = [p for p in model.parameters() if id(p) not in enc_ids]
     groups = [{"params": rest, "lr": cfg.lr}] + ([{"params": enc, "lr": cfg.encoder_lr}] if enc else [])

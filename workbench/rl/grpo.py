@@ -81,9 +81,9 @@ def sample(model: Generator, mem: Memory, trie: Trie, n: int, temperature: float
         raise ValueError(f"uniforms must have shape {(B, n, model.cfg.levels)}, got {tuple(uniforms.shape)}")
     uniforms = uniforms.to(dev)
     node = torch.zeros(B, n, dtype=torch.long, device=dev)
-    cache, codes, out = None, None, []
+    cache, out = None, []
     for t in range(model.cfg.levels):
-        logits, cache = model.step(mem, codes, t, cache, n)  # (B, n, K); members keep their own cache rows
+        logits, cache = model.step(mem, torch.stack(out, -1) if out else None, t, cache, n)  # (B, n, K); members keep their own cache rows
         logits = (logits.float() / temperature).masked_fill(~trie.valid_mask(t, node), float("-inf"))
         cdf = logits.softmax(-1).cumsum(-1)  # (B, n, K); flat over codes the trie forbids, so they are never drawn
         u = uniforms[..., t: t + 1] * cdf[..., -1:]  # (B, n, 1), below the total mass
