@@ -87,8 +87,10 @@ def test_a_recipe_trains_and_is_recorded_with_the_run(tmp_path):
 def test_set_changes_one_recipe_setting_by_its_dotted_name():
     from workbench.cli.options import set_fields
 
-    r = set_fields(get("few-logs"), ("gen.pseudo=0", "eval.width=64", "gen.epochs=5,5", "gen.backbone=scratch"))
-    assert (r.gen.pseudo, r.eval.width, r.gen.epochs, r.gen.backbone) == (0, 64, (5, 5), "scratch")
+    r = set_fields(get("few-logs"), ("gen.pseudo=0", "eval.width=64", "gen.epochs=5,5", "gen.tree=false", "gen.backbone=scratch"))
+    assert (r.gen.pseudo, r.eval.width, r.gen.epochs, r.gen.tree, r.gen.backbone) == (0, 64, (5, 5), False, "scratch")
+    with pytest.raises(click.BadParameter, match="tree head needs the sentence backbone"):  # settings apply in order
+        set_fields(get("few-logs"), ("gen.backbone=scratch",))
     assert get("few-logs").gen.pseudo == 4  # the named recipe itself is untouched
     for bad, msg in [("gen.nope=1", "not a setting of Recipe"), ("gen.pseudo=x", "invalid literal"),
                      ("gen.pseudo", "expected FIELD=VALUE"), ("gen.pseudo=-1", "pseudo >= 0")]:

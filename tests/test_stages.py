@@ -1,6 +1,7 @@
 """Progressive stages: data, replay, personal context, resume after a kill."""
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -105,7 +106,8 @@ def test_stage_1_learns_pseudo_queries_and_stage_2_a_teachers_ranking(trained, t
     import json
 
     ws = Workspace(shutil.copytree(trained[0].path, tmp_path / "ws"))
-    cfg = st.StagesConfig(stages=(1, 2), epochs=(1, 1), model=TINY, pseudo=2, distill="bm25", distill_k=5, eval_width=4)
+    cfg = st.StagesConfig(stages=(1, 2), epochs=(1, 1), model=TINY, pseudo=2, distill="bm25", distill_k=5, distill_query_k=1,
+                          eval_width=4)
     rows = st.train_stages(ws, cfg, name="pseudo", progress=False)
     n_items, n_pseudo = len(ws.table("products")), len(ws.table("pseudo_queries").groupby("product_id").head(2))
     assert ws.has("pseudo_queries") and n_pseudo > len(ws.table("products"))  # drawn on first use, 4 per product kept
@@ -115,3 +117,9 @@ def test_stage_1_learns_pseudo_queries_and_stage_2_a_teachers_ranking(trained, t
     assert examples[0] == "items+pseudo" and examples[1].startswith("queries+distill")
     n_texts = len(set(ws.table("pseudo_queries").groupby("product_id").head(2)["query"]))
     assert rows[1]["examples"] > n_texts  # every training query and pseudo-query labelled by the teacher, replay on top
+    # the training queries are labelled with their own depth: one product each here, so one example per query text
+    deeper = replace(cfg, stages=(2,), distill_query_k=30)
+    more = st.train_stages(ws, deeper, name="pseudo", resume=False, progress=False)
+    assert more[0]["examples"] > rows[1]["examples"]
+    with pytest.raises(ValueError, match="distill_query_k >= 1"):
+        replace(cfg, distill_query_k=0)

@@ -34,7 +34,7 @@ from workbench.data.relevance import held_out
 from workbench.gen import store
 from workbench.gen.context import UserContext
 from workbench.gen.data import Pairs, eval_set, item_pairs, item_text, pseudo_pairs, query_pairs, sid_matrix
-from workbench.gen.distill import TEACHERS, distill_pairs
+from workbench.gen.distill import TEACHERS, soft_targets, teacher
 from workbench.gen.model import GenConfig, Generator
 from workbench.gen.retrieve import ProductLookup, Retriever, popularity, ranked_products
 from workbench.gen.tokenizer import SentenceTokenizer, TextTokenizer
@@ -61,7 +61,8 @@ class StagesConfig:
     replay: float = 0.2  # examples replayed from earlier stages, as a share of the stage's own
     pseudo: int = 0  # stage 1 also learns this many pseudo-queries per product -> its SID (0: none)
     distill: str = ""  # stage 2 also learns a teacher's ranking (bm25, dense or hybrid) of the training queries and pseudo-queries
-    distill_k: int = 10  # the teacher's top products per text
+    distill_k: int = 10  # the teacher's top products per pseudo-query
+    distill_query_k: int = 10  # the teacher's top products per training query (the text held-out queries resemble; deeper lists teach the beam's tail)
     history: int = 5  # a user's latest clicks before the search, given to stage 3 as context
     eval_width: int = 32  # beam width of the per-epoch held-out Recall@K
 
@@ -76,9 +77,9 @@ class StagesConfig:
             ep = tuple(ep[s - 1] for s in st)
         if len(ep) != len(st):
             raise ValueError(f"{len(ep)} epoch counts for {len(st)} stages")
-        if self.distill not in ("", *TEACHERS) or self.distill_k < 1:
-            raise ValueError(f"distill must be one of {TEACHERS} (or empty: none) with distill_k >= 1, got {self.distill!r}, "
-                             f"{self.distill_k}")
+        if self.distill not in ("", *TEACHERS) or min(self.distill_k, self.distill_query_k) < 1:
+            raise ValueError(f"distill must be one of {TEACHERS} (or empty: none) with distill_k and distill_query_k >= 1, got "
+                             f"{self.distill!r}, {self.distill_k}, {self.distill_query_k}")
         if self.tree and self.backbone != "sentence":
             raise ValueError(f"the tree head needs the sentence backbone, got {self.backbone!r}")
         if min(ep) < 1 or self.pseudo < 0 or self.replay < 0 or self.history < 1 or self.eval_width < 1:
@@ -230,8 +231,12 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
         if not cfg.distill:
             return own
         q = ws.table("queries")
-        texts = q.loc[~held_out(q["query_id"]), "query"].astype(str).tolist() + [p for x in pseudo() for p in x.text]
-        return Pairs.concat([own, distill_pairs(ws, sids, list(dict.fromkeys(texts)), cfg.distill, cfg.distill_k, device)])
+        queries = list(dict.fromkeys(q.loc[~held_out(q["query_id"]), "query"].astype(str)))
+        seen = set(queries)
+        texts = [t for t in dict.fromkeys(p for x in pseudo() for p in x.text) if t not in seen]
+        search = teacher(ws, cfg.distill, device)  # one index for both kinds of text
+        return Pairs.concat([own, soft_targets(queries, search(queries, cfg.distill_query_k), sids),
+                             *([soft_targets(texts, search(texts, cfg.distill_k), sids)] if texts else [])])
 
     data = {1: lambda: Pairs.concat([items, *pseudo()]), 2: stage_2, 3: lambda: personal_pairs(ws, sids, ctx)}
     done: list[Pairs] = [data[s]() for s in range(1, first)]  # earlier stages' examples, for replay
