@@ -118,7 +118,7 @@ def test_stage_1_learns_pseudo_queries_and_stage_2_a_teachers_ranking(trained, t
     n_texts = len(set(ws.table("pseudo_queries").groupby("product_id").head(2)["query"]))
     assert rows[1]["examples"] > n_texts  # every training query and pseudo-query labelled by the teacher, replay on top
     # the training queries are labelled with their own depth: one product each here, so one example per query text
-    deeper = replace(cfg, stages=(2,), distill_query_k=30)
+    deeper = replace(cfg, stages=(2,), epochs=(1,), distill_query_k=30)
     more = st.train_stages(ws, deeper, name="pseudo", resume=False, progress=False)
     assert more[0]["examples"] > rows[1]["examples"]
     with pytest.raises(ValueError, match="distill_query_k >= 1"):
