@@ -16,7 +16,8 @@ the command line overrides it; every run a command starts records the recipe (`r
                 frozen sentence backbone (MiniLM's embedding, cached) with the tree head (level
                 heads that start as a cosine search of the SID tree), 4 pseudo-queries per product
                 in stage 1, and in stage 2 the training queries and pseudo-queries labelled by the
-                hybrid (BM25 + dense) teacher's top 10; stages 1,2 for 3,1 epochs
+                hybrid (BM25 + dense) teacher's top 10 (top 100 for the training queries, chosen on a
+                validation slice of them); stages 1,2 for 3,1 epochs
 
 Add a recipe by adding an entry to RECIPES; `workbench recipes` prints them all, diffable as JSON.
 """
@@ -64,7 +65,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            sid=HOMEDEPOT_SIDS, gen=StagesConfig(stages=(1, 2), epochs=(6, 12)), eval=HOMEDEPOT_EVAL),
     Recipe("few-logs", "a catalog with few logged queries: frozen sentence encoder, tree head, pseudo-queries, a hybrid teacher",
            sid=HOMEDEPOT_SIDS, eval=HOMEDEPOT_EVAL,
-           gen=StagesConfig(stages=(1, 2), epochs=(3, 1), backbone="sentence", tree=True, pseudo=4, distill="hybrid")),
+           gen=StagesConfig(stages=(1, 2), epochs=(3, 1), backbone="sentence", tree=True, pseudo=4, distill="hybrid",
+                            distill_query_k=100)),
 ]}
 
 
