@@ -82,10 +82,12 @@ def teacher(ws, name: str, device: str = "cpu") -> Callable[[list[str], int], li
     return search
 
 
-def distill_pairs(ws, sids: pd.DataFrame, texts: list[str], name: str, k: int = 10, device: str = "cpu") -> Pairs:
-    """`texts` labelled with the SIDs of `name`'s top k products (soft targets)."""
+def distill_pairs(ws, sids: pd.DataFrame, texts: list[str], name: str, k: int = 10, device: str = "cpu",
+                  search: Callable[[list[str], int], list[list[str]]] | None = None) -> Pairs:
+    """`texts` labelled with the SIDs of `name`'s top k products (soft targets); `search`: that teacher
+    already built (`teacher(ws, name)`), to label several sets of texts from one index."""
     if k < 1:
         raise ValueError(f"the teacher's k must be >= 1, got {k}")
     if not texts:
         raise ValueError("no texts to distil")
-    return soft_targets(texts, teacher(ws, name, device)(texts, k), sids)
+    return soft_targets(texts, (search or teacher(ws, name, device))(texts, k), sids)

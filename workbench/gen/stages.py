@@ -34,7 +34,7 @@ from workbench.data.relevance import held_out
 from workbench.gen import store
 from workbench.gen.context import UserContext
 from workbench.gen.data import Pairs, eval_set, item_pairs, item_text, pseudo_pairs, query_pairs, sid_matrix
-from workbench.gen.distill import TEACHERS, soft_targets, teacher
+from workbench.gen.distill import TEACHERS, distill_pairs, teacher
 from workbench.gen.model import GenConfig, Generator
 from workbench.gen.retrieve import ProductLookup, Retriever, popularity, ranked_products
 from workbench.gen.tokenizer import SentenceTokenizer, TextTokenizer
@@ -235,8 +235,8 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
         seen = set(queries)
         texts = [t for t in dict.fromkeys(p for x in pseudo() for p in x.text) if t not in seen]
         search = teacher(ws, cfg.distill, device)  # one index for both kinds of text
-        return Pairs.concat([own, soft_targets(queries, search(queries, cfg.distill_query_k), sids),
-                             *([soft_targets(texts, search(texts, cfg.distill_k), sids)] if texts else [])])
+        return Pairs.concat([own, distill_pairs(ws, sids, queries, cfg.distill, cfg.distill_query_k, search=search),
+                             *([distill_pairs(ws, sids, texts, cfg.distill, cfg.distill_k, search=search)] if texts else [])])
 
     data = {1: lambda: Pairs.concat([items, *pseudo()]), 2: stage_2, 3: lambda: personal_pairs(ws, sids, ctx)}
     done: list[Pairs] = [data[s]() for s in range(1, first)]  # earlier stages' examples, for replay
