@@ -1,4 +1,7 @@
 import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -6,6 +9,25 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
 DATASETS = ROOT.parent / "shared" / "datasets"
+
+
+@contextmanager
+def held(path):
+    """Another process holds DuckDB's lock on the file at `path` (as a training run's write does, or a
+    notebook with it open) until the block ends; yields its pid."""
+    code = "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(300)"
+    p = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held", "the lock holder did not start"
+        yield p.pid
+    finally:
+        p.kill()
+        p.wait()
+
+
+def garbage(path) -> None:
+    """Random bytes where a DuckDB file is expected (a truncated copy, a disk error)."""
+    Path(path).write_bytes(bytes(range(256)) * 64)
 
 
 def need_dataset(name: str) -> Path:

@@ -3,6 +3,7 @@ from config fields, and a named recipe is overridden only by the options given."
 
 import json
 import shutil
+import time
 
 import click
 import pytest
@@ -96,3 +97,89 @@ def test_set_changes_one_recipe_setting_by_its_dotted_name():
                      ("gen.pseudo", "expected FIELD=VALUE"), ("gen.pseudo=-1", "pseudo >= 0")]:
         with pytest.raises(click.BadParameter, match=msg):
             set_fields(get("few-logs"), (bad,))
+
+
+# -- the error boundary ---------------------------------------------------------------------------
+def _boundary(exc: BaseException) -> click.Group:
+    """A group with the CLI's error boundary and one command that raises `exc`."""
+    from workbench.cli import Errors
+
+    @click.group(cls=Errors)
+    def grp():
+        pass
+
+    @grp.command()
+    def boom():
+        raise exc
+    return grp
+
+
+@pytest.mark.parametrize("exc,line", [
+    (RuntimeError("CUDA error: out of memory"), "RuntimeError: CUDA error: out of memory"),
+    (PermissionError(13, "Permission denied", "/x/tables"), "PermissionError: [Errno 13] Permission denied: '/x/tables'"),
+    (KeyError("no table 'users'"), "KeyError: no table 'users'"),
+    (ZeroDivisionError("division by zero"), "internal error: ZeroDivisionError: division by zero; rerun with WORKBENCH_DEBUG=1"),
+])
+def test_every_failure_is_one_line_and_a_nonzero_exit(exc, line, monkeypatch):
+    monkeypatch.delenv("WORKBENCH_DEBUG", raising=False)
+    r = CliRunner().invoke(_boundary(exc), ["boom"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert r.output.startswith(f"Error: {line}") and "Traceback" not in r.output
+
+
+def test_debug_lets_the_traceback_through_and_ctrl_c_exits_130(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_DEBUG", "1")
+    r = CliRunner().invoke(_boundary(ZeroDivisionError("division by zero")), ["boom"])
+    assert isinstance(r.exception, ZeroDivisionError)
+    monkeypatch.delenv("WORKBENCH_DEBUG")
+    r = CliRunner().invoke(_boundary(KeyboardInterrupt()), ["boom"])
+    assert r.exit_code == 130 and "interrupted" in r.output
+
+
+def test_empty_sql_and_bad_counts_are_usage_errors(sample_ws):
+    from workbench.logbook import Logbook
+
+    with Logbook(sample_ws.logbook_path).run("x"):
+        pass
+    w = ["-w", str(sample_ws.path)]
+    for args, msg in [(["sql", ""], "empty SQL"), (["sql", "  "], "empty SQL"), (["sql", "SELECT 1", "--max-rows", "-1"], "--max-rows"),
+                      (["runs", "--limit", "0"], "--limit"), (["batch", "decode", "a.parquet", "b.parquet", "--top", "-1"], "--top")]:
+        r = CliRunner().invoke(main, w + args)
+        assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, (args, r.output)
+    r = CliRunner().invoke(main, w + ["sql", "/* only a comment */"])
+    assert r.exit_code == 1 and "no SQL statement" in r.output
+
+
+def test_device_is_checked_before_anything_runs(sample_ws, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    w = ["-w", str(sample_ws.path)]
+    for verb in (["eval"], ["train"], ["gen", "search", "drill"], ["batch", "embed", "a.parquet", "b.parquet"]):
+        r = CliRunner().invoke(main, w + verb + ["--device", "cuda"])
+        assert r.exit_code == 2 and "CUDA is not available on this machine" in r.output, (verb, r.output)
+    r = CliRunner().invoke(main, w + ["eval", "--device", "gpu0"])
+    assert r.exit_code == 2 and "'gpu0' is not a device" in r.output
+
+
+def test_eval_with_a_busy_or_garbage_logbook_says_so(sample_ws, monkeypatch):
+    from workbench.logbook import Logbook
+
+    from .conftest import garbage, held
+
+    with Logbook(sample_ws.logbook_path).run("x"):
+        pass
+    monkeypatch.setattr(Logbook, "LOCK_TIMEOUT", 1.0)
+    w = ["-w", str(sample_ws.path)]
+    with held(sample_ws.logbook_path) as pid:
+        t = time.monotonic()
+        r = CliRunner().invoke(main, w + ["eval", "--embedder", "hashing-64"])
+        assert time.monotonic() - t < 10
+        assert r.exit_code == 1 and f"LogbookBusy: the logbook {sample_ws.logbook_path} is busy: another process (pid {pid})" in r.output
+        r = CliRunner().invoke(main, w + ["runs"])
+        assert r.exit_code == 1 and "LogbookBusy" in r.output
+    garbage(sample_ws.logbook_path)
+    for verb in (["eval", "--embedder", "hashing-64"], ["sql", "SELECT 1"]):
+        r = CliRunner().invoke(main, w + verb)
+        assert r.exit_code == 1 and f"{sample_ws.logbook_path} is not a DuckDB logbook" in r.output, r.output
+        assert "Traceback" not in r.output

@@ -15,6 +15,9 @@ opens the file, does its work and closes it, retrying while another process hold
 training process therefore never blocks the app for longer than one batch insert, and the app's
 queries see every row flushed so far. Within one process a lock serialises connections (DuckDB
 refuses a read-only and a read-write connection to one file in one process at the same time).
+Writers wait up to `lock_timeout` (30 s); what a person waits on (the app, `workbench sql`) passes
+`timeout=INTERACTIVE` and hears within seconds that another process holds the file (`LogbookBusy`).
+A file that is not a DuckDB database is a `LogbookCorrupt` naming it, not a DuckDB traceback.
 
 Tags. `with tagged(recipe=...):` adds its keys to the config of every run started inside it (the
 CLI tags each command's runs with the named recipe it ran, so a curve can be traced to its settings).
@@ -30,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import threading
@@ -132,18 +136,44 @@ def _insert(con, table: str, rows: list[dict]) -> None:
     con.unregister("_rows")
 
 
+def _result(cur, sql: str):
+    """DuckDB returns None for SQL with no statement in it (empty, or only a comment)."""
+    if cur is None:
+        raise ValueError(f"no SQL statement to run in {sql!r}")
+    return cur
+
+
 def _columns(con, table: str) -> list[str]:
     return [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
 
 
+INTERACTIVE = 2.0  # seconds a person's read (the app, `workbench sql`) waits for a busy logbook
+
+
 class LogbookBusy(TimeoutError):
-    pass
+    """Another process (e.g. a training run) held the logbook for the whole timeout."""
+
+
+class LogbookCorrupt(ValueError):
+    """The logbook file is not a DuckDB database."""
+
+
+def _open_error(path: Path, e: duckdb.Error) -> Exception:
+    """What a failed `duckdb.connect` means, as an error naming the file."""
+    msg = str(e)
+    if isinstance(e, duckdb.SerializationException) or "not a valid duckdb" in msg.lower():
+        return LogbookCorrupt(f"{path} is not a DuckDB logbook: {msg} (move it aside; the next run starts a new one)")
+    if "permission denied" in msg.lower():
+        return PermissionError(f"cannot open the logbook {path}: {msg}")
+    return OSError(f"cannot open the logbook {path}: {msg}")
 
 
 class Logbook:
-    def __init__(self, path: str | Path, lock_timeout: float = 30.0):
+    LOCK_TIMEOUT = 30.0  # seconds a write (or a read without a timeout) waits while another process holds the file
+
+    def __init__(self, path: str | Path, lock_timeout: float | None = None):
         self.path = Path(path)
-        self.lock_timeout = lock_timeout
+        self.lock_timeout = self.LOCK_TIMEOUT if lock_timeout is None else lock_timeout
         with _LOCKS_GUARD:
             self._lock = _LOCKS.setdefault(str(self.path.resolve()), threading.RLock())
 
@@ -162,11 +192,13 @@ class Logbook:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
                     con = duckdb.connect(str(self.path), read_only=read_only, config=config)
                     break
-                except duckdb.IOException as e:
+                except duckdb.Error as e:
                     if "lock" not in str(e).lower():
-                        raise
+                        raise _open_error(self.path, e) from e
                     if time.monotonic() > deadline:
-                        raise LogbookBusy(f"logbook {self.path} stayed locked by another process for {timeout:.0f} s") from e
+                        pid = re.search(r"PID (\d+)", str(e))
+                        raise LogbookBusy(f"the logbook {self.path} is busy: another process{f' (pid {pid[1]})' if pid else ''}, "
+                                          f"e.g. a training run, held it for {timeout:g} s; try again when it is done") from e
                     time.sleep(wait * (0.5 + random.random()))
                     wait = min(wait * 2, 0.25)
             try:
@@ -177,13 +209,27 @@ class Logbook:
                 con.close()
 
     # reading --------------------------------------------------------------------------------
-    def query(self, sql: str, params: list | None = None, safe: bool = False) -> pd.DataFrame:
+    def query(self, sql: str, params: list | None = None, safe: bool = False, timeout: float | None = None) -> pd.DataFrame:
         """Run SQL on a read-only connection and return a DataFrame.
 
-        `safe=True` (for SQL typed by a user) also forbids reading files or the network from SQL.
+        `safe=True` (for SQL typed by a user) also forbids reading files or the network from SQL;
+        `timeout`: seconds to wait while another process holds the file (default `lock_timeout`).
         """
-        with self.connect(read_only=True, external_access=not safe) as con:
-            return con.execute(sql, params or []).df()
+        with self.connect(read_only=True, timeout=timeout, external_access=not safe) as con:
+            return _result(con.execute(sql, params or []), sql).df()
+
+    def head(self, sql: str, n: int, params: list | None = None, safe: bool = False,
+             timeout: float | None = None) -> tuple[pd.DataFrame, bool]:
+        """The first `n` rows of `sql`'s result and whether there were more: rows are fetched from the
+        cursor, so `SELECT * FROM range(1e9)` reads n + 1 rows, not a billion (as `query`, otherwise)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        with self.connect(read_only=True, timeout=timeout, external_access=not safe) as con:
+            cur = _result(con.execute(sql, params or []), sql)
+            if cur.description is None:
+                return pd.DataFrame(), False
+            rows = cur.fetchmany(n + 1)
+            return pd.DataFrame.from_records(rows[:n], columns=[d[0] for d in cur.description]), len(rows) > n
 
     # writing --------------------------------------------------------------------------------
     def insert(self, table: str, rows: list[dict], timeout: float | None = None) -> None:
@@ -223,12 +269,13 @@ class Logbook:
         return added
 
     def serve(self, query: str, results: list, latency_ms: float, user_id: str | None = None,
-              beam_width: int | None = None, run_id: str | None = None, source: str = "app") -> None:
+              beam_width: int | None = None, run_id: str | None = None, source: str = "app",
+              timeout: float | None = None) -> None:
         """Record one served query (the app and the serving benchmark call this)."""
         self.insert("served", [{
             "time": now(), "run_id": run_id, "query": query, "user_id": user_id, "beam_width": beam_width,
             "latency_ms": float(latency_ms), "n_results": len(results), "results": json.dumps(results), "source": source,
-        }])
+        }], timeout=timeout)
 
     def mark_crashed(self) -> int:
         """Runs of this host still `running` whose process is gone become `crashed`; returns how many."""

@@ -13,27 +13,53 @@ and prints what the library returns:
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from workbench.data.schema import DataError
 from workbench.workspace import Workspace, default_path
+
+KNOWN = (ValueError, KeyError, OSError, RuntimeError)  # DataError, CheckpointError, LogbookBusy, torch's errors among them
+
+
+def describe(e: BaseException) -> str:
+    """One line naming the problem: `Type: message` for the errors users and machines cause (bad data or
+    settings, missing or corrupt files, a busy logbook, DuckDB and torch errors), `internal error: ...`
+    for anything else (a bug: WORKBENCH_DEBUG=1 shows its traceback)."""
+    import duckdb
+
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    if isinstance(e, KNOWN + (duckdb.Error,)):
+        return f"{type(e).__name__}: {msg}"
+    return f"internal error: {type(e).__name__}: {msg}; rerun with WORKBENCH_DEBUG=1 for the traceback"
+
+
+class Interrupted(click.ClickException):
+    exit_code = 130
 
 
 class Errors(click.Group):
-    """Turn the errors users cause (bad files, missing workspaces) into one clear line, not a traceback."""
+    """The CLI's one error boundary: every failure is one clear line and a non-zero exit code, never a
+    traceback (click's own usage errors pass through; Ctrl-C exits 130). WORKBENCH_DEBUG=1 lets the
+    original exception through, traceback and all."""
 
     def invoke(self, ctx):
         from workbench import dist
 
         try:
             out = super().invoke(ctx)
-        except (DataError, FileNotFoundError, ValueError, KeyError) as e:
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             dist.teardown(wait=False)
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            raise click.ClickException(f"{type(e).__name__}: {msg}") from None
+            raise
+        except (Exception, KeyboardInterrupt) as e:
+            dist.teardown(wait=False)
+            if os.environ.get("WORKBENCH_DEBUG", "") not in ("", "0"):
+                raise
+            if isinstance(e, KeyboardInterrupt):
+                raise Interrupted("interrupted") from None
+            raise click.ClickException(describe(e)) from None
         dist.teardown()  # under torchrun: every rank leaves together
         return out
 

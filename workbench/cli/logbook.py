@@ -12,7 +12,8 @@ from workbench.cli.options import ws_of
 
 @click.command()
 @click.argument("query")
-@click.option("--max-rows", type=int, default=100, show_default=True, help="Rows to print.")
+@click.option("--max-rows", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Rows to print (only these are fetched).")
 @click.option("--json", "as_json", is_flag=True, help="Print rows as JSON lines.")
 @click.pass_context
 def sql(ctx, query, max_rows, as_json) -> None:
@@ -20,22 +21,26 @@ def sql(ctx, query, max_rows, as_json) -> None:
     import duckdb
     import pandas as pd
 
+    from workbench.logbook import INTERACTIVE
+
+    if not query.strip():
+        raise click.UsageError('empty SQL: give a query, e.g. workbench sql "SELECT * FROM runs"')
     try:
-        df = ws_of(ctx).logbook().query(query, safe=True)
+        df, more = ws_of(ctx).logbook().head(query, max_rows, safe=True, timeout=INTERACTIVE)
     except duckdb.Error as e:
         raise click.ClickException(f"SQL error: {e}") from None
     if as_json:
-        for r in df.head(max_rows).to_dict(orient="records"):
+        for r in df.to_dict(orient="records"):
             click.echo(json.dumps(r, default=str))
         return
     with pd.option_context("display.max_columns", 50, "display.width", 200, "display.max_colwidth", 60):
-        click.echo(df.head(max_rows).to_string(index=False) if len(df) else "(no rows)")
-    if len(df) > max_rows:
-        click.echo(f"... {len(df) - max_rows:,} more rows (--max-rows)")
+        click.echo(df.to_string(index=False) if len(df) else "(no rows)")
+    if more:
+        click.echo(f"... more rows: the first {max_rows:,} are shown (--max-rows)")
 
 
 @click.command()
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Runs to list, latest first.")
 @click.pass_context
 def runs(ctx, limit) -> None:
     """List the latest runs in the logbook."""

@@ -10,6 +10,7 @@ recipe sets the rest.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -43,8 +44,31 @@ def ws_of(ctx: click.Context) -> Workspace:
     return ctx.find_root().obj["ws"]
 
 
+def device(text: str) -> str:
+    """A torch device name: cpu, mps, cuda or cuda:N; CUDA only where this machine has it (torch is
+    asked only when a cuda device is)."""
+    text = str(text).strip().lower()
+    m = re.fullmatch(r"(cpu|mps|cuda)(?::(\d+))?", text)
+    if not m or (m[1] == "cpu" and m[2]):
+        raise click.BadParameter(f"{text!r} is not a device: use cpu, cuda, cuda:N or mps")
+    if m[1] == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise click.BadParameter(f"{text!r}: CUDA is not available on this machine (use --device cpu)")
+        if m[2] and int(m[2]) >= torch.cuda.device_count():
+            raise click.BadParameter(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 and up")
+    if m[1] == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise click.BadParameter(f"{text!r}: MPS is not available on this machine (use --device cpu)")
+    return text
+
+
 def device_option(help: str = "Torch device (cpu, cuda, cuda:1...).", default: str = "cpu"):
-    return click.option("--device", default=default, show_default=True, help=help)
+    return click.option("--device", default=default, show_default=True, help=help,
+                        callback=lambda ctx, param, value: device(value))
 
 
 def embedder_option(help: str = "minilm or hashing[-DIM].", default: str | None = "minilm"):
