@@ -4,7 +4,7 @@ The order is the README's ARCHITECTURE section, read bottom-up:
 
     foundation  config, dist, logbook, metrics, report     (no other workbench module)
     data        schema, synth, loaders, ...                 (returns frames; never writes a workspace)
-    workspace   workspace, checkpoint                       (writes tables and artifacts)
+    workspace   workspace, checkpoint, lineage              (writes tables and artifacts; fingerprints them)
     embed -> sid -> gen -> rl -> eval                       (the method, layer on layer)
     recipes     recipes, pipeline, batch                    (whole-workspace settings and jobs)
     surfaces    bench, serve                                (what people measure and see)
@@ -20,7 +20,7 @@ from .conftest import ROOT
 LAYERS = [
     {"config", "dist", "logbook", "metrics", "report"},
     {"data"},
-    {"workspace", "checkpoint"},
+    {"workspace", "checkpoint", "lineage"},
     {"embed", "baselines"},
     {"sid"},
     {"gen"},

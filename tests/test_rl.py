@@ -200,7 +200,7 @@ def test_ranker_refuses_another_catalog_and_a_corrupt_file(rl_ws, tmp_path):
     products = other.table("products")
     extra = products.iloc[:1].assign(product_id="P-new", title="a product added after the ranker")
     pd.concat([products, extra]).to_parquet(other.path / "tables" / "products.parquet")  # one more product
-    with pytest.raises(CheckpointError, match="another catalog"):
+    with pytest.raises(CheckpointError, match="products changed since it was built"):
         load_ranker(other, progress=False)
     ranker_path(other).write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="not a readable"):

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from workbench import Workspace, checkpoint
 from workbench.cli import main
 from workbench.embed import get_embedder
+from workbench.lineage import StaleError
 from workbench.sid import metrics
 from workbench.sid.cqsid import (
     CQSIDConfig,
@@ -26,6 +27,7 @@ from workbench.sid.cqsid import (
 from workbench.sid.index import SIDIndex
 from workbench.sid.rqvae import RQVAE, RQVAEConfig, kmeans, rotate_to
 from workbench.sid.store import load_model, load_sids, workspace_data
+from workbench.workspace import ReplaceError
 
 SMALL = RQVAEConfig(input_dim=32, hidden=(64,), latent_dim=16, codebook_sizes=(16, 8, 4))
 
@@ -261,8 +263,9 @@ def invoke(ws, *args):
 
 def test_sid_train_stats_and_assign_in_a_workspace(sample_ws):
     ws = sample_ws
-    full = ws.table("products")
-    ws.write_tables({"products": full.iloc[:2500]})  # hold back 500 products as the "new" ones
+    full = {t: ws.table(t) for t in ws.tables()}
+    keep = set(full["products"]["product_id"].iloc[:2500])  # hold back 500 products (and their log rows) as the "new" ones
+    ws.write_tables({t: d[d["product_id"].isin(keep)] if "product_id" in d else d for t, d in full.items()})
     r = invoke(ws, "sid", "train", "--embedder", "hashing-64", "--codebook-sizes", "32,8,4", "--latent-dim", "16",
                "--epochs", "3", "--mode", "unique")
     assert r.exit_code == 0, r.output
@@ -276,7 +279,13 @@ def test_sid_train_stats_and_assign_in_a_workspace(sample_ws):
     assert {"perplexity_l1", "used_l2", "category", "query", "recon"} <= set(lb.query("SELECT DISTINCT name FROM metrics")["name"])
     assert "coherence_l1" in set(lb.query("SELECT metric FROM evals")["metric"])
 
-    ws.write_tables({"products": full})  # the catalog grows
+    with pytest.raises(ReplaceError, match="artifacts built from its current products"):
+        ws.write_tables(full)  # the catalog grows: the SIDs were built from the old one
+    ws.write_tables(full, replace=True)
+    r = invoke(ws, "data", "validate")
+    assert r.exit_code == 1 and "stale" in r.output and "sid assign" in r.output, r.output
+    with pytest.raises(StaleError, match="products"):
+        load_sids(ws)
     r = invoke(ws, "sid", "assign", "--embedder", "hashing-64")
     assert r.exit_code == 0, r.output
     assert "500 new products" in r.output
@@ -289,6 +298,8 @@ def test_sid_train_stats_and_assign_in_a_workspace(sample_ws):
     assert idx.counts.sum() == 3000 and idx.contains(after[["sid_1", "sid_2", "sid_3", "dedup"]].to_numpy()).all()
     r = invoke(ws, "sid", "stats")
     assert r.exit_code == 0 and "3,000 products" in r.output and "with the dedup token" in r.output
+    r = invoke(ws, "data", "validate")
+    assert r.exit_code == 0 and "ok       sid/sids.parquet" in r.output, r.output
 
 
 def test_sid_verbs_bad_input(sample_ws, tmp_path):

@@ -3,6 +3,8 @@ artifacts exist.
 
 `build(ws)` is what `workbench demo` (the README's first command) runs, with the `demo` recipe
 (`workbench.recipes`); the notebooks call `open_or_build`, which builds only when a step is missing.
+A step counts as done when its artifacts load and are current (`_usable`): a damaged or stale
+artifact is rebuilt, not served. `report(ws)` checks every artifact (`workbench data validate`).
 Each step reads the workspace and writes its artifacts there, so a rerun only does what is missing and
 an interrupted build resumes: data, embeddings, SIDs, the generator's stages, the beam-width sweep,
 then stage 4 (ranker, GRPO and EG-GRPO).
@@ -56,10 +58,21 @@ def _embed(ws: Workspace, run, embedder: str, device: str, **_) -> str:
     return f"{embedder}: " + ", ".join(f"{k} {v.shape[0]:,}x{v.shape[1]}" for k, v in vecs.items())
 
 
-def _has_sids(ws: Workspace) -> bool:
-    from workbench.sid.store import sid_dir
+def _usable(load) -> bool:
+    """Whether an artifact loads and is current (missing, damaged or stale: rebuild it)."""
+    from workbench.checkpoint import CheckpointError
 
-    return (sid_dir(ws) / "sids.parquet").exists()
+    try:
+        load()
+    except (FileNotFoundError, CheckpointError, ValueError):  # StaleError is a ValueError
+        return False
+    return True
+
+
+def _has_sids(ws: Workspace) -> bool:
+    from workbench.sid.store import load_model, load_sids
+
+    return _usable(lambda: (load_model(ws), load_sids(ws)))
 
 
 def _sid(ws: Workspace, run, recipe: Recipe, embedder: str, device: str, **_) -> str:
@@ -76,9 +89,9 @@ def _sid(ws: Workspace, run, recipe: Recipe, embedder: str, device: str, **_) ->
 
 
 def _has_generator(ws: Workspace) -> bool:
-    from workbench.gen.store import gen_dir
+    from workbench.gen.store import load
 
-    return (gen_dir(ws) / "generator.safetensors").exists()
+    return _usable(lambda: load(ws, "generator"))
 
 
 def _gen(ws: Workspace, run, recipe: Recipe, device: str, **_) -> str:
@@ -94,20 +107,21 @@ def _gen(ws: Workspace, run, recipe: Recipe, device: str, **_) -> str:
 
 
 def _has_rl(ws: Workspace) -> bool:
-    from workbench.gen.store import gen_dir
+    from workbench.gen.store import load
+    from workbench.rl.ranker import load_checked
 
-    return (gen_dir(ws) / "generator-eg-grpo.safetensors").exists()
+    return _usable(lambda: (load_checked(ws), load(ws, "generator-eg-grpo")))
 
 
 def _rl(ws: Workspace, run, recipe: Recipe, embedder: str, device: str, **_) -> str:
     """Stage 4, both algorithms, for their curves; `generator` stays the stage-3 model (on the sample,
     RL against this ranker lowers hit rates: see the README)."""
-    from workbench.rl.ranker import ranker_path, train_workspace
+    from workbench.rl.ranker import load_checked, train_workspace
     from workbench.rl.train import train_rl
 
     if _has_rl(ws):
         return "stage-4 models present"
-    if not ranker_path(ws).exists():
+    if not _usable(lambda: load_checked(ws)):
         train_workspace(ws, embedder, device, progress=False)
     out = []
     for algo in ("grpo", "eg-grpo"):
@@ -170,3 +184,35 @@ def build(ws: Workspace, source: str | Path = SAMPLE_DATA, embedder: str = "mini
             what = step(ws, source=Path(source), run=run, recipe=r, embedder=embedder, device=device)
             echo(f"  {name:<8} {what} ({time.perf_counter() - t0:.1f} s)")
     return ws
+
+
+def report(ws) -> list[dict]:
+    """Every artifact of the workspace, loaded and checked: artifact, status (ok, outdated, stale,
+    broken), detail. Loading is the check: checksums, finite weights, SIDs complete, lineage current."""
+    from workbench import checkpoint, lineage
+    from workbench.gen import store as gen_store
+    from workbench.rl import ranker
+    from workbench.sid import store as sid_store
+
+    rows = []
+
+    def add(artifact: str, load) -> None:
+        """`load()` raises when the artifact is unusable and returns why it is outdated ("" when not)."""
+        try:
+            detail = load() or ""
+            rows.append({"artifact": artifact, "status": "outdated" if detail else "ok", "detail": detail})
+        except lineage.StaleError as e:
+            rows.append({"artifact": artifact, "status": "stale", "detail": str(e)})
+        except (checkpoint.CheckpointError, FileNotFoundError, ValueError, KeyError, OSError) as e:
+            rows.append({"artifact": artifact, "status": "broken", "detail": f"{type(e).__name__}: {e}"})
+
+    sid = sid_store.sid_dir(ws)
+    if (sid / "rqvae.safetensors").exists() or (sid / "sids.parquet").exists():
+        add("sid/rqvae.safetensors", lambda: sid_store.load_model(ws) and "")
+        add("sid/sids.parquet", lambda: sid_store.load_sids(ws).empty and "no rows")
+    if ranker.ranker_path(ws).exists():
+        add("rl/ranker.safetensors", lambda: ranker.load_checked(ws) and "")
+    gdir = gen_store.gen_dir(ws)
+    for path in sorted(gdir.glob("*.safetensors")) if gdir.is_dir() else []:
+        add(f"gen/{path.name}", lambda name=path.stem: gen_store.outdated(ws, name))
+    return rows

@@ -7,7 +7,14 @@
       cache/                content-addressed caches (embeddings)
       ...                   later artifacts (SID tokenizer, generator checkpoints) in their own folders
 
-Writes go to a temporary file that is renamed into place, so a crash never leaves half a table.
+Writes go to a temporary file that is renamed into place, so a crash never leaves half a file. Files
+that belong together (the tables of one import with workspace.json; the SID model, table and index) are
+written in one `Transaction`: staged under temporary names, then renamed together under a journal that
+the next `Workspace` opened on the directory rolls forward, so a reader never sees half a set. Temporary
+files carry their writer's pid and are removed once that process is gone (`clean_temps`).
+
+Replacing a table that trained artifacts (sid/, gen/, rl/) were built from needs `replace=True`: the
+artifacts' own lineage (workbench.lineage) then refuses them until they are rebuilt.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +32,8 @@ import pyarrow.parquet as pq
 from workbench.data.schema import TABLES, DataError, validate
 
 DEFAULT_WORKSPACE = Path("workspaces/default")
+ARTIFACT_DIRS = {"sid": "SIDs", "gen": "generator checkpoints", "rl": "ranker"}  # what is built from the tables
+DERIVED_TABLES = ("pseudo_queries",)  # drawn from the catalog by workbench itself: rewriting one replaces no user data
 _ARROW = {
     "str": pa.string(),
     "int": pa.int64(),
@@ -37,31 +47,127 @@ def default_path() -> Path:
     return Path(os.environ.get("WORKBENCH_WORKSPACE", DEFAULT_WORKSPACE))
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) and rename the result over `path` (same directory, so the rename is atomic)."""
+def _temp(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    return Path(tmp)
+
+
+def atomic_write(path: Path, write, tx: Transaction | None = None) -> None:
+    """Call write(tmp_path) and rename the result over `path` (same directory, so the rename is atomic);
+    inside a transaction `tx`, stage it there instead (renamed when the transaction commits)."""
+    if tx is not None:
+        tx.stage(Path(path), write)
+        return
+    tmp = _temp(Path(path))
     try:
-        write(Path(tmp))
+        write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def write_parquet(df: pd.DataFrame, table: str, path: Path) -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _writer_pid(name: str) -> int | None:
+    """The pid in `.<file>.<pid>.<random>.tmp` or `.commit-<pid>.json` (None for other names)."""
+    parts = name.removesuffix(".tmp").removesuffix(".json").replace("commit-", "commit.").split(".")
+    return int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
+
+
+def clean_temps(root: Path) -> list[Path]:
+    """Remove temporary files under `root` whose writer process is gone (a killed job's); returns them."""
+    gone = []
+    if Path(root).is_dir():
+        for tmp in Path(root).rglob(".*.tmp"):
+            pid = _writer_pid(tmp.name)
+            if pid is not None and pid != os.getpid() and not _alive(pid):
+                tmp.unlink(missing_ok=True)
+                gone.append(tmp)
+    return gone
+
+
+class Transaction:
+    """Files written together or not at all.
+
+    `stage(path, write)` writes to a temporary file beside `path`. `commit()` writes a journal of the
+    (temporary, final) pairs atomically, renames every temporary file into place, then removes the
+    journal. A crash before the journal leaves only temporary files (removed by `clean_temps`), a crash
+    after it is rolled forward by `recover`: either way no reader sees part of the set.
+    """
+
+    def __init__(self, root: Path):
+        self.root, self.staged = Path(root), []
+
+    def stage(self, path: Path, write) -> Path:
+        tmp = _temp(Path(path))
+        self.staged.append((tmp, Path(path)))
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        return tmp
+
+    def commit(self) -> None:
+        if not self.staged:
+            return
+        journal = self.root / f".commit-{os.getpid()}.json"
+        pairs = [[os.path.relpath(t, self.root), os.path.relpath(f, self.root)] for t, f in self.staged]
+        atomic_write(journal, lambda tmp: tmp.write_text(json.dumps(pairs)))
+        roll_forward(journal)
+        self.staged = []
+
+    def abort(self) -> None:
+        for tmp, _ in self.staged:
+            tmp.unlink(missing_ok=True)
+        self.staged = []
+
+
+def roll_forward(journal: Path) -> None:
+    root = journal.parent
+    for tmp, final in json.loads(journal.read_text()):
+        if (root / tmp).exists():
+            os.replace(root / tmp, root / final)
+    journal.unlink()
+
+
+def recover(root: Path) -> list[Path]:
+    """Finish the commits of writers that died mid-commit (their journals), then remove dead temps."""
+    done = []
+    for journal in Path(root).glob(".commit-*.json"):
+        pid = _writer_pid(journal.name)
+        if pid is not None and pid != os.getpid() and not _alive(pid):
+            roll_forward(journal)
+            done.append(journal)
+    return done
+
+
+def write_parquet(df: pd.DataFrame, table: str, path: Path, tx: Transaction | None = None) -> None:
     """Write a validated frame with the table's Arrow schema; byte-identical for identical input."""
     t = TABLES[table]
     schema = pa.schema([pa.field(c.name, _ARROW[c.kind], nullable=c.nullable or not c.required) for c in t.columns])
     arrow = pa.Table.from_pandas(df[t.names], schema=schema, preserve_index=False).replace_schema_metadata(None)
-    atomic_write(path, lambda tmp: pq.write_table(arrow, tmp, compression="zstd"))
+    atomic_write(path, lambda tmp: pq.write_table(arrow, tmp, compression="zstd"), tx)
+
+
+class ReplaceError(ValueError):
+    """Writing would replace tables that trained artifacts were built from, without replace=True."""
 
 
 class Workspace:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.is_dir():
+            recover(self.path)  # a writer killed mid-commit: finish its set of files
 
     # metadata -----------------------------------------------------------------------------
     @property
@@ -85,13 +191,35 @@ class Workspace:
             )
         return self
 
-    def init(self, **meta) -> Workspace:
+    def init(self, tx: Transaction | None = None, **meta) -> Workspace:
         """Create (or update) workspace.json; `relevance_threshold` says which grades count as relevant."""
         cur = self.meta
         cur.update({k: v for k, v in meta.items() if v is not None})
         text = json.dumps(cur, indent=2, sort_keys=True) + "\n"
-        atomic_write(self.meta_path, lambda tmp: tmp.write_text(text))
+        atomic_write(self.meta_path, lambda tmp: tmp.write_text(text), tx)
         return self
+
+    @contextmanager
+    def transaction(self):
+        """`with ws.transaction() as tx: ...stage files...`: all of them land, or none (see Transaction)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        clean_temps(self.path)
+        tx = Transaction(self.path)
+        try:
+            yield tx
+        except BaseException:
+            tx.abort()
+            raise
+        tx.commit()
+
+    def artifacts(self) -> dict[str, list[str]]:
+        """Trained artifacts present, by folder (sid, gen, rl): the files built from the tables."""
+        out = {}
+        for d in ARTIFACT_DIRS:
+            files = sorted(p.name for p in (self.path / d).glob("*") if p.is_file() and not p.name.startswith("."))
+            if files:
+                out[d] = files
+        return out
 
     # tables -------------------------------------------------------------------------------
     def table_path(self, name: str) -> Path:
@@ -114,10 +242,14 @@ class Workspace:
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError([(str(p), None, None, f"not a readable Parquet file: {e}")]) from e
 
-    def write_tables(self, frames: dict[str, pd.DataFrame], sources: dict[str, str] | None = None) -> dict[str, pd.DataFrame]:
-        """Validate all frames together (references across them and tables already here), then write.
+    def write_tables(self, frames: dict[str, pd.DataFrame], sources: dict[str, str] | None = None, replace: bool = False,
+                     meta: dict | None = None) -> dict[str, pd.DataFrame]:
+        """Validate all frames together (references across them and tables already here), then write them
+        and `meta` (workspace.json entries) in one transaction. Returns the canonical frames.
 
-        Nothing is written unless every frame is valid. Returns the canonical frames.
+        Nothing is written unless every frame is valid and the tables already here that refer to the
+        written ones still fit them. A table whose content changes while trained artifacts exist needs
+        `replace=True` (ReplaceError otherwise; rewriting identical content is always allowed).
         """
         sources = sources or {}
         order = [n for n in TABLES if n in frames]  # referenced tables come first in TABLES
@@ -125,31 +257,51 @@ class Workspace:
         for n in order:
             others = {**{m: self.table(m) for m in self.tables() if m not in frames}, **done}
             done[n] = validate(frames[n], n, file=sources.get(n), others=others)
-        for n in order:
-            write_parquet(done[n], n, self.table_path(n))
+        for n in self.tables():  # tables left in place must still refer to rows that exist
+            if n not in frames and any(other in frames for _, other, _ in TABLES[n].refs):
+                try:
+                    validate(self.table(n), n, file=str(self.table_path(n)), others={**{m: self.table(m) for m in self.tables()}, **done})
+                except DataError as e:
+                    raise DataError([*e.problems, (str(self.table_path(n)), None, None, "already in the workspace, it no longer "
+                                     "fits the tables being written: write it together with them, or use a new workspace (-w)")]) from None
+        with self.transaction() as tx:
+            staged = {}
+            for n in order:
+                write_parquet(done[n], n, self.table_path(n), tx)
+                staged[n] = tx.staged[-1][0]
+            changed = [n for n, tmp in staged.items()
+                       if n not in DERIVED_TABLES and self.has(n) and tmp.read_bytes() != self.table_path(n).read_bytes()]
+            if changed and not replace and (built := self.artifacts()):
+                raise ReplaceError(
+                    f"workspace {self.path} has artifacts built from its current {', '.join(changed)} "
+                    f"({'; '.join(f'{d}/: {ARTIFACT_DIRS[d]}' for d in built)}); writing different {', '.join(changed)} "
+                    "would leave them stale. Pass --replace (replace=True) to write anyway: readers then refuse each stale "
+                    "artifact until it is rebuilt (`workbench data validate` lists them); or write into a new workspace (-w)")
+            if meta:
+                self.init(tx=tx, **meta)
         return done
 
-    def write_import(self, imported) -> dict[str, int]:
-        """Validate and write the tables a loader read (`workbench.data.loaders.Imported`), then record
-        where they came from in workspace.json. Returns row counts."""
+    def write_import(self, imported, replace: bool = False) -> dict[str, int]:
+        """Validate and write the tables a loader read (`workbench.data.loaders.Imported`) and where they came
+        from (workspace.json), together. Returns row counts."""
         try:
-            done = self.write_tables(imported.frames, imported.sources)
+            done = self.write_tables(imported.frames, imported.sources, replace=replace, meta=imported.meta)
         except DataError as e:
             raise imported.explain(e) from None
-        self.init(**imported.meta)
         return {t: len(d) for t, d in done.items()}
 
     def import_csv(self, files: dict, columns: dict[str, str] | None = None, **kw) -> dict[str, int]:
         """`data.loaders.csv_tables(files, columns, **kw)` written into this workspace."""
         from workbench.data.loaders import csv_tables
 
-        return self.write_import(csv_tables(files, columns, present=tuple(self.tables()), **kw))
+        replace = kw.pop("replace", False)
+        return self.write_import(csv_tables(files, columns, present=tuple(self.tables()), **kw), replace)
 
-    def import_lcrec(self, items, inter=None, name: str | None = None) -> dict[str, int]:
+    def import_lcrec(self, items, inter=None, name: str | None = None, replace: bool = False) -> dict[str, int]:
         """`data.loaders.lcrec_tables(items, inter)` written into this workspace."""
         from workbench.data.loaders import lcrec_tables
 
-        return self.write_import(lcrec_tables(items, inter, name))
+        return self.write_import(lcrec_tables(items, inter, name), replace)
 
     def validate_all(self) -> dict[str, int]:
         """Re-validate every table against the others; returns row counts."""

@@ -18,13 +18,30 @@ def data() -> None:
     """Create, import, validate and inspect the workspace's tables."""
 
 
+def replace_option():
+    return click.option("--replace", is_flag=True, help="Replace tables that trained artifacts (SIDs, generator, ranker) were "
+                        "built from; they are then refused until rebuilt (`workbench data validate` lists them).")
+
+
+def _stale_after(ws: Workspace) -> None:
+    """After a write with --replace: which artifacts it left stale, and how to rebuild each."""
+    if not ws.artifacts():
+        return
+    from workbench.pipeline import report
+
+    bad = [r for r in report(ws) if r["status"] != "ok"]
+    for r in bad:
+        click.echo(f"  {r['status']}: {r['artifact']}: {r['detail']}")
+
+
 @data.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Workspace to write (default: -w).")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="sample", show_default=True, help="Starting configuration.")
 @config_options(SynthConfig, "n_products", "n_users", "n_sessions", "clickbait_share", "seed",
                 flags={"n_products": "--products", "n_users": "--users", "n_sessions": "--sessions"})
+@replace_option()
 @click.pass_context
-def synth(ctx, out, preset, **kw) -> None:
+def synth(ctx, out, preset, replace, **kw) -> None:
     """Generate a synthetic marketplace (catalog, users, queries, search log, judgments, truth); options
     given override the preset."""
     from workbench.data.synth import generate, synth_meta
@@ -32,9 +49,9 @@ def synth(ctx, out, preset, **kw) -> None:
     cfg = apply(ctx, PRESETS[preset], kw)
     ws = Workspace(out) if out else ws_of(ctx)
     t0 = time.perf_counter()
-    done = ws.write_tables(generate(cfg))
-    ws.init(**synth_meta(cfg))
+    done = ws.write_tables(generate(cfg), replace=replace, meta=synth_meta(cfg))
     click.echo(f"wrote {ws.path} in {time.perf_counter() - t0:.1f} s: " + ", ".join(f"{t} {len(d):,}" for t, d in done.items()))
+    _stale_after(ws)
 
 
 def _mapping(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -63,8 +80,10 @@ def import_() -> None:
 @click.option("--relevance-threshold", type=float, default=None, help="Grades at or above it count as relevant.")
 @click.option("--on-duplicate", type=click.Choice(["error", "mean", "max", "first"]), default="error", show_default=True,
               help="Judgments repeating a (query, product) pair once whitespace is normalised.")
+@replace_option()
 @click.pass_context
-def import_csv_cmd(ctx, products, judgments, search_log, users, maps, encoding, sep, relevance_threshold, on_duplicate) -> None:
+def import_csv_cmd(ctx, products, judgments, search_log, users, maps, encoding, sep, relevance_threshold, on_duplicate,
+                   replace) -> None:
     """Import product, judgment, search-log and user CSV files.
 
     Home Depot example: --products products.csv --judgments judgments_dev.csv
@@ -75,27 +94,43 @@ def import_csv_cmd(ctx, products, judgments, search_log, users, maps, encoding, 
         raise click.UsageError("give at least one file (--products, --judgments, --search-log, --users)")
     ws = ws_of(ctx)
     counts = ws.import_csv(files, _mapping(maps), encoding=encoding, sep=sep, relevance_threshold=relevance_threshold,
-                           on_duplicate=on_duplicate)
+                           on_duplicate=on_duplicate, replace=replace)
     click.echo(f"imported into {ws.path}: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
+    _stale_after(ws)
 
 
 @import_.command(name="lcrec")
 @path_option("--items", required=True, help="<name>.item.json")
 @path_option("--inter", help="<name>.inter.json (user -> item sequence)")
+@replace_option()
 @click.pass_context
-def import_lcrec_cmd(ctx, items, inter) -> None:
+def import_lcrec_cmd(ctx, items, inter, replace) -> None:
     """Import the LC-Rec json format: item metadata and chronological user sequences."""
     ws = ws_of(ctx)
-    counts = ws.import_lcrec(items, inter)
+    counts = ws.import_lcrec(items, inter, replace=replace)
     click.echo(f"imported into {ws.path}: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
+    _stale_after(ws)
 
 
 @data.command()
 @click.pass_context
 def validate(ctx) -> None:
-    """Re-check every table of the workspace (types, keys, values, references)."""
-    counts = ws_of(ctx).require().validate_all()
+    """Re-check every table (types, keys, values, references), then load every artifact and check its
+    lineage (workbench.lineage): exits 1 when an artifact is stale or broken, naming the rebuild."""
+    from workbench.pipeline import report
+    from workbench.workspace import clean_temps
+
+    ws = ws_of(ctx).require()
+    counts = ws.validate_all()
     click.echo("valid: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
+    if gone := clean_temps(ws.path):
+        click.echo(f"removed {len(gone)} temporary file(s) of killed jobs")
+    rows = report(ws)
+    for r in rows:
+        click.echo(f"{r['status']:<9}{r['artifact']}" + (f": {r['detail']}" if r["detail"] else ""))
+    bad = [r["artifact"] for r in rows if r["status"] in ("stale", "broken")]
+    if bad:
+        raise click.ClickException(f"{len(bad)} artifact(s) stale or broken: {', '.join(bad)}")
 
 
 @data.command()

@@ -75,21 +75,32 @@ def train(ctx, recipe, embedder, name, fresh, device, **kw):
 
 
 def _stage4(ws, cfg: RLConfig, name: str, embedder: str, device: str, fresh: bool) -> None:
-    """Stage 4 after stages 1-3: `<name>-stage4`, then deployed as `<name>`."""
+    """Stage 4 after stages 1-3: `<name>-stage4` (trained again when stage 3 changed since), then deployed
+    as `<name>` when it was trained now or nothing is deployed."""
     from workbench import dist
     from workbench.cli.rl import ensure_ranker
     from workbench.gen import store
     from workbench.rl.train import train_rl
 
-    if fresh or not (store.gen_dir(ws) / f"{name}-stage4.safetensors").exists():
+    out = f"{name}-stage4"
+    why = "--fresh" if fresh else "" if store.checkpoint_path(ws, out).exists() else "none yet"
+    if not why:
+        try:
+            why = store.parent_changed(store.load(ws, out)[2], ws)
+        except ValueError as e:  # damaged or on other SIDs
+            why = str(e)
+    if why:
         ensure_ranker(ws, embedder, device)
-        history = train_rl(ws, cfg, name, out=f"{name}-stage4", device=device)
+        history = train_rl(ws, cfg, name, out=out, device=device)
         if dist.is_main():
-            click.echo(f"\nstage 4 ({cfg.algo}, {cfg.steps} steps): {({k: round(v, 3) for k, v in history[-1].items() if '@' in k})}")
+            click.echo(f"\nstage 4 ({cfg.algo}, {cfg.steps} steps; {why}): "
+                       f"{({k: round(v, 3) for k, v in history[-1].items() if '@' in k})}")
     if dist.is_main():
-        gen_, tok, meta = store.load(ws, f"{name}-stage4")
-        store.save(ws, gen_, tok, name, **{k: v for k, v in meta.items() if k != "sid_fingerprint"})
-        click.echo(f"wrote {name}-stage4 and {name}")
+        if why or not store.checkpoint_path(ws, name).exists():
+            store.deploy(ws, out, name, why="train stage 4")
+            click.echo(f"wrote {out} and deployed it as {name}")
+        else:
+            click.echo(f"{out} is current: {name} left as it is (--fresh trains it again)")
 
 
 @click.group()

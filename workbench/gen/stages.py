@@ -13,7 +13,11 @@ non-personalised path.
 
 Checkpoints in <workspace>/gen/: `<name>-stage<N>.safetensors` after each stage, `<name>.safetensors`
 (the last stage: what search and eval load), and `<name>-stage<N>.partial.safetensors` after every
-epoch (weights + optimizer state), so a killed run resumes losing at most one epoch. After each
+epoch (weights + optimizer state), so a killed run resumes losing at most one epoch. A finished stage
+is kept only while it is current (its SIDs and the stage before it unchanged: workbench.lineage), else
+it is trained again; a partial file that cannot be resumed (other SIDs, damaged, `fresh`) is removed
+with a message. `<name>` is written (`store.deploy`, a logbook run) only when this call trained a
+stage or there is none: rerunning finished stages never changes the deployed model. After each
 stage the held-out queries are evaluated (Recall@K; for stage 3 also the personalised hit rate), and
 stage 1's task (title -> own SID) to show forgetting; all logged to the logbook with the stage, so
 stage-by-stage curves are one SQL query.
@@ -29,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench import checkpoint, dist
+from workbench import checkpoint, dist, lineage
 from workbench.data.relevance import held_out
 from workbench.gen import store
 from workbench.gen.context import UserContext
@@ -190,8 +194,9 @@ def _optimizer_state(state: dict, groups: str) -> dict:
 
 
 def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", device: str = "cpu", resume: bool = True,
-                 progress: bool = True) -> list[dict]:
-    """Run `cfg.stages` in order; returns one result row per stage (loss, recall@K, ...)."""
+                 progress: bool = True, echo=print) -> list[dict]:
+    """Run `cfg.stages` in order; returns one result row per stage (loss, recall@K, ...). `echo` gets
+    what happened to earlier checkpoints (kept, trained again, removed)."""
     cfg = cfg or StagesConfig()
     stages, backbone, model, train, replay_share, history, eval_width, n_pseudo = (
         cfg.stages, cfg.backbone, cfg.model, cfg.train, cfg.replay, cfg.history, cfg.eval_width, cfg.pseudo)
@@ -240,13 +245,14 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
 
     data = {1: lambda: Pairs.concat([items, *pseudo()]), 2: stage_2, 3: lambda: personal_pairs(ws, sids, ctx)}
     done: list[Pairs] = [data[s]() for s in range(1, first)]  # earlier stages' examples, for replay
-    results, run_id = [], None
+    results, run_id, trained = [], None, False
+    echo = echo if dist.is_main() else (lambda *_: None)
     for s in stages:
         stage = f"{s}-{STAGES[s]}"
         own = data[s]()
-        final = store.gen_dir(ws) / f"{name}-stage{s}.safetensors"
-        if resume and final.exists():
-            gen, tok, meta = store.load(ws, f"{name}-stage{s}", device)
+        parent = f"{name}-stage{s - 1}" if s > 1 else None
+        if resume and (got := _finished(ws, f"{name}-stage{s}", device, echo)):
+            gen, tok, meta = got
             run_id = meta.get("run_id")
             retriever.model, retriever.tok = gen, tok
             results.append({"stage": stage, "resumed": "done"})
@@ -258,17 +264,27 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
             pairs = replay(own, done, replay_share, train.seed + s)
         state = None
         part = _partial(ws, name, s)
-        if resume and part.exists():
-            st, _, meta = checkpoint.load(part, GenConfig, kind="generator", device=device)
-            if meta.get("sid_fingerprint") != store.sid_fingerprint(ws):
-                raise checkpoint.CheckpointError(f"{part}: an interrupted stage on other SIDs; delete it to start the stage again")
-            opt_state = {k: v for k, v in st.items() if k.startswith("optimizer.")}
-            checkpoint.load_into(gen, {k: v for k, v in st.items() if not k.startswith("optimizer.")}, part)
-            state = {"epoch": meta["epoch"], "optimizer": _optimizer_state(opt_state, meta["param_groups"])}
+        if part.exists() and not resume:
+            _remove(part, "--fresh", echo)
+        elif part.exists():
+            try:
+                st, _, meta = checkpoint.load(part, GenConfig, kind="generator", device=device)
+                if meta.get("sid_fingerprint") != store.sid_fingerprint(ws):
+                    raise lineage.StaleError("trained on other SIDs")
+                if why := store.parent_changed(meta, ws):
+                    raise lineage.StaleError(why)
+            except (checkpoint.CheckpointError, lineage.StaleError) as e:
+                _remove(part, str(e), echo)
+            else:
+                opt_state = {k: v for k, v in st.items() if k.startswith("optimizer.")}
+                checkpoint.load_into(gen, {k: v for k, v in st.items() if not k.startswith("optimizer.")}, part)
+                state = {"epoch": meta["epoch"], "optimizer": _optimizer_state(opt_state, meta["param_groups"])}
+                echo(f"resuming stage {stage} after epoch {meta['epoch']} from {part.name}")
+        trained = True
 
         def save_partial(epoch, opt, s=s, gen=gen, tok=tok):
             tensors, groups = _optimizer_tensors(opt)
-            store.save(ws, gen, tok, f"{name}-stage{s}.partial", extra=tensors, epoch=epoch, param_groups=groups)
+            store.save(ws, gen, tok, f"{name}-stage{s}.partial", extra=tensors, parent=parent, epoch=epoch, param_groups=groups)
 
         main = dist.is_main()  # under torchrun only rank 0 evaluates and writes (logbook rows, checkpoints)
         logged = ws.logbook().run("gen-train", {"generator": gen.cfg, "train": train, "stage": stage, "replay": replay_share,
@@ -293,12 +309,35 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
                     run.log_eval(metric, value, k=int(k), dataset="held-out queries", method=f"generator/{gen.cfg.backbone}",
                                  stage=stage)
             run_id = run.run_id
-            store.save(ws, gen.cpu(), tok, f"{name}-stage{s}", run_id=run_id, stage=stage, examples=len(pairs))
+            store.save(ws, gen.cpu(), tok, f"{name}-stage{s}", parent=parent, run_id=run_id, stage=stage, examples=len(pairs))
             gen.to(device)
         part.unlink(missing_ok=True)
         results.append(row)
         done.append(own)
     if dist.is_main():
-        store.save(ws, gen.cpu(), tok, name, run_id=run_id, stage=STAGES[stages[-1]], stages=list(stages))
+        last = f"{name}-stage{stages[-1]}"
+        if trained or not store.checkpoint_path(ws, name).exists():
+            store.deploy(ws, last, name, why=f"train stages {','.join(map(str, stages))}")
+        else:
+            echo(f"stages {','.join(map(str, stages))} were already trained: {name} left as it is (--fresh trains them again)")
     dist.barrier()  # every rank returns once rank 0 has written
     return results
+
+
+def _finished(ws, name: str, device: str, echo) -> tuple | None:
+    """The finished checkpoint `name`, or None (with a message) when it is missing, damaged or stale."""
+    if not store.checkpoint_path(ws, name).exists():
+        return None
+    try:
+        got = store.load(ws, name, device)
+        if why := store.parent_changed(got[2], ws):
+            raise lineage.StaleError(why)
+        return got
+    except (checkpoint.CheckpointError, lineage.StaleError) as e:
+        echo(f"training {name} again: {e}")
+        return None
+
+
+def _remove(path, why: str, echo) -> None:
+    path.unlink(missing_ok=True)
+    echo(f"removed {path.name} ({why}): its stage starts again")

@@ -4,19 +4,23 @@
       tokenizer-<key>.json        text tokenizers by key (WordPiece trained here, or MiniLM's): each
                                   generator's config names its own, so generators never share one
       <name>.safetensors          weights; metadata: kind "generator", GenConfig JSON, the SID
-                                  fingerprint, the training run id
+                                  fingerprint, the training run id, lineage
 
 The SID fingerprint is a hash of the CQ-SID weights file: codes mean something only for the RQ-VAE
-that produced them, so a generator trained on other SIDs is refused rather than decoding nonsense.
-Adding products to existing SIDs (`workbench sid assign`) keeps the fingerprint.
+that produced them, so a generator trained on other SIDs is refused rather than decoding nonsense
+(a hard parent, workbench.lineage). Adding products to existing SIDs (`workbench sid assign`) keeps it.
+The lineage records the soft parents: the checkpoint it was trained or copied from (`parent`, by name
+and fingerprint) and the tables it read; `outdated` says which of them changed since.
+
+`deploy` is the only way a checkpoint becomes `<name>` (what search, eval and the app load): a copy
+made inside a logbook run, so the deployed model never changes without a run saying so.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from workbench import checkpoint
+from workbench import checkpoint, lineage
 from workbench.gen.model import GenConfig, Generator
 from workbench.gen.tokenizer import TextTokenizer, load_tokenizer
 from workbench.sid.store import sid_dir
@@ -31,18 +35,60 @@ def sid_fingerprint(ws: Workspace) -> str:
     path = sid_dir(ws) / "rqvae.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"workspace {ws.path} has no SID model ({path}); train one with `workbench sid train`")
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return lineage.fingerprint(path)
 
 
 def tokenizer_path(ws: Workspace, key: str) -> Path:
     return gen_dir(ws) / f"tokenizer-{key}.json"
 
 
+TABLES_READ = ("queries", "search_log", "judgments", "pseudo_queries")  # what training reads besides the SIDs
+
+
+def checkpoint_path(ws: Workspace, name: str) -> Path:
+    return gen_dir(ws) / f"{name}.safetensors"
+
+
 def save(ws: Workspace, model: Generator, tok: TextTokenizer, name: str = "generator", extra: dict | None = None,
-         **meta) -> Path:
+         parent: str | None = None, **meta) -> Path:
+    """Write `<name>`; `parent`: the checkpoint it was trained from (recorded with its fingerprint)."""
     tok.save(tokenizer_path(ws, tok.key))
-    path = gen_dir(ws) / f"{name}.safetensors"
-    checkpoint.save(path, model, model.cfg, kind="generator", extra=extra, sid_fingerprint=sid_fingerprint(ws), **meta)
+    path = checkpoint_path(ws, name)
+    made_from = {"tables": lineage.tables(ws, TABLES_READ)}
+    if parent is not None:
+        made_from["parent"] = {"name": parent, "fingerprint": lineage.fingerprint(checkpoint_path(ws, parent))}
+    checkpoint.save(path, model, model.cfg, kind="generator", extra=extra, sid_fingerprint=sid_fingerprint(ws),
+                    lineage=made_from, **meta)
+    return path
+
+
+def parent_changed(meta: dict, ws: Workspace) -> str:
+    """Why the checkpoint with this metadata is older than its parent ("" when it is not)."""
+    par = lineage.decode(meta.get("lineage")).get("parent")
+    if not par:
+        return ""
+    path = checkpoint_path(ws, par["name"])
+    if not path.exists():
+        return f"its parent {par['name']} is gone"
+    return "" if lineage.fingerprint(path) == par["fingerprint"] else f"{par['name']} was retrained since"
+
+
+def outdated(ws: Workspace, name: str) -> str:
+    """Load `<name>` (every check of `load`), then say which soft parents changed since ("" if none)."""
+    _, _, meta = load(ws, name)
+    tables = lineage.decode(meta.get("lineage")).get("tables", {})
+    now = lineage.tables(ws, TABLES_READ)
+    why = [parent_changed(meta, ws)] + [f"table {t} changed" for t in tables if t in now and now[t] != tables[t]]
+    return "; ".join(w for w in why if w)
+
+
+def deploy(ws: Workspace, source: str, name: str = "generator", why: str = "") -> Path:
+    """Copy checkpoint `source` to `<name>` (the deployed generator) inside a logbook run."""
+    model, tok, meta = load(ws, source)
+    with ws.logbook().run("gen-deploy", {"source": source, "name": name, "why": why}, name=f"deploy {source} as {name}") as run:
+        keep = {k: v for k, v in meta.items() if k not in ("sid_fingerprint", "lineage", "run_id")}
+        path = save(ws, model, tok, name, parent=source, run_id=run.run_id, trained_by=meta.get("run_id"), **keep)
+        run.log(0, stage="deploy", deployed=1.0)
     return path
 
 
@@ -54,8 +100,8 @@ def load(ws: Workspace, name: str = "generator", device: str = "cpu") -> tuple[G
                                 f"{'it has ' + ', '.join(have) if have else 'train one with `workbench train`'}")
     state, cfg, meta = checkpoint.load(path, GenConfig, kind="generator", device=device)
     if meta.get("sid_fingerprint") != sid_fingerprint(ws):
-        raise checkpoint.CheckpointError(f"{path}: trained on other SIDs than the workspace's current ones "
-                                         "(the CQ-SID model changed since); retrain with `workbench train`")
+        raise lineage.StaleError(f"{path} is stale: trained on other SIDs than the workspace's current ones "
+                                 "(the CQ-SID model changed since); retrain it with `workbench train`")
     tok = load_tokenizer(tokenizer_path(ws, cfg.tokenizer), device, ws.cache_dir / "embeddings")
     if tok.key != cfg.tokenizer:
         raise checkpoint.CheckpointError(f"{path}: built for tokenizer {cfg.tokenizer!r}, the workspace has {tok.key!r}")

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from workbench import checkpoint
+from workbench import checkpoint, lineage
 from workbench.data.relevance import held_out
 from workbench.metrics import auc
 
@@ -193,8 +193,11 @@ def save(path, model: Ranker, **meta) -> None:
     checkpoint.save(path, model, model.cfg, kind="ranker", **meta)
 
 
-def load(path, device: str = "cpu") -> Ranker:
-    state, cfg, _ = checkpoint.load(path, RankerConfig, kind="ranker", device=device)
+def load(path, device: str = "cpu", meta: dict | None = None) -> Ranker:
+    """The ranker at `path`; `meta` (a dict) receives the file's metadata."""
+    state, cfg, md = checkpoint.load(path, RankerConfig, kind="ranker", device=device)
+    if meta is not None:
+        meta.update(md)
     model = Ranker(cfg)
     checkpoint.load_into(model, state, path)
     return model.to(device).eval()
@@ -223,16 +226,30 @@ def train_workspace(ws, embedder_name: str = "minilm", device: str = "cpu", prog
         last = history[-1]
         for metric in ("ctr_auc", "cvr_auc"):
             run.log_eval(metric, last[metric], dataset="held-out impressions", method="ranker")
-        save(ranker_path(ws), model.cpu(), run_id=run.run_id, **{k: v for k, v in last.items() if k != "epoch"})
+        save(ranker_path(ws), model.cpu(), run_id=run.run_id, lineage=lineage.tables(ws, ROWS_FROM),
+             **{k: v for k, v in last.items() if k != "epoch"})
     return model.to(device), history
+
+
+ROWS_FROM = ("products", "users")  # the tables whose rows the ranker's embeddings index (its hard parents)
+
+
+def load_checked(ws, device: str = "cpu") -> Ranker:
+    """The workspace's ranker; refuses one trained on another catalog or user table (workbench.lineage)."""
+    path = ranker_path(ws)
+    if not path.exists():
+        raise FileNotFoundError(f"workspace {ws.path} has no ranker ({path}); train one with `workbench ranker`")
+    meta: dict = {}
+    model = load(path, device, meta)
+    lineage.check(str(path), lineage.decode(meta.get("lineage")), lineage.tables(ws, ROWS_FROM),
+                  "retrain it with `workbench ranker`")
+    return model
 
 
 def from_workspace(ws, device: str = "cpu", progress: bool = True) -> tuple[Ranker, Features, np.ndarray]:
     """The saved ranker with its features; refuses one trained on another catalog or user table."""
     path = ranker_path(ws)
-    if not path.exists():
-        raise FileNotFoundError(f"workspace {ws.path} has no ranker ({path}); train one with `workbench ranker`")
-    model = load(path, device)
+    model = load_checked(ws, device)
     feats, qvecs = workspace_inputs(ws, model.cfg.embedder, device, progress)
     have = {k: getattr(model.cfg, k) for k in feats.sizes()}
     if have != feats.sizes():

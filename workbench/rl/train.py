@@ -292,7 +292,7 @@ def train_rl(ws, cfg: RLConfig, name: str = "generator", source: str | None = No
                 if "@" in key:
                     metric, _, k = key.partition("@")
                     run.log_eval(metric, value, k=int(k), dataset="held-out searches", method=f"generator/{cfg.algo}", stage=stage)
-            store.save(ws, policy.cpu(), retriever.tok, out, run_id=run.run_id, stage=stage, source=source, rl=asdict(cfg))
+            store.save(ws, policy.cpu(), retriever.tok, out, parent=source, run_id=run.run_id, stage=stage, source=source, rl=asdict(cfg))
             policy.to(device)
     dist.barrier()  # every rank returns once rank 0 has written
     return history

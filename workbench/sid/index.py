@@ -65,11 +65,12 @@ class SIDIndex:
         mask = (self.sids[:, :n] == np.asarray(prefix, np.int32)).all(1) if n else np.ones(len(self.sids), bool)
         return np.unique(self.sids[mask, n])
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, tx=None, **meta: str) -> None:
+        """`meta`: more file metadata (strings); `tx`: stage the file in that workspace transaction."""
         cols = {f"t{i + 1}": pa.array(self.sids[:, i]) for i in range(self.levels)}
         t = pa.table({**cols, "products": pa.array(self.counts)})
-        t = t.replace_schema_metadata({"vocab": json.dumps(list(self.vocab))})
-        atomic_write(Path(path), lambda tmp: pq.write_table(t, tmp))
+        t = t.replace_schema_metadata({"vocab": json.dumps(list(self.vocab)), **meta})
+        atomic_write(Path(path), lambda tmp: pq.write_table(t, tmp), tx)
 
     @classmethod
     def load(cls, path: str | Path) -> SIDIndex:

@@ -5,8 +5,10 @@
       sids.parquet        product_id, sid_1..sid_L (+ dedup in unique mode): the SID table
       index.parquet       the SID index: each valid SID once, with its product count (see index.py)
 
-Every file is written to a temporary name and renamed, the table and index last, so a reader sees
-either the old SIDs or the new ones, never a mix.
+The three files are written in one workspace transaction, so a reader sees either the old SIDs or the
+new ones, never a mix. Lineage (workbench.lineage): the SID table records the fingerprints of the
+products table and the RQ-VAE it was made from, the index the fingerprint of the SID table; `load_sids`
+refuses a table of another catalog (run `sid assign`) or one that lost rows.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workbench import checkpoint, dist
+from workbench import checkpoint, dist, lineage
 from workbench.data.relevance import held_out, relevance
 from workbench.sid import metrics
 from workbench.sid.cqsid import CQSIDConfig, SIDData, dedup, evaluate, flat_stats, train
@@ -67,18 +69,27 @@ def sid_columns(levels: int, mode: str) -> list[str]:
 
 def write_sids(ws: Workspace, model: RQVAE, cfg: CQSIDConfig, product_ids: np.ndarray, sids: np.ndarray,
                **meta) -> None:
-    """Write weights, SID table and index (in that order, each atomically)."""
-    checkpoint.save(sid_dir(ws) / "rqvae.safetensors", model, cfg, kind="cq-sid", **meta)
-    write_table(ws, cfg, product_ids, sids)
+    """Write weights, SID table and index, together (one transaction)."""
+    with ws.transaction() as tx:
+        checkpoint.save(sid_dir(ws) / "rqvae.safetensors", model, cfg, kind="cq-sid", tx=tx, **meta)
+        write_table(ws, cfg, product_ids, sids, rqvae=lineage.fingerprint(tx.staged[-1][0]), tx=tx)
 
 
-def write_table(ws: Workspace, cfg: CQSIDConfig, product_ids, sids: np.ndarray) -> None:
-    """The SID table, then the index made from it."""
+def write_table(ws: Workspace, cfg: CQSIDConfig, product_ids, sids: np.ndarray, rqvae: str | None = None, tx=None) -> None:
+    """The SID table, then the index made from it, together; both record what they were made from."""
+    if tx is None:
+        with ws.transaction() as tx:
+            return write_table(ws, cfg, product_ids, sids, rqvae, tx)
+    rqvae = rqvae or lineage.fingerprint(sid_dir(ws) / "rqvae.safetensors")
+    made_from = lineage.encode({**lineage.tables(ws, ["products"]), "rqvae": rqvae})
     cols = sid_columns(cfg.model.levels, cfg.mode)
     sids = np.asarray(sids, np.int32)
     table = pa.table({"product_id": pa.array(product_ids, pa.string()), **{c: pa.array(sids[:, i]) for i, c in enumerate(cols)}})
-    atomic_write(sid_dir(ws) / "sids.parquet", lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-    SIDIndex.from_codes(sids, cfg.model.codebook_sizes).save(sid_dir(ws) / "index.parquet")
+    table = table.replace_schema_metadata({"lineage": made_from})
+    atomic_write(sid_dir(ws) / "sids.parquet", lambda tmp: pq.write_table(table, tmp, compression="zstd"), tx)
+    sids_fp = lineage.fingerprint(tx.staged[-1][0])
+    SIDIndex.from_codes(sids, cfg.model.codebook_sizes).save(sid_dir(ws) / "index.parquet", tx,
+                                                             lineage=lineage.encode({"sids": sids_fp}))
 
 
 def load_model(ws: Workspace, device: str = "cpu") -> tuple[RQVAE, CQSIDConfig, dict]:
@@ -92,11 +103,40 @@ def load_model(ws: Workspace, device: str = "cpu") -> tuple[RQVAE, CQSIDConfig, 
     return model, cfg, meta
 
 
-def load_sids(ws: Workspace) -> pd.DataFrame:
+def load_sids(ws: Workspace, check: bool = True) -> pd.DataFrame:
+    """The SID table. `check` (default): refuse one made for another catalog or RQ-VAE, one that does not
+    cover every product exactly once, or an index made from another SID table (`sid assign` reads the
+    table unchecked: bringing it up to date with the catalog is its job)."""
     path = sid_dir(ws) / "sids.parquet"
     if not path.exists():
         raise FileNotFoundError(f"workspace {ws.path} has no SID table ({path}); train one with `workbench sid train`")
-    return pq.read_table(path).to_pandas()
+    try:
+        t = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise checkpoint.CheckpointError(f"{path}: not a readable SID table ({e}); rebuild it with `workbench sid train`") from e
+    df = t.to_pandas()
+    if not check:
+        return df
+    recorded = lineage.decode((t.schema.metadata or {}).get(b"lineage"))
+    current = {**lineage.tables(ws, ["products"]), "rqvae": lineage.fingerprint(sid_dir(ws) / "rqvae.safetensors")}
+    lineage.check(str(path), {k: v for k, v in recorded.items() if k == "rqvae"}, current,
+                  "the SID model was replaced without its table: rebuild both with `workbench sid train`")
+    lineage.check(str(path), {k: v for k, v in recorded.items() if k == "products"}, current,
+                  "the catalog changed since: give new products SIDs with `workbench sid assign`, or retrain with `workbench sid train`")
+    products = ws.table("products")["product_id"]
+    dup = df["product_id"].duplicated()
+    missing = ~products.isin(df["product_id"])
+    extra = ~df["product_id"].isin(products)
+    if dup.any() or missing.any() or extra.any():
+        raise lineage.StaleError(
+            f"{path}: the SID table does not cover the catalog once per product ({int(missing.sum()):,} of {len(products):,} "
+            f"products without a SID{', e.g. ' + repr(products[missing].iloc[0]) if missing.any() else ''}; {int(extra.sum()):,} "
+            f"unknown products; {int(dup.sum()):,} duplicates); rebuild it with `workbench sid assign` or `workbench sid train`")
+    ipath = sid_dir(ws) / "index.parquet"
+    if ipath.exists():
+        made_from = lineage.decode((pq.read_schema(ipath).metadata or {}).get(b"lineage"))
+        lineage.check(str(ipath), made_from, {"sids": lineage.fingerprint(path)}, "rebuild it with `workbench sid assign`")
+    return df
 
 
 # workspace-level operations (the `workbench sid ...` verbs) -------------------------------------------
@@ -138,7 +178,7 @@ def assign_new(ws: Workspace, embedder, device: str = "cpu", progress: bool = Tr
     if meta.get("embedder") != embedder.key:
         raise ValueError(f"the SID model was trained on {meta.get('embedder')!r} embeddings, not {embedder.key!r}; "
                          f"pass --embedder accordingly")
-    old = load_sids(ws)
+    old = load_sids(ws, check=False)
     products = ws.table("products")
     keep = old[old["product_id"].isin(products["product_id"])]
     new = products[~products["product_id"].isin(old["product_id"])]
