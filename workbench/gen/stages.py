@@ -282,7 +282,7 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
                 echo(f"resuming stage {stage} after epoch {meta['epoch']} from {part.name}")
         trained = True
 
-        def save_partial(epoch, opt, s=s, gen=gen, tok=tok):
+        def save_partial(epoch, opt, s=s, gen=gen, tok=tok, parent=parent):
             tensors, groups = _optimizer_tensors(opt)
             store.save(ws, gen, tok, f"{name}-stage{s}.partial", extra=tensors, parent=parent, epoch=epoch, param_groups=groups)
 
