@@ -8,7 +8,9 @@ import duckdb
 import pandas as pd
 import pytest
 
-from workbench.logbook import Logbook, code_version
+from workbench.logbook import INTERACTIVE, Logbook, LogbookBusy, LogbookCorrupt, code_version
+
+from .conftest import garbage, held
 
 
 def test_run_lifecycle_and_buffered_metrics(tmp_path):
@@ -101,6 +103,51 @@ def test_user_sql_is_read_only_and_sandboxed(tmp_path):
 def test_missing_logbook_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing has been logged"):
         Logbook(tmp_path / "none.duckdb").query("SELECT 1")
+
+
+def test_a_busy_logbook_is_reported_within_seconds(tmp_path):
+    lb = Logbook(tmp_path / "lb.duckdb")
+    with lb.run("x"):
+        pass
+    with held(lb.path) as pid:
+        for read in (lambda: lb.query("SELECT * FROM runs", timeout=INTERACTIVE),
+                     lambda: lb.head("SELECT * FROM runs", 10, safe=True, timeout=INTERACTIVE),
+                     lambda: lb.serve("mug", [], 1.0, timeout=0.5)):
+            t = time.monotonic()
+            with pytest.raises(LogbookBusy, match=rf"the logbook {lb.path} is busy: another process \(pid {pid}\), e.g. a training run"):
+                read()
+            assert time.monotonic() - t < 5
+    assert len(lb.query("SELECT * FROM runs", timeout=INTERACTIVE)) == 1  # free again once the holder is gone
+
+
+def test_a_garbage_logbook_is_named_not_a_duckdb_traceback(tmp_path):
+    lb = Logbook(tmp_path / "lb.duckdb")
+    garbage(lb.path)
+    for use in (lambda: lb.query("SELECT 1"), lambda: lb.head("SELECT 1", 5), lambda: lb.run("x").__enter__(),
+                lambda: lb.serve("mug", [], 1.0)):
+        with pytest.raises(LogbookCorrupt, match=rf"{lb.path} is not a DuckDB logbook: .*not a valid DuckDB database file"):
+            use()
+
+
+def test_head_fetches_only_the_rows_it_returns(tmp_path):
+    lb = Logbook(tmp_path / "lb.duckdb")
+    with lb.run("x"):
+        pass
+    t = time.monotonic()
+    df, more = lb.head("SELECT * FROM range(200000000)", 1000, safe=True)  # materialised: 1.6 GB, seconds
+    assert time.monotonic() - t < 1.5 and len(df) == 1000 and more and df["range"].tolist() == list(range(1000))
+    df, more = lb.head("SELECT kind, started_at FROM runs", 1000, safe=True)
+    assert not more and df.values.tolist()[0][0] == "x" and list(df.columns) == ["kind", "started_at"]
+    assert lb.head("SELECT 1 AS a WHERE false", 5)[0].columns.tolist() == ["a"]
+    with pytest.raises(duckdb.Error, match="read-only"):
+        lb.head("DELETE FROM runs", 5, safe=True)
+    with pytest.raises(duckdb.Error, match="disabled by configuration"):
+        lb.head(f"SELECT * FROM read_csv('{__file__}')", 5, safe=True)
+    for empty in ("", "  ", "/* nothing */"):
+        with pytest.raises(ValueError, match="no SQL statement"):
+            lb.head(empty, 5, safe=True)
+        with pytest.raises(ValueError, match="no SQL statement"):
+            lb.query(empty)
 
 
 def test_served_queries(tmp_path):
