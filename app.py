@@ -1,4 +1,7 @@
-"""The workbench app: `streamlit run app.py` (or `workbench demo`). UI only; the logic is workbench.serve."""
+"""The workbench app: `streamlit run app.py` (or `workbench demo`). UI only; the logic is workbench.serve.
+
+Each page runs inside one error boundary: whatever ends it (a corrupt generator or table, a garbage
+or busy logbook) is a message on the page, `serve.page_error(e)`, not a traceback."""
 
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ def search_page(path: str) -> None:
         return
     st.caption(f'{len(res.hits)} SIDs, {len(res.products)} products in {res.latency_ms:.1f} ms for "{res.query}"'
                + (f"; personalised for {res.user}" if res.personalised else ""))
+    if res.log_error:
+        st.warning(f"This search was not recorded in the logbook: {res.log_error}")
     left, right = st.columns([1, 1])
     with left:
         st.subheader("Decoded SID paths")
@@ -125,9 +130,13 @@ def sql_page(path: str) -> None:
                        "SELECT kind, name, status, started_at FROM runs ORDER BY started_at DESC LIMIT 20", key="sql")
     if st.button("Run", key="run_sql"):
         try:
-            st.dataframe(serve.run_sql(ws, sql), hide_index=True, key="sql_result")
+            df, more = serve.run_sql(ws, sql)
         except serve.AppError as e:
             st.error(str(e))
+            return
+        st.dataframe(df, hide_index=True, key="sql_result")
+        if more:
+            st.caption(f"The first {len(df):,} rows: the query returns more (add a LIMIT or an aggregate).")
 
 
 PAGES = {"Search": search_page, "Codebooks": codebooks_page, "Training": training_page, "Beam width": beam_page,
@@ -139,10 +148,6 @@ with st.sidebar:
     page = st.radio("Page", list(PAGES), key="page")
 try:
     serve.open_workspace(path)
-except serve.AppError as e:
-    st.error(str(e))
-else:
-    try:
-        PAGES[page](path)
-    except serve.AppError as e:
-        st.error(str(e))
+    PAGES[page](path)
+except Exception as e:  # the page's one boundary (Streamlit's rerun and stop are not Exceptions)
+    st.error(serve.page_error(e))

@@ -1,12 +1,14 @@
 """The app: its logic (workbench.serve) directly, and every page driven through Streamlit's AppTest."""
 
 import shutil
+import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, garbage, held
 from workbench import Workspace, serve
+from workbench.logbook import LogbookBusy
 from workbench.sid.store import workspace_embedder
 
 
@@ -21,6 +23,13 @@ def app_ws(trained, tmp_path_factory):
 @pytest.fixture(scope="module")
 def eng(app_ws):
     return serve.Engine(app_ws)
+
+
+@pytest.fixture
+def spoilt(app_ws, tmp_path):
+    """A copy of the app's workspace to break a file of."""
+    shutil.copytree(app_ws.path, tmp_path / "ws")
+    return Workspace(tmp_path / "ws")
 
 
 def test_open_workspace_errors(tmp_path, app_ws):
@@ -72,13 +81,41 @@ def test_baselines_side_by_side(eng):
 
 
 def test_sql_console_is_read_only(app_ws):
-    assert len(serve.run_sql(app_ws, "SELECT * FROM runs")) > 0
-    with pytest.raises(serve.AppError, match="type a SQL"):
-        serve.run_sql(app_ws, " ")
+    assert len(serve.run_sql(app_ws, "SELECT * FROM runs")[0]) > 0
+    for empty in (" ", "/* nothing */"):
+        with pytest.raises(serve.AppError, match="type a SQL|no SQL statement"):
+            serve.run_sql(app_ws, empty)
     for bad in ("DELETE FROM runs", "CREATE TABLE x (a INT)", "SELECT * FROM read_csv('/etc/passwd')", "SELEC 1"):
         with pytest.raises(serve.AppError):
             serve.run_sql(app_ws, bad)
-    assert len(serve.run_sql(app_ws, "SELECT * FROM runs")) > 0  # nothing was deleted
+    assert len(serve.run_sql(app_ws, "SELECT * FROM runs")[0]) > 0  # nothing was deleted
+
+
+def test_sql_console_fetches_a_bounded_number_of_rows(app_ws):
+    t = time.monotonic()
+    df, more = serve.run_sql(app_ws, "SELECT * FROM range(20000000)")
+    assert time.monotonic() - t < 2 and len(df) == 1000 and more  # 20 million rows are not materialised
+    df, more = serve.run_sql(app_ws, "SELECT kind FROM runs", max_rows=5)
+    assert 0 < len(df) <= 5 and more == (app_ws.logbook().query("SELECT count(*) n FROM runs")["n"][0] > 5)
+
+
+def test_search_is_answered_when_the_logbook_cannot_take_it(eng, spoilt):
+    with held(eng.ws.logbook_path):
+        t = time.monotonic()
+        res = eng.search("cordless drill", 8)
+        assert res.hits and time.monotonic() - t < 10
+        assert res.log_error.startswith(f"LogbookBusy: the logbook {eng.ws.logbook_path} is busy")
+        for read in (lambda: serve.stage_curves(eng.ws), lambda: serve.run_sql(eng.ws, "SELECT 1")):
+            t = time.monotonic()
+            with pytest.raises(LogbookBusy):
+                read()
+            assert time.monotonic() - t < 5
+    assert eng.search("cordless drill", 8).log_error is None
+    garbage(spoilt.logbook_path)
+    res = serve.Engine(spoilt).search("cordless drill", 8)
+    assert res.hits and res.log_error.startswith(f"LogbookCorrupt: {spoilt.logbook_path} is not a DuckDB logbook")
+    with pytest.raises(serve.AppError, match="is not a DuckDB logbook"):
+        serve.run_sql(spoilt, "SELECT 1")
 
 
 # -- the app, page by page ------------------------------------------------------------------------
@@ -129,3 +166,41 @@ def test_app_other_pages_and_bad_workspace(app_ws, tmp_path):
     at.text_input(key="workspace").set_value(str(tmp_path / "nowhere")).run()
     _ok(at)
     assert any("no workspace at" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize("spoil,page,words", [
+    (lambda ws: garbage(ws.path / "gen" / "generator.safetensors"), "Search", "generator"),
+    (lambda ws: garbage(ws.path / "tables" / "products.parquet"), "Search", "products"),
+    (lambda ws: garbage(ws.path / "sid" / "sids.parquet"), "Search", "sids.parquet"),
+    (lambda ws: garbage(ws.path / "sid" / "sids.parquet"), "Codebooks", "sids.parquet"),
+    (lambda ws: garbage(ws.logbook_path), "Training", "is not a DuckDB logbook"),
+    (lambda ws: garbage(ws.logbook_path), "Beam width", "is not a DuckDB logbook"),
+])
+def test_app_pages_show_a_broken_file_as_a_message(spoilt, spoil, page, words):
+    spoil(spoilt)
+    at = _app(spoilt.path)
+    at.radio(key="page").set_value(page).run()
+    _ok(at)
+    assert any(words in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_app_search_with_a_garbage_logbook_answers_and_warns(spoilt):
+    garbage(spoilt.logbook_path)
+    at = _app(spoilt.path)
+    at.text_input(key="query").set_value("cordless drill").run()
+    _ok(at)
+    assert any('ms for "cordless drill"' in c.value for c in at.caption)
+    assert any("not recorded in the logbook: LogbookCorrupt" in w.value for w in at.warning)
+
+
+def test_app_sql_page_with_a_busy_logbook(spoilt):
+    at = _app(spoilt.path)
+    at.radio(key="page").set_value("SQL").run()
+    at.text_area(key="sql").set_value("SELECT * FROM range(5000)").run()
+    at.button(key="run_sql").click().run()
+    _ok(at)
+    assert len(at.dataframe[0].value) == 1000 and any("the query returns more" in c.value for c in at.caption)
+    with held(spoilt.logbook_path):
+        at.button(key="run_sql").click().run()
+    _ok(at)
+    assert any(e.value.startswith(f"LogbookBusy: the logbook {spoilt.logbook_path} is busy") for e in at.error)

@@ -3,7 +3,10 @@ side) and the tables behind each page. `app.py` only lays these out; everything 
 without a browser.
 
 Errors a user can cause (no workspace, no generator, an empty query, an unknown user, bad SQL) are
-`AppError`s with a message meant to be shown as it is.
+`AppError`s with a message meant to be shown as it is; the app shows any other error of a page (a
+corrupt file, a busy logbook) as `page_error` words it. Logbook reads wait at most
+`logbook.INTERACTIVE` seconds for a process that holds the file, and recording a served query is
+best-effort: a search is answered even when the logbook cannot take it (`Served.log_error` says why).
 """
 
 from __future__ import annotations
@@ -12,15 +15,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 
+from workbench.logbook import INTERACTIVE
 from workbench.sid.store import workspace_embedder
 from workbench.workspace import Workspace
 
 
 class AppError(ValueError):
     pass
+
+
+def page_error(e: Exception) -> str:
+    """What the app shows for an error that ended a page: an AppError as it is, anything else as
+    `Type: message` (a corrupt generator or table, a garbage or busy logbook)."""
+    return str(e) if isinstance(e, AppError) else f"{type(e).__name__}: {e}"
 
 
 def open_workspace(path: str | Path) -> Workspace:
@@ -41,6 +52,7 @@ class Served:
     latency_ms: float
     hits: list  # list[Hit], best SID first
     products: list[str]  # the channel's list: the decoded SIDs' products cut at the budget, ranked inside
+    log_error: str | None = None  # why the search is not in the logbook's `served` table (busy, corrupt, read-only)
 
     def paths(self) -> pd.DataFrame:
         """One row per decoded SID: its path, probability, share of the beam's mass, products."""
@@ -95,8 +107,11 @@ class Engine:
         ms = (time.perf_counter() - t) * 1000
         served = Served(query, user or None, personalised, width, ms, hits, products)
         if log:
-            self.ws.logbook().serve(query, [{"sid": list(h.sid), "logp": h.logp, "products": h.products[:20]} for h in hits],
-                                    ms, user_id=user or None, beam_width=width, source=source)
+            try:  # best-effort: the answer does not depend on the logbook
+                self.ws.logbook().serve(query, [{"sid": list(h.sid), "logp": h.logp, "products": h.products[:20]} for h in hits],
+                                        ms, user_id=user or None, beam_width=width, source=source, timeout=INTERACTIVE)
+            except (OSError, ValueError, duckdb.Error) as e:  # LogbookBusy, LogbookCorrupt, a read-only disk...
+                served.log_error = f"{type(e).__name__}: {e}"
         return served
 
     def titles(self, ids: list[str]) -> pd.DataFrame:
@@ -130,21 +145,21 @@ def stage_curves(ws: Workspace) -> pd.DataFrame:
     """Per epoch of every generator stage: run, run_id, stage, step, metric, value (loss, recall@K, ...)."""
     return ws.logbook().query(
         "SELECT r.name AS run, r.run_id, m.stage, m.step, m.name AS metric, m.value FROM metrics m JOIN runs r USING (run_id) "
-        "WHERE r.kind = 'gen-train' ORDER BY r.started_at, m.step")
+        "WHERE r.kind = 'gen-train' ORDER BY r.started_at, m.step", timeout=INTERACTIVE)
 
 
 def rl_curves(ws: Workspace) -> pd.DataFrame:
     """Per step of every stage-4 run: run, run_id, stage, step, metric, value (rewards, diagnostics, hit rates)."""
     return ws.logbook().query(
         "SELECT r.name AS run, r.run_id, m.stage, m.step, m.name AS metric, m.value FROM metrics m JOIN runs r USING (run_id) "
-        "WHERE r.kind = 'rl' ORDER BY r.started_at, m.step")
+        "WHERE r.kind = 'rl' ORDER BY r.started_at, m.step", timeout=INTERACTIVE)
 
 
 def beam_sweep(ws: Workspace) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The latest width sweep of each ID kind (width, batch, p50/p95 ms, recall) and the chosen widths."""
     sweep = ws.logbook().query(
         "SELECT b.bench, b.case_name, b.metric, b.value, b.run_id FROM bench b JOIN runs r USING (run_id) "
-        "WHERE b.bench LIKE 'beam-sweep%' OR b.bench = 'beam-width-choice' ORDER BY r.started_at")
+        "WHERE b.bench LIKE 'beam-sweep%' OR b.bench = 'beam-width-choice' ORDER BY r.started_at", timeout=INTERACTIVE)
     if sweep.empty:
         return pd.DataFrame(), pd.DataFrame()
     latest = sweep.groupby("bench")["run_id"].last()
@@ -179,15 +194,15 @@ def umap_2d(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
     return umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), random_state=seed, n_jobs=1).fit_transform(x)
 
 
-def run_sql(ws: Workspace, sql: str, max_rows: int = 1000) -> pd.DataFrame:
-    """Read-only SQL over the logbook: no writes, no files, no network."""
+def run_sql(ws: Workspace, sql: str, max_rows: int = 1000) -> tuple[pd.DataFrame, bool]:
+    """Read-only SQL over the logbook (no writes, no files, no network): its first `max_rows` rows,
+    only those fetched, and whether the query had more."""
     sql = (sql or "").strip()
     if not sql:
         raise AppError("type a SQL query, e.g. SELECT * FROM runs")
     try:
-        df = ws.logbook().query(sql, safe=True)
+        return ws.logbook().head(sql, max_rows, safe=True, timeout=INTERACTIVE)
     except FileNotFoundError as e:
         raise AppError(str(e)) from e
-    except Exception as e:  # duckdb's errors: show the message, not a traceback
+    except (duckdb.Error, ValueError) as e:  # bad SQL, a garbage logbook: the message, not a traceback
         raise AppError(f"{type(e).__name__}: {e}") from e
-    return df.head(max_rows)
