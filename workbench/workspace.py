@@ -82,8 +82,12 @@ def _alive(pid: int) -> bool:
 
 def _writer_pid(name: str) -> int | None:
     """The pid in `.<file>.<pid>.<random>.tmp` or `.commit-<pid>.json` (None for other names)."""
-    parts = name.removesuffix(".tmp").removesuffix(".json").replace("commit-", "commit.").split(".")
-    return int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
+    if name.startswith(".commit-") and name.endswith(".json"):
+        pid = name[len(".commit-"):-len(".json")]
+    else:
+        parts = name.split(".")
+        pid = parts[-3] if len(parts) >= 4 else ""
+    return int(pid) if pid.isdigit() else None
 
 
 def clean_temps(root: Path) -> list[Path]:
