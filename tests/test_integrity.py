@@ -22,7 +22,7 @@ from workbench.gen.model import GenConfig
 from workbench.gen.stages import StagesConfig, train_stages
 from workbench.gen.train import TrainConfig
 from workbench.sid.store import load_sids, sid_dir
-from workbench.workspace import ReplaceError, clean_temps
+from workbench.workspace import clean_temps
 
 
 def invoke(ws, *args):
