@@ -130,6 +130,7 @@ def test_judgments_csv_via_the_cli_and_its_errors(trained, tmp_path):
         (j.drop(columns=["relevance"]), "missing column"),
         (j.head(3).assign(product_id="NOPE"), "not in the catalog"),
         (j.head(3).assign(relevance="high"), "line 2: relevance is not a number"),
+        (j.head(3).assign(relevance=[1.0, float("inf"), 2.0]), "line 3: relevance is not a finite number"),
         (j.head(3).assign(relevance=0.0), "no judgment reaches"),
     ]
     for frame, msg in cases:
@@ -138,5 +139,7 @@ def test_judgments_csv_via_the_cli_and_its_errors(trained, tmp_path):
             judgments_file(ws, tmp_path / "bad.csv")
     with pytest.raises(FileNotFoundError):
         judgments_file(ws, tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match="threshold must be a finite number, got nan"):
+        judgments_file(ws, good, threshold=float("nan"))
     logged = ws.logbook().query("SELECT DISTINCT method FROM evals WHERE stage = 'eval'")
     assert {"generative", "bm25"} <= set(logged["method"])

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -95,6 +96,23 @@ def test_missing_file_and_bad_relevance(tmp_path, csvs):
         Workspace(tmp_path / "w").import_csv({"products": csvs[0], "judgments": j}, HD_MAP)
 
 
+def test_separator_and_threshold_are_checked(tmp_path, csvs):
+    for sep in ("", ";;", '"', "\n"):
+        with pytest.raises(ValueError, match=r"the field separator \(--sep\) must be one character.*got " + re.escape(repr(sep))):
+            Workspace(tmp_path / "w").import_csv({"products": csvs[0]}, HD_MAP, sep=sep)
+    with pytest.raises(ValueError, match="relevance threshold must be a finite number, got nan"):
+        Workspace(tmp_path / "w").import_csv({"products": csvs[0]}, HD_MAP, relevance_threshold=float("nan"))
+    assert not (tmp_path / "w").exists()
+    tsv = write(tmp_path / "p.tsv", "product_uid\tproduct_title\n1\tAngle Bracket\n")
+    assert Workspace(tmp_path / "w").import_csv({"products": tsv}, HD_MAP, sep="\\t") == {"products": 1}  # '\t' typed in a shell
+
+
+def test_nul_byte_in_a_title_is_named(tmp_path):
+    p = write(tmp_path / "p.csv", "product_uid,product_title\n1,Angle Bracket\n2,Deck\x00Stain\n")
+    with pytest.raises(DataError, match=r"p\.csv, row 2 \(line 3\), column 'product_title': NUL byte .* table 'products'"):
+        Workspace(tmp_path / "w").import_csv({"products": p}, HD_MAP)
+
+
 def test_search_log_csv_creates_users_and_checks_funnel(tmp_path, csvs):
     log = ("session,user,query,product_uid,position,impressed,clicked,purchased,time\n"
            "1,u1,deck stain,2,1,true,true,true,2026-01-01T10:00:00Z\n"
@@ -126,6 +144,17 @@ def test_lcrec_import(tmp_path):
     assert p["title"][0] == "Relay Kit & Capacitor" and p["category"][0] == "Industrial > Electrical > Relays"
     inter = ws.table("interactions")
     assert inter["seq"].tolist() == [0, 1, 0] and set(inter["event"]) == {"review"}
+
+
+def test_lcrec_null_or_nan_fields_are_missing_not_nan(tmp_path):
+    items = '{"0": {"title": "Relay", "brand": NaN, "categories": null}, "1": {"title": NaN}, "2": {"brand": "x"}}'
+    with pytest.raises(DataError, match=r"row 2, column 'title': item '1' has no title") as e:
+        Workspace(tmp_path / "w").import_lcrec(*lcrec(tmp_path, items, {"u": [0]}))
+    assert [p[3] for p in e.value.problems] == ["item '1' has no title", "item '2' has no title"]
+    ws = Workspace(tmp_path / "w")
+    ws.import_lcrec(*lcrec(tmp_path, '{"0": {"title": "Relay", "brand": NaN, "categories": NaN, "description": null}}', {"u": [0]}))
+    p = ws.table("products").iloc[0]
+    assert p["title"] == "Relay" and p[["brand", "category", "description"]].isna().all()  # not the text 'nan'
 
 
 @pytest.mark.parametrize("items,inter,msg", [

@@ -45,11 +45,21 @@ def test_line_numbers_for_text_files():
     ("attributes", ["[1, 2]", None, None], "not a JSON object"),
     ("attributes", ["{bad", None, None], "not a JSON object"),
     ("product_id", ["a", None, "c"], "empty value in a required column"),
+    ("title", ["Red\x00Mug", "b", "c"], r"NUL byte \(\\x00\) in the text of table 'products'"),
+    ("description", [None, "long\x00text", None], r"NUL byte \(\\x00\) in the text of table 'products'"),
 ])
 def test_bad_values_are_reported_with_row_and_column(col, val, msg):
     with pytest.raises(DataError, match=msg) as e:
         validate(products(**{col: val}), "products")
     assert e.value.problems[0][2] == col and e.value.problems[0][1] in (1, 2)
+
+
+@pytest.mark.parametrize("grade,msg", [("inf", "infinite number"), (float("-inf"), "infinite number"),
+                                       ("nan", "not a valid float"), (float("nan"), "empty value in a required column")])
+def test_relevance_grades_must_be_finite_numbers(grade, msg):
+    j = pd.DataFrame({"query_id": [1, 2], "product_id": ["a", "b"], "relevance": [2.0, grade]})
+    with pytest.raises(DataError, match=rf"row 2, column 'relevance': {msg}"):
+        validate(j, "judgments")
 
 
 def test_empty_table_is_an_error():

@@ -17,6 +17,7 @@ import csv
 import html
 import io
 import json
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,6 +131,12 @@ def csv_tables(files: dict[str, str | Path], columns: dict[str, str] | None = No
     unless `on_duplicate` is "mean", "max" or "first".
     """
     columns = columns or {}
+    sep = {"\\t": "\t", "tab": "\t"}.get(sep, sep)  # --sep '\t' as typed in a shell
+    if not isinstance(sep, str) or len(sep) != 1 or sep in '"\r\n':
+        raise ValueError(f"the field separator (--sep) must be one character other than a quote or a newline, "
+                         f"e.g. ',' ';' '|' or '\\t' for a tab; got {sep!r}")
+    if relevance_threshold is not None and not math.isfinite(relevance_threshold):
+        raise ValueError(f"the relevance threshold must be a finite number, got {relevance_threshold!r}")
     unknown = set(files) - set(CSV_TABLES)
     if unknown:
         raise ValueError(f"cannot import {sorted(unknown)} from CSV; importable tables: {', '.join(CSV_TABLES)}")
@@ -194,6 +201,11 @@ def _read_json(path: str | Path) -> dict:
     return data
 
 
+def _str(v) -> str:
+    """An LC-Rec field as a string: missing, null and NaN (Python's json reads a bare NaN) are "", never 'nan'."""
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+
 def lcrec_tables(items: str | Path, inter: str | Path | None = None, name: str | None = None) -> Imported:
     """Read LC-Rec item metadata (and user sequences) as products, users and interactions."""
     meta = _read_json(items)
@@ -202,13 +214,13 @@ def lcrec_tables(items: str | Path, inter: str | Path | None = None, name: str |
         if not isinstance(it, dict):
             problems.append((str(items), n, None, f"item {pid!r} is not an object"))
             continue
-        title = html.unescape(str(it.get("title") or "")).strip()
-        if not title:
+        title = html.unescape(_str(it.get("title"))).strip()
+        if not title:  # the schema requires one
             problems.append((str(items), n, "title", f"item {pid!r} has no title"))
-        cats = [html.unescape(c).strip() for c in str(it.get("categories") or "").split(",") if c.strip()]
+        cats = [html.unescape(c).strip() for c in _str(it.get("categories")).split(",") if c.strip()]
         rows.append({"product_id": str(pid), "title": title, "category": " > ".join(cats) or None,
-                     "brand": html.unescape(str(it.get("brand") or "")).strip() or None,
-                     "description": html.unescape(str(it.get("description") or "")).strip() or None})
+                     "brand": html.unescape(_str(it.get("brand"))).strip() or None,
+                     "description": html.unescape(_str(it.get("description"))).strip() or None})
     if problems:
         raise DataError(problems)
     frames = {"products": pd.DataFrame(rows)}

@@ -293,6 +293,8 @@ def validate(
         s = res[c.name]
         if c.kind == "str" and not c.nullable:
             rule(c.name, s.str.strip().str.len().eq(0).fillna(False), "blank text")
+        if c.kind == "str":
+            rule(c.name, s.str.contains("\x00", regex=False).fillna(False), f"NUL byte (\\x00) in the text of table '{table}'")
         if c.kind == "float":
             rule(c.name, np.isinf(s.to_numpy(dtype=float, na_value=np.nan)), "infinite number")
     if table == "products":

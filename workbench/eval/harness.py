@@ -88,6 +88,11 @@ def judgments_file(ws, path: str | Path, threshold: float | None = None) -> pd.D
     if df["relevance"].isna().any():
         row = int(df.index[df["relevance"].isna()][0]) + 2
         raise ValueError(f"{path}, line {row}: relevance is not a number")
+    if np.isinf(df["relevance"]).any():  # an infinite grade makes NDCG NaN
+        row = int(df.index[np.isinf(df["relevance"])][0]) + 2
+        raise ValueError(f"{path}, line {row}: relevance is not a finite number ({df['relevance'][row - 2]})")
+    if threshold is not None and not np.isfinite(threshold):
+        raise ValueError(f"the relevance threshold must be a finite number, got {threshold}")
     known = set(ws.table("products")["product_id"])
     unknown = sorted(set(df["product_id"]) - known)
     if unknown:
