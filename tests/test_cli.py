@@ -183,3 +183,44 @@ def test_eval_with_a_busy_or_garbage_logbook_says_so(sample_ws, monkeypatch):
         r = CliRunner().invoke(main, w + verb)
         assert r.exit_code == 1 and f"{sample_ws.logbook_path} is not a DuckDB logbook" in r.output, r.output
         assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("lr", [-5, 0, float("nan"), float("inf")])
+def test_learning_rates_must_be_finite_and_positive(lr):
+    from workbench.gen.train import TrainConfig
+    from workbench.sid.cqsid import CQSIDConfig
+
+    for cls in (TrainConfig, RLConfig, CQSIDConfig):
+        with pytest.raises(ValueError, match=rf"{cls.__name__}: lr={lr!r}: must be a finite number > 0"):
+            cls(lr=lr)
+    for kw in (dict(batch_size=0), dict(epochs=0), dict(encoder_lr=-1e-4), dict(warmup=1.0)):
+        with pytest.raises(ValueError, match=f"TrainConfig: {next(iter(kw))}"):
+            TrainConfig(**kw)
+    with pytest.raises(ValueError, match="temperature=0"):
+        RLConfig(temperature=0)
+
+
+def test_bad_settings_stop_the_cli_before_it_trains(sample_ws):
+    w = ["-w", str(sample_ws.path)]
+    for verb in (["train", "--lr", "-5"], ["train", "--lr", "nan"], ["train", "--batch-size", "0"], ["rl", "--lr", "0"],
+                 ["sid", "train", "--lr", "-1"]):
+        r = CliRunner().invoke(main, w + verb)
+        assert r.exit_code == 1 and "must be a finite number > 0" in r.output, (verb, r.output)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["runs", "--limit", "-1"], "'--limit': -1 is not in the range x>=1"),
+    (["sql", "SELECT 1", "--max-rows", "0"], "'--max-rows': 0 is not in the range x>=1"),
+    (["batch", "decode", "a.parquet", "b.parquet", "--top", "-1"], "'--top': -1 is not in the range x>=1"),
+    (["batch", "decode", "a.parquet", "b.parquet", "--width", "0"], "'--width': 0 is not in the range x>=1"),
+    (["batch", "embed", "a.parquet", "b.parquet", "--chunk", "0"], "'--chunk': 0 is not in the range x>=1"),
+    (["ranker", "--epochs", "0"], "'--epochs': 0 is not in the range x>=1"),
+    (["bench", "embed", "--n", "-1"], "'--n': -1 is not in the range x>=1"),
+    (["bench", "batch", "--width", "0"], "'--width': 0 is not in the range x>=1"),
+    (["eval", "--k", "0"], "'--k': '0': values must be >= 1"),
+    (["eval", "--width", "0"], "width and budgets must be >= 1"),
+])
+def test_counts_given_on_the_command_line_start_at_1(sample_ws, args, msg):
+    """--top, --limit, --width, --n, --chunk, --epochs...: a count of 0 or -1 is an error naming it, not rows."""
+    r = CliRunner().invoke(main, ["-w", str(sample_ws.path), *args])
+    assert r.exit_code in (1, 2) and msg in r.output, r.output

@@ -4,7 +4,8 @@
 rejects keys the class does not have (a checkpoint from another version or another component).
 `field_help(Cls)` reads each field's documentation from the comment beside it (`lr: float = 1e-3  #
 ...`), so a default and its meaning are written once, next to the field, and the CLI's options and
-`--help` are derived from them. `get_path` / `replace_path` reach nested configs by dotted name.
+`--help` are derived from them. `get_path` / `replace_path` reach nested configs by dotted name. `positive(cfg, "lr", ...)` is the
+check a config's `__post_init__` makes of its learning rates, batch sizes and epochs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import functools
 import inspect
 import io
 import json
+import math
 import textwrap
 import tokenize
 import typing
@@ -110,3 +112,14 @@ def field_default(cls, path: str):
 def field_doc(cls, path: str) -> str:
     head, _, rest = path.partition(".")
     return field_doc(typing.get_type_hints(cls)[head], rest) if rest else field_help(cls).get(head, "")
+
+
+def positive(cfg, *names: str) -> None:
+    """A ValueError naming every field of `cfg` in `names` that is not a finite number > 0 (a learning
+    rate of -5, 0 or NaN, a batch size or epoch count of 0, would otherwise train and save garbage)."""
+    def ok(v) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+    bad = [f"{n}={getattr(cfg, n)!r}" for n in names if not ok(getattr(cfg, n))]
+    if bad:
+        raise ValueError(f"{type(cfg).__name__}: {', '.join(bad)}: must be a finite number > 0")

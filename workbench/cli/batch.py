@@ -10,7 +10,7 @@ from workbench.cli.options import apply, config_options, device_option, embedder
 from workbench.gen.retrieve import ORDERS, ChannelConfig
 
 IO = [click.argument("src", type=click.Path(path_type=Path)), click.argument("dst", type=click.Path(path_type=Path)),
-      click.option("--chunk", type=int, default=65_536, show_default=True, help="Rows in memory at a time."),
+      click.option("--chunk", type=click.IntRange(min=1), default=65_536, show_default=True, help="Rows in memory at a time."),
       device_option()]
 
 
@@ -80,10 +80,10 @@ def sids(ctx, src, dst, chunk, device, vectors) -> None:
 @batch.command()
 @io_options
 @click.option("--column", default="title", show_default=True, help="The text column to decode (title, query...).")
-@click.option("--width", type=int, default=16, show_default=True)
-@click.option("--top", type=int, default=5, show_default=True, help="SIDs kept per row.")
+@click.option("--width", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="SIDs kept per row.")
 @click.option("--model", "name", default="generator", show_default=True)
-@click.option("--products", type=int, default=0, show_default=True,
+@click.option("--products", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also keep the channel's first N products per row (the decoded SIDs' products, ranked inside).")
 @config_options(ChannelConfig, "budget", "order", "logp_weight", choices={"order": ORDERS})
 def decode(ctx, src, dst, chunk, device, column, width, top, name, products, **kw) -> None:
@@ -92,8 +92,6 @@ def decode(ctx, src, dst, chunk, device, column, width, top, name, products, **k
     from workbench import dist
     from workbench.gen.retrieve import Channel, Retriever
 
-    if width < 1 or top < 1 or products < 0:
-        raise click.UsageError("--width and --top must be >= 1, --products >= 0")
     device = dist.setup(device)
     ws = ws_of(ctx).require()
     retriever = Retriever.from_workspace(ws, name, device)

@@ -23,7 +23,7 @@ def bench() -> None:
 
 @bench.command(name="synth")
 @click.option("--sizes", default="3000,100000,1000000", show_default=True, help="Comma-separated product counts.")
-@click.option("--sessions-per-product", type=float, default=1.0, show_default=True)
+@click.option("--sessions-per-product", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.pass_context
 def bench_synth(ctx, sizes, sessions_per_product) -> None:
     """Time and peak memory of generating, validating and writing a synthetic marketplace."""
@@ -37,10 +37,10 @@ def bench_synth(ctx, sizes, sessions_per_product) -> None:
 
 
 @bench.command(name="embed")
-@click.option("--n", type=int, default=2000, show_default=True, help="Number of product titles to embed.")
+@click.option("--n", type=click.IntRange(min=1), default=2000, show_default=True, help="Number of product titles to embed.")
 @click.option("--embedders", default="minilm,hashing", show_default=True)
 @device_option()
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.pass_context
 def bench_embed(ctx, n, embedders, device, batch_size) -> None:
     """Embedding throughput (titles per second) of each embedder, on the workspace's product titles."""
@@ -61,7 +61,7 @@ def bench_embed(ctx, n, embedders, device, batch_size) -> None:
 @click.option("--datasets", "datasets_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the real data sets (default: ../shared/datasets beside the repository).")
 @click.option("--codebook-sizes", default="256,256,256", show_default=True)
-@click.option("--epochs", type=int, default=40, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
 @click.option("--variants", default="plain,+category,+query,cq-sid", show_default=True)
 @embedder_option()
 @device_option()
@@ -144,10 +144,10 @@ def bench_beam(ctx, modes, speed, speed_batches, embedder, device, **kw) -> None
               help="SIDs to predict: cq-sid (ours, trained in the bench workspace if missing) and the published indexes.")
 @click.option("--codebook-sizes", default="256,256,256", show_default=True, help="CQ-SID's, when it is trained here.")
 @click.option("--epochs", default="10,10", show_default=True, help="Epochs of stage 1 (items) and stage 2 (next item).")
-@click.option("--d-model", type=int, default=128, show_default=True)
-@click.option("--layers", type=int, default=2, show_default=True)
-@click.option("--width", type=int, default=32, show_default=True)
-@click.option("--history", type=int, default=5, show_default=True, help="History items given as SID tokens.")
+@click.option("--d-model", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--width", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--history", type=click.IntRange(min=1), default=5, show_default=True, help="History items given as SID tokens.")
 @embedder_option()
 @device_option()
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -197,8 +197,8 @@ def bench_seqrec(ctx, datasets_dir, indexes, codebook_sizes, epochs, d_model, la
 
 @bench.command(name="backbone")
 @click.option("--backbones", default="scratch,minilm,sentence", show_default=True)
-@click.option("--n", type=int, default=2000, show_default=True, help="Title -> SID examples to train on.")
-@click.option("--epochs", type=int, default=2, show_default=True, help="Epochs (>= 2: the first and the later ones).")
+@click.option("--n", type=click.IntRange(min=1), default=2000, show_default=True, help="Title -> SID examples to train on.")
+@click.option("--epochs", type=click.IntRange(min=2), default=2, show_default=True, help="Epochs (>= 2: the first and the later ones).")
 @device_option()
 @click.pass_context
 def bench_backbone(ctx, backbones, n, epochs, device) -> None:
@@ -242,8 +242,8 @@ def bench_homedepot(recipe, sets, datasets_dir, embedder, device) -> None:
 
 
 @bench.command(name="app")
-@click.option("--sessions", type=int, default=20, show_default=True, help="Browser sessions searching at once.")
-@click.option("--seconds", type=float, default=60, show_default=True, help="How long they search.")
+@click.option("--sessions", type=click.IntRange(min=1), default=20, show_default=True, help="Browser sessions searching at once.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=60, show_default=True, help="How long they search.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
 def bench_app(ctx, sessions, seconds, seed) -> None:
@@ -258,10 +258,10 @@ def bench_app(ctx, sessions, seconds, seed) -> None:
 
 
 @bench.command(name="sid-assign")
-@click.option("--n", type=int, default=1_000_000, show_default=True, help="Number of products (random vectors).")
-@click.option("--dim", type=int, default=384, show_default=True)
+@click.option("--n", type=click.IntRange(min=1), default=1_000_000, show_default=True, help="Number of products (random vectors).")
+@click.option("--dim", type=click.IntRange(min=1), default=384, show_default=True)
 @click.option("--codebook-sizes", default="256,256,256", show_default=True)
-@click.option("--chunk", type=int, default=65_536, show_default=True)
+@click.option("--chunk", type=click.IntRange(min=1), default=65_536, show_default=True)
 @device_option()
 @click.pass_context
 def bench_sid_assign(ctx, n, dim, codebook_sizes, chunk, device) -> None:
@@ -278,7 +278,7 @@ def bench_sid_assign(ctx, n, dim, codebook_sizes, chunk, device) -> None:
 @click.option("--job", type=click.Choice(DIST_JOBS), default="train", show_default=True,
               help="Which trainer: the generator (workbench train), CQ-SID (sid train) or stage 4 (rl).")
 @click.option("--procs", default="1,2", show_default=True, help="Process counts to compare (the first is the baseline).")
-@click.option("--epochs", type=int, default=3, show_default=True, help="Epochs (RL: steps) per run.")
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True, help="Epochs (RL: steps) per run.")
 @device_option("cuda: one GPU per process.")
 @click.option("--args", "job_args", default="", help='More options for the trainer, e.g. "--stages 1 --d-model 256".')
 @click.pass_context
@@ -301,9 +301,9 @@ def bench_dist(ctx, job, procs, epochs, device, job_args) -> None:
 @bench.command(name="batch")
 @click.option("--n", "sizes", default="1000000", show_default=True, help="Catalog sizes, e.g. 100000,1000000.")
 @click.option("--jobs", default="embed,sids,decode", show_default=True)
-@click.option("--chunk", type=int, default=65_536, show_default=True)
+@click.option("--chunk", type=click.IntRange(min=1), default=65_536, show_default=True)
 @embedder_option("Default: the one the workspace's SIDs were built with.", default=None)
-@click.option("--width", type=int, default=16, show_default=True, help="Decoding beam width.")
+@click.option("--width", type=click.IntRange(min=1), default=16, show_default=True, help="Decoding beam width.")
 @device_option()
 @click.pass_context
 def bench_batch(ctx, sizes, jobs, chunk, embedder, width, device) -> None:

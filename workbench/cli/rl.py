@@ -61,7 +61,7 @@ def ensure_ranker(ws, embedder: str, device: str) -> None:
 
 
 @click.command()
-@click.option("--epochs", type=int, default=4, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
 @embedder_option("Text embedder of queries and products.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option()

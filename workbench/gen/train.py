@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench import dist
+from workbench.config import positive
 from workbench.gen.data import Pairs
 from workbench.gen.model import Generator, loss
 from workbench.gen.tokenizer import TextTokenizer
@@ -36,6 +37,12 @@ class TrainConfig:
     label_smoothing: float = 0.1
     clip: float = 1.0
     seed: int = 0  # random seed
+
+    def __post_init__(self):
+        positive(self, "epochs", "batch_size", "lr", "encoder_lr", "clip")
+        if not (0 <= self.warmup < 1 and 0 <= self.label_smoothing < 1 and 0 <= self.weight_decay < math.inf):
+            raise ValueError(f"TrainConfig: warmup and label_smoothing must be in [0, 1) and weight_decay a finite number >= 0, "
+                             f"got {self.warmup!r}, {self.label_smoothing!r}, {self.weight_decay!r}")
 
 
 def tokenize(tok: TextTokenizer, texts: list[str], max_len: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:

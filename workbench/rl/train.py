@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench import dist
+from workbench.config import positive
 from workbench.data.relevance import held_out
 from workbench.gen import store
 from workbench.gen.context import UserContext
@@ -71,6 +72,7 @@ class RLConfig:
             raise ValueError(f"algo must be one of {grpo.ALGOS}, got {self.algo!r}")
         if min(self.steps, self.prompts, self.group, self.inner) < 1 or self.refs < 0:
             raise ValueError("steps, prompts, group and inner must be >= 1 and refs >= 0")
+        positive(self, "lr", "temperature")
 
 
 def searches(ws, held: bool) -> pd.DataFrame:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from workbench import dist
+from workbench.config import positive
 from workbench.sid import metrics
 from workbench.sid.rqvae import RQVAE, RQVAEConfig, sq_dist
 
@@ -62,6 +63,7 @@ class CQSIDConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        positive(self, "lr", "tau_code", "tau_query")
         if self.epochs < 1 or self.batch_size < 2 or self.query_batch < 2:
             raise ValueError(f"epochs >= 1, batch_size >= 2 and query_batch >= 2 needed, got {self.epochs}, "
                              f"{self.batch_size}, {self.query_batch}")
