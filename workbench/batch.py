@@ -3,7 +3,8 @@
 Each job reads its input Parquet file in chunks of rows (`pyarrow` record batches), processes a chunk,
 appends it to the output and drops it, so memory is bounded by the chunk size and the models, not by
 the catalog: a 1,000,000-product job holds one chunk at a time. The output is written to a temporary
-file and renamed when complete: a killed job leaves no half-written output.
+file and renamed when complete: a killed job leaves no half-written output (and the next job on the same
+output removes the killed one's temporary file).
 
 Under torchrun (`workbench.dist`) the chunks are dealt out round-robin: rank r processes chunks r,
 r + N, ... into a part file of its own (one row group per chunk), and rank 0 then merges the parts in
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from workbench import dist
-from workbench.workspace import atomic_write
+from workbench.workspace import atomic_write, clean_temps
 
 
 def peak_rss_mib() -> float:
@@ -69,6 +70,8 @@ def stream(src: str | Path, dst: str | Path, columns: list[str], fn: Callable[[p
         raise ValueError(f"{src}: no rows")
     n, me, dst = dist.world(), dist.rank(), Path(dst)
     chunks, rows, t0 = -(-total // chunk), 0, time.perf_counter()
+    if dist.is_main():  # a killed earlier job's temporary output
+        clean_temps(dst.parent, f".{dst.name}.*.tmp", recursive=False)
 
     def write(tmp: Path) -> None:
         nonlocal rows

@@ -187,8 +187,8 @@ def build(ws: Workspace, source: str | Path = SAMPLE_DATA, embedder: str = "mini
 
 
 def report(ws) -> list[dict]:
-    """Every artifact of the workspace, loaded and checked: artifact, status (ok, outdated, stale,
-    broken), detail. Loading is the check: checksums, finite weights, SIDs complete, lineage current."""
+    """Every artifact of the workspace, loaded and checked: artifact, status (ok, outdated, partial,
+    stale, broken), detail. Loading is the check: checksums, finite weights, SIDs complete, lineage current."""
     from workbench import checkpoint, lineage
     from workbench.gen import store as gen_store
     from workbench.rl import ranker
@@ -196,11 +196,12 @@ def report(ws) -> list[dict]:
 
     rows = []
 
-    def add(artifact: str, load) -> None:
-        """`load()` raises when the artifact is unusable and returns why it is outdated ("" when not)."""
+    def add(artifact: str, load, noted: str = "outdated") -> None:
+        """`load()` raises when the artifact is unusable, else returns a note ("" for none): why it is
+        outdated, or what a partial checkpoint holds."""
         try:
             detail = load() or ""
-            rows.append({"artifact": artifact, "status": "outdated" if detail else "ok", "detail": detail})
+            rows.append({"artifact": artifact, "status": noted if detail else "ok", "detail": detail})
         except lineage.StaleError as e:
             rows.append({"artifact": artifact, "status": "stale", "detail": str(e)})
         except (checkpoint.CheckpointError, FileNotFoundError, ValueError, KeyError, OSError) as e:
@@ -214,5 +215,9 @@ def report(ws) -> list[dict]:
         add("rl/ranker.safetensors", lambda: ranker.load_checked(ws) and "")
     gdir = gen_store.gen_dir(ws)
     for path in sorted(gdir.glob("*.safetensors")) if gdir.is_dir() else []:
-        add(f"gen/{path.name}", lambda name=path.stem: gen_store.outdated(ws, name))
+        if path.stem.endswith(".partial"):  # an interrupted stage: weights + optimizer state
+            add(f"gen/{path.name}", lambda name=path.stem: f"epoch {gen_store.load_partial(ws, name)[1]['epoch']} of an "
+                "interrupted stage (`workbench train` resumes it)", noted="partial")
+        else:
+            add(f"gen/{path.name}", lambda name=path.stem: gen_store.outdated(ws, name))
     return rows

@@ -90,11 +90,12 @@ def _writer_pid(name: str) -> int | None:
     return int(pid) if pid.isdigit() else None
 
 
-def clean_temps(root: Path) -> list[Path]:
-    """Remove temporary files under `root` whose writer process is gone (a killed job's); returns them."""
+def clean_temps(root: Path, pattern: str = ".*.tmp", recursive: bool = True) -> list[Path]:
+    """Remove temporary files under `root` (matching `pattern`) whose writer process is gone (a killed
+    job's); returns them."""
     gone = []
     if Path(root).is_dir():
-        for tmp in Path(root).rglob(".*.tmp"):
+        for tmp in (Path(root).rglob if recursive else Path(root).glob)(pattern):
             pid = _writer_pid(tmp.name)
             if pid is not None and pid != os.getpid() and not _alive(pid):
                 tmp.unlink(missing_ok=True)

@@ -268,12 +268,8 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
             _remove(part, "--fresh", echo)
         elif part.exists():
             try:
-                st, _, meta = checkpoint.load(part, GenConfig, kind="generator", device=device)
-                if meta.get("sid_fingerprint") != store.sid_fingerprint(ws):
-                    raise lineage.StaleError("trained on other SIDs")
-                if why := store.parent_changed(meta, ws):
-                    raise lineage.StaleError(why)
-            except (checkpoint.CheckpointError, lineage.StaleError) as e:
+                st, meta = store.load_partial(ws, f"{name}-stage{s}.partial", device)
+            except checkpoint.CheckpointError as e:  # damaged, or stale (a StaleError)
                 _remove(part, str(e), echo)
             else:
                 opt_state = {k: v for k, v in st.items() if k.startswith("optimizer.")}

@@ -82,6 +82,18 @@ def outdated(ws: Workspace, name: str) -> str:
     return "; ".join(w for w in why if w)
 
 
+def load_partial(ws: Workspace, name: str, device: str = "cpu") -> tuple[dict, dict]:
+    """An interrupted stage's `<name>` (weights + optimizer state, not loadable as a model by itself):
+    its tensors and metadata; StaleError when it was trained on other SIDs or from an older parent."""
+    path = checkpoint_path(ws, name)
+    state, _, meta = checkpoint.load(path, GenConfig, kind="generator", device=device)
+    if meta.get("sid_fingerprint") != sid_fingerprint(ws):
+        raise lineage.StaleError(f"{path} is stale: an interrupted stage on other SIDs")
+    if why := parent_changed(meta, ws):
+        raise lineage.StaleError(f"{path} is stale: {why}")
+    return state, meta
+
+
 def deploy(ws: Workspace, source: str, name: str = "generator", why: str = "") -> Path:
     """Copy checkpoint `source` to `<name>` (the deployed generator) inside a logbook run."""
     model, tok, meta = load(ws, source)
