@@ -87,6 +87,19 @@ def test_rewriting_identical_tables_invalidates_nothing(copy):
     assert load_sids(ws) is not None and all(r["status"] in ("ok", "outdated") for r in pipeline.report(ws))
 
 
+def test_pseudo_queries_go_with_the_catalog_they_were_drawn_from(sample_ws, tmp_path):
+    ws = sample_ws
+    products = ws.table("products")
+    ws.write_tables({"pseudo_queries": pd.DataFrame({"product_id": products["product_id"][:2], "query": ["a b", "c d"],
+                                                     "kind": ["span", "span"]})})
+    ws.write_tables({"products": products})  # the same catalog: they stay
+    assert ws.has("pseudo_queries")
+    csv = tmp_path / "p.csv"
+    products.assign(title=products["title"] + " (2027)").to_csv(csv, index=False)
+    r = invoke(ws, "data", "import", "csv", "--products", str(csv))
+    assert r.exit_code == 0 and "dropped pseudo_queries" in r.output and not ws.has("pseudo_queries"), r.output
+
+
 # 2. set-atomic writes -------------------------------------------------------------------------------
 def test_a_multi_table_write_that_fails_halfway_changes_nothing(sample_ws, monkeypatch):
     ws = sample_ws

@@ -106,8 +106,8 @@ def clean_temps(root: Path, pattern: str = ".*.tmp", recursive: bool = True) -> 
 class Transaction:
     """Files written together or not at all.
 
-    `stage(path, write)` writes to a temporary file beside `path`. `commit()` writes a journal of the
-    (temporary, final) pairs atomically, renames every temporary file into place, then removes the
+    `stage(path, write)` writes to a temporary file beside `path`, `remove(path)` marks one for deletion.
+    `commit()` writes a journal of the (temporary, final) pairs atomically, renames every temporary file into place, then removes the
     journal. A crash before the journal leaves only temporary files (removed by `clean_temps`), a crash
     after it is rolled forward by `recover`: either way no reader sees part of the set.
     """
@@ -122,25 +122,33 @@ class Transaction:
         os.chmod(tmp, 0o644)
         return tmp
 
+    def remove(self, path: Path) -> None:
+        """Delete `path` when the transaction commits."""
+        self.staged.append((None, Path(path)))
+
     def commit(self) -> None:
         if not self.staged:
             return
         journal = self.root / f".commit-{os.getpid()}.json"
-        pairs = [[os.path.relpath(t, self.root), os.path.relpath(f, self.root)] for t, f in self.staged]
+        pairs = [[t and os.path.relpath(t, self.root), os.path.relpath(f, self.root)] for t, f in self.staged]
         atomic_write(journal, lambda tmp: tmp.write_text(json.dumps(pairs)))
         roll_forward(journal)
         self.staged = []
 
     def abort(self) -> None:
         for tmp, _ in self.staged:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
         self.staged = []
 
 
 def roll_forward(journal: Path) -> None:
+    """Rename each staged file into place (a null temporary: delete the file), then drop the journal."""
     root = journal.parent
     for tmp, final in json.loads(journal.read_text()):
-        if (root / tmp).exists():
+        if tmp is None:
+            (root / final).unlink(missing_ok=True)
+        elif (root / tmp).exists():
             os.replace(root / tmp, root / final)
     journal.unlink()
 
@@ -252,9 +260,10 @@ class Workspace:
         """Validate all frames together (references across them and tables already here), then write them
         and `meta` (workspace.json entries) in one transaction. Returns the canonical frames.
 
-        Nothing is written unless every frame is valid and the tables already here that refer to the
-        written ones still fit them. A table whose content changes while trained artifacts exist needs
-        `replace=True` (ReplaceError otherwise; rewriting identical content is always allowed).
+        Nothing is written unless every frame is valid and the tables already here that refer to changed
+        ones still fit them; a derived table (pseudo-queries) of a changed table is dropped with it. A table
+        whose content changes while trained artifacts exist needs `replace=True` (ReplaceError otherwise;
+        rewriting identical content is always allowed).
         """
         sources = sources or {}
         order = [n for n in TABLES if n in frames]  # referenced tables come first in TABLES
@@ -262,20 +271,24 @@ class Workspace:
         for n in order:
             others = {**{m: self.table(m) for m in self.tables() if m not in frames}, **done}
             done[n] = validate(frames[n], n, file=sources.get(n), others=others)
-        for n in self.tables():  # tables left in place must still refer to rows that exist
-            if n not in frames and any(other in frames for _, other, _ in TABLES[n].refs):
-                try:
-                    validate(self.table(n), n, file=str(self.table_path(n)), others={**{m: self.table(m) for m in self.tables()}, **done})
-                except DataError as e:
-                    raise DataError([*e.problems, (str(self.table_path(n)), None, None, "already in the workspace, it no longer "
-                                     "fits the tables being written: write it together with them, or use a new workspace (-w)")]) from None
         with self.transaction() as tx:
             staged = {}
             for n in order:
                 write_parquet(done[n], n, self.table_path(n), tx)
                 staged[n] = tx.staged[-1][0]
-            changed = [n for n, tmp in staged.items()
-                       if n not in DERIVED_TABLES and self.has(n) and tmp.read_bytes() != self.table_path(n).read_bytes()]
+            changed = [n for n, tmp in staged.items() if self.has(n) and tmp.read_bytes() != self.table_path(n).read_bytes()]
+            for n in self.tables():  # tables left in place must still refer to rows that exist
+                if n in frames or not any(other in changed for _, other, _ in TABLES[n].refs):
+                    continue
+                if n in DERIVED_TABLES:  # drawn from the old rows: dropped with them (`workbench data pseudo` redraws)
+                    tx.remove(self.table_path(n))
+                    continue
+                try:
+                    validate(self.table(n), n, file=str(self.table_path(n)), others={**{m: self.table(m) for m in self.tables()}, **done})
+                except DataError as e:
+                    raise DataError([*e.problems, (str(self.table_path(n)), None, None, "already in the workspace, it no longer "
+                                     "fits the tables being written: write it together with them, or use a new workspace (-w)")]) from None
+            changed = [n for n in changed if n not in DERIVED_TABLES]
             if changed and not replace and (built := self.artifacts()):
                 raise ReplaceError(
                     f"workspace {self.path} has artifacts built from its current {', '.join(changed)} "

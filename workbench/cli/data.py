@@ -23,8 +23,12 @@ def replace_option():
                         "built from; they are then refused until rebuilt (`workbench data validate` lists them).")
 
 
-def _stale_after(ws: Workspace) -> None:
-    """After a write with --replace: which artifacts it left stale, and how to rebuild each."""
+def _stale_after(ws: Workspace, had: list[str]) -> None:
+    """After a write: the derived tables it dropped (`had`: the tables before), which artifacts it left
+    stale, and how to rebuild each."""
+    for t in had:
+        if not ws.has(t):
+            click.echo(f"  dropped {t}: drawn from the replaced rows (`workbench data pseudo` draws them again)")
     if not ws.artifacts():
         return
     from workbench.pipeline import report
@@ -48,10 +52,10 @@ def synth(ctx, out, preset, replace, **kw) -> None:
 
     cfg = apply(ctx, PRESETS[preset], kw)
     ws = Workspace(out) if out else ws_of(ctx)
-    t0 = time.perf_counter()
+    t0, had = time.perf_counter(), ws.tables()
     done = ws.write_tables(generate(cfg), replace=replace, meta=synth_meta(cfg))
     click.echo(f"wrote {ws.path} in {time.perf_counter() - t0:.1f} s: " + ", ".join(f"{t} {len(d):,}" for t, d in done.items()))
-    _stale_after(ws)
+    _stale_after(ws, had)
 
 
 def _mapping(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -93,10 +97,11 @@ def import_csv_cmd(ctx, products, judgments, search_log, users, maps, encoding, 
     if not files:
         raise click.UsageError("give at least one file (--products, --judgments, --search-log, --users)")
     ws = ws_of(ctx)
+    had = ws.tables()
     counts = ws.import_csv(files, _mapping(maps), encoding=encoding, sep=sep, relevance_threshold=relevance_threshold,
                            on_duplicate=on_duplicate, replace=replace)
     click.echo(f"imported into {ws.path}: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
-    _stale_after(ws)
+    _stale_after(ws, had)
 
 
 @import_.command(name="lcrec")
@@ -107,9 +112,10 @@ def import_csv_cmd(ctx, products, judgments, search_log, users, maps, encoding, 
 def import_lcrec_cmd(ctx, items, inter, replace) -> None:
     """Import the LC-Rec json format: item metadata and chronological user sequences."""
     ws = ws_of(ctx)
+    had = ws.tables()
     counts = ws.import_lcrec(items, inter, replace=replace)
     click.echo(f"imported into {ws.path}: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
-    _stale_after(ws)
+    _stale_after(ws, had)
 
 
 @data.command()

@@ -198,9 +198,9 @@ def assign_new(ws: Workspace, embedder, device: str = "cpu", progress: bool = Tr
         keep = pd.concat([keep, new_rows], ignore_index=True)
     else:
         counts["into_existing"] = 0
-    write_table(ws, cfg, keep["product_id"].to_numpy(), keep[sid_columns(cfg.model.levels, cfg.mode)].to_numpy())
     counts["sids_after"] = len(keep.drop_duplicates(levels))
-    with ws.logbook().run("sid-assign", {"embedder": embedder.key, "device": device}) as run:
+    with ws.logbook().run("sid-assign", {"embedder": embedder.key, "device": device}) as run:  # the write is part of the run
+        write_table(ws, cfg, keep["product_id"].to_numpy(), keep[sid_columns(cfg.model.levels, cfg.mode)].to_numpy())
         run.log(0, stage="sid", **counts)
     return counts
 
