@@ -26,8 +26,8 @@ def copy_tables(src: Workspace, dst: Workspace) -> dict[str, int]:
     """Validate and write every table of `src` into `dst`, then its metadata (minus its name)."""
     src.require()
     frames = {t: src.table(t) for t in src.tables()}
-    done = dst.write_tables(frames, {t: str(src.table_path(t)) for t in frames})
-    dst.init(**{k: v for k, v in src.meta.items() if k not in ("name", "copied_from")}, copied_from=str(src.path))
+    meta = {**{k: v for k, v in src.meta.items() if k not in ("name", "copied_from")}, "copied_from": str(src.path)}
+    done = dst.write_tables(frames, {t: str(src.table_path(t)) for t in frames}, meta=meta)
     return {t: len(d) for t, d in done.items()}
 
 
@@ -43,8 +43,7 @@ def _data(ws: Workspace, source: Path, run, recipe: Recipe, **_) -> str:
     else:  # an installed package without the repo's sample_data/: generate the same marketplace
         from workbench.data.synth import PRESETS, generate, synth_meta
 
-        counts = {t: len(d) for t, d in ws.write_tables(generate(PRESETS["sample"])).items()}
-        ws.init(**synth_meta(PRESETS["sample"]))
+        counts = {t: len(d) for t, d in ws.write_tables(generate(PRESETS["sample"]), meta=synth_meta(PRESETS["sample"])).items()}
     run.log(0, stage="data", **{f"rows_{t}": n for t, n in counts.items()})
     return ", ".join(f"{t} {n:,}" for t, n in counts.items())
 

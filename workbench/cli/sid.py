@@ -62,6 +62,9 @@ def train(ctx, recipe, which, embedder, device, **kw):
         return
     click.echo(f"trained {cfg.variant} ({cfg.mode} IDs) in {time.perf_counter() - t0:.1f} s; wrote {ws_of(ctx).path / 'sid'}\n")
     print_stats(stats)
+    if gens := ws_of(ctx).artifacts().get("gen"):
+        click.echo(f"\nthe {len(gens)} file(s) in gen/ were trained on the previous SIDs and are now refused: "
+                   "`workbench train` trains the generator again")
 
 
 @sid.command()
