@@ -140,7 +140,7 @@ def test_bench_dist_logs_throughput_per_process_count(sid_workspace):
     assert files() == before  # the workspace's models and tables are untouched
     assert trainings() == trained  # the bench's trainings logged to their scratch logbooks, not this one
     r = CliRunner().invoke(main, ["-w", str(sid_workspace), "bench", "dist", "--epochs", "1", "--args", "--heads 3"])
-    assert r.exit_code != 0 and "1-process train failed" in str(r.exception)
+    assert r.exit_code != 0 and "1-process train failed" in r.output, r.output
 
 
 SID_ARGS = ["sid", "train", "--embedder", "hashing-64", "--codebook-sizes", "512,64,8", "--latent-dim", "16", "--epochs", "3",
@@ -189,7 +189,7 @@ def test_torchrun_the_whole_curriculum_through_stage_4(sid_workspace, tmp_path):
                                         "--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64", "--eval-width", "4",
                                         "--embedder", "hashing-64", "--fresh"]), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert r.stdout.count("wrote generator-stage4 and generator") == 1 and r.stdout.count("training one on the search log") == 1
+    assert r.stdout.count("wrote generator-stage4 and deployed it as generator") == 1 and r.stdout.count("training one on the search log") == 1
     _, _, meta = store.load(Workspace(tmp_path / "ws"), "generator")
     assert meta["stage"] == "4-eg-grpo"
     runs = Workspace(tmp_path / "ws").logbook().query("SELECT config->>'$.processes' AS p FROM runs WHERE kind = 'rl'")

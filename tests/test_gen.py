@@ -172,8 +172,8 @@ def test_gen_cli_search_and_errors(trained):
     r = CliRunner().invoke(main, ["-w", str(ws.path), "gen", "search", "drill", "--width", "4", "--order", "popularity",
                                   "--budget", "3"])
     assert r.exit_code == 0 and "channel (popularity order, 3 candidates)" in r.output, r.output
-    for args, msg in [(["   "], "empty"), (["drill", "--width", "0"], "beam width"), (["drill", "--name", "nope"], "no generator"),
-                      (["drill", "--top", "-1"], "--top must be >= 1"), (["drill", "--budget", "0"], "budget must be >= 1"),
+    for args, msg in [(["   "], "empty"), (["drill", "--width", "0"], "--width': 0 is not in the range x>=1"), (["drill", "--name", "nope"], "no generator"),
+                      (["drill", "--top", "-1"], "--top': -1 is not in the range x>=1"), (["drill", "--budget", "0"], "budget must be >= 1"),
                       (["drill", "--order", "random"], "'random' is not one of")]:
         r = CliRunner().invoke(main, ["-w", str(ws.path), "gen", "search", *args])
         assert r.exit_code != 0 and msg in r.output, r.output
@@ -261,4 +261,4 @@ def test_bench_backbone_compares_encoders_in_one_run(trained):
     assert set(got["case_name"]) == {"scratch", "sentence"}
     assert {"first_epoch_per_s", "later_epochs_per_s", "tokenize_s", "x_vs_minilm"} <= set(got["metric"])
     bad = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "backbone", "--epochs", "1"])
-    assert bad.exit_code == 1 and "epochs >= 2" in bad.output
+    assert bad.exit_code == 2 and "--epochs': 1 is not in the range x>=2" in bad.output, bad.output

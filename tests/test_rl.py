@@ -277,7 +277,12 @@ def test_stage_4_through_workbench_train_and_cli_errors(rl_ws):
                                   "--embedder", "hashing-64"])
     assert r.exit_code == 0, r.output
     _, _, meta = store.load(ws, "generator")
-    assert meta["stage"] == "4-grpo" and "wrote generator-stage4 and generator" in r.output
+    assert meta["stage"] == "4-grpo" and "wrote generator-stage4 and deployed it as generator" in r.output
+    deployed = store.checkpoint_path(ws, "generator").read_bytes()
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "train", "--stages", "4", "--algo", "grpo", "--rl-steps", "1",
+                                  "--embedder", "hashing-64"])
+    assert r.exit_code == 0 and "generator-stage4 is current: generator left as it is" in r.output, r.output
+    assert store.checkpoint_path(ws, "generator").read_bytes() == deployed  # a finished stage 4 is not redeployed
     r = CliRunner().invoke(main, ["-w", str(ws.path), "rl", "--reward", "clicks=1"])
     assert r.exit_code != 0 and "unknown reward 'clicks'" in r.output
     r = CliRunner().invoke(main, ["-w", str(ws.path), "rl", "--reward", "click=lots"])

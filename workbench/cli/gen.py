@@ -110,8 +110,8 @@ def gen() -> None:
 
 @gen.command()
 @click.argument("queries", nargs=-1, required=True)
-@click.option("--width", type=int, default=16, show_default=True, help="Beam width: how many SIDs to decode.")
-@click.option("--top", type=int, default=5, show_default=True, help="SIDs (and channel products) to show per query.")
+@click.option("--width", type=click.IntRange(min=1), default=16, show_default=True, help="Beam width: how many SIDs to decode.")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="SIDs (and channel products) to show per query.")
 @config_options(ChannelConfig, "budget", "order", "logp_weight", choices={"order": ORDERS})
 @click.option("--user", default=None, help="Personalise for this user id (a generator trained with stage 3).")
 @click.option("--name", default="generator", show_default=True)
@@ -122,8 +122,6 @@ def search(ctx, queries, width, top, user, name, device, **kw):
     the decoded SIDs' products cut at --budget, ranked inside (--order)."""
     from workbench.gen.retrieve import Channel, Retriever
 
-    if top < 1:
-        raise click.UsageError(f"--top must be >= 1, got {top}")
     ws = ws_of(ctx).require()
     r = Retriever.from_workspace(ws, name, device)
     channel = Channel.from_workspace(ws, apply(ctx, ChannelConfig(), kw), device)

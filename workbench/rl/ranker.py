@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from workbench import checkpoint, lineage
+from workbench.config import positive
 from workbench.data.relevance import held_out
 from workbench.metrics import auc
 
@@ -49,6 +50,9 @@ class RankerConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-5
     seed: int = 0
+
+    def __post_init__(self):
+        positive(self, "epochs", "batch_size", "lr")
 
 
 class Ranker(nn.Module):
