@@ -112,15 +112,9 @@ def _brand_names(n: int, r: np.random.Generator) -> list[str]:
 
 def generate(cfg: SynthConfig, progress: bool = True) -> dict[str, pd.DataFrame]:
     """Generate every table of a synthetic workspace. Returns table name -> DataFrame."""
-    rs = [np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(6)]
     bar = tqdm(total=6, desc="synth", disable=not progress)
-    cat = _catalog(cfg, rs[0])
-    bar.update()
-    users = _users(cfg, cat, rs[1])
-    bar.update()
-    sess = _sessions(cfg, cat, users, rs[2])
-    bar.update()
-    pages = _legacy_search(cfg, cat, sess, progress)
+    cat, users, sess, rs = world(cfg, bar.update)
+    pages = legacy_search(cfg, cat, sess, progress)
     bar.update()
     log = _behaviour(cfg, cat, users, sess, pages, rs[3])
     bar.update()
@@ -128,6 +122,20 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict[str, pd.DataFrame]
     bar.update()
     bar.close()
     return {**cat["tables"], **users["tables"], **sess["tables"], "search_log": log, "judgments": judg}
+
+
+def world(cfg: SynthConfig, step=lambda: None) -> tuple[dict, dict, dict, list[np.random.Generator]]:
+    """The latent marketplace before any search: catalog, users and sessions (their intents), as the
+    arrays the behaviour model reads, and the random generators left for the log and the judgments.
+    Deterministic in `cfg`: `workbench.data.market` rebuilds a synthetic workspace's truth with it."""
+    rs = [np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(6)]
+    cat = _catalog(cfg, rs[0])
+    step()
+    users = _users(cfg, cat, rs[1])
+    step()
+    sess = _sessions(cfg, cat, users, rs[2])
+    step()
+    return cat, users, sess, rs
 
 
 # 1. catalog ---------------------------------------------------------------------------------
@@ -329,8 +337,8 @@ def bm25_matrix(docs: list[list[str]], vocab: dict[str, int], k1: float = 1.2, b
     return tf @ sp.diags(idf)
 
 
-def _legacy_search(cfg: SynthConfig, cat: dict, sess: dict, progress: bool) -> np.ndarray:
-    """Top `page_size` product indices for every distinct query; -1 pads short pages. (Q, page)
+def legacy_search(cfg: SynthConfig, cat: dict, sess: dict, progress: bool = False, k: int | None = None) -> np.ndarray:
+    """Top k (default `page_size`) product indices for every distinct query; -1 pads short pages. (Q, k)
 
     The engine requires the query's most specific word (its rarest indexed word, preferring words
     over numbers) and ranks the products holding it by BM25 over all query words plus the
@@ -347,7 +355,7 @@ def _legacy_search(cfg: SynthConfig, cat: dict, sess: dict, progress: bool) -> n
     numeric = np.zeros(len(vocab), bool)
     numeric[[j for t, j in vocab.items() if t.isdigit()]] = True
     prior = 0.5 * cat["attractiveness"]
-    nq, k = len(sess["qtexts"]), cfg.page_size
+    nq, k = len(sess["qtexts"]), k or cfg.page_size
     pages = np.full((nq, k), -1, np.int64)
     qtoks, groups = {}, {}
     for i, text in enumerate(sess["qtexts"]):
@@ -394,25 +402,42 @@ def _relevance(cat: dict, sess: dict, s: np.ndarray, p: np.ndarray) -> tuple[np.
     return grade.astype(float), soft
 
 
+MIN_DEPTH, SCROLL = 4, 0.2  # a session scrolls to MIN_DEPTH + Geometric(SCROLL) positions (support 1, 2, ...)
+
+
+def seen(pos: np.ndarray) -> np.ndarray:
+    """P(position `pos` (1-based) is impressed) under the scroll model: P(MIN_DEPTH + G >= pos)."""
+    return np.where(pos <= MIN_DEPTH + 1, 1.0, (1 - SCROLL) ** np.maximum(pos - MIN_DEPTH - 1, 0))
+
+
+def funnel(cat: dict, users: dict, sess: dict, s: np.ndarray, p: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The behaviour model: for session s shown product p at position pos (arrays of rows), P(click | impressed)
+    (position-biased: relevance, attractiveness, favourite brand) and P(wants to buy | clicked) (relevance,
+    quality, favourite brand, price against the user's sensitivity). The log is sampled from these
+    (`_behaviour`); `workbench.data.market` replays other pages through the same function."""
+    _, rel = _relevance(cat, sess, s, p)
+    fav = users["fav"][sess["user"][s]]
+    aff = (fav == cat["brand"][p][:, None]).any(1).astype(float)
+    click_logit = -3.6 + 3.0 * rel + 1.2 * cat["attractiveness"][p] + 0.6 * aff
+    p_click = (1.0 / pos) ** 0.5 / (1 + np.exp(-click_logit))
+    median = np.array([leaf.median_price for leaf in cat["leaves"]])
+    ref = np.where(np.isnan(sess["maxp"][s]), median[sess["leaf"][s]], sess["maxp"][s])
+    over = np.maximum(0.0, np.log(cat["price"][p] / ref))
+    buy_logit = -2.5 + 3.0 * rel + 1.2 * cat["quality"][p] + 0.8 * aff - users["sens"][sess["user"][s]] * 2.0 * over
+    return p_click, 1 / (1 + np.exp(-buy_logit))
+
+
 def _behaviour(cfg: SynthConfig, cat: dict, users: dict, sess: dict, pages: np.ndarray, r: np.random.Generator) -> pd.DataFrame:
     n = cfg.n_sessions
     page = pages[sess["qid"]]  # (S, page)
     s, pos0 = np.nonzero(page >= 0)  # flattened (session, position) rows, session-major
     p = page[s, pos0]
     pos = pos0 + 1
-    depth = 4 + r.geometric(0.2, n)  # scroll depth per session
+    depth = MIN_DEPTH + r.geometric(SCROLL, n)  # scroll depth per session
     impressed = pos <= depth[s]
-    _, rel = _relevance(cat, sess, s, p)
-    fav = users["fav"][sess["user"][s]]
-    aff = (fav == cat["brand"][p][:, None]).any(1).astype(float)
-    click_logit = -3.6 + 3.0 * rel + 1.2 * cat["attractiveness"][p] + 0.6 * aff
-    p_click = (1.0 / pos) ** 0.5 / (1 + np.exp(-click_logit))
+    p_click, p_buy = funnel(cat, users, sess, s, p, pos)
     clicked = impressed & (r.random(len(s)) < p_click)
-    median = np.array([leaf.median_price for leaf in cat["leaves"]])
-    ref = np.where(np.isnan(sess["maxp"][s]), median[sess["leaf"][s]], sess["maxp"][s])
-    over = np.maximum(0.0, np.log(cat["price"][p] / ref))
-    buy_logit = -2.5 + 3.0 * rel + 1.2 * cat["quality"][p] + 0.8 * aff - users["sens"][sess["user"][s]] * 2.0 * over
-    want = clicked & (r.random(len(s)) < 1 / (1 + np.exp(-buy_logit)))
+    want = clicked & (r.random(len(s)) < p_buy)
     # at most one purchase per session: the first wanted one on the page
     first = np.full(n, np.iinfo(np.int64).max)
     np.minimum.at(first, s[want], np.flatnonzero(want))

@@ -1,0 +1,223 @@
+"""A simulated online A/B of recall channels on the synthetic marketplace (`workbench.data.market`).
+
+The held-out sessions (their queries never trained the generator) are replayed through the funnel
+that made the log. The arms differ only by their recall set; one ranker orders every page:
+
+    logged   the page the legacy engine showed (its BM25 + popularity order): checks the simulator
+             against the log's own clicks and purchases
+    control  the legacy engine's top `recall` products, ordered by the ranker, cut at the page size
+    +X       control's recall set plus channel X's top `supplement` products (X: a generator
+             checkpoint by name, `bm25` or `dense`), ordered by the same ranker, cut at the same length
+
+which is how the paper deploys generative retrieval: one more recall channel, merged before ranking.
+
+Per arm, from the funnel's expectations (not one noisy draw): clicks, purchases and GMV per session,
+CTR (clicks per impression), CVR (purchases per click), the click-bait share of exposures, and the
+share of exposures, clicks and purchases that went to products only channel X retrieved (`added_*`).
+Intervals are 95% percentile bootstraps over sessions, paired: every arm is evaluated on the same
+resampled sessions, so an arm's difference from control (`d_*`, in %) has its own interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workbench.data.market import Market
+from workbench.data.relevance import held_out
+
+ORDERS = ("ctcvr", "ctr")
+RANKERS = ("model", "oracle")
+BASELINES = ("bm25", "dense")
+PER_SESSION = ("clicks", "purchases", "gmv")
+RATIOS = {"ctr": ("clicks", "impressions"), "cvr": ("purchases", "clicks")}
+
+
+@dataclass(frozen=True)
+class ABConfig:
+    arms: tuple[str, ...] = ("generator",)  # channels added to the legacy recall set: generator checkpoints (by name), bm25 or dense
+    recall: int = 100  # the legacy engine's recall set: its top this many products per query
+    supplement: int = 100  # each channel's top this many products, merged into the recall set
+    width: int = 32  # beam width of generator channels
+    order: str = "ctcvr"  # the ranker's page order: pCTR x pCVR (ctcvr) or pCTR (ctr)
+    ranker: str = "model"  # who orders the pages: the workspace's ranker (model), or the simulator's truth (oracle: an upper bound)
+    personal: bool = True  # decode with the session's user when the generator was trained with users (stage 3)
+    share: float = 0.2  # held-out query share: the sessions replayed (the generator's evaluation split)
+    bootstrap: int = 1000  # bootstrap resamples for the intervals
+    seed: int = 0  # bootstrap seed
+
+    def __post_init__(self):
+        if not self.arms or len(set(self.arms)) != len(self.arms) or {"logged", "control"} & set(self.arms):
+            raise ValueError(f"arms must be distinct channel names (logged and control are always run), got {self.arms}")
+        if min(self.recall, self.supplement, self.width, self.bootstrap) < 1:
+            raise ValueError(f"recall, supplement, width and bootstrap must be >= 1, got {self.recall}, {self.supplement}, "
+                             f"{self.width}, {self.bootstrap}")
+        if self.order not in ORDERS or self.ranker not in RANKERS:
+            raise ValueError(f"order must be one of {ORDERS} and ranker one of {RANKERS}, got {self.order!r}, {self.ranker!r}")
+
+
+def dedupe(rows: np.ndarray) -> np.ndarray:
+    """(S, C) product rows -> the same with repeats within a row replaced by -1 (first kept)."""
+    order = np.argsort(rows, axis=1, kind="stable")
+    sorted_ = np.take_along_axis(rows, order, 1)
+    dup = np.zeros_like(rows, bool)
+    np.put_along_axis(dup, order, np.concatenate([np.zeros((len(rows), 1), bool), sorted_[:, 1:] == sorted_[:, :-1]], 1), 1)
+    return np.where(dup, -1, rows)
+
+
+def member(pages: np.ndarray, sets: np.ndarray) -> np.ndarray:
+    """(S, K) rows, (S, C) rows -> (S, K): is pages[s, k] among sets[s] (ignoring -1)?"""
+    return ((pages[:, :, None] == sets[:, None, :]) & (pages[:, :, None] >= 0)).any(-1)
+
+
+def paired_bootstrap(S: int, n: int, seed: int = 0) -> np.ndarray:
+    """(n, S) resample weights over S sessions: each row counts how often each session was drawn."""
+    return np.random.default_rng(seed).multinomial(S, np.full(S, 1 / S), size=n).astype(np.float64)
+
+
+class Pager:
+    """Orders recall sets and cuts pages: (S, C) product rows -> (S, K). The workspace's ranker scores
+    pCTR (x pCVR); the oracle scores the simulator's true P(click) (x P(buy | click)) at position 1."""
+
+    def __init__(self, ws, market: Market, sessions: np.ndarray, cfg: ABConfig, device: str = "cpu"):
+        self.market, self.sessions, self.order, self.k, self.device = market, sessions, cfg.order, market.cfg.page_size, device
+        self.oracle = cfg.ranker == "oracle"
+        if not self.oracle:
+            from workbench.rl.ranker import from_workspace
+
+            self.model, self.feats, qvecs = from_workspace(ws, device, progress=False)
+            qrows = pd.Index(ws.table("queries")["query_id"]).get_indexer(market.sess["qid"][sessions] + 1)
+            self.qvecs = torch.as_tensor(qvecs[qrows], dtype=torch.float32)  # (S, D)
+            self.users = self.feats.users([market.users["uid"][u] for u in market.users_of(sessions)])
+            self.to_feats = self.feats.product_index.get_indexer(pd.Index(market.product_ids))  # market row -> ranker row
+
+    @torch.no_grad()
+    def scores(self, cands: np.ndarray, chunk: int = 65536) -> np.ndarray:
+        if self.oracle:
+            ctr, ctcvr = self.market.value(self.sessions, cands)
+            return np.where(cands >= 0, ctcvr if self.order == "ctcvr" else ctr, -np.inf)
+        rs, cs = np.nonzero(cands >= 0)
+        score = np.full(cands.shape, -np.inf)
+        for i in range(0, len(rs), chunk):
+            r, c = rs[i:i + chunk], cs[i:i + chunk]
+            f = self.feats.rows(self.users[r], self.qvecs[r], torch.as_tensor(self.to_feats[cands[r, c]]))
+            ctr, cvr = self.model({k: v.to(self.device) for k, v in f.items()})
+            s = torch.sigmoid(ctr) * (torch.sigmoid(cvr) if self.order == "ctcvr" else 1)
+            score[r, c] = s.cpu().numpy()
+        return score
+
+    def __call__(self, cands: np.ndarray) -> np.ndarray:
+        score = self.scores(cands)
+        top = np.argsort(-score, axis=1, kind="stable")[:, : self.k]  # (S, K)
+        return np.where(np.take_along_axis(score, top, 1) > -np.inf, np.take_along_axis(cands, top, 1), -1)
+
+
+def channel_rows(ws, market: Market, name: str, sessions: np.ndarray, cfg: ABConfig, device: str) -> np.ndarray:
+    """Channel `name`'s top `cfg.supplement` product rows for each session's query (-1 pads). (S, supplement)"""
+    from workbench.baselines import BM25, Dense
+    from workbench.embed import embed_workspace, get_embedder, product_texts
+    from workbench.sid.store import workspace_embedder
+
+    texts = [market.sess["qtexts"][q] for q in market.sess["qid"][sessions]]
+    products = ws.table("products")
+    if name == "bm25":
+        lists = BM25(products["product_id"].tolist(), product_texts(products)).search(texts, cfg.supplement)
+    elif name == "dense":
+        e = get_embedder(workspace_embedder(ws), device)
+        vecs = embed_workspace(ws, e, ("products",), progress=False)["products"]
+        lists = Dense(products["product_id"].tolist(), vecs, e, device).search(texts, cfg.supplement)
+    else:
+        from workbench.gen.retrieve import Channel, ChannelConfig, Retriever
+
+        r = Retriever.from_workspace(ws, name, device)
+        context = None
+        if cfg.personal and r.model.cfg.context_vocab:
+            users = [market.users["uid"][u] for u in market.users_of(sessions)]
+            times = market.sess["time"][sessions]
+            context = torch.as_tensor(r.users(ws).ids(users, pd.Series(times)))  # each user's history before the session
+        hits = r.search(texts, cfg.width, context=context)
+        lists = Channel.from_workspace(ws, ChannelConfig(budget=cfg.supplement), device)(texts, hits)
+    out = np.full((len(sessions), cfg.supplement), -1, np.int64)
+    for i, ids in enumerate(lists):
+        rows = market.rows(ids[: cfg.supplement])
+        out[i, : len(rows)] = rows
+    return out
+
+
+def run_ab(ws, cfg: ABConfig | None = None, device: str = "cpu", run=None, echo=print) -> pd.DataFrame:
+    """The A/B table: one row per arm (logged, control, +each channel) with values and intervals."""
+    cfg = cfg or ABConfig()
+    market = Market.from_workspace(ws)
+    sessions = np.flatnonzero(held_out(market.sess["qid"] + 1, cfg.share))
+    if len(sessions) == 0:
+        raise ValueError(f"no held-out sessions at share {cfg.share}")
+    qid = market.sess["qid"][sessions]
+    legacy = market.legacy(max(cfg.recall, market.cfg.page_size))[qid]  # (S, R)
+    pager = Pager(ws, market, sessions, cfg, device)
+    recall = legacy[:, : cfg.recall]
+    pages = {"logged": legacy[:, : market.cfg.page_size], "control": pager(recall)}
+    added = {"logged": np.zeros_like(pages["logged"], bool), "control": np.zeros_like(pages["control"], bool)}
+    for name in cfg.arms:
+        echo(f"arm +{name}: retrieving and ranking {len(sessions):,} sessions")
+        extra = channel_rows(ws, market, name, sessions, cfg, device)
+        pages[f"+{name}"] = pager(dedupe(np.concatenate([recall, extra], 1)))
+        added[f"+{name}"] = member(pages[f"+{name}"], extra) & ~member(pages[f"+{name}"], recall)
+    return summarise(market, sessions, pages, added, cfg, run)
+
+
+def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cfg: ABConfig, run=None) -> pd.DataFrame:
+    """Expected outcomes per arm -> the table (values, intervals, differences from control, shares)."""
+    bait = market.clickbait
+    out = {}
+    for arm, page in pages.items():
+        e = market.expected(sessions, page)
+        a = added[arm]
+        out[arm] = {**{k: e[k] for k in ("impressions", *PER_SESSION)},
+                    "added_exposures": (e["seen"] * a).sum(1), "added_clicks": (e["click"] * a).sum(1),
+                    "added_purchases": (e["buy"] * a).sum(1),
+                    "bait_exposures": (e["seen"] * np.where(page >= 0, bait[np.maximum(page, 0)], False)).sum(1)}
+    W = paired_bootstrap(len(sessions), cfg.bootstrap, cfg.seed)  # (B, S), the same resamples for every arm
+
+    def stat(v: dict, num: str, den: str | None = None) -> tuple[float, np.ndarray]:
+        if den is None:
+            return float(v[num].mean()), W @ v[num] / len(sessions)
+        return float(v[num].sum() / v[den].sum()), (W @ v[num]) / (W @ v[den])
+
+    rows = []
+    for arm, v in out.items():
+        row = {"arm": arm, "sessions": len(sessions)}
+        for name, (num, den) in {**{k: (k, None) for k in PER_SESSION}, **RATIOS}.items():
+            value, boot = stat(v, num, den)
+            base, base_boot = stat(out["control"], num, den)
+            row |= {name: value, f"{name}_lo": np.percentile(boot, 2.5), f"{name}_hi": np.percentile(boot, 97.5)}
+            if arm != "control":
+                d = 100 * (boot / base_boot - 1)
+                row |= {f"d_{name}": 100 * (value / base - 1), f"d_{name}_lo": np.percentile(d, 2.5), f"d_{name}_hi": np.percentile(d, 97.5)}
+        row |= {f"added_{k}_share": stat(v, f"added_{k}", {"exposures": "impressions", "clicks": "clicks", "purchases": "purchases"}[k])[0]
+                for k in ("exposures", "clicks", "purchases")}
+        row["clickbait_exposure_share"] = stat(v, "bait_exposures", "impressions")[0]
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if run is not None:
+        for r in rows:
+            for k, val in r.items():
+                if k != "arm" and not pd.isna(val):
+                    run.log_bench("ab", k, float(val), case_name=r["arm"])
+    return df
+
+
+def table(df: pd.DataFrame) -> str:
+    """The A/B table as text: each metric with its interval, differences from control in %."""
+    cols = {"clicks": ".3f", "purchases": ".4f", "gmv": ".2f", "ctr": ".4f", "cvr": ".4f"}
+    out = pd.DataFrame({"arm": df["arm"]})
+    for c, f in cols.items():
+        out[c] = [f"{r[c]:{f}} [{r[c + '_lo']:{f}}, {r[c + '_hi']:{f}}]" for _, r in df.iterrows()]
+    for c in ("purchases", "gmv", "clicks"):
+        out[f"d_{c} %"] = ["" if pd.isna(r.get(f"d_{c}")) else f"{r[f'd_{c}']:+.2f} [{r[f'd_{c}_lo']:+.2f}, {r[f'd_{c}_hi']:+.2f}]"
+                           for _, r in df.iterrows()]
+    for c in ("added_exposures_share", "added_clicks_share", "added_purchases_share", "clickbait_exposure_share"):
+        out[c.replace("_share", " %")] = [f"{100 * v:.1f}" for v in df[c]]
+    return out.to_string(index=False)
