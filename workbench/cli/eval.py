@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from workbench.cli.options import apply, config_options, device_option, embedder_option, ws_of
+from workbench.eval.ab import ORDERS as AB_ORDERS
+from workbench.eval.ab import RANKERS, ABConfig
 from workbench.eval.harness import EvalConfig
 from workbench.gen.retrieve import ORDERS
 
@@ -37,4 +39,26 @@ def eval_(ctx, judgments_csv, threshold, embedder, device, as_json, **kw) -> Non
         click.echo(df.set_index("method").T.to_string(float_format=lambda v: f"{v:.3f}"))
 
 
-COMMANDS = [eval_]
+@click.command()
+@config_options(ABConfig, "arms", "ranker", "order", "recall", "supplement", "width", "personal", "share", "bootstrap", "seed",
+                choices={"ranker": RANKERS, "order": AB_ORDERS})
+@device_option()
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON records (every value and interval).")
+@click.pass_context
+def ab(ctx, device, as_json, **kw) -> None:
+    """A simulated online A/B on a synthetic marketplace: held-out sessions replayed through the funnel
+    that made the log, with the legacy engine's recall set (control) and with each --arms channel merged
+    into it, one ranker ordering every page. Clicks, purchases, GMV, CTR, CVR with paired bootstrap
+    intervals, and the share of exposures, clicks and purchases the channel added."""
+    from workbench.eval.ab import run_ab, table
+
+    ws = ws_of(ctx).require()
+    cfg = apply(ctx, ABConfig(), kw)
+    with ws.logbook().run("ab", {"ab": cfg, "device": device}, seed=cfg.seed, name=f"ab {cfg.ranker} {','.join(cfg.arms)}") as run:
+        df = run_ab(ws, cfg, device, run=run, echo=(lambda *_: None) if as_json else click.echo)
+    click.echo(df.to_json(orient="records", indent=1) if as_json else
+               f"\n{len(df)} arms x {int(df['sessions'][0]):,} held-out sessions; pages ordered by the {cfg.ranker} ranker "
+               f"({cfg.order}); 95% paired bootstrap intervals, differences from control in %\n" + table(df))
+
+
+COMMANDS = [eval_, ab]

@@ -117,8 +117,9 @@ def config_options(cls, *paths: str, flags: dict[str, str] | None = None, help: 
             t, default = field_type(cls, path), field_default(cls, path)
             text = help.get(path) or field_doc(cls, path)
             text = text[:1].upper() + text[1:] + ("" if not text or text.endswith(".") else ".")
-            if t is bool:
-                f = click.option(s.flag, s.param, is_flag=True, default=default, help=text)(f)
+            if t is bool:  # a field that defaults to True can be turned off: --x/--no-x
+                flag = f"{s.flag}/--no-{s.flag[2:]}" if default else s.flag
+                f = click.option(flag, s.param, is_flag=True, default=default, show_default=bool(default), help=text)(f)
                 continue
             ctype, show = _click_type(t, choices.get(path))
             f = click.option(s.flag, s.param, type=ctype, default=show(default) if show and default is not None else default,
