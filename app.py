@@ -5,6 +5,7 @@ or busy logbook) is a message on the page, `serve.page_error(e)`, not a tracebac
 
 from __future__ import annotations
 
+import pandas as pd
 import plotly.express as px
 import streamlit as st
 
@@ -139,8 +140,29 @@ def sql_page(path: str) -> None:
             st.caption(f"The first {len(df):,} rows: the query returns more (add a LIMIT or an aggregate).")
 
 
+def ab_page(path: str) -> None:
+    df, run = serve.ab_results(serve.open_workspace(path))
+    if df.empty:
+        st.info("No simulated A/B yet (synthetic workspaces): `workbench ab --arms generator,bm25,dense` "
+                "(add `--ranker oracle` to order the pages by the simulator's truth).")
+        return
+    st.caption(f"{run['name']} ({run['run_id']}): {int(df['sessions'].iloc[0]):,} held-out sessions, 95% paired bootstrap intervals")
+    metric = st.radio("Per session", ["purchases", "gmv", "clicks", "ctr", "cvr"], horizontal=True, key="ab_metric")
+    fig = px.bar(df, x="arm", y=metric, error_y=df[f"{metric}_hi"] - df[metric], error_y_minus=df[metric] - df[f"{metric}_lo"],
+                 height=380)
+    st.plotly_chart(fig, key="ab_bars")
+    shares = df[df["arm"].str.startswith("+")].melt(id_vars="arm", value_vars=[f"added_{k}_share" for k in serve.PAPER_SHARES],
+                                                   var_name="of", value_name="share")
+    paper = pd.DataFrame({"arm": "paper (online)", "of": [f"added_{k}_share" for k in serve.PAPER_SHARES],
+                          "share": list(serve.PAPER_SHARES.values())})
+    st.plotly_chart(px.bar(pd.concat([shares, paper]), x="arm", y="share", color="of", barmode="group", height=340,
+                           title="Exposures, clicks, purchases going to products only the channel found (the paper: all its channel retrieved)"),
+                    key="ab_shares")
+    st.dataframe(df, hide_index=True, key="ab_table")
+
+
 PAGES = {"Search": search_page, "Codebooks": codebooks_page, "Training": training_page, "Beam width": beam_page,
-         "SQL": sql_page}
+         "A/B": ab_page, "SQL": sql_page}
 
 with st.sidebar:
     st.title("workbench")

@@ -52,6 +52,7 @@ def test_a_workspace_without_a_simulator_is_refused_with_the_reason(market, samp
         Market.from_workspace(ws)
     r = CliRunner().invoke(main, ["-w", str(ws.path), "ab", "--ranker", "oracle"])
     assert r.exit_code == 1 and "only a synthetic workspace" in r.output, r.output
+    assert not ws.logbook_path.exists()  # refused before any run is logged
     sample_ws.table_path("truth_users").unlink()
     with pytest.raises(MarketError, match="has no truth_users"):
         Market.from_workspace(sample_ws)

@@ -152,7 +152,7 @@ def test_app_search_page(app_ws):
 @pytest.mark.slow
 def test_app_other_pages_and_bad_workspace(app_ws, tmp_path):
     at = _app(app_ws.path)
-    for page in ("Training", "Beam width", "Codebooks", "SQL"):
+    for page in ("Training", "Beam width", "Codebooks", "A/B", "SQL"):
         at.radio(key="page").set_value(page).run()
         _ok(at)
         assert not at.error, (page, [e.value for e in at.error])
@@ -166,6 +166,26 @@ def test_app_other_pages_and_bad_workspace(app_ws, tmp_path):
     at.text_input(key="workspace").set_value(str(tmp_path / "nowhere")).run()
     _ok(at)
     assert any("no workspace at" in e.value for e in at.error)
+
+
+def test_app_ab_page_shows_the_latest_ab_beside_the_paper(spoilt):
+    ws = spoilt
+    metrics = ("purchases", "gmv", "clicks", "ctr", "cvr")
+    for name, scale in (("ab model generator", 1.0), ("ab oracle generator", 2.0)):  # the later run is the one shown
+        with ws.logbook().run("ab", {}, name=name) as run:
+            for arm, v in (("logged", 0.4), ("control", 0.5), ("+generator", 0.6)):
+                row = {"sessions": 100, **{f"added_{k}_share": 0.1 * (arm == "+generator") for k in serve.PAPER_SHARES}}
+                row |= {f"{m}{x}": scale * v + d for m in metrics for x, d in (("", 0), ("_lo", -0.01), ("_hi", 0.01))}
+                for k, val in row.items():
+                    run.log_bench("ab", k, val, case_name=arm)
+    df, meta = serve.ab_results(ws)
+    assert df["arm"].tolist() == ["logged", "control", "+generator"] and meta["name"] == "ab oracle generator"
+    assert df.set_index("arm").loc["+generator", "purchases"] == pytest.approx(1.2)
+    at = _app(ws.path)
+    at.radio(key="page").set_value("A/B").run()
+    _ok(at)
+    assert not at.error and "ab oracle generator" in at.caption[0].value
+    assert "+generator" in at.dataframe[0].value["arm"].tolist()
 
 
 @pytest.mark.parametrize("spoil,page,words", [

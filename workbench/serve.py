@@ -171,6 +171,24 @@ def beam_sweep(ws: Workspace) -> tuple[pd.DataFrame, pd.DataFrame]:
     return curves, choice
 
 
+PAPER_SHARES = {"exposures": 0.5025, "clicks": 0.5896, "purchases": 0.7263}  # the paper's online test: the generative channel's shares
+
+
+def ab_results(ws: Workspace) -> tuple[pd.DataFrame, dict]:
+    """The latest simulated A/B (`workbench ab`): one row per arm with every value and interval, and that
+    run's name (which ranker ordered the pages)."""
+    rows = ws.logbook().query(
+        "SELECT b.case_name AS arm, b.metric, b.value, b.run_id, r.name FROM bench b JOIN runs r USING (run_id) "
+        "WHERE b.bench = 'ab' AND r.kind = 'ab' ORDER BY r.started_at", timeout=INTERACTIVE)
+    if rows.empty:
+        return pd.DataFrame(), {}
+    last = rows["run_id"].iloc[-1]
+    rows = rows[rows["run_id"] == last]
+    order = list(dict.fromkeys(rows["arm"]))
+    wide = rows.pivot_table(index="arm", columns="metric", values="value").reindex(order).reset_index()
+    return wide, {"run_id": last, "name": rows["name"].iloc[0]}
+
+
 def codebook_points(ws: Workspace, n: int = 1000, seed: int = 0) -> pd.DataFrame:
     """A UMAP map of up to n products' embeddings with their codes and category (sampled, seeded)."""
     from workbench.embed import embed_workspace, get_embedder

@@ -6,7 +6,7 @@ and prints what the library returns:
 
     demo.py      demo                         data.py   data synth|import|validate|stats|schema, embed
     sid.py       sid train|assign|stats       gen.py    train, gen search
-    rl.py        ranker, rl                   eval.py   eval
+    rl.py        ranker, rl                   eval.py   eval, ab
     logbook.py   sql, runs, merge, recipes    bench.py  bench ... (every benchmark)
     batch.py     batch embed|sids|decode
 """

@@ -11,6 +11,7 @@ from workbench.bench.data import DATASETS, bench_workspace
 from workbench.bench.dist import JOBS as DIST_JOBS
 from workbench.cli.options import apply, config_options, device_option, embedder_option, ints, names, set_fields, ws_of
 from workbench.cli.rl import ensure_ranker, rl_config, rl_options
+from workbench.eval.ab import ABConfig
 from workbench.eval.width import SweepConfig
 from workbench.report import device_name, report
 
@@ -343,6 +344,38 @@ def bench_rl(ctx, recipe, reward_weights, name, embedder, device, **kw):
                device=device_name(device))
         report("rl-harness (held-out queries, generative)", harness.to_dict("records"), run, params=params,
                device=device_name(device))
+
+
+@bench.command(name="stage4")
+@rl_options("Every model starts from <name>-stage3.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Seeds of each (judge, algorithm).")
+@click.option("--judges", default="ranker,oracle", show_default=True, help="Who scores the rewards: ranker, oracle (the simulator).")
+@click.option("--algos", default="grpo,eg-grpo", show_default=True, help="Stage-4 algorithms.")
+@config_options(ABConfig, "recall", "supplement", "width", "bootstrap")
+@click.pass_context
+def bench_stage4(ctx, recipe, reward_weights, name, embedder, device, seeds, judges, algos, recall, supplement, width, bootstrap,
+                 **kw):
+    """Stage 4 judged in simulated purchases (synthetic workspaces): GRPO and EG-GRPO over seeds, with the
+    ranker's and the oracle's rewards, each model an A/B arm beside stage 3 (pages ordered by the ranker
+    and by the oracle); differences from stage 3 with paired intervals."""
+    from workbench.bench.stage4 import study
+    from workbench.data.market import Market
+
+    ws = ws_of(ctx).require()
+    Market.from_workspace(ws)  # a clear error before any training when the workspace has no simulator
+    cfg = rl_config(ctx, recipe, reward_weights, kw)
+    ensure_ranker(ws, embedder, device)
+    ab = ABConfig(recall=recall, supplement=supplement, width=width, bootstrap=bootstrap)
+    params = {"steps": cfg.steps, "prompts": cfg.prompts, "rewards": cfg.rewards.weights(), "lr": cfg.lr, "seeds": seeds}
+    with ws.logbook().run("bench", {"bench": "stage4", "rl": cfg, "ab": ab, "device": device}, seed=cfg.seed) as run:
+        per_seed, mean = study(ws, cfg, ab, ints(seeds, low=0), names(judges), names(algos), name, device)
+        per_seed["case"] = (per_seed["pages"] + " pages, " + per_seed["judge"] + " judge, " + per_seed["algo"]
+                            + " seed " + per_seed["seed"].astype(str))
+        report("stage4-ab (per seed; d_* % from stage 3)", per_seed.drop(columns=["pages", "judge", "algo", "seed"]).to_dict("records"),
+               run, params=params, device=device_name(device))
+        mean["case"] = mean["pages"] + " pages, " + mean["judge"] + " judge, " + mean["algo"]
+        report("stage4-ab (mean over seeds)", mean.drop(columns=["pages", "judge", "algo"]).to_dict("records"), run,
+               params=params, device=device_name(device))
 
 
 COMMANDS = [bench]

@@ -50,10 +50,12 @@ def ab(ctx, device, as_json, **kw) -> None:
     that made the log, with the legacy engine's recall set (control) and with each --arms channel merged
     into it, one ranker ordering every page. Clicks, purchases, GMV, CTR, CVR with paired bootstrap
     intervals, and the share of exposures, clicks and purchases the channel added."""
+    from workbench.data.market import Market
     from workbench.eval.ab import run_ab, table
 
     ws = ws_of(ctx).require()
     cfg = apply(ctx, ABConfig(), kw)
+    Market.from_workspace(ws)  # a workspace without a simulator is refused before a run is logged
     with ws.logbook().run("ab", {"ab": cfg, "device": device}, seed=cfg.seed, name=f"ab {cfg.ranker} {','.join(cfg.arms)}") as run:
         df = run_ab(ws, cfg, device, run=run, echo=(lambda *_: None) if as_json else click.echo)
     click.echo(df.to_json(orient="records", indent=1) if as_json else

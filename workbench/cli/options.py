@@ -23,14 +23,14 @@ from workbench.config import field_default, field_doc, field_type, replace_path
 from workbench.workspace import Workspace
 
 
-def ints(text: str) -> tuple[int, ...]:
-    """'1,4,16' -> (1, 4, 16), every value >= 1; otherwise a click.BadParameter naming the text."""
+def ints(text: str, low: int = 1) -> tuple[int, ...]:
+    """'1,4,16' -> (1, 4, 16), every value >= `low`; otherwise a click.BadParameter naming the text."""
     try:
         out = tuple(int(v) for v in str(text).split(","))
     except ValueError:
         raise click.BadParameter(f"{text!r}: expected comma-separated integers, e.g. 1,4,16") from None
-    if min(out) < 1:
-        raise click.BadParameter(f"{text!r}: values must be >= 1")
+    if min(out) < low:
+        raise click.BadParameter(f"{text!r}: values must be >= {low}")
     return out
 
 

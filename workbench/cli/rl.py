@@ -7,7 +7,7 @@ import pandas as pd
 
 from workbench.cli.options import apply, config_options, device_option, embedder_option, recipe_option, ws_of
 from workbench.rl.grpo import ALGOS, SHAPINGS
-from workbench.rl.train import RLConfig
+from workbench.rl.train import JUDGES, RLConfig
 
 
 def rl_options(name_help: str):
@@ -22,7 +22,7 @@ def rl_options(name_help: str):
 
 
 def _rl_fields(f):
-    f = config_options(RLConfig, "eval_every", "seed")(f)
+    f = config_options(RLConfig, "judge", "eval_every", "seed", choices={"judge": JUDGES})(f)
     f = click.option("--reward", "reward_weights", default="", help="Reward weights, e.g. click=1,purchase=0,exposure=1.")(f)
     f = config_options(RLConfig, "lr", "loss.kl", "loss.shaping", choices={"loss.shaping": SHAPINGS})(f)
     f = config_options(RLConfig, "algo", "steps", "prompts", "group", "refs", "temperature", choices={"algo": ALGOS})(f)

@@ -91,10 +91,10 @@ class Market:
 
     # the funnel ---------------------------------------------------------------------------------------
     def value(self, s: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """What an oracle ranker knows: P(click) and P(click and buy) of each candidate were it shown
+        """What an oracle ranker knows: P(click) and P(buy | click) of each candidate were it shown
         first (S, C each; 0 for -1 slots)."""
         _, c, b = self._probs(s, cands, first=True)
-        return c, c * b
+        return c, b
 
     def _probs(self, s: np.ndarray, pages: np.ndarray, first: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(S,) session rows, (S, K) product rows (-1: empty slot) -> seen, P(click | seen), P(want | click);

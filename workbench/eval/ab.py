@@ -97,8 +97,8 @@ class Pager:
     @torch.no_grad()
     def scores(self, cands: np.ndarray, chunk: int = 65536) -> np.ndarray:
         if self.oracle:
-            ctr, ctcvr = self.market.value(self.sessions, cands)
-            return np.where(cands >= 0, ctcvr if self.order == "ctcvr" else ctr, -np.inf)
+            ctr, cvr = self.market.value(self.sessions, cands)
+            return np.where(cands >= 0, ctr * cvr if self.order == "ctcvr" else ctr, -np.inf)
         rs, cs = np.nonzero(cands >= 0)
         score = np.full(cands.shape, -np.inf)
         for i in range(0, len(rs), chunk):
@@ -147,8 +147,9 @@ def channel_rows(ws, market: Market, name: str, sessions: np.ndarray, cfg: ABCon
     return out
 
 
-def run_ab(ws, cfg: ABConfig | None = None, device: str = "cpu", run=None, echo=print) -> pd.DataFrame:
-    """The A/B table: one row per arm (logged, control, +each channel) with values and intervals."""
+def run_ab(ws, cfg: ABConfig | None = None, device: str = "cpu", run=None, echo=print, baseline: str = "control") -> pd.DataFrame:
+    """The A/B table: one row per arm (logged, control, +each channel) with values and intervals, and
+    differences from `baseline` (an arm)."""
     cfg = cfg or ABConfig()
     market = Market.from_workspace(ws)
     sessions = np.flatnonzero(held_out(market.sess["qid"] + 1, cfg.share))
@@ -165,11 +166,14 @@ def run_ab(ws, cfg: ABConfig | None = None, device: str = "cpu", run=None, echo=
         extra = channel_rows(ws, market, name, sessions, cfg, device)
         pages[f"+{name}"] = pager(dedupe(np.concatenate([recall, extra], 1)))
         added[f"+{name}"] = member(pages[f"+{name}"], extra) & ~member(pages[f"+{name}"], recall)
-    return summarise(market, sessions, pages, added, cfg, run)
+    return summarise(market, sessions, pages, added, cfg, run, baseline)
 
 
-def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cfg: ABConfig, run=None) -> pd.DataFrame:
-    """Expected outcomes per arm -> the table (values, intervals, differences from control, shares)."""
+def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cfg: ABConfig, run=None,
+              baseline: str = "control") -> pd.DataFrame:
+    """Expected outcomes per arm -> the table (values, intervals, differences from `baseline`, shares)."""
+    if baseline not in pages:
+        raise ValueError(f"baseline {baseline!r} is not an arm: {', '.join(pages)}")
     bait = market.clickbait
     out = {}
     for arm, page in pages.items():
@@ -191,9 +195,9 @@ def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cf
         row = {"arm": arm, "sessions": len(sessions)}
         for name, (num, den) in {**{k: (k, None) for k in PER_SESSION}, **RATIOS}.items():
             value, boot = stat(v, num, den)
-            base, base_boot = stat(out["control"], num, den)
+            base, base_boot = stat(out[baseline], num, den)
             row |= {name: value, f"{name}_lo": np.percentile(boot, 2.5), f"{name}_hi": np.percentile(boot, 97.5)}
-            if arm != "control":
+            if arm != baseline:
                 d = 100 * (boot / base_boot - 1)
                 row |= {f"d_{name}": 100 * (value / base - 1), f"d_{name}_lo": np.percentile(d, 2.5), f"d_{name}_hi": np.percentile(d, 97.5)}
         row |= {f"added_{k}_share": stat(v, f"added_{k}", {"exposures": "impressions", "clicks": "clicks", "purchases": "purchases"}[k])[0]
@@ -211,7 +215,7 @@ def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cf
 
 def table(df: pd.DataFrame) -> str:
     """The A/B table as text: each metric with its interval, differences from control in %."""
-    cols = {"clicks": ".3f", "purchases": ".4f", "gmv": ".2f", "ctr": ".4f", "cvr": ".4f"}
+    cols = {"clicks": ".3f", "purchases": ".4f", "gmv": ".2f", "ctr": ".4f", "cvr": ".4f"}  # differences: from the baseline arm
     out = pd.DataFrame({"arm": df["arm"]})
     for c, f in cols.items():
         out[c] = [f"{r[c]:{f}} [{r[c + '_lo']:{f}}, {r[c + '_hi']:{f}}]" for _, r in df.iterrows()]

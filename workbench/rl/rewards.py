@@ -13,7 +13,10 @@ looks each member up once and returns a `Scored` batch; every reward is then a p
     gt         1 if the cluster holds a product the user bought in this search, 0.5 if only one
                they clicked (the sparse ground-truth hit)
 
-Products are scored with the ranker's position bias left out. Diagnostics also use `clickbait`, the
+Products are scored with the ranker's position bias left out. On a synthetic marketplace the judge
+can be the simulator instead (`oracle`: `workbench.data.market`): pCTR and pCVR are then the true
+P(click) and P(buy | click) of the search's session at position 1, an upper bound that separates "the
+ranker is a poor proxy" from "the RL algorithm is weak". Diagnostics also use `clickbait`, the
 share of click-bait products in each cluster (the synthetic marketplace's truth when present, else
 from the log: CTR in the top quarter and CVR in the bottom quarter among products with >= 20
 impressions).
@@ -93,8 +96,12 @@ class Judge:
     products, the cluster sizes, click-bait shares, and the ranker with its features."""
 
     def __init__(self, index: SIDIndex, lookup, ranker: Ranker, feats: Features, clickbait: pd.Series, tau: float,
-                 cfg: RewardConfig, device: str = "cpu"):
+                 cfg: RewardConfig, device: str = "cpu", oracle=None):
+        """`oracle`: a `data.market.Market` whose truth replaces the ranker's predictions."""
         self.index, self.ranker, self.feats, self.cfg, self.tau, self.device = index, ranker, feats, cfg, tau, device
+        self.oracle = oracle
+        if oracle is not None:
+            self.to_market = torch.as_tensor(oracle.rows(feats.product_index))  # ranker row -> market row
         M, R = cfg.max_products, len(index.sids)
         table = np.full((R, M), -1, np.int64)
         bait = np.zeros(R, np.float32)
@@ -117,21 +124,29 @@ class Judge:
 
     @torch.no_grad()
     def score(self, sids: torch.Tensor, users: torch.Tensor, query_vecs: torch.Tensor, buy_rows: torch.Tensor,
-              click_rows: torch.Tensor) -> Scored:
+              click_rows: torch.Tensor, sessions: np.ndarray | None = None) -> Scored:
         """sids (B, N, L); users (B,) ranker user rows; query_vecs (B, D); buy_rows / click_rows (B, G)
-        index rows of the SIDs of products bought / clicked in the search (-1 padded)."""
+        index rows of the SIDs of products bought / clicked in the search (-1 padded); sessions (B,)
+        session rows, which the oracle needs."""
         B, N, _ = sids.shape
         row = self.rows(sids)  # (B, N)
         ok = row >= 0
         prods = self.products[row.clamp_min(0)]  # (B, N, M)
         present = (prods >= 0) & ok[..., None]
         M = prods.shape[-1]
-        u = users[:, None, None].expand(B, N, M).reshape(-1)
-        q = query_vecs[:, None, None, :].expand(B, N, M, query_vecs.shape[-1]).reshape(B * N * M, -1)
-        f = {k: v.to(self.device) for k, v in self.feats.rows(u, q, prods.clamp_min(0).reshape(-1)).items()}
-        ctr, cvr = self.ranker(f)
-        pctr = torch.sigmoid(ctr).cpu().reshape(B, N, M) * present
-        pcvr = torch.sigmoid(cvr).cpu().reshape(B, N, M) * present
+        if self.oracle is not None:
+            if sessions is None:
+                raise ValueError("the oracle judge needs each search's session")
+            cands = torch.where(present, self.to_market[prods.clamp_min(0)], -1).reshape(B, N * M).numpy()
+            c, b = self.oracle.value(np.asarray(sessions), cands)
+            pctr, pcvr = (torch.as_tensor(x, dtype=torch.float32).reshape(B, N, M) * present for x in (c, b))
+        else:
+            u = users[:, None, None].expand(B, N, M).reshape(-1)
+            q = query_vecs[:, None, None, :].expand(B, N, M, query_vecs.shape[-1]).reshape(B * N * M, -1)
+            f = {k: v.to(self.device) for k, v in self.feats.rows(u, q, prods.clamp_min(0).reshape(-1)).items()}
+            ctr, cvr = self.ranker(f)
+            pctr = torch.sigmoid(ctr).cpu().reshape(B, N, M) * present
+            pcvr = torch.sigmoid(cvr).cpu().reshape(B, N, M) * present
         pctr, order = pctr.sort(-1, descending=True)
         pcvr, present = pcvr.gather(-1, order), present.gather(-1, order)
         hit_buy = ok & (row[..., None] == buy_rows[:, None, :]).any(-1)

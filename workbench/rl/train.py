@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from workbench import dist
 from workbench.config import positive
+from workbench.data.market import Market
 from workbench.data.relevance import held_out
 from workbench.gen import store
 from workbench.gen.context import UserContext
@@ -49,6 +50,8 @@ from workbench.gen.stages import recall_eval
 from workbench.rl import grpo, rewards
 from workbench.rl.ranker import from_workspace as load_ranker
 from workbench.rl.ranker import impressions
+
+JUDGES = ("ranker", "oracle")
 
 
 @dataclass(frozen=True)
@@ -64,12 +67,15 @@ class RLConfig:
     eval_every: int = 20  # steps between held-out evaluations
     eval_width: int = 32  # beam width of the held-out evaluations
     seed: int = 0  # random seed
+    judge: str = "ranker"  # who scores a SID's cluster: the workspace's ranker, or (synthetic workspaces) the simulator's truth (oracle)
     loss: grpo.LossConfig = field(default_factory=grpo.LossConfig)
     rewards: rewards.RewardConfig = field(default_factory=rewards.RewardConfig)
 
     def __post_init__(self):
         if self.algo not in grpo.ALGOS:
             raise ValueError(f"algo must be one of {grpo.ALGOS}, got {self.algo!r}")
+        if self.judge not in JUDGES:
+            raise ValueError(f"judge must be one of {JUDGES}, got {self.judge!r}")
         if min(self.steps, self.prompts, self.group, self.inner) < 1 or self.refs < 0:
             raise ValueError("steps, prompts, group and inner must be >= 1 and refs >= 0")
         positive(self, "lr", "temperature")
@@ -142,10 +148,16 @@ class Scores:
     equal: torch.Tensor  # (B,) bool, groups whose rewards are all equal
 
 
-def exposure_tau(ws, ranker, feats, qvecs: torch.Tensor, seed: int, device: str, n: int = 20_000) -> float:
-    """The exposure threshold: the median pCTR (no position) over up to n logged impressions."""
+def exposure_tau(ws, ranker, feats, qvecs: torch.Tensor, seed: int, device: str, oracle=None, n: int = 20_000) -> float:
+    """The exposure threshold: the median pCTR (no position) over up to n logged impressions; the true
+    P(click) at position 1 with an `oracle` (a `data.market.Market`)."""
     imp = impressions(ws, qvecs.numpy(), feats)
     pick = torch.randperm(len(imp["user"]), generator=torch.Generator().manual_seed(seed))[:n]
+    if oracle is not None:
+        log = ws.table("search_log")
+        log = log[log["impressed"]].iloc[pick.numpy()]
+        c, _ = oracle.value(log["session_id"].to_numpy() - 1, oracle.rows(log["product_id"])[:, None])
+        return float(np.median(c))
     with torch.no_grad():
         f = {k: v.to(device) for k, v in feats.rows(imp["user"][pick], qvecs[imp["query"][pick]], imp["product"][pick]).items()}
         return float(torch.sigmoid(ranker(f)[0]).median())
@@ -156,9 +168,10 @@ def environment(ws, source: str, cfg: RLConfig, device: str = "cpu", progress: b
     retriever = Retriever.from_workspace(ws, source, device)
     ranker, feats, qvecs = load_ranker(ws, device, progress)
     qvecs = torch.as_tensor(qvecs, dtype=torch.float32)
-    tau = exposure_tau(ws, ranker, feats, qvecs, cfg.seed, device)
+    oracle = Market.from_workspace(ws) if cfg.judge == "oracle" else None
+    tau = exposure_tau(ws, ranker, feats, qvecs, cfg.seed, device, oracle)
     judge = rewards.Judge(retriever.index, retriever.lookup, ranker, feats, rewards.clickbait_products(ws), tau,
-                          cfg.rewards, device)
+                          cfg.rewards, device, oracle)
     ctx = retriever.users(ws) if retriever.model.cfg.context_vocab > 0 else None
     return Env(retriever, judge, retriever.lookup.rows(), ctx, qvecs,
                pd.Series(np.arange(len(qvecs)), index=ws.table("queries")["query_id"]))
@@ -198,7 +211,8 @@ def score(env: Env, g: Group, cfg: RLConfig) -> Scores:
     b, width = g.batch, cfg.refs + 4
     qvecs = env.qvecs[torch.as_tensor(env.q_row.loc[b["query_id"]].to_numpy().copy())]  # (B, D)
     scored = env.judge.score(g.members, env.judge.feats.users(b["user_id"]), qvecs,
-                             _gt_rows(env.sid_of, b["bought"], width), _gt_rows(env.sid_of, b["clicked"], width))
+                             _gt_rows(env.sid_of, b["bought"], width), _gt_rows(env.sid_of, b["clicked"], width),
+                             b["session_id"].to_numpy() - 1)
     reward, parts = rewards.total(scored, cfg.rewards)
     reward = reward.masked_fill(~g.present, 0.0)
     return Scores(scored, parts, reward, grpo.advantages(reward, g.present), grpo.equal_groups(reward, g.present))

@@ -1,0 +1,54 @@
+"""Stage 4 judged by the simulated A/B: GRPO and EG-GRPO against stage 3, over seeds and judges.
+
+For each judge (the workspace's ranker, or the simulator's truth: `RLConfig.judge`), algorithm and seed,
+stage 4 refines `<name>-stage3` into `<name>-<algo>-<judge>-s<seed>`. Every model then becomes an arm
+of one simulated A/B (`workbench.eval.ab`) beside stage 3 itself, with differences taken from the
+stage-3 arm: does stage 4 sell more than the model it started from? The A/B is run with the learned
+ranker ordering the pages and with the oracle ordering them, so a weak ranker cannot hide (or fake) what
+the channel itself retrieves.
+
+Returns one row per (page ranker, judge, algorithm, seed) and the mean over seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+
+from workbench.eval.ab import ABConfig, run_ab
+from workbench.rl.train import RLConfig, train_rl
+
+KEEP = ("purchases", "purchases_lo", "purchases_hi", "d_purchases", "d_purchases_lo", "d_purchases_hi", "gmv", "d_gmv",
+        "clicks", "d_clicks", "added_purchases_share", "clickbait_exposure_share")
+
+
+def study(ws, cfg: RLConfig, ab: ABConfig, seeds=(0, 1, 2), judges=("ranker", "oracle"), algos=("grpo", "eg-grpo"),
+          name: str = "generator", device: str = "cpu", progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    models, hits = {}, {}
+    for judge in judges:
+        for algo in algos:
+            for seed in seeds:
+                out = f"{name}-{algo}-{judge}-s{seed}"
+                history = train_rl(ws, replace(cfg, algo=algo, judge=judge, seed=seed), name, out=out, device=device,
+                                   progress=progress)
+                models[out] = (judge, algo, seed)
+                hits[out] = {k: v for k, v in history[-1].items() if "@" in k}
+    stage3 = f"{name}-stage3"
+    rows = []
+    for ranker in ("model", "oracle"):
+        df = run_ab(ws, replace(ab, arms=(stage3, *models), ranker=ranker), device, echo=lambda *_: None,
+                    baseline=f"+{stage3}").set_index("arm")
+        rows.append({"pages": ranker, "judge": "-", "algo": "stage 3", "seed": -1, **df.loc[f"+{stage3}", list(KEEP)].to_dict()})
+        for out, (judge, algo, seed) in models.items():
+            rows.append({"pages": ranker, "judge": judge, "algo": algo, "seed": seed, **df.loc[f"+{out}", list(KEEP)].to_dict(),
+                         **hits[out]})
+    per_seed = pd.DataFrame(rows)
+    mean = (per_seed[per_seed["seed"] >= 0].groupby(["pages", "judge", "algo"], sort=False)
+            .agg(**{c: (c, "mean") for c in ("purchases", "d_purchases", "d_gmv", "d_clicks", "clickbait_exposure_share",
+                                               *[k for k in ("click_hit@10", "purchase_hit@10") if k in per_seed])},
+                 d_purchases_sd=("d_purchases", "std"), seeds=("seed", "size"),
+                 significant_up=("d_purchases_lo", lambda v: int((v > 0).sum())),
+                 significant_down=("d_purchases_hi", lambda v: int((v < 0).sum())))
+            .reset_index())
+    return per_seed, mean
