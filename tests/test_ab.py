@@ -110,12 +110,19 @@ def test_bad_ab_settings():
             ABConfig(**kw)
 
 
-@pytest.mark.slow
-def test_ab_end_to_end_with_the_ranker_and_the_oracle(trained, tmp_path):
+@pytest.fixture(scope="module")
+def ranked(trained, tmp_path_factory):
+    """A copy of the trained tiny workspace with a ranker."""
     from workbench.rl.ranker import train_workspace
 
-    ws = Workspace(shutil.copytree(trained[0].path, tmp_path / "ws"))
+    ws = Workspace(shutil.copytree(trained[0].path, tmp_path_factory.mktemp("ab") / "ws"))
     train_workspace(ws, "hashing-64", epochs=2, progress=False)
+    return ws
+
+
+@pytest.mark.slow
+def test_ab_end_to_end_with_the_ranker_and_the_oracle(ranked):
+    ws = ranked
     got = {}
     for ranker in ("model", "oracle"):
         r = CliRunner().invoke(main, ["-w", str(ws.path), "ab", "--arms", "generator,bm25", "--ranker", ranker,
@@ -131,3 +138,33 @@ def test_ab_end_to_end_with_the_ranker_and_the_oracle(trained, tmp_path):
     # the oracle orders by the truth: on the same recall set it sells more than the learned ranker's order
     assert got["oracle"].loc["control", "purchases"] > got["model"].loc["control", "purchases"]
     assert got["oracle"].loc["logged", "purchases"] == got["model"].loc["logged", "purchases"]  # the log's pages: no ranker
+
+
+@pytest.mark.slow
+def test_the_oracle_judge_scores_clusters_with_the_truth_and_stage4_is_judged_by_the_ab(ranked):
+    import torch
+
+    from workbench.rl.train import RLConfig, environment, searches
+
+    ws = ranked
+    env = environment(ws, "generator-stage3", RLConfig(judge="oracle"), progress=False)
+    s = searches(ws, False).head(3)
+    sids = torch.as_tensor(env.retriever.index.sids[:2], dtype=torch.long)[None].expand(3, 2, -1)  # (3, 2, L)
+    scored = env.judge.score(sids, env.judge.feats.users(s["user_id"]), env.qvecs[:3], torch.full((3, 1), -1),
+                             torch.full((3, 1), -1), s["session_id"].to_numpy() - 1)
+    market = env.judge.oracle
+    for b in range(3):
+        rows = market.rows(env.retriever.lookup(0))[None]
+        c, buy = market.value(np.array([s["session_id"].iloc[b] - 1]), rows)
+        want = np.sort(c[0])[::-1][: scored.pctr.shape[-1]]
+        assert np.allclose(scored.pctr[b, 0, : len(want)].numpy(), want, atol=1e-6)
+    with pytest.raises(ValueError, match="needs each search's session"):
+        env.judge.score(sids, env.judge.feats.users(s["user_id"]), env.qvecs[:3], torch.full((3, 1), -1), torch.full((3, 1), -1))
+
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "stage4", "--seeds", "0", "--judges", "oracle", "--algos", "eg-grpo",
+                                  "--steps", "2", "--prompts", "4", "--group", "2", "--eval-every", "2", "--bootstrap", "50",
+                                  "--embedder", "hashing-64"])
+    assert r.exit_code == 0, r.output
+    rows = ws.logbook().query("SELECT case_name, metric, value FROM bench WHERE bench LIKE 'stage4-ab (mean%' AND metric = 'd_purchases'")
+    assert set(rows["case_name"]) == {"model pages, oracle judge, eg-grpo", "oracle pages, oracle judge, eg-grpo"}
+    assert (ws.path / "gen" / "generator-eg-grpo-oracle-s0.safetensors").exists()
