@@ -125,16 +125,19 @@ def test_ab_end_to_end_with_the_ranker_and_the_oracle(ranked):
     ws = ranked
     got = {}
     for ranker in ("model", "oracle"):
-        r = CliRunner().invoke(main, ["-w", str(ws.path), "ab", "--arms", "generator,bm25", "--ranker", ranker,
+        r = CliRunner().invoke(main, ["-w", str(ws.path), "ab", "--arms", "generator,bm25,generator@anonymous", "--ranker", ranker,
                                       "--bootstrap", "200", "--json"])
         assert r.exit_code == 0, r.output
         df = got[ranker] = pd.DataFrame(json.loads(r.output)).set_index("arm")
-        assert list(df.index) == ["logged", "control", "+generator", "+bm25"]
+        assert list(df.index) == ["logged", "control", "+generator", "+bm25", "+generator@anonymous"]
+        assert df.loc["+generator", "purchases"] != df.loc["+generator@anonymous", "purchases"]  # the user's context is used
         assert (df["purchases_lo"] <= df["purchases"]).all() and (df["purchases"] <= df["purchases_hi"]).all()
         assert df.loc["control", "added_exposures_share"] == 0 and 0 < df.loc["+generator", "added_exposures_share"] <= 1
         assert np.isnan(df.loc["control", "d_purchases"]) and not np.isnan(df.loc["+bm25", "d_purchases"])
     logged = ws.logbook().query("SELECT case_name, metric, value FROM bench WHERE bench = 'ab' AND metric = 'purchases'")
-    assert set(logged["case_name"]) == {"logged", "control", "+generator", "+bm25"} and len(logged) == 8
+    assert set(logged["case_name"]) == {"logged", "control", "+generator", "+bm25", "+generator@anonymous"} and len(logged) == 10
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "ab", "--arms", "generator@nobody", "--ranker", "oracle"])
+    assert r.exit_code == 1 and "the only variant is @anonymous" in r.output
     # the oracle orders by the truth: on the same recall set it sells more than the learned ranker's order
     assert got["oracle"].loc["control", "purchases"] > got["model"].loc["control", "purchases"]
     assert got["oracle"].loc["logged", "purchases"] == got["model"].loc["logged", "purchases"]  # the log's pages: no ranker

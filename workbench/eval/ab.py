@@ -7,7 +7,8 @@ that made the log. The arms differ only by their recall set; one ranker orders e
              against the log's own clicks and purchases
     control  the legacy engine's top `recall` products, ordered by the ranker, cut at the page size
     +X       control's recall set plus channel X's top `supplement` products (X: a generator
-             checkpoint by name, `bm25` or `dense`), ordered by the same ranker, cut at the same length
+             checkpoint by name, `bm25` or `dense`), ordered by the same ranker, cut at the same length;
+             `<generator>@anonymous` decodes without the session's user (personalisation's own A/B)
 
 which is how the paper deploys generative retrieval: one more recall channel, merged before ranking.
 
@@ -132,9 +133,12 @@ def channel_rows(ws, market: Market, name: str, sessions: np.ndarray, cfg: ABCon
     else:
         from workbench.gen.retrieve import Channel, ChannelConfig, Retriever
 
+        name, _, mode = name.partition("@")
+        if mode not in ("", "anonymous"):
+            raise ValueError(f"arm {name}@{mode}: the only variant is @anonymous (decode without the user)")
         r = Retriever.from_workspace(ws, name, device)
         context = None
-        if cfg.personal and r.model.cfg.context_vocab:
+        if cfg.personal and mode != "anonymous" and r.model.cfg.context_vocab:
             users = [market.users["uid"][u] for u in market.users_of(sessions)]
             times = market.sess["time"][sessions]
             context = torch.as_tensor(r.users(ws).ids(users, pd.Series(times)))  # each user's history before the session
