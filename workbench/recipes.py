@@ -10,6 +10,8 @@ the command line overrides it; every run a command starts records the recipe (`r
                 thousands of products and more; 80 SID epochs; stages 1-3 for 20,12,6 epochs)
     demo        the 3,000-product sample marketplace: SIDs 64,16,8 (median cluster ~2 products,
                 max ~70), 40 SID epochs, 40 RL steps per algorithm, 2 rounds per width
+    market      a 30,000-product synthetic marketplace (`data synth --products 30000 --users 5000
+                --sessions 40000`), the simulated A/B's larger case: SIDs 128,32,8, otherwise demo's
     homedepot   the README's Home Depot measurement (54,667 products, titles only, judged queries
                 and no search log): SIDs 128,32,8, 40 SID epochs, stages 1,2 for 6,12 epochs
     few-logs    a catalog with few logged queries (the usual case before launch): the same SIDs, the
@@ -60,6 +62,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("default", "the component configs' own defaults"),
     Recipe("demo", "the 3,000-product sample marketplace (workbench demo)",
            sid=CQSIDConfig(model=RQVAEConfig(codebook_sizes=(64, 16, 8)), epochs=40),
+           rl=RLConfig(steps=40), sweep=SweepConfig(rounds=2)),
+    Recipe("market", "a 30,000-product synthetic marketplace (the simulated A/B's larger case)",
+           sid=CQSIDConfig(model=RQVAEConfig(codebook_sizes=(128, 32, 8)), epochs=40),
            rl=RLConfig(steps=40), sweep=SweepConfig(rounds=2)),
     Recipe("homedepot", "Home Depot: 54,667 products with titles, judged queries, no search log",
            sid=HOMEDEPOT_SIDS, gen=StagesConfig(stages=(1, 2), epochs=(6, 12)), eval=HOMEDEPOT_EVAL),
