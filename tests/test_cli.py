@@ -64,7 +64,7 @@ def test_recipes_are_listed_printed_and_refused_by_name(tmp_path):
     demo = json.loads(CliRunner().invoke(main, ["recipes", "demo"]).output)
     assert demo["sid"]["model"]["codebook_sizes"] == [64, 16, 8] and demo["rl"]["steps"] == 40
     bad = CliRunner().invoke(main, ["recipes", "nope"])
-    assert bad.exit_code == 1 and "unknown recipe 'nope'; recipes: default, demo, homedepot" in bad.output
+    assert bad.exit_code == 1 and "unknown recipe 'nope'; recipes: default, demo, market, homedepot" in bad.output
     bad = CliRunner().invoke(main, ["-w", str(tmp_path / "w"), "train", "--recipe", "nope"])
     assert bad.exit_code == 2 and "nope" in bad.output
 
