@@ -69,9 +69,9 @@ class Market:
     def product_ids(self) -> list[str]:
         return self.cat["pid"]
 
-    def users_of(self, s: np.ndarray) -> np.ndarray:
-        """Session rows -> user rows (into `users["uid"]`)."""
-        return self.sess["user"][np.asarray(s)]
+    def user_ids(self, s: np.ndarray) -> list[str]:
+        """Session rows -> the user id of each session."""
+        return [self.users["uid"][u] for u in self.sess["user"][np.asarray(s)]]
 
     def rows(self, product_ids) -> np.ndarray:
         """Product ids -> catalog rows (-1 for unknown ids)."""

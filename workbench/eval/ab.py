@@ -92,7 +92,7 @@ class Pager:
             self.model, self.feats, qvecs = from_workspace(ws, device, progress=False)
             qrows = pd.Index(ws.table("queries")["query_id"]).get_indexer(market.sess["qid"][sessions] + 1)
             self.qvecs = torch.as_tensor(qvecs[qrows], dtype=torch.float32)  # (S, D)
-            self.users = self.feats.users([market.users["uid"][u] for u in market.users_of(sessions)])
+            self.users = self.feats.users(market.user_ids(sessions))
             self.to_feats = self.feats.product_index.get_indexer(pd.Index(market.product_ids))  # market row -> ranker row
 
     @torch.no_grad()
@@ -139,9 +139,8 @@ def channel_rows(ws, market: Market, name: str, sessions: np.ndarray, cfg: ABCon
         r = Retriever.from_workspace(ws, name, device)
         context = None
         if cfg.personal and mode != "anonymous" and r.model.cfg.context_vocab:
-            users = [market.users["uid"][u] for u in market.users_of(sessions)]
             times = market.sess["time"][sessions]
-            context = torch.as_tensor(r.users(ws).ids(users, pd.Series(times)))  # each user's history before the session
+            context = torch.as_tensor(r.users(ws).ids(market.user_ids(sessions), pd.Series(times)))  # each user's history before the session
         hits = r.search(texts, cfg.width, context=context)
         lists = Channel.from_workspace(ws, ChannelConfig(budget=cfg.supplement), device)(texts, hits)
     out = np.full((len(sessions), cfg.supplement), -1, np.int64)
