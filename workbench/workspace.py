@@ -268,8 +268,9 @@ class Workspace:
         sources = sources or {}
         order = [n for n in TABLES if n in frames]  # referenced tables come first in TABLES
         done: dict[str, pd.DataFrame] = {}
+        here = {m: self.table(m) for m in self.tables()}  # read once: the reference checks below all use them
         for n in order:
-            others = {**{m: self.table(m) for m in self.tables() if m not in frames}, **done}
+            others = {**{m: t for m, t in here.items() if m not in frames}, **done}
             done[n] = validate(frames[n], n, file=sources.get(n), others=others)
         with self.transaction() as tx:
             staged = {}
@@ -277,14 +278,14 @@ class Workspace:
                 write_parquet(done[n], n, self.table_path(n), tx)
                 staged[n] = tx.staged[-1][0]
             changed = [n for n, tmp in staged.items() if self.has(n) and tmp.read_bytes() != self.table_path(n).read_bytes()]
-            for n in self.tables():  # tables left in place must still refer to rows that exist
+            for n in here:  # tables left in place must still refer to rows that exist
                 if n in frames or not any(other in changed for _, other, _ in TABLES[n].refs):
                     continue
                 if n in DERIVED_TABLES:  # drawn from the old rows: dropped with them (`workbench data pseudo` redraws)
                     tx.remove(self.table_path(n))
                     continue
                 try:
-                    validate(self.table(n), n, file=str(self.table_path(n)), others={**{m: self.table(m) for m in self.tables()}, **done})
+                    validate(here[n], n, file=str(self.table_path(n)), others={**here, **done})
                 except DataError as e:
                     raise DataError([*e.problems, (str(self.table_path(n)), None, None, "already in the workspace, it no longer "
                                      "fits the tables being written: write it together with them, or use a new workspace (-w)")]) from None
