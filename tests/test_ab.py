@@ -166,8 +166,9 @@ def test_the_oracle_judge_scores_clusters_with_the_truth_and_stage4_is_judged_by
 
     r = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "stage4", "--seeds", "0", "--judges", "oracle", "--algos", "eg-grpo",
                                   "--steps", "2", "--prompts", "4", "--group", "2", "--eval-every", "2", "--bootstrap", "50",
-                                  "--embedder", "hashing-64"])
+                                  "--embedder", "hashing-64", "--reward", "purchase=0", "--temperature", "2"])
     assert r.exit_code == 0, r.output
     rows = ws.logbook().query("SELECT case_name, metric, value FROM bench WHERE bench LIKE 'stage4-ab (mean%' AND metric = 'd_purchases'")
     assert set(rows["case_name"]) == {"model pages, oracle judge, eg-grpo", "oracle pages, oracle judge, eg-grpo"}
-    assert (ws.path / "gen" / "generator-eg-grpo-oracle-s0.safetensors").exists()
+    # a non-default reward and temperature name their models, so they do not overwrite the default study's
+    assert (ws.path / "gen" / "generator-eg-grpo-oracle-click1-purchase0-exposure0.2-valid1-gt1-t2-steps2-s0.safetensors").exists()

@@ -9,7 +9,7 @@ import click
 
 from workbench.bench.data import DATASETS, bench_workspace
 from workbench.bench.dist import JOBS as DIST_JOBS
-from workbench.cli.options import apply, config_options, device_option, embedder_option, ints, names, set_fields, ws_of
+from workbench.cli.options import apply, config_options, device_option, embedder_option, given, ints, names, set_fields, ws_of
 from workbench.cli.rl import ensure_ranker, rl_config, rl_options
 from workbench.eval.ab import ABConfig
 from workbench.eval.width import SweepConfig
@@ -321,6 +321,14 @@ def bench_batch(ctx, sizes, jobs, chunk, embedder, width, device) -> None:
                units={"seconds": "s", "rows_per_s": "1/s", "peak_rss_mib": "MiB", "output_mib": "MiB"})
 
 
+def model_tag(ctx, cfg, reward_weights: str) -> str:
+    """The suffix that keeps a bench's stage-4 models apart from the default setting's: the reward weights
+    when --reward was given, the temperature when it is not 1, the steps when --steps was given (e.g.
+    `-click1-purchase0-...-t2-steps100`)."""
+    tag = "-" + "-".join(f"{k}{v:g}" for k, v in cfg.rewards.weights().items()) if reward_weights else ""
+    return tag + (f"-t{cfg.temperature:g}" if cfg.temperature != 1 else "") + (f"-steps{cfg.steps}" if given(ctx, "steps") else "")
+
+
 @bench.command(name="rl")
 @rl_options("Both start from <name>-stage3.")
 @click.pass_context
@@ -331,8 +339,7 @@ def bench_rl(ctx, recipe, reward_weights, name, embedder, device, **kw):
     ws = ws_of(ctx).require()
     cfg = rl_config(ctx, recipe, reward_weights, kw)
     ensure_ranker(ws, embedder, device)
-    tag = "-" + "-".join(f"{k}{v:g}" for k, v in cfg.rewards.weights().items()) if reward_weights else ""
-    tag += f"-t{cfg.temperature:g}" if cfg.temperature != 1 else ""
+    tag = model_tag(ctx, cfg, reward_weights)
     params = {"steps": cfg.steps, "prompts": cfg.prompts, "group": cfg.group, "refs": cfg.refs, "seed": cfg.seed,
               "temperature": cfg.temperature,
               "rewards": cfg.rewards.weights(), "lr": cfg.lr, "kl": cfg.loss.kl, "shaping": cfg.loss.shaping}
@@ -366,9 +373,11 @@ def bench_stage4(ctx, recipe, reward_weights, name, embedder, device, seeds, jud
     cfg = rl_config(ctx, recipe, reward_weights, kw)
     ensure_ranker(ws, embedder, device)
     ab = ABConfig(recall=recall, supplement=supplement, width=width, bootstrap=bootstrap)
-    params = {"steps": cfg.steps, "prompts": cfg.prompts, "rewards": cfg.rewards.weights(), "lr": cfg.lr, "seeds": seeds}
+    params = {"steps": cfg.steps, "prompts": cfg.prompts, "rewards": cfg.rewards.weights(), "lr": cfg.lr, "seeds": seeds,
+              "temperature": cfg.temperature}
     with ws.logbook().run("bench", {"bench": "stage4", "rl": cfg, "ab": ab, "device": device}, seed=cfg.seed) as run:
-        per_seed, mean = study(ws, cfg, ab, ints(seeds, low=0), names(judges), names(algos), name, device)
+        per_seed, mean = study(ws, cfg, ab, ints(seeds, low=0), names(judges), names(algos), name, device,
+                               tag=model_tag(ctx, cfg, reward_weights))
         per_seed["case"] = (per_seed["pages"] + " pages, " + per_seed["judge"] + " judge, " + per_seed["algo"]
                             + " seed " + per_seed["seed"].astype(str))
         report("stage4-ab (per seed; d_* % from stage 3)", per_seed.drop(columns=["pages", "judge", "algo", "seed"]).to_dict("records"),

@@ -20,6 +20,7 @@ seed, as `synth._behaviour` does. Real catalogs have no latent truth: `MarketErr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -73,9 +74,13 @@ class Market:
         """Session rows -> the user id of each session."""
         return [self.users["uid"][u] for u in self.sess["user"][np.asarray(s)]]
 
+    @cached_property
+    def _pid_index(self) -> pd.Index:
+        return pd.Index(self.cat["pid"])
+
     def rows(self, product_ids) -> np.ndarray:
         """Product ids -> catalog rows (-1 for unknown ids)."""
-        return pd.Index(self.cat["pid"]).get_indexer(pd.Index(product_ids))
+        return self._pid_index.get_indexer(pd.Index(product_ids))
 
     @property
     def clickbait(self) -> np.ndarray:
