@@ -16,13 +16,42 @@ st.set_page_config(page_title="workbench: generative search", layout="wide")
 
 
 @st.cache_resource(show_spinner="loading the generator ...")
-def engine(path: str) -> serve.Engine:
-    return serve.Engine(serve.open_workspace(path))
+def engine(path: str, name: str = "generator") -> serve.Engine:
+    return serve.Engine(serve.open_workspace(path), name=name)
 
 
-@st.cache_data(show_spinner="fitting UMAP ...")
-def codebook_points(path: str, n: int):
+@st.cache_data(show_spinner="reading the map ...")
+def codebook_points(path: str, n: int, stamp: float):
+    """`stamp`: the stored map's modification time, so a map drawn again is read again."""
     return serve.codebook_points(serve.open_workspace(path), n)
+
+
+def overview_page(path: str) -> None:
+    ov = serve.overview(serve.open_workspace(path))
+    st.header("What this workspace holds")
+    left, right = st.columns([2, 3])
+    left.dataframe(ov.facts, hide_index=True, key="ov_facts")
+    with right:
+        st.markdown("**Try a held-out query** (the generator never trained on these): click one to search it.")
+        cols = st.columns(4)
+        for i, q in enumerate(ov.examples):
+            cols[i % 4].button(q, key=f"example_{i}", on_click=_search_for, args=(q,), width="stretch")
+        if not ov.examples:
+            st.caption("No held-out queries with relevant products in this workspace.")
+    st.subheader("Evaluation")
+    st.caption(f"From {ov.evaluation_source}.")
+    st.dataframe(ov.evaluation, hide_index=True, key="ov_eval")
+    c1, c2 = st.columns(2)
+    c1.markdown("**Generators** (`gen/`)")
+    c1.dataframe(ov.models, hide_index=True, key="ov_models")
+    c2.markdown("**Last runs** (the logbook; SQL page for more)")
+    c2.dataframe(ov.runs, hide_index=True, key="ov_runs")
+
+
+def _search_for(query: str) -> None:
+    """An example query's button: open the Search page on it (a callback, so it may set widget state)."""
+    st.session_state["query"] = query
+    st.session_state["page"] = "Search"
 
 
 def search_page(path: str) -> None:
@@ -49,17 +78,20 @@ def search_page(path: str) -> None:
     with left:
         st.subheader("Decoded SID paths")
         paths = res.paths()
-        st.markdown("\n".join(f"- `{r.sid}`  p = {r.probability:.3f} ({r.products} product{'s' * (r.products != 1)})" for r in paths.head(10).itertuples()),
+        st.markdown("\n".join(f"- `{r.sid}` **{r.label}**  p = {r.probability:.3f} ({r.products} product{'s' * (r.products != 1)})"
+                              for r in paths.head(10).itertuples()),
                     help="Each path is a level-1, level-2, level-3 code; probabilities are the model's path probabilities.")
         tree = res.tree()
         if not tree.empty:
-            fig = px.sunburst(tree, ids="id", parents="parent", names="label", values="probability", branchvalues="total")
+            fig = px.sunburst(tree, ids="id", parents="parent", names="label", values="probability", branchvalues="total",
+                              hover_data={"description": True})
             fig.update_layout(margin=dict(t=0, l=0, r=0, b=0), height=320)
             st.plotly_chart(fig, key="sunburst")
     with right:
         st.subheader("Products by cluster")
         for h in res.hits[:5]:
-            with st.expander(f"{'-'.join(map(str, h.sid))}: {len(h.products)} product{'s' * (len(h.products) != 1)}"):
+            sid = "-".join(map(str, h.sid))
+            with st.expander(f"{sid} {res.label(sid)}: {len(h.products)} product{'s' * (len(h.products) != 1)}"):
                 st.dataframe(eng.titles(h.products[:20]), hide_index=True, key=f"cluster-{h.sid}")
     st.subheader("Against the baselines (top 10)")
     try:
@@ -76,11 +108,57 @@ def search_page(path: str) -> None:
     st.caption(f"The generative supplement adds {len(added)} products the hybrid did not retrieve.")
 
 
+def compare_page(path: str) -> None:
+    names = serve.generators(serve.open_workspace(path))
+    c1, c2 = st.columns(2)
+    a = c1.selectbox("Generator A", names, key="cmp_a",
+                     index=names.index("generator-stage3") if "generator-stage3" in names else 0)
+    path_b = c2.text_input("Workspace of B (another workspace compares across catalogs or SIDs)", path, key="cmp_ws_b")
+    names_b = serve.generators(serve.open_workspace(path_b))
+    pick = next((n for n in ("generator-stage4", "generator-eg-grpo", "generator-grpo", "generator") if n in names_b and n != a), names_b[0])
+    b = c2.selectbox("Generator B", names_b, key="cmp_b", index=names_b.index(pick))
+    q1, q2 = st.columns([4, 1])
+    query = q1.text_input("Query", key="cmp_query", placeholder="e.g. cordless drill")
+    width = int(q2.number_input("Beam width", 1, 1024, 16, key="cmp_width"))
+    if not query.strip():
+        st.info("Type a query to decode it with both generators; what one returns and the other does not is ticked.")
+        return
+    try:
+        ra = engine(path, a).search(query, width, source="app-compare")
+        rb = engine(path_b, b).search(query, width, source="app-compare")
+    except serve.AppError as e:
+        st.warning(str(e))
+        return
+    diff = serve.compare(ra, rb)
+    st.caption(f"{int(diff['sids_a']['only_here'].sum())} of A's {len(ra.hits)} SIDs are not in B's beam and "
+               f"{int(diff['sids_b']['only_here'].sum())} of B's {len(rb.hits)} not in A's; of the top 10 products, "
+               f"{int((~diff['products_a']['only_here']).sum())} of A's are in B's channel list")
+    for col, side, name, p, res in ((c1, "a", a, path, ra), (c2, "b", b, path_b, rb)):
+        with col:
+            st.markdown(f"**{name}** ({res.latency_ms:.1f} ms)")
+            st.dataframe(diff[f"sids_{side}"].rename(columns={"only_here": "only here"}), hide_index=True, key=f"cmp_sids_{side}")
+            top = engine(p, name).titles(diff[f"products_{side}"]["product_id"].tolist())
+            top["only here"] = diff[f"products_{side}"]["only_here"].to_numpy()
+            st.dataframe(top, hide_index=True, key=f"cmp_products_{side}")
+
+
 def codebooks_page(path: str) -> None:
+    ws = serve.open_workspace(path)
     n = st.slider("Products on the map", 200, 3000, 1000, step=100, key="umap_n")
-    df = codebook_points(path, n)
+    stamp = (ws.path / "sid" / "map.parquet").stat().st_mtime if (ws.path / "sid" / "map.parquet").exists() else 0.0
+    try:
+        df = codebook_points(path, n, stamp)
+    except serve.AppError as e:
+        st.warning(str(e))
+        if st.button("Draw the map now", key="draw_map"):
+            with st.spinner("fitting UMAP on a sample of the catalog ..."):
+                serve.draw_map(ws)
+            st.rerun()
+        return
     color = st.radio("Colour by", ["sid_1", "sid_2", "top_category"], horizontal=True, key="umap_color")
-    st.plotly_chart(px.scatter(df, x="x", y="y", color=df[color].astype(str), hover_name="title", height=520),
+    st.plotly_chart(px.scatter(df, x="x", y="y", color=df[color].astype(str), hover_name="title", height=520,
+                               hover_data={"cluster": True, "label": True, "label_1": True, "x": False, "y": False},
+                               labels={"label": "cluster label", "label_1": "level-1 label"}),
                     key="umap")
     levels = [c for c in df.columns if c.startswith("sid_")]
     c1, c2 = st.columns(2)
@@ -115,29 +193,63 @@ def beam_page(path: str) -> None:
     if curves.empty:
         st.info("No width sweep yet: `workbench bench beam`.")
         return
-    batch = st.selectbox("Batch size", sorted(curves["batch"].unique()), key="beam_batch")
-    d = curves[curves["batch"] == batch].sort_values("width")
-    recall = [c for c in d.columns if c.startswith("recall@")][0]
-    c1, c2 = st.columns(2)
-    c1.plotly_chart(px.line(d, x="width", y=recall, color="ids", markers=True, log_x=True), key="beam_recall")
-    c2.plotly_chart(px.line(d, x="width", y="p50_ms", color="ids", markers=True, log_x=True), key="beam_latency")
-    if not choice.empty:
-        st.dataframe(choice.drop(columns=["bench"]), hide_index=True, key="beam_choice")
+    recall = next(c for c in curves.columns if c.startswith("recall@"))
+    chosen = choice.set_index("ids")["width"].to_dict() if not choice.empty else {}
+    for _, c in choice.iterrows():
+        st.markdown(f"**{c['ids']} IDs.** {serve.width_rule(c)}")
+    batches = sorted(curves["batch"].unique())
+    for col, bs in zip(st.columns(len(batches)), batches):
+        d = curves[curves["batch"] == bs].sort_values("width")
+        fig = px.line(d, x="p50_ms", y=recall, color="ids", text="width", markers=True, log_x=True, height=420,
+                      hover_data={"p95_ms": ":.1f", "queries_per_s": ":.0f", "products": ":.0f"},
+                      labels={"p50_ms": "p50 latency per batch (ms)"}, title=f"Batch {bs}: recall against latency, one point per width")
+        fig.update_traces(textposition="top left")
+        pick = d[d.apply(lambda r: chosen.get(r["ids"]) == r["width"], axis=1)]
+        if len(pick):
+            fig.add_scatter(x=pick["p50_ms"], y=pick[recall], mode="markers", name="chosen width",
+                            marker=dict(size=18, symbol="star", color="gold", line=dict(width=1, color="black")))
+        col.plotly_chart(fig, key=f"beam_pareto_{bs}")
+    with st.expander("The sweep's numbers"):
+        st.dataframe(curves, hide_index=True, key="beam_table")
 
 
 def sql_page(path: str) -> None:
     ws = serve.open_workspace(path)
-    sql = st.text_area("SQL (read-only) over the logbook: runs, metrics, evals, bench, served",
-                       "SELECT kind, name, status, started_at FROM runs ORDER BY started_at DESC LIMIT 20", key="sql")
-    if st.button("Run", key="run_sql"):
+    left, right = st.columns([3, 1])
+    with right:
+        st.markdown("**Tables**")
+        schema = serve.logbook_schema(ws)
+        for table, cols in schema.groupby("table", sort=False):
+            with st.expander(table):
+                st.dataframe(cols[["column", "type"]], hide_index=True, key=f"schema_{table}")
+    with left:
+        example = st.selectbox("Start from an example", list(serve.SQL_EXAMPLES), key="sql_example")
+        if st.session_state.get("sql_example_shown") != example:  # a new pick replaces the text; edits stay otherwise
+            st.session_state["sql"] = serve.SQL_EXAMPLES[example]
+            st.session_state["sql_example_shown"] = example
+        sql = st.text_area("SQL (read-only) over the logbook", key="sql", height=120)
+        if st.button("Run", key="run_sql"):
+            st.session_state["sql_ran"] = sql
+        if not st.session_state.get("sql_ran"):
+            return
         try:
-            df, more = serve.run_sql(ws, sql)
+            df, more = serve.run_sql(ws, st.session_state["sql_ran"])
         except serve.AppError as e:
             st.error(str(e))
             return
         st.dataframe(df, hide_index=True, key="sql_result")
         if more:
             st.caption(f"The first {len(df):,} rows: the query returns more (add a LIMIT or an aggregate).")
+        st.download_button("Download CSV", df.to_csv(index=False), "logbook-query.csv", "text/csv", key="sql_csv")
+        numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
+        if len(df) and numeric and st.checkbox("Chart", key="sql_chart"):
+            c1, c2, c3, c4 = st.columns(4)
+            kind = c1.selectbox("Kind", ["line", "bar", "scatter"], key="sql_kind")
+            x = c2.selectbox("x", list(df.columns), key="sql_x")
+            y = c3.selectbox("y", numeric, index=len(numeric) - 1, key="sql_y")
+            color = c4.selectbox("Colour", ["(none)"] + [c for c in df.columns if c not in (x, y)], key="sql_color")
+            plot = {"line": px.line, "bar": px.bar, "scatter": px.scatter}[kind]
+            st.plotly_chart(plot(df, x=x, y=y, color=None if color == "(none)" else color, height=380), key="sql_plot")
 
 
 def ab_page(path: str) -> None:
@@ -161,7 +273,7 @@ def ab_page(path: str) -> None:
     st.dataframe(df, hide_index=True, key="ab_table")
 
 
-PAGES = {"Search": search_page, "Codebooks": codebooks_page, "Training": training_page, "Beam width": beam_page,
+PAGES = {"Overview": overview_page, "Search": search_page, "Compare": compare_page, "Codebooks": codebooks_page, "Training": training_page, "Beam width": beam_page,
          "A/B": ab_page, "SQL": sql_page}
 
 with st.sidebar:

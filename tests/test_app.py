@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import ROOT, garbage, held
 from workbench import Workspace, serve
 from workbench.logbook import LogbookBusy
-from workbench.sid.store import workspace_embedder
+from workbench.sid.store import load_labels, workspace_embedder
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,15 @@ def test_sql_console_is_read_only(app_ws):
     assert len(serve.run_sql(app_ws, "SELECT * FROM runs")[0]) > 0  # nothing was deleted
 
 
+def test_sql_console_lists_the_tables_and_every_example_runs(app_ws):
+    schema = serve.logbook_schema(app_ws)
+    assert {"runs", "metrics", "evals", "bench", "served"} <= set(schema["table"])
+    assert schema[schema["table"] == "served"]["column"].tolist()[:3] == ["time", "run_id", "query"]
+    for name, sql in serve.SQL_EXAMPLES.items():
+        df, _ = serve.run_sql(app_ws, sql)  # each example is valid SQL against this logbook's schema
+        assert len(df.columns) >= 2, name
+
+
 def test_sql_console_fetches_a_bounded_number_of_rows(app_ws):
     t = time.monotonic()
     df, more = serve.run_sql(app_ws, "SELECT * FROM range(20000000)")
@@ -119,10 +128,12 @@ def test_search_is_answered_when_the_logbook_cannot_take_it(eng, spoilt):
 
 
 # -- the app, page by page ------------------------------------------------------------------------
-def _app(path) -> AppTest:
+def _app(path, page: str | None = None) -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
     at.run()
     at.text_input(key="workspace").set_value(str(path)).run()
+    if page:
+        at.radio(key="page").set_value(page).run()
     return at
 
 
@@ -130,14 +141,66 @@ def _ok(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
-def test_app_search_page(app_ws):
+def test_app_overview_page_and_an_example_query(app_ws):
+    ov = serve.overview(app_ws)
+    facts = dict(zip(ov.facts["what"], ov.facts["value"]))
+    assert facts["products"] == f"{len(app_ws.table('products')):,}" and "SIDs" in facts and "cluster labels' category share" in facts
+    assert {"generator", "generator-stage1", "generator-stage2", "generator-stage3"} <= set(ov.models["model"])
+    assert set(ov.evaluation["method"]) == {"1-items", "2-queries", "3-personal"} and "recall@10" in ov.evaluation
+    from workbench.gen.data import eval_set
+
+    held = set(eval_set(app_ws)["query"])
+    assert len(ov.examples) == 8 and set(ov.examples) <= held  # held-out queries only
     at = _app(app_ws.path)
+    assert at.radio(key="page").value == "Overview"
+    _ok(at)
+    assert not at.error and any("never trained on" in m.value for m in at.markdown)
+    at.button(key="example_0").click().run()
+    _ok(at)
+    assert at.radio(key="page").value == "Search" and at.text_input(key="query").value == ov.examples[0]
+    assert any(f'ms for "{ov.examples[0]}"' in c.value for c in at.caption)
+
+
+def test_compare_marks_what_only_one_generator_returns(app_ws):
+    assert serve.generators(app_ws)[0] == "generator" and "generator-stage2" in serve.generators(app_ws)
+    a = serve.Engine(app_ws, name="generator-stage2").search("cordless drill", 8, log=False)
+    b = serve.Engine(app_ws, name="generator-stage3").search("cordless drill", 8, log=False)
+    d = serve.compare(a, b, k=10)
+    sa, sb = set(d["sids_a"]["sid"]), set(d["sids_b"]["sid"])
+    assert set(d["sids_a"][d["sids_a"]["only_here"]]["sid"]) == sa - sb
+    assert set(d["sids_b"][d["sids_b"]["only_here"]]["sid"]) == sb - sa
+    assert d["products_a"]["product_id"].tolist() == a.products[:10]
+    assert d["products_a"]["only_here"].tolist() == [p not in set(b.products) for p in a.products[:10]]
+    same = serve.compare(a, a)
+    assert not same["sids_a"]["only_here"].any() and not same["products_b"]["only_here"].any()
+
+
+@pytest.mark.slow
+def test_app_compare_page(app_ws):
+    at = _app(app_ws.path, "Compare")
+    _ok(at)
+    assert at.selectbox(key="cmp_a").value == "generator-stage3" and at.selectbox(key="cmp_b").value == "generator"
+    at.selectbox(key="cmp_b").set_value("generator-stage2").run()
+    at.text_input(key="cmp_query").set_value("cordless drill").run()
+    _ok(at)
+    assert not at.error and any("not in B's beam" in c.value for c in at.caption)
+    assert sum("only here" in d.value.columns for d in at.dataframe) == 4  # SIDs and products, each side
+    at.text_input(key="cmp_ws_b").set_value(str(app_ws.path / "nowhere")).run()
+    _ok(at)
+    assert any("no workspace at" in e.value for e in at.error)
+
+
+def test_app_search_page(app_ws):
+    at = _app(app_ws.path, "Search")
     _ok(at)
     assert any("Type a query" in i.value for i in at.info)
     at.text_input(key="query").set_value("cordless drill").run()
     _ok(at)
     assert any('ms for "cordless drill"' in c.value for c in at.caption)
     assert any("`" in m.value and "p = " in m.value for m in at.markdown)  # the SID paths
+    lab = load_labels(app_ws)["label"]
+    paths = next(m.value for m in at.markdown if m.value.startswith("- `"))
+    assert f"**{lab[paths.split('`')[1]]}**" in paths  # each path with its cluster's label
     at.number_input(key="width").set_value(4).run()
     _ok(at)
     assert any(c.value.startswith("4 SIDs") or c.value.startswith("3 SIDs") for c in at.caption)
@@ -152,20 +215,62 @@ def test_app_search_page(app_ws):
 @pytest.mark.slow
 def test_app_other_pages_and_bad_workspace(app_ws, tmp_path):
     at = _app(app_ws.path)
-    for page in ("Training", "Beam width", "Codebooks", "A/B", "SQL"):
+    for page in ("Overview", "Compare", "Training", "Beam width", "Codebooks", "A/B", "SQL"):
         at.radio(key="page").set_value(page).run()
         _ok(at)
         assert not at.error, (page, [e.value for e in at.error])
     at.text_area(key="sql").set_value("SELECT kind, count(*) AS n FROM runs GROUP BY kind").run()
     at.button(key="run_sql").click().run()
     _ok(at)
-    assert "kind" in at.dataframe[0].value.columns
+    result = next(d.value for d in at.dataframe if "kind" in d.value.columns)
+    assert result.columns.tolist() == ["kind", "n"]
+    at.checkbox(key="sql_chart").check().run()  # a chart of the result: bar of n by kind
+    at.selectbox(key="sql_kind").set_value("bar").run()
+    _ok(at)
+    assert at.selectbox(key="sql_y").value == "n" and not at.error
     at.text_area(key="sql").set_value("DROP TABLE runs").run()
     at.button(key="run_sql").click().run()
     assert at.error and not at.exception
     at.text_input(key="workspace").set_value(str(tmp_path / "nowhere")).run()
     _ok(at)
     assert any("no workspace at" in e.value for e in at.error)
+
+
+@pytest.mark.slow
+def test_app_codebooks_page_without_a_map_offers_to_draw_it(spoilt):
+    (spoilt.path / "sid" / "map.parquet").unlink(missing_ok=True)
+    at = _app(spoilt.path)
+    at.radio(key="page").set_value("Codebooks").run()
+    _ok(at)
+    assert any("no map yet" in w.value and "workbench sid map" in w.value for w in at.warning) and not at.error
+    at.button(key="draw_map").click().run()
+    _ok(at)
+    assert (spoilt.path / "sid" / "map.parquet").exists() and not at.warning and not at.error
+    assert at.radio(key="umap_color").value == "sid_1"  # the map's page, drawn from the stored map
+
+
+def test_beam_page_is_a_pareto_chart_with_the_chosen_width_and_its_rule(spoilt):
+    from workbench.eval.width import pick_width
+    from workbench.report import report
+
+    rows = [{"case": f"workspace w{w} b{b}", "ids": "workspace", "width": w, "batch": b, "p50_ms": w * b / 4.0,
+             "p95_ms": w * b / 3.0, "queries_per_s": 1000.0 / w, "recall@50": 0.5 - 0.2 / w, "products": 10.0 * w}
+            for b in (1, 32) for w in (1, 4, 16, 64)]
+    pick = pick_width(rows, 50, 0.02)
+    assert pick["width"] == 16 and pick["k"] == 50 and pick["tolerance"] == 0.02  # 0.4875 >= 0.98 * 0.496875
+    with spoilt.logbook().run("bench", {}) as run:
+        report("beam-sweep (workspace IDs)", rows, run)
+        report("beam-width-choice", [{"case": "workspace", **pick}], run)
+    curves, choice = serve.beam_sweep(spoilt)
+    assert curves["width"].dtype.kind == "i" and curves["batch"].dtype.kind == "i" and choice["batch"].dtype.kind == "i"
+    assert sorted(curves["batch"].unique()) == [1, 32] and not curves.isna().all().any() and not choice.isna().all().any()
+    rule = serve.width_rule(choice.iloc[0])
+    assert rule.startswith("Width 16 is the smallest whose Recall@50 (0.487) is within 2% of the widest width's (64: 0.497)")
+    at = _app(spoilt.path)
+    at.radio(key="page").set_value("Beam width").run()
+    _ok(at)
+    assert not at.error and any(rule in m.value for m in at.markdown)
+    assert at.dataframe[0].value["batch"].tolist() == [1, 1, 1, 1, 32, 32, 32, 32]
 
 
 def test_app_ab_page_shows_the_latest_ab_beside_the_paper(spoilt):
@@ -206,7 +311,7 @@ def test_app_pages_show_a_broken_file_as_a_message(spoilt, spoil, page, words):
 
 def test_app_search_with_a_garbage_logbook_answers_and_warns(spoilt):
     garbage(spoilt.logbook_path)
-    at = _app(spoilt.path)
+    at = _app(spoilt.path, "Search")
     at.text_input(key="query").set_value("cordless drill").run()
     _ok(at)
     assert any('ms for "cordless drill"' in c.value for c in at.caption)
@@ -219,7 +324,7 @@ def test_app_sql_page_with_a_busy_logbook(spoilt):
     at.text_area(key="sql").set_value("SELECT * FROM range(5000)").run()
     at.button(key="run_sql").click().run()
     _ok(at)
-    assert len(at.dataframe[0].value) == 1000 and any("the query returns more" in c.value for c in at.caption)
+    assert any(len(d.value) == 1000 for d in at.dataframe) and any("the query returns more" in c.value for c in at.caption)
     with held(spoilt.logbook_path):
         at.button(key="run_sql").click().run()
     _ok(at)

@@ -87,6 +87,21 @@ def _sid(ws: Workspace, run, recipe: Recipe, embedder: str, device: str, **_) ->
     return f"CQ-SID {cfg.model.codebook_sizes}: {c['sids']:,} SIDs, cluster size median {c['size_median']:g}, max {c['size_max']}"
 
 
+def _has_map(ws: Workspace) -> bool:
+    from workbench.sid.store import load_map
+
+    return _usable(lambda: load_map(ws))
+
+
+def _map(ws: Workspace, run, embedder: str, device: str, **_) -> str:
+    from workbench.embed import get_embedder
+    from workbench.sid.store import write_map
+
+    if _has_map(ws):
+        return "map present"
+    return f"Codebooks map of {len(write_map(ws, get_embedder(embedder, device), progress=False)):,} products"
+
+
 def _has_generator(ws: Workspace) -> bool:
     from workbench.gen.store import load
 
@@ -145,9 +160,9 @@ def _sweep(ws: Workspace, run, recipe: Recipe, device: str, **_) -> str:
     return f"width {pick['width']} (recall@50 {pick['recall']:.3f} vs {pick['widest_recall']:.3f} at {pick['widest']})"
 
 
-STEPS = [("data", _data), ("embed", _embed), ("sid", _sid), ("gen", _gen), ("sweep", _sweep), ("rl", _rl)]
+STEPS = [("data", _data), ("embed", _embed), ("sid", _sid), ("map", _map), ("gen", _gen), ("sweep", _sweep), ("rl", _rl)]
 # what each step leaves behind (embeddings are a cache, recomputed on demand, so they never count as missing)
-DONE = {"data": _has_data, "sid": _has_sids, "gen": _has_generator, "sweep": _has_sweep, "rl": _has_rl}
+DONE = {"data": _has_data, "sid": _has_sids, "map": _has_map, "gen": _has_generator, "sweep": _has_sweep, "rl": _has_rl}
 
 
 def missing(ws: Workspace) -> list[str]:
@@ -210,6 +225,8 @@ def report(ws) -> list[dict]:
     if (sid / "rqvae.safetensors").exists() or (sid / "sids.parquet").exists():
         add("sid/rqvae.safetensors", lambda: sid_store.load_model(ws) and "")
         add("sid/sids.parquet", lambda: sid_store.load_sids(ws).empty and "no rows")
+        if (sid / "map.parquet").exists():
+            add("sid/map.parquet", lambda: sid_store.load_map(ws).empty and "no rows")
     if ranker.ranker_path(ws).exists():
         add("rl/ranker.safetensors", lambda: ranker.load_checked(ws) and "")
     gdir = gen_store.gen_dir(ws)

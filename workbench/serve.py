@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.logbook import INTERACTIVE
-from workbench.sid.store import workspace_embedder
+from workbench.sid.store import load_labels, workspace_embedder
 from workbench.workspace import Workspace
 
 
@@ -53,25 +53,33 @@ class Served:
     hits: list  # list[Hit], best SID first
     products: list[str]  # the channel's list: the decoded SIDs' products cut at the budget, ranked inside
     log_error: str | None = None  # why the search is not in the logbook's `served` table (busy, corrupt, read-only)
+    labels: pd.Series | None = None  # SID prefix ("49", "49-0", "49-0-4") -> its cluster label (`workbench.sid.labels`)
+
+    def label(self, prefix: str) -> str:
+        return "" if self.labels is None else str(self.labels.get(prefix, ""))
 
     def paths(self) -> pd.DataFrame:
-        """One row per decoded SID: its path, probability, share of the beam's mass, products."""
+        """One row per decoded SID: its path, label, probability, share of the beam's mass, products."""
         p = np.exp([h.logp for h in self.hits]) if self.hits else np.zeros(0)
-        return pd.DataFrame({"sid": ["-".join(map(str, h.sid)) for h in self.hits], "probability": p,
+        sids = ["-".join(map(str, h.sid)) for h in self.hits]
+        return pd.DataFrame({"sid": sids, "label": [self.label(s) for s in sids], "probability": p,
                              "share": p / p.sum() if p.sum() > 0 else p, "products": [len(h.products) for h in self.hits]})
 
     def tree(self) -> pd.DataFrame:
-        """The decoded paths as a tree, level by level: id, parent, label, probability (summed over the
+        """The decoded paths as a tree, level by level: id, parent, label (the code and the cluster's
+        category or first terms), description (the whole cluster label), probability (summed over the
         beams below each prefix), for a sunburst."""
         rows = {}
         for h in self.hits:
             for lvl in range(1, len(h.sid) + 1):
                 node = "-".join(map(str, h.sid[:lvl]))
                 parent = "-".join(map(str, h.sid[: lvl - 1]))
-                r = rows.setdefault(node, {"id": node, "parent": parent, "label": str(h.sid[lvl - 1]), "level": lvl,
-                                           "probability": 0.0})
+                full = self.label(node)
+                short = full.split(" · ")[0].rsplit(" ", 1)[0] if " · " in full else full.split(", ")[0]
+                r = rows.setdefault(node, {"id": node, "parent": parent, "label": f"{h.sid[lvl - 1]} {short}".strip(),
+                                           "description": full, "level": lvl, "probability": 0.0})
                 r["probability"] += float(np.exp(h.logp))
-        return pd.DataFrame(list(rows.values()), columns=["id", "parent", "label", "level", "probability"])
+        return pd.DataFrame(list(rows.values()), columns=["id", "parent", "label", "description", "level", "probability"])
 
 
 class Engine:
@@ -87,6 +95,7 @@ class Engine:
         self.products = ws.table("products").set_index("product_id")
         self.personal = self.retriever.model.cfg.context_vocab > 0
         self.user_ids = ws.table("users")["user_id"].astype(str).tolist() if ws.has("users") else []
+        self.labels = load_labels(ws)["label"]
         self._bm25 = self._dense = None
 
     def search(self, query: str, width: int = 16, user: str | None = None, log: bool = True, source: str = "app") -> Served:
@@ -105,7 +114,7 @@ class Engine:
         hits = self.retriever.search([query], width, context=context)[0]
         products = self.channel([query], [hits])[0]
         ms = (time.perf_counter() - t) * 1000
-        served = Served(query, user or None, personalised, width, ms, hits, products)
+        served = Served(query, user or None, personalised, width, ms, hits, products, labels=self.labels)
         if log:
             try:  # best-effort: the answer does not depend on the logbook
                 self.ws.logbook().serve(query, [{"sid": list(h.sid), "logp": h.logp, "products": h.products[:20]} for h in hits],
@@ -135,6 +144,95 @@ class Engine:
         return {"bm25": bm, "dense": de, "hybrid": hy, "hybrid+gen": supplement([hy], [gen], k, share)[0]}
 
 
+def generators(ws: Workspace) -> list[str]:
+    """The generator checkpoints in the workspace (deployed first), for pickers."""
+    from workbench.gen.store import gen_dir
+
+    names = sorted(p.stem for p in gen_dir(ws).glob("*.safetensors") if not p.stem.endswith(".partial"))
+    return sorted(names, key=lambda n: n != "generator")
+
+
+def compare(a: Served, b: Served, k: int = 10) -> dict[str, pd.DataFrame]:
+    """Two generators' answers to one query side by side: per side its decoded SIDs (sid, label,
+    probability, products, only_here) and its channel's top k products (product_id, only_here), where
+    only_here marks a SID or product the other side did not return (its SIDs: all decoded; its
+    products: its whole channel list)."""
+    out = {}
+    for side, me, other in (("a", a, b), ("b", b, a)):
+        theirs = {"-".join(map(str, h.sid)) for h in other.hits}
+        paths = me.paths().drop(columns="share")
+        paths["only_here"] = ~paths["sid"].isin(theirs)
+        out[f"sids_{side}"] = paths
+        seen = set(other.products)
+        out[f"products_{side}"] = pd.DataFrame({"product_id": me.products[:k], "only_here": [p not in seen for p in me.products[:k]]})
+    return out
+
+
+# the overview (landing page) --------------------------------------------------------------------
+@dataclass
+class Overview:
+    facts: pd.DataFrame  # what, value: catalog, users, log, SIDs, label quality
+    models: pd.DataFrame  # the generators in gen/: model, stage, trained (time), size_mib
+    evaluation: pd.DataFrame  # the latest `workbench eval` (method x metric), else the stages' held-out figures
+    evaluation_source: str  # which of the two, in words
+    runs: pd.DataFrame  # the last runs: kind, name, status, started_at
+    examples: list[str]  # held-out queries to try (never trained on)
+
+
+def overview(ws: Workspace, examples: int = 8, seed: int = 0) -> Overview:
+    """What the workspace holds, for the landing page."""
+    from workbench.gen.data import eval_set
+    from workbench.gen.store import gen_dir
+    from workbench.sid.labels import label_quality
+    from workbench.sid.store import load_sids
+
+    products = ws.table("products")
+    facts = [("products", f"{len(products):,}")]
+    if products["category"].notna().any():
+        facts.append(("categories (leaves)", f"{products['category'].nunique():,}"))
+    for table, what in (("users", "users"), ("queries", "queries"), ("search_log", "logged impressions"), ("judgments", "judged pairs")):
+        if ws.has(table):
+            facts.append((what, f"{len(ws.table(table)):,}"))
+    sids = load_sids(ws)
+    levels = [c for c in sids.columns if c.startswith("sid_")]
+    sizes = sids.groupby(levels).size()
+    facts += [("SIDs", f"{len(sizes):,} of {len(levels)} levels ({', '.join(str(sids[c].nunique()) for c in levels)} codes used)"),
+              ("products per SID", f"median {sizes.median():g}, max {sizes.max():,}")]
+    quality = label_quality(load_labels(ws).reset_index())
+    if quality:
+        facts.append(("cluster labels' category share", ", ".join(f"level {k.split('@')[1]} {v:.0%}" for k, v in quality.items())))
+    models = []
+    for path in sorted(gen_dir(ws).glob("*.safetensors")):
+        if path.stem.endswith(".partial"):
+            continue
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            stage = str((f.metadata() or {}).get("stage", "")).strip('"')
+        models.append({"model": path.stem, "stage": stage, "trained": pd.Timestamp(path.stat().st_mtime, unit="s", tz="UTC").floor("s"),
+                       "size_mib": round(path.stat().st_size / 2**20, 1)})
+    book = ws.logbook()
+    ev = book.query(
+        "SELECT e.method, e.metric || coalesce('@' || e.k, '') AS metric, e.value FROM evals e "
+        "WHERE e.run_id = (SELECT e2.run_id FROM evals e2 JOIN runs r USING (run_id) WHERE r.kind = 'eval' "
+        "ORDER BY e2.time DESC LIMIT 1)", timeout=INTERACTIVE)
+    source = "the latest `workbench eval` (held-out queries)"
+    if ev.empty:
+        ev = book.query(
+            "SELECT stage AS method, metric || coalesce('@' || k, '') AS metric, value FROM (SELECT e.*, row_number() "
+            "OVER (PARTITION BY e.stage, e.metric, e.k ORDER BY e.time DESC) AS latest FROM evals e JOIN runs r USING (run_id) "
+            "WHERE r.kind = 'gen-train') WHERE latest = 1 ORDER BY stage", timeout=INTERACTIVE)
+        source = "each generator stage's last held-out evaluation (`workbench eval` adds the baselines)"
+    table = ev.pivot_table(index="method", columns="metric", values="value", sort=False).reset_index() if len(ev) else ev
+    runs = book.query("SELECT kind, name, status, started_at FROM runs ORDER BY started_at DESC LIMIT 8", timeout=INTERACTIVE)
+    try:
+        held = eval_set(ws)["query"].drop_duplicates()
+        picks = held.sample(min(examples, len(held)), random_state=seed).tolist()
+    except ValueError:  # no held-out queries with relevant products
+        picks = []
+    return Overview(pd.DataFrame(facts, columns=["what", "value"]), pd.DataFrame(models), table, source, runs, picks)
+
+
 # the other pages' data --------------------------------------------------------------------------
 def latest(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of each run name's latest run only (curves frames are ordered by start time)."""
@@ -156,7 +254,10 @@ def rl_curves(ws: Workspace) -> pd.DataFrame:
 
 
 def beam_sweep(ws: Workspace) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The latest width sweep of each ID kind (width, batch, p50/p95 ms, recall) and the chosen widths."""
+    """The latest width sweep of each ID kind: one row per (ids, batch, width) with p50/p95 ms, queries/s,
+    Recall@K and products (integer widths and batch sizes, no empty columns); and the chosen width of
+    each ID kind (ids, width, recall, widest, widest_recall, batch, latency_saving, throughput_gain, k,
+    tolerance; see `workbench.eval.width.pick_width`)."""
     sweep = ws.logbook().query(
         "SELECT b.bench, b.case_name, b.metric, b.value, b.run_id FROM bench b JOIN runs r USING (run_id) "
         "WHERE b.bench LIKE 'beam-sweep%' OR b.bench = 'beam-width-choice' ORDER BY r.started_at", timeout=INTERACTIVE)
@@ -165,10 +266,25 @@ def beam_sweep(ws: Workspace) -> tuple[pd.DataFrame, pd.DataFrame]:
     latest = sweep.groupby("bench")["run_id"].last()
     sweep = sweep[sweep["run_id"] == sweep["bench"].map(latest)]
     wide = sweep.pivot_table(index=["bench", "case_name"], columns="metric", values="value").reset_index()
-    choice = wide[wide["bench"] == "beam-width-choice"]
-    curves = wide[wide["bench"] != "beam-width-choice"].copy()
+    choice = wide[wide["bench"] == "beam-width-choice"].dropna(axis=1, how="all").rename(columns={"case_name": "ids"})
+    curves = wide[wide["bench"] != "beam-width-choice"].dropna(axis=1, how="all").copy()
     curves["ids"] = curves["bench"].str.extract(r"\((\w+) IDs\)")[0]
-    return curves, choice
+    for df, cols in ((curves, ("width", "batch")), (choice, ("width", "widest", "batch", "k", "width_for_target"))):
+        for c in cols:
+            if c in df and df[c].notna().all():
+                df[c] = df[c].astype(int)
+    return (curves.drop(columns=["bench", "case_name"]).sort_values(["ids", "batch", "width"]).reset_index(drop=True),
+            choice.drop(columns=["bench"]).reset_index(drop=True))
+
+
+def width_rule(choice: pd.Series) -> str:
+    """The rule that chose a width, in words, with its figures."""
+    k = int(choice["k"]) if pd.notna(choice.get("k")) else 50
+    tol = f"{choice['tolerance']:.0%}" if pd.notna(choice.get("tolerance")) else "the tolerance"
+    return (f"Width {choice['width']} is the smallest whose Recall@{k} ({choice['recall']:.3f}) is within {tol} of the "
+            f"widest width's ({choice['widest']}: {choice['widest_recall']:.3f}), measured at batch {choice['batch']}; "
+            f"it saves {choice['latency_saving']:.0%} of the widest width's p50 latency and serves "
+            f"{choice['throughput_gain']:.1f}x its queries per second.")
 
 
 PAPER_SHARES = {"exposures": 0.5025, "clicks": 0.5896, "purchases": 0.7263}  # the paper's online test: the generative channel's shares
@@ -189,27 +305,61 @@ def ab_results(ws: Workspace) -> tuple[pd.DataFrame, dict]:
     return wide, {"run_id": last, "name": rows["name"].iloc[0]}
 
 
-def codebook_points(ws: Workspace, n: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """A UMAP map of up to n products' embeddings with their codes and category (sampled, seeded)."""
-    from workbench.embed import embed_workspace, get_embedder
-    from workbench.sid.store import load_sids
+def codebook_points(ws: Workspace, n: int = 1000) -> pd.DataFrame:
+    """The first n products of the stored map (`workbench sid map`) with their codes, cluster labels and
+    category. AppError when the workspace has no map of its current SIDs (`draw_map` draws one)."""
+    from workbench.lineage import StaleError
+    from workbench.sid.store import load_map, load_sids
 
     sids = load_sids(ws)
-    products = ws.table("products")
-    vecs = embed_workspace(ws, get_embedder(workspace_embedder(ws)), ("products",), progress=False)["products"]
-    idx = np.sort(np.random.default_rng(seed).choice(len(products), min(n, len(products)), replace=False))
-    df = products.iloc[idx][["product_id", "title", "category"]].merge(sids, on="product_id", how="left")
-    xy = umap_2d(vecs[idx], seed)
-    df["x"], df["y"] = xy[:, 0], xy[:, 1]
+    try:
+        pts = load_map(ws).head(n)
+    except (FileNotFoundError, StaleError) as e:
+        why = "no map yet" if isinstance(e, FileNotFoundError) else "its map is of older SIDs"
+        raise AppError(f"workspace {ws.path}: {why}. Draw it with `workbench sid map` (about a minute on 2 cores), "
+                       "or with the button below") from e
+    products = ws.table("products")[["product_id", "title", "category"]]
+    df = pts.merge(products, on="product_id").merge(sids, on="product_id", how="left")
+    labels = load_labels(ws)["label"]
+    levels = [c for c in df.columns if c.startswith("sid_")]
+    df["cluster"] = ["-".join(map(str, r)) for r in df[levels].to_numpy().tolist()]
+    df["label"] = df["cluster"].map(labels)
+    df["label_1"] = df["sid_1"].astype(str).map(labels)
     df["top_category"] = df["category"].fillna("").str.split(" > ").str[0]
     return df
 
 
-def umap_2d(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
-    """(N, D) vectors -> (N, 2) UMAP map (seeded and single-threaded, so a rerun draws the same map)."""
-    import umap
+def draw_map(ws: Workspace, device: str = "cpu") -> int:
+    """Draw and store the Codebooks map (what `workbench sid map` does); the number of products on it."""
+    from workbench.embed import get_embedder
+    from workbench.sid.store import write_map
 
-    return umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), random_state=seed, n_jobs=1).fit_transform(x)
+    return len(write_map(ws, get_embedder(workspace_embedder(ws), device), progress=False))
+
+
+SQL_EXAMPLES = {  # the SQL console's starting points, one per logbook table
+    "latest runs": "SELECT kind, name, status, started_at, ended_at - started_at AS took FROM runs ORDER BY started_at DESC LIMIT 20",
+    "held-out evaluation (latest run)": (
+        "SELECT method, metric, k, round(value, 4) AS value FROM evals WHERE run_id = (SELECT run_id FROM evals "
+        "WHERE dataset = 'held-out' ORDER BY time DESC LIMIT 1) ORDER BY metric, k, value DESC"),
+    "generator training curves": (
+        "SELECT r.name AS run, m.stage, m.step, m.value AS recall_at_50 FROM metrics m JOIN runs r USING (run_id) "
+        "WHERE r.kind = 'gen-train' AND m.name = 'recall@50' ORDER BY r.started_at, m.step"),
+    "stage 4 rewards": (
+        "SELECT r.name AS run, m.step, m.value AS reward FROM metrics m JOIN runs r USING (run_id) "
+        "WHERE r.kind = 'rl' AND m.name = 'reward' ORDER BY r.started_at, m.step"),
+    "benchmarks (latest 50 rows)": "SELECT bench, case_name, metric, value, unit, device FROM bench ORDER BY time DESC LIMIT 50",
+    "served queries per minute": (
+        "SELECT date_trunc('minute', time) AS minute, count(*) AS queries, round(median(latency_ms), 1) AS p50_ms, "
+        "round(quantile_cont(latency_ms, 0.95), 1) AS p95_ms FROM served GROUP BY 1 ORDER BY 1"),
+}
+
+
+def logbook_schema(ws: Workspace) -> pd.DataFrame:
+    """The logbook's tables and their columns with types (table, column, type), for the SQL console."""
+    return ws.logbook().query(
+        "SELECT table_name AS \"table\", column_name AS \"column\", data_type AS type FROM information_schema.columns "
+        "WHERE table_schema = 'main' ORDER BY table_name, ordinal_position", timeout=INTERACTIVE)
 
 
 def run_sql(ws: Workspace, sql: str, max_rows: int = 1000) -> tuple[pd.DataFrame, bool]:

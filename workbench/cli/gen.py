@@ -130,12 +130,16 @@ def search(ctx, queries, width, top, user, name, device, **kw):
         context, known = r.user_context(ws, [user] * len(queries))
         if not known[0]:
             click.echo(f"unknown user {user!r}: results are not personalised")
+    from workbench.sid.store import load_labels
+
     titles = ws.table("products").set_index("product_id")["title"]
+    labels = load_labels(ws)["label"]
     hits = r.search(list(queries), width, context=context)
     for q, hs, ranked in zip(queries, hits, channel(list(queries), hits)):
         click.echo(f"\n{q!r}: {len(hs)} SIDs, {sum(len(h.products) for h in hs)} products")
         for h in hs[:top]:
-            click.echo(f"  {'-'.join(map(str, h.sid)):<14} logp {h.logp:7.3f}  {len(h.products):3d} products: "
+            sid = "-".join(map(str, h.sid))
+            click.echo(f"  {sid:<14} logp {h.logp:7.3f}  {len(h.products):3d} products  [{labels.get(sid, '')}]: "
                        + "; ".join(titles.get(p, p) for p in h.products[:3]))
         click.echo(f"  channel ({channel.cfg.order} order, {len(ranked)} candidates): "
                    + "; ".join(titles.get(p, p) for p in ranked[:top]))

@@ -1,4 +1,4 @@
-"""`workbench sid train | assign | stats`: semantic IDs for the workspace's catalog."""
+"""`workbench sid train | assign | stats | labels | map`: semantic IDs for the workspace's catalog."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pandas as pd
 
 from workbench.cli.options import apply, config_options, device_option, embedder_option, recipe_option, ws_of
 from workbench.sid.cqsid import MODES, CQSIDConfig, variant
+from workbench.sid.map import POINTS
 
 
 def print_stats(stats: dict) -> None:
@@ -24,6 +25,9 @@ def print_stats(stats: dict) -> None:
         click.echo("\ncategory purity (rows: prefix length; columns: category depth)\n" + p.to_string(float_format=lambda v: f"{v:.3f}"))
     if stats.get("coherence"):
         click.echo("\nquery coherence\n" + pd.DataFrame(stats["coherence"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if stats.get("labels"):
+        click.echo("\ncluster labels: share of each label's category (products weighted) "
+                   + ", ".join(f"level {k.split('@')[1]} {v:.3f}" for k, v in stats["labels"].items()))
 
 
 @click.group()
@@ -93,6 +97,41 @@ def stats(ctx):
     with ws.logbook().run("sid-stats") as run:
         log_stats(run, s, s["config"])
     print_stats(s)
+
+
+@sid.command()
+@click.option("--level", type=click.IntRange(min=1), default=None, help="Only this level (1 = the first code; default: all).")
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Clusters per level, largest first.")
+@click.pass_context
+def labels(ctx, level, top):
+    """The clusters' labels: dominant category (with its share) and distinctive title words per SID prefix."""
+    from workbench.sid.store import load_labels
+
+    lab = load_labels(ws_of(ctx).require()).reset_index()
+    if level is not None:
+        if level > lab["level"].max():
+            raise click.BadParameter(f"the SIDs have {lab['level'].max()} levels, not {level}", param_hint="--level")
+        lab = lab[lab["level"] == level]
+    for lvl, g in lab.groupby("level"):
+        g = g.sort_values(["products", "prefix"], ascending=[False, True]).head(top)
+        click.echo(f"\nlevel {lvl}: {int((lab['level'] == lvl).sum()):,} clusters (largest {len(g)})")
+        click.echo(g[["prefix", "products", "label"]].to_string(index=False))
+
+
+@sid.command(name="map")
+@click.option("--points", type=click.IntRange(min=3), default=POINTS, show_default=True, help="Products on the map (a seeded sample).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@device_option()
+@click.pass_context
+def map_(ctx, points, seed, device):
+    """Draw the Codebooks page's 2-D map (UMAP of the product embeddings) and store it with the SIDs."""
+    from workbench.embed import get_embedder
+    from workbench.sid.store import workspace_embedder, write_map
+
+    ws = ws_of(ctx).require()
+    t0 = time.perf_counter()
+    df = write_map(ws, get_embedder(workspace_embedder(ws), device), points, seed)
+    click.echo(f"drew a map of {len(df):,} products in {time.perf_counter() - t0:.1f} s; wrote {ws.path / 'sid' / 'map.parquet'}")
 
 
 COMMANDS = [sid]

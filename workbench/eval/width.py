@@ -86,7 +86,7 @@ def pick_width(rows: list[dict], k: int, tolerance: float = 0.02) -> dict:
     return {"width": int(best["width"]), "recall": float(best[f"recall@{k}"]), "widest": int(widest["width"]),
             "widest_recall": float(widest[f"recall@{k}"]), "batch": int(bs),
             "latency_saving": 1 - best["p50_ms"] / widest["p50_ms"],
-            "throughput_gain": best["queries_per_s"] / widest["queries_per_s"]}
+            "throughput_gain": best["queries_per_s"] / widest["queries_per_s"], "k": k, "tolerance": tolerance}
 
 
 def width_for_recall(rows: list[dict], k: int, target: float) -> int | None:

@@ -312,7 +312,7 @@ def flat_stats(stats: dict) -> dict[str, float]:
         row[f"purity_l{r['level']}_d{r['depth']}"] = r["purity"]
     for r in stats.get("coherence", []):
         row[f"coherence_l{r['level']}"] = r["coherence"]
-    return row
+    return {**row, **stats.get("labels", {})}
 
 
 def variant(cfg: CQSIDConfig, name: str) -> CQSIDConfig:

@@ -4,8 +4,10 @@
       rqvae.safetensors   weights; metadata: kind, CQSIDConfig JSON, embedder, run id
       sids.parquet        product_id, sid_1..sid_L (+ dedup in unique mode): the SID table
       index.parquet       the SID index: each valid SID once, with its product count (see index.py)
+      labels.parquet      a human label per SID prefix: dominant category and distinctive title words (labels.py)
+      map.parquet         the Codebooks page's 2-D map of a product sample (map.py), drawn by `sid map`
 
-The three files are written in one workspace transaction, so a reader sees either the old SIDs or the
+The first four files are written in one workspace transaction, so a reader sees either the old SIDs or the
 new ones, never a mix. Lineage (workbench.lineage): the SID table records the fingerprints of the
 products table and the RQ-VAE it was made from, the index the fingerprint of the SID table; `load_sids`
 refuses a table of another catalog (run `sid assign`) or one that lost rows.
@@ -22,7 +24,8 @@ import pyarrow.parquet as pq
 
 from workbench import checkpoint, dist, lineage
 from workbench.data.relevance import held_out, relevance
-from workbench.sid import metrics
+from workbench.sid import labels, metrics
+from workbench.sid import map as smap
 from workbench.sid.cqsid import CQSIDConfig, SIDData, dedup, evaluate, flat_stats, train
 from workbench.sid.cqsid import assign as assign_codes
 from workbench.sid.index import SIDIndex
@@ -68,15 +71,17 @@ def sid_columns(levels: int, mode: str) -> list[str]:
 
 
 def write_sids(ws: Workspace, model: RQVAE, cfg: CQSIDConfig, product_ids: np.ndarray, sids: np.ndarray,
-               **meta) -> None:
-    """Write weights, SID table and index, together (one transaction)."""
+               **meta) -> dict[str, float]:
+    """Write weights, SID table, index and labels, together (one transaction); the labels' quality."""
     with ws.transaction() as tx:
         checkpoint.save(sid_dir(ws) / "rqvae.safetensors", model, cfg, kind="cq-sid", tx=tx, **meta)
-        write_table(ws, cfg, product_ids, sids, rqvae=lineage.fingerprint(tx.staged[-1][0]), tx=tx)
+        return write_table(ws, cfg, product_ids, sids, rqvae=lineage.fingerprint(tx.staged[-1][0]), tx=tx)
 
 
-def write_table(ws: Workspace, cfg: CQSIDConfig, product_ids, sids: np.ndarray, rqvae: str | None = None, tx=None) -> None:
-    """The SID table, then the index made from it, together; both record what they were made from."""
+def write_table(ws: Workspace, cfg: CQSIDConfig, product_ids, sids: np.ndarray, rqvae: str | None = None,
+                tx=None) -> dict[str, float]:
+    """The SID table, then the index and the cluster labels made from it, together; each records what it
+    was made from. Returns the labels' quality (`labels.label_quality`) for the caller's run."""
     if tx is None:
         with ws.transaction() as tx:
             return write_table(ws, cfg, product_ids, sids, rqvae, tx)
@@ -90,6 +95,52 @@ def write_table(ws: Workspace, cfg: CQSIDConfig, product_ids, sids: np.ndarray, 
     sids_fp = lineage.fingerprint(tx.staged[-1][0])
     SIDIndex.from_codes(sids, cfg.model.codebook_sizes).save(sid_dir(ws) / "index.parquet", tx,
                                                              lineage=lineage.encode({"sids": sids_fp}))
+    made = labels.compute(ws.table("products"), table.to_pandas(), cfg.model.levels)
+    arrow = pa.Table.from_pandas(made, preserve_index=False).replace_schema_metadata({"lineage": lineage.encode({"sids": sids_fp})})
+    atomic_write(sid_dir(ws) / "labels.parquet", lambda tmp: pq.write_table(arrow, tmp, compression="zstd"), tx)
+    return labels.label_quality(made)
+
+
+def load_labels(ws: Workspace) -> pd.DataFrame:
+    """The cluster labels of the current SID table (`workbench.sid.labels`), indexed by prefix ("49",
+    "49-0", "49-0-4"). Stored with the SIDs; computed here, not stored, for a workspace whose SIDs
+    predate them."""
+    path = sid_dir(ws) / "labels.parquet"
+    sids_fp = lineage.fingerprint(sid_dir(ws) / "sids.parquet")
+    if path.exists():
+        t = pq.read_table(path)
+        if lineage.decode((t.schema.metadata or {}).get(b"lineage")).get("sids") == sids_fp:
+            return t.to_pandas().set_index("prefix")
+    levels = len([c for c in load_sids(ws).columns if c.startswith("sid_")])
+    return labels.compute(ws.table("products"), load_sids(ws), levels).set_index("prefix")
+
+
+def write_map(ws: Workspace, embedder, points: int = smap.POINTS, seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Fit and store the Codebooks map of the current SID table (`workbench.sid.map`)."""
+    from workbench.embed import embed_workspace
+
+    load_sids(ws)  # the map is of these SIDs: refuse to draw one for a stale table
+    fp = lineage.fingerprint(sid_dir(ws) / "sids.parquet")
+    products = ws.table("products")
+    vecs = embed_workspace(ws, embedder, ("products",), progress=progress)["products"]
+    rows = smap.sample(len(products), points, seed)
+    xy = smap.umap_2d(vecs[rows], seed)
+    df = pd.DataFrame({"product_id": products["product_id"].to_numpy()[rows], "x": xy[:, 0], "y": xy[:, 1]})
+    arrow = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(
+        {"lineage": lineage.encode({"sids": fp}), "embedder": embedder.key, "seed": str(seed)})
+    atomic_write(sid_dir(ws) / "map.parquet", lambda tmp: pq.write_table(arrow, tmp), None)
+    return df
+
+
+def load_map(ws: Workspace) -> pd.DataFrame:
+    """The stored map (product_id, x, y); FileNotFoundError without one, StaleError when the SIDs changed since."""
+    path = sid_dir(ws) / "map.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"workspace {ws.path} has no Codebooks map ({path}); draw one with `workbench sid map`")
+    t = pq.read_table(path)
+    lineage.check(str(path), lineage.decode((t.schema.metadata or {}).get(b"lineage")),
+                  {"sids": lineage.fingerprint(sid_dir(ws) / "sids.parquet")}, "draw it again with `workbench sid map`")
+    return t.to_pandas()
 
 
 def load_model(ws: Workspace, device: str = "cpu") -> tuple[RQVAE, CQSIDConfig, dict]:
@@ -156,8 +207,8 @@ def train_workspace(ws: Workspace, cfg: CQSIDConfig, embedder, device: str = "cp
         model = train(data, cfg, device, run=run, progress=progress)
         codes = assign_codes(model, data.x, device)
         sids = np.column_stack([codes, dedup(codes)]) if cfg.mode == "unique" else codes
-        write_sids(ws, model, cfg, data.product_ids, sids, embedder=embedder.key, run_id=run.run_id)
-        stats = evaluate(model, data, cfg, device, codes=codes)
+        quality = write_sids(ws, model, cfg, data.product_ids, sids, embedder=embedder.key, run_id=run.run_id)
+        stats = {**evaluate(model, data, cfg, device, codes=codes), "labels": quality}
         log_stats(run, stats, cfg)
     dist.barrier()
     return stats
@@ -200,8 +251,8 @@ def assign_new(ws: Workspace, embedder, device: str = "cpu", progress: bool = Tr
         counts["into_existing"] = 0
     counts["sids_after"] = len(keep.drop_duplicates(levels))
     with ws.logbook().run("sid-assign", {"embedder": embedder.key, "device": device}) as run:  # the write is part of the run
-        write_table(ws, cfg, keep["product_id"].to_numpy(), keep[sid_columns(cfg.model.levels, cfg.mode)].to_numpy())
-        run.log(0, stage="sid", **counts)
+        quality = write_table(ws, cfg, keep["product_id"].to_numpy(), keep[sid_columns(cfg.model.levels, cfg.mode)].to_numpy())
+        run.log(0, stage="sid", **counts, **quality)
     return counts
 
 
@@ -221,6 +272,7 @@ def workspace_stats(ws: Workspace) -> dict:
         pairs = relevance_pairs(ws, pd.Index(products["product_id"]), pd.Index(ws.table("queries")["query_id"]))
         if len(pairs):
             out["coherence"] = metrics.query_coherence(codes, pairs)
+    out["labels"] = labels.label_quality(load_labels(ws).reset_index())
     return out
 
 
