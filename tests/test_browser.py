@@ -69,35 +69,69 @@ def _settle(page, timeout: float = 120_000) -> None:
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
 
 
-def test_search_renders_sid_paths_in_a_browser(served_app):
+def _page(p, name: str, page) -> None:
+    """Open app page `name` from the sidebar."""
+    page.locator('[data-testid="stSidebar"]').get_by_text(name, exact=True).click()
+    _settle(page)
+
+
+def test_overview_example_query_labelled_paths_pareto_and_sql_in_a_browser(served_app):
     from playwright.sync_api import sync_playwright
 
+    from workbench.eval.width import pick_width
+    from workbench.report import report
+    from workbench.sid.store import load_labels
+
     url, ws = served_app
+    rows = [{"case": f"workspace w{w} b{b}", "ids": "workspace", "width": w, "batch": b, "p50_ms": w * b / 4.0, "p95_ms": w * b / 3.0,
+             "queries_per_s": 1000.0 / w, "recall@50": 0.5 - 0.2 / w, "products": 10.0 * w} for b in (1, 32) for w in (1, 4, 16, 64)]
+    with ws.logbook().run("bench", {}) as run:  # a width sweep for the Beam width page
+        report("beam-sweep (workspace IDs)", rows, run)
+        report("beam-width-choice", [{"case": "workspace", **pick_width(rows, 50)}], run)
+    labels = load_labels(ws)["label"]
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 2200})
         page.goto(url)
         _settle(page)
-        page.get_by_text("Type a query to decode it into semantic IDs.").wait_for(timeout=120_000)
-        box = page.get_by_label("Query")
-        box.fill("cordless drill")
-        box.press("Enter")
+        page.get_by_text("What this workspace holds").wait_for(timeout=120_000)  # the overview is the landing page
+        page.wait_for_selector('[data-testid="stDataFrame"] canvas', timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "app-overview.png"))
+        example = page.locator('[data-testid="stButton"] button').first
+        query = example.inner_text().strip()
+        example.click()  # an example query opens the Search page on it
         page.get_by_text("Decoded SID paths").wait_for(timeout=120_000)
         _settle(page)
-        paths = page.locator("code").all_inner_texts()
-        sids = [t for t in paths if t.count("-") == 2 and t.replace("-", "").isdigit()]
-        assert sids, paths  # e.g. 12-3-1
-        assert page.get_by_text("SIDs,", exact=False).count() >= 1
+        assert page.get_by_text(f'ms for "{query}"', exact=False).count() == 1
+        items = page.locator('[data-testid="stMarkdownContainer"] li').all_inner_texts()
+        sids = [t.split()[0] for t in items if t.split() and t.split()[0].count("-") == 2 and t.split()[0].replace("-", "").isdigit()]
+        assert sids and all(labels[s] in t for s, t in zip(sids, items)), items  # each path with its cluster label
         assert page.locator('[data-testid="stException"]').count() == 0
         page.wait_for_selector('[data-testid="stPlotlyChart"] g.slice', timeout=60_000)  # the SID tree (sunburst) drew
         page.wait_for_selector('[data-testid="stDataFrame"] canvas', timeout=60_000)  # the baseline lists drew
         assert page.locator('[data-testid="stPlotlyChart"] g.slice').count() >= len(sids)
         page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / "app-search.png"))
+
+        _page(p, "Beam width", page)
+        page.get_by_text("is the smallest whose Recall@50", exact=False).wait_for(timeout=60_000)
+        page.wait_for_selector('[data-testid="stPlotlyChart"] .scatterlayer .trace', timeout=60_000)
+        assert page.locator('[data-testid="stPlotlyChart"]').count() == 2  # one Pareto chart per batch size
+        assert page.locator('[data-testid="stPlotlyChart"] path.point').count() >= 2 * 4 + 2  # every width, and the stars
+
+        _page(p, "SQL", page)
+        page.get_by_label("SQL (read-only) over the logbook").fill("SELECT kind, count(*) AS n FROM runs GROUP BY kind")
+        page.get_by_role("button", name="Run").click()
+        _settle(page)
+        page.get_by_text("Chart", exact=True).click()  # the result as a chart
+        _settle(page)
+        page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=60_000)
+        assert page.get_by_role("button", name="Download CSV").count() == 1
+        assert page.locator('[data-testid="stException"]').count() == 0
         browser.close()
     served = ws.logbook().query("SELECT query, source FROM served")
-    assert ["cordless drill", "app"] in served.values.tolist()
+    assert [query, "app"] in served.values.tolist()
 
 
 def test_concurrent_sessions_search_without_errors(served_app):

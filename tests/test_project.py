@@ -66,8 +66,9 @@ def test_demo_builds_then_skips_and_sql_reads_the_logbook(demo_workspace):
     assert "sweep    width " in output and "rl       ranker; 40 steps each: grpo click hit@10" in output
     assert (ws / "gen" / "generator-eg-grpo.safetensors").exists() and (ws / "rl" / "ranker.safetensors").exists()
     assert "products 3,000" in output and "hashing-64: products 3,000x64" in output and "CQ-SID (64, 16, 8)" in output
+    assert "map      Codebooks map of 3,000 products" in output and (ws / "sid" / "map.parquet").exists()
     assert (ws / "sid" / "sids.parquet").exists() and (ws / "sid" / "index.parquet").exists()
-    assert missing(Workspace(ws)) == [] and missing(Workspace(ws.parent / "none")) == ["data", "sid", "gen", "sweep", "rl"]
+    assert missing(Workspace(ws)) == [] and missing(Workspace(ws.parent / "none")) == ["data", "sid", "map", "gen", "sweep", "rl"]
     assert open_or_build(ws, echo=pytest.fail).path == ws  # built: opened without a build run (counted below)
     for wrong in (ws / "logbook.duckdb", ws / "tables"):  # a file, a folder that is not a workspace: refused
         with pytest.raises(FileExistsError, match="is not a workspace"):
@@ -82,6 +83,33 @@ def test_demo_builds_then_skips_and_sql_reads_the_logbook(demo_workspace):
     assert r.exit_code != 0 and "SQL error" in r.output and "Traceback" not in r.output
     r = runner.invoke(main, ["-w", str(ws), "data", "stats"])
     assert r.exit_code == 0 and re.search(r"CTR 0\.\d{3}\), [\d,]+ purchases", r.output)
+
+
+@pytest.mark.slow
+def test_demo_on_a_real_catalog(tmp_path):
+    """`demo --catalog homedepot` on a 400-product slice of Home Depot: import, the few-logs recipe, no stage 4."""
+    import pandas as pd
+
+    from tests.conftest import need_dataset
+    from workbench import serve
+
+    hd, d = need_dataset("homedepot"), tmp_path / "datasets" / "homedepot"
+    d.mkdir(parents=True)
+    products = pd.read_csv(hd / "products.csv").head(400)
+    products.to_csv(d / "products.csv", index=False)
+    judged = pd.read_csv(hd / "judgments_dev.csv")
+    judged[judged["product_uid"].isin(products["product_uid"])].to_csv(d / "judgments_dev.csv", index=False)
+    r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "demo", "--catalog", "homedepot", "--datasets", str(d.parent),
+                                  "--embedder", "hashing-64", "--no-app"])
+    assert r.exit_code == 0, r.output
+    assert "importing homedepot" in r.output and "rl       skipped: stage 4 rewards the generator with a ranker" in r.output
+    ws = Workspace(tmp_path / "ws")
+    assert missing(ws) == [] and len(ws.table("products")) == 400 and not ws.has("search_log")
+    assert (ws.path / "sid" / "map.parquet").exists() and (ws.path / "gen" / "generator.safetensors").exists()
+    ov = serve.overview(ws)
+    assert ov.examples and "generator-stage2" in set(ov.models["model"]) and "judged pairs" in set(ov.facts["what"])
+    r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "demo", "--catalog", "homedepot", "--source", str(tmp_path)])
+    assert r.exit_code == 2 and "give one" in r.output
 
 
 def test_cli_errors_are_one_line(tmp_path):

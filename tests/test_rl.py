@@ -47,13 +47,13 @@ def test_advantages_over_present_members_only():
     assert grpo.equal_groups(torch.tensor([[2.0, 2.0, 9.0]]), present).item()  # the absent 9 does not count
 
 
-def _grads(shaping: str, ref_weight: float = 1.0):
+def _grads(shaping: str, ref_weight: float = 1.0, ref_adv: float = 2.0, ref_floor: float | None = None):
     """d loss / d logp for one group: 2 sampled members (old == logp) and 1 reference, L = 2."""
     logp = torch.log(torch.tensor([[[0.5, 0.2], [0.3, 0.9], [0.05, 0.4]]])).requires_grad_()
-    adv = torch.tensor([[1.0, -1.0, 2.0]])
+    adv = torch.tensor([[1.0, -1.0, ref_adv]])
     is_ref = torch.tensor([[False, False, True]])
     present = torch.ones(1, 3, dtype=torch.bool)
-    cfg = grpo.LossConfig(kl=0.0, shaping=shaping, gamma=0.1, ref_weight=ref_weight)
+    cfg = grpo.LossConfig(kl=0.0, shaping=shaping, gamma=0.1, ref_weight=ref_weight, ref_floor=ref_floor)
     lo, _ = grpo.loss(logp, old=logp.detach(), ref=logp.detach(), adv=adv, is_ref=is_ref, present=present, cfg=cfg)
     lo.backward()
     return logp.grad[0], logp.detach().exp()[0]
@@ -68,6 +68,16 @@ def test_reference_members_enter_as_documented():
     assert torch.allclose(g[2], -0.5 * 2.0 * shaped / n)
     g, _ = _grads("none")
     assert torch.allclose(g[2], torch.full((2,), -2.0 / n))  # ratio taken as 1: advantage-weighted log-likelihood
+
+
+def test_the_reference_floor_never_pushes_the_ground_truth_down():
+    g, _ = _grads("none", ref_adv=-1.5)
+    assert torch.allclose(g[2], torch.full((2,), 1.5 / 6))  # without the floor a poorly rewarded reference is unlearned
+    g_floor, _ = _grads("none", ref_adv=-1.5, ref_floor=0.0)
+    assert torch.all(g_floor[2] == 0) and torch.allclose(g_floor[:2], g[:2])  # with it: no push; samples unchanged
+    assert torch.allclose(_grads("luffy", ref_floor=0.0)[0], _grads("luffy")[0])  # a positive advantage is kept as it is
+    anchor, _ = _grads("none", ref_adv=-1.5, ref_floor=1.0)
+    assert torch.allclose(anchor[2], torch.full((2,), -1.0 / 6))  # floor 1: always pulled up, like SFT on the reference
 
 
 def test_clip_and_kl():

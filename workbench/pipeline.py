@@ -121,10 +121,11 @@ def _gen(ws: Workspace, run, recipe: Recipe, device: str, **_) -> str:
 
 
 def _has_rl(ws: Workspace) -> bool:
+    """Stage 4's models are present, or cannot be: without a search log there is no ranker to reward them."""
     from workbench.gen.store import load
     from workbench.rl.ranker import load_checked
 
-    return _usable(lambda: (load_checked(ws), load(ws, "generator-eg-grpo")))
+    return not ws.has("search_log") or _usable(lambda: (load_checked(ws), load(ws, "generator-eg-grpo")))
 
 
 def _rl(ws: Workspace, run, recipe: Recipe, embedder: str, device: str, **_) -> str:
@@ -133,6 +134,8 @@ def _rl(ws: Workspace, run, recipe: Recipe, embedder: str, device: str, **_) -> 
     from workbench.rl.ranker import load_checked, train_workspace
     from workbench.rl.train import train_rl
 
+    if not ws.has("search_log"):
+        return "skipped: stage 4 rewards the generator with a ranker fitted on a search log, and this catalog has none"
     if _has_rl(ws):
         return "stage-4 models present"
     if not _usable(lambda: load_checked(ws)):

@@ -338,7 +338,8 @@ def draw_map(ws: Workspace, device: str = "cpu") -> int:
 
 
 SQL_EXAMPLES = {  # the SQL console's starting points, one per logbook table
-    "latest runs": "SELECT kind, name, status, started_at, ended_at - started_at AS took FROM runs ORDER BY started_at DESC LIMIT 20",
+    "latest runs": ("SELECT kind, name, status, started_at, round(epoch(ended_at) - epoch(started_at), 1) AS seconds "
+                    "FROM runs ORDER BY started_at DESC LIMIT 20"),
     "held-out evaluation (latest run)": (
         "SELECT method, metric, k, round(value, 4) AS value FROM evals WHERE run_id = (SELECT run_id FROM evals "
         "WHERE dataset = 'held-out' ORDER BY time DESC LIMIT 1) ORDER BY metric, k, value DESC"),

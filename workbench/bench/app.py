@@ -61,6 +61,7 @@ async def _session(browser, url: str, queries: list[str], until: float, seed: in
     try:
         await page.goto(url, timeout=120_000)
         await page.wait_for_selector(DONE, timeout=120_000)
+        await page.locator('[data-testid="stSidebar"]').get_by_text("Search", exact=True).click()  # from the overview
         box = page.get_by_label("Query")
         await box.wait_for(timeout=120_000)
         while time.monotonic() < until:

@@ -69,6 +69,19 @@ def bench_workspace(name: str, root: Path | None) -> Workspace:
     ws = Workspace(Path("workspaces") / f"bench-{name}")
     if ws.exists() and ws.has("products"):
         return ws
+    import_real(ws, name, root)
+    return ws
+
+
+REAL = ("homedepot", "scientific")  # the real data sets in ../shared/datasets that import_real reads
+
+
+def import_real(ws: Workspace, name: str, root: Path | None = None) -> None:
+    """Import real data set `name` (homedepot: products and graded judgments from CSV; scientific: the
+    LC-Rec Amazon Scientific items and sequences) from `root` (default ../shared/datasets) into `ws`."""
+    root = root or DATASETS
+    if name not in REAL:
+        raise ValueError(f"unknown data set {name!r}; one of {', '.join(REAL)}")
     if not root.exists():
         raise FileNotFoundError(f"real data sets not found at {root}; pass --datasets")
     if name == "scientific":
@@ -78,4 +91,3 @@ def bench_workspace(name: str, root: Path | None) -> Workspace:
         d = root / "homedepot"
         ws.import_csv({"products": d / "products.csv", "judgments": d / "judgments_dev.csv"},
                       {"product_id": "product_uid", "title": "product_title"}, relevance_threshold=2.5, on_duplicate="mean")
-    return ws

@@ -258,6 +258,25 @@ def bench_app(ctx, sessions, seconds, seed) -> None:
                params={"sessions": sessions, "seconds": seconds})
 
 
+@bench.command(name="pages")
+@click.option("--screenshots", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write each page's screenshot here (e.g. docs/: the README's pictures).")
+@click.option("--prefix", default="app", show_default=True, help="Screenshot names: <prefix>-<page>.png.")
+@click.option("--passes", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Walks through the pages; the first includes what each page loads once per server.")
+@click.pass_context
+def bench_pages(ctx, out, prefix, passes) -> None:
+    """Each app page's time to usable in a real browser (headless chromium), first visit and after; screenshots."""
+    from workbench.bench.pages import tour
+
+    ws = ws_of(ctx).require()
+    with ws.logbook().run("bench", {"bench": "pages", "passes": passes}) as run:
+        rows = tour(ws.path.resolve(), out, prefix, passes)
+        report("app-pages", rows, run, units={"first_s": "s", "again_s": "s"}, params={"passes": passes})
+    if out is not None:
+        click.echo(f"screenshots in {out}/{prefix}-*.png")
+
+
 @bench.command(name="sid-assign")
 @click.option("--n", type=click.IntRange(min=1), default=1_000_000, show_default=True, help="Number of products (random vectors).")
 @click.option("--dim", type=click.IntRange(min=1), default=384, show_default=True)
@@ -323,10 +342,12 @@ def bench_batch(ctx, sizes, jobs, chunk, embedder, width, device) -> None:
 
 def model_tag(ctx, cfg, reward_weights: str) -> str:
     """The suffix that keeps a bench's stage-4 models apart from the default setting's: the reward weights
-    when --reward was given, the temperature when it is not 1, the steps when --steps was given (e.g.
-    `-click1-purchase0-...-t2-steps100`)."""
+    when --reward was given, the temperature when it is not 1, `-floor<f>` with --ref-floor, the shaping with --shaping, the steps when
+    --steps was given (e.g. `-click1-purchase0-...-t2-floor0-steps100`)."""
     tag = "-" + "-".join(f"{k}{v:g}" for k, v in cfg.rewards.weights().items()) if reward_weights else ""
-    return tag + (f"-t{cfg.temperature:g}" if cfg.temperature != 1 else "") + (f"-steps{cfg.steps}" if given(ctx, "steps") else "")
+    return (tag + (f"-t{cfg.temperature:g}" if cfg.temperature != 1 else "") + (f"-floor{cfg.loss.ref_floor:g}" if cfg.loss.ref_floor is not None else "")
+            + (f"-{cfg.loss.shaping}" if given(ctx, "loss__shaping") else "")
+            + (f"-steps{cfg.steps}" if given(ctx, "steps") else ""))
 
 
 @bench.command(name="rl")

@@ -24,7 +24,7 @@ def rl_options(name_help: str):
 def _rl_fields(f):
     f = config_options(RLConfig, "judge", "eval_every", "seed", choices={"judge": JUDGES})(f)
     f = click.option("--reward", "reward_weights", default="", help="Reward weights, e.g. click=1,purchase=0,exposure=1.")(f)
-    f = config_options(RLConfig, "lr", "loss.kl", "loss.shaping", choices={"loss.shaping": SHAPINGS})(f)
+    f = config_options(RLConfig, "lr", "loss.kl", "loss.shaping", "loss.ref_floor", choices={"loss.shaping": SHAPINGS})(f)
     f = config_options(RLConfig, "algo", "steps", "prompts", "group", "refs", "temperature", choices={"algo": ALGOS})(f)
     return recipe_option("stage 4")(f)
 

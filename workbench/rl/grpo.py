@@ -23,7 +23,10 @@ logp (current), old (at sampling time), ref (the frozen stage-3 model):
                 which, unlike pi * grad log pi, does not vanish for the low-probability codes that
                 guidance exists to teach; no clipping (there is no old policy to stay near).
                 `shaping="none"` takes the ratio as 1: gradient A * grad log pi (advantage-weighted SFT).
-                Either way times `ref_weight`.
+                Either way times `ref_weight`. `ref_floor` f uses max(A, f) for references: with f = 0 a
+                reward that does not value the ground truth (say, clicks and exposure alone) cannot teach
+                the policy away from what users bought, it only stops pulling towards it; with f > 0 the
+                references always pull, an SFT anchor whose strength the advantage can only raise.
     KL          k3 estimator exp(ref - logp) - (ref - logp) - 1 on sampled members, times beta
 
     loss = -(mean over members and levels of the surrogates) + beta * mean KL
@@ -56,6 +59,7 @@ class LossConfig:
     ref_weight: float = 1.0  # weight of the reference members' surrogate
     shaping: str = "luffy"  # reference members' weight: LUFFY's pi / (pi + gamma), or none (ratio 1)
     gamma: float = 0.1  # LUFFY's gamma
+    ref_floor: float | None = None  # EG-GRPO: a reference member's advantage is at least this (0: never pushed down; 1: always pulled up)
 
     def __post_init__(self):
         if self.shaping not in SHAPINGS:
@@ -138,7 +142,8 @@ def loss(logp: torch.Tensor, *, old: torch.Tensor, ref: torch.Tensor, adv: torch
     rho = torch.exp(logp - old)
     sampled = torch.minimum(rho * A, rho.clamp(1 - cfg.clip, 1 + cfg.clip) * A)
     p = logp.exp()
-    guided = p / (p + cfg.gamma) * A if cfg.shaping == "luffy" else torch.exp(logp - logp.detach()) * A
+    A_ref = A if cfg.ref_floor is None else A.clamp_min(cfg.ref_floor)
+    guided = p / (p + cfg.gamma) * A_ref if cfg.shaping == "luffy" else torch.exp(logp - logp.detach()) * A_ref
     surrogate = torch.where(is_ref[..., None], cfg.ref_weight * guided, sampled)  # (B, N, L)
     tok_present = present[..., None].expand_as(surrogate).float()  # (B, N, L) tokens of present members
     tok_sampled = (present & ~is_ref)[..., None].expand_as(surrogate).float()  # (B, N, L) tokens of sampled members
