@@ -236,6 +236,23 @@ def test_app_other_pages_and_bad_workspace(app_ws, tmp_path):
     assert any("no workspace at" in e.value for e in at.error)
 
 
+@pytest.mark.parametrize("page", ["Overview", "Search", "Codebooks", "Compare"])
+def test_app_pages_of_a_workspace_without_sids_say_so(spoilt, page):
+    shutil.rmtree(spoilt.path / "sid")
+    at = _app(spoilt.path, page)
+    if page == "Compare":  # the generators load with the first query
+        at.text_input(key="cmp_query").set_value("drill").run()
+    _ok(at)
+    assert any("no SID" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_app_on_a_workspace_without_a_generator_says_how_to_train_one(spoilt):
+    (spoilt.path / "gen" / "generator.safetensors").unlink()
+    at = _app(spoilt.path)
+    _ok(at)
+    assert any("no trained generator yet: run `workbench train`" in e.value for e in at.error)
+
+
 @pytest.mark.slow
 def test_app_codebooks_page_without_a_map_offers_to_draw_it(spoilt):
     (spoilt.path / "sid" / "map.parquet").unlink(missing_ok=True)

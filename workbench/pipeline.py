@@ -125,7 +125,9 @@ def _has_rl(ws: Workspace) -> bool:
     from workbench.gen.store import load
     from workbench.rl.ranker import load_checked
 
-    return not ws.has("search_log") or _usable(lambda: (load_checked(ws), load(ws, "generator-eg-grpo")))
+    if ws.has("products") and not ws.has("search_log"):
+        return True
+    return _usable(lambda: (load_checked(ws), load(ws, "generator-eg-grpo")))
 
 
 def _rl(ws: Workspace, run, recipe: Recipe, embedder: str, device: str, **_) -> str:
