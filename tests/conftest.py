@@ -69,3 +69,13 @@ def trained(tmp_path_factory):
     rows = train_stages(ws, StagesConfig(model=TINY, train=TrainConfig(lr=3e-3), epochs=(3, 3, 2), eval_width=16),
                         progress=False)
     return ws, rows
+
+
+@pytest.fixture
+def trained_copy(trained, tmp_path):
+    """A copy of the `trained` workspace, safe to change."""
+    from workbench import Workspace
+
+    ws, _ = trained
+    shutil.copytree(ws.path, tmp_path / "ws")
+    return Workspace(tmp_path / "ws")

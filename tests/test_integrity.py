@@ -29,13 +29,6 @@ def invoke(ws, *args):
     return CliRunner().invoke(main, ["-w", str(ws.path), *args], catch_exceptions=False)
 
 
-@pytest.fixture
-def copy(trained, tmp_path):
-    ws, _ = trained
-    shutil.copytree(ws.path, tmp_path / "ws")
-    return Workspace(tmp_path / "ws")
-
-
 def tables_bytes(ws):
     return {t: ws.table_path(t).read_bytes() for t in ws.tables()}
 
@@ -47,8 +40,8 @@ def dead_pid() -> int:
 
 
 # 1. replacing the data of a trained workspace ---------------------------------------------------------
-def test_new_data_into_a_trained_workspace_needs_replace_then_stale_artifacts_are_refused(copy):
-    ws = copy
+def test_new_data_into_a_trained_workspace_needs_replace_then_stale_artifacts_are_refused(trained_copy):
+    ws = trained_copy
     before = tables_bytes(ws)
     synth = ["data", "synth", "--products", "300", "--users", "40", "--sessions", "300", "--seed", "7"]
     r = invoke(ws, *synth)
@@ -81,8 +74,8 @@ def test_tables_left_in_place_must_still_fit_a_new_catalog(sample_ws, tmp_path):
     assert r.exit_code != 0 and tables_bytes(ws) == before  # --replace does not drop the log silently either
 
 
-def test_rewriting_identical_tables_invalidates_nothing(copy):
-    ws = copy
+def test_rewriting_identical_tables_invalidates_nothing(trained_copy):
+    ws = trained_copy
     ws.write_tables({"products": ws.table("products")})  # same content: no --replace needed
     assert load_sids(ws) is not None and all(r["status"] in ("ok", "outdated") for r in pipeline.report(ws))
 
@@ -139,8 +132,8 @@ def test_a_commit_cut_by_a_kill_is_rolled_forward_and_dead_temps_removed(sample_
 
 
 # 3. the deployed model changes only when a run says so -------------------------------------------------
-def test_finished_stages_leave_the_deployed_generator_alone_and_stale_stages_retrain(copy):
-    ws = copy
+def test_finished_stages_leave_the_deployed_generator_alone_and_stale_stages_retrain(trained_copy):
+    ws = trained_copy
     cfg = StagesConfig(model=TINY, train=TrainConfig(lr=3e-3), epochs=(1, 1, 1), eval_width=4)
     deployed = store.checkpoint_path(ws, "generator").read_bytes()
     deploys = "SELECT config FROM runs WHERE kind = 'gen-deploy' ORDER BY started_at"
@@ -179,8 +172,8 @@ def replace_(cfg, **kw):
 
 
 # 5. damaged artifacts ---------------------------------------------------------------------------------
-def test_damaged_generators_are_errors_and_the_demo_rebuilds_them(copy):
-    ws = copy
+def test_damaged_generators_are_errors_and_the_demo_rebuilds_them(trained_copy):
+    ws = trained_copy
     path = store.checkpoint_path(ws, "generator")
     data = bytearray(path.read_bytes())
     data[-100:-90] = bytes(10)  # corrupt tensor bytes; the header still parses
@@ -199,8 +192,8 @@ def test_damaged_generators_are_errors_and_the_demo_rebuilds_them(copy):
     assert "gen" in pipeline.missing(ws)
 
 
-def test_nan_weights_are_refused_at_save_and_at_load(copy, tmp_path):
-    ws = copy
+def test_nan_weights_are_refused_at_save_and_at_load(trained_copy, tmp_path):
+    ws = trained_copy
     gen, _, _ = store.load(ws)
     with torch.no_grad():
         next(gen.parameters()).fill_(float("nan"))
@@ -215,8 +208,8 @@ def test_nan_weights_are_refused_at_save_and_at_load(copy, tmp_path):
         checkpoint.load(path, GenConfig, kind="generator")
 
 
-def test_a_sid_table_that_lost_rows_or_its_index_is_refused(copy):
-    ws = copy
+def test_a_sid_table_that_lost_rows_or_its_index_is_refused(trained_copy):
+    ws = trained_copy
     path = sid_dir(ws) / "sids.parquet"
     sids = pd.read_parquet(path)
     sids.iloc[: len(sids) // 2].to_parquet(path)  # half the rows, no lineage metadata

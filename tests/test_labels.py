@@ -1,14 +1,13 @@
 """Cluster labels (workbench.sid.labels) and the stored Codebooks map (workbench.sid.map): computed from
 the products, stored with the SIDs, refused or recomputed when the SIDs change, shown on every surface."""
 
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from workbench import Workspace, serve
+from workbench import serve
 from workbench.cli import main
 from workbench.lineage import StaleError
 from workbench.sid import labels
@@ -53,15 +52,8 @@ def test_labels_without_categories_and_bad_inputs():
     assert labels.label(None, np.nan, "") == "(no label)"
 
 
-@pytest.fixture
-def ws_copy(trained, tmp_path):
-    ws, _ = trained
-    shutil.copytree(ws.path, tmp_path / "ws")
-    return Workspace(tmp_path / "ws")
-
-
-def test_labels_are_stored_with_the_sids_and_follow_them(ws_copy):
-    ws = ws_copy
+def test_labels_are_stored_with_the_sids_and_follow_them(trained_copy):
+    ws = trained_copy
     stored = pd.read_parquet(ws.path / "sid" / "labels.parquet").set_index("prefix")
     sids = load_sids(ws)
     levels = [c for c in sids.columns if c.startswith("sid_")]
@@ -76,8 +68,8 @@ def test_labels_are_stored_with_the_sids_and_follow_them(ws_copy):
     assert r.exit_code == 2 and "levels, not 9" in r.output
 
 
-def test_stale_labels_are_recomputed_and_a_stale_map_refused(ws_copy):
-    ws = ws_copy
+def test_stale_labels_are_recomputed_and_a_stale_map_refused(trained_copy):
+    ws = trained_copy
     from workbench.embed import get_embedder
 
     m = write_map(ws, get_embedder("hashing-64"), points=50, progress=False)
@@ -103,8 +95,8 @@ def test_stale_labels_are_recomputed_and_a_stale_map_refused(ws_copy):
     pd.testing.assert_frame_equal(fresh, labels.compute(ws.table("products"), sids, cfg.model.levels).set_index("prefix"))
 
 
-def test_sid_map_command_and_a_workspace_without_a_map(ws_copy):
-    ws = ws_copy
+def test_sid_map_command_and_a_workspace_without_a_map(trained_copy):
+    ws = trained_copy
     (ws.path / "sid" / "map.parquet").unlink(missing_ok=True)
     with pytest.raises(serve.AppError, match="no map yet"):
         serve.codebook_points(ws, 10)
@@ -115,8 +107,8 @@ def test_sid_map_command_and_a_workspace_without_a_map(ws_copy):
     assert r.exit_code == 2 and "--points" in r.output
 
 
-def test_gen_search_and_served_paths_show_the_labels(ws_copy):
-    ws = ws_copy
+def test_gen_search_and_served_paths_show_the_labels(trained_copy):
+    ws = trained_copy
     lab = load_labels(ws)["label"]
     r = CliRunner().invoke(main, ["-w", str(ws.path), "gen", "search", "cordless drill", "--width", "4", "--top", "2"])
     assert r.exit_code == 0, r.output

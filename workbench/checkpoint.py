@@ -50,13 +50,21 @@ def save(path: str | Path, module: torch.nn.Module, cfg, kind: str, extra: dict 
     atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=md), tx)
 
 
-def load(path: str | Path, cfg_cls, kind: str, device: str | torch.device = "cpu") -> tuple[dict, object, dict]:
+def metadata(path: str | Path) -> dict[str, str]:
+    """A checkpoint's metadata as written (JSON-encoded values), without reading its tensors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            md = f.metadata() or {}
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from e
+
+
+def load(path: str | Path, cfg_cls, kind: str, device: str | torch.device = "cpu") -> tuple[dict, object, dict]:
+    md = metadata(path)
+    try:
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from e

@@ -182,8 +182,9 @@ class Overview:
 
 def overview(ws: Workspace, examples: int = 8, seed: int = 0) -> Overview:
     """What the workspace holds, for the landing page."""
+    from workbench.checkpoint import metadata
     from workbench.gen.data import eval_set
-    from workbench.gen.store import gen_dir
+    from workbench.gen.store import checkpoint_path
     from workbench.sid.labels import label_quality
     from workbench.sid.store import load_sids
 
@@ -203,14 +204,10 @@ def overview(ws: Workspace, examples: int = 8, seed: int = 0) -> Overview:
     if quality:
         facts.append(("cluster labels' category share", ", ".join(f"level {k.split('@')[1]} {v:.0%}" for k, v in quality.items())))
     models = []
-    for path in sorted(gen_dir(ws).glob("*.safetensors")):
-        if path.stem.endswith(".partial"):
-            continue
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            stage = str((f.metadata() or {}).get("stage", "")).strip('"')
-        models.append({"model": path.stem, "stage": stage, "trained": pd.Timestamp(path.stat().st_mtime, unit="s", tz="UTC").floor("s"),
+    for name in generators(ws):
+        path = checkpoint_path(ws, name)
+        models.append({"model": name, "stage": str(metadata(path).get("stage", "")).strip('"'),
+                       "trained": pd.Timestamp(path.stat().st_mtime, unit="s", tz="UTC").floor("s"),
                        "size_mib": round(path.stat().st_size / 2**20, 1)})
     book = ws.logbook()
     ev = book.query(
@@ -310,6 +307,7 @@ def codebook_points(ws: Workspace, n: int = 1000) -> pd.DataFrame:
     """The first n products of the stored map (`workbench sid map`) with their codes, cluster labels and
     category. AppError when the workspace has no map of its current SIDs (`draw_map` draws one)."""
     from workbench.lineage import StaleError
+    from workbench.sid.labels import prefix
     from workbench.sid.store import load_map, load_sids
 
     sids = load_sids(ws)
@@ -323,7 +321,7 @@ def codebook_points(ws: Workspace, n: int = 1000) -> pd.DataFrame:
     df = pts.merge(products, on="product_id").merge(sids, on="product_id", how="left")
     labels = load_labels(ws)["label"]
     levels = [c for c in df.columns if c.startswith("sid_")]
-    df["cluster"] = ["-".join(map(str, r)) for r in df[levels].to_numpy().tolist()]
+    df["cluster"] = prefix(df[levels].to_numpy())
     df["label"] = df["cluster"].map(labels)
     df["label_1"] = df["sid_1"].astype(str).map(labels)
     df["top_category"] = df["category"].fillna("").str.split(" > ").str[0]

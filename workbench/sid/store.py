@@ -111,8 +111,9 @@ def load_labels(ws: Workspace) -> pd.DataFrame:
         t = pq.read_table(path)
         if lineage.decode((t.schema.metadata or {}).get(b"lineage")).get("sids") == sids_fp:
             return t.to_pandas().set_index("prefix")
-    levels = len([c for c in load_sids(ws).columns if c.startswith("sid_")])
-    return labels.compute(ws.table("products"), load_sids(ws), levels).set_index("prefix")
+    sids = load_sids(ws)
+    levels = len([c for c in sids.columns if c.startswith("sid_")])
+    return labels.compute(ws.table("products"), sids, levels).set_index("prefix")
 
 
 def write_map(ws: Workspace, embedder, points: int = smap.POINTS, seed: int = 0, progress: bool = True) -> pd.DataFrame:
@@ -278,10 +279,7 @@ def workspace_stats(ws: Workspace) -> dict:
 
 def workspace_embedder(ws) -> str:
     """The embedder name (`minilm`, `hashing-64`) the workspace's SIDs were built with."""
-    from safetensors import safe_open
-
-    with safe_open(str(ws.path / "sid" / "rqvae.safetensors"), framework="pt") as f:
-        key = str((f.metadata() or {}).get("embedder", "")).strip('"')
+    key = str(checkpoint.metadata(ws.path / "sid" / "rqvae.safetensors").get("embedder", "")).strip('"')
     if key.startswith("hashing-"):
         return "-".join(key.split("-")[:2])
     return "minilm"
