@@ -21,7 +21,7 @@ from workbench.cli.options import device_option, embedder_option, ws_of
 @click.option("--catalog", type=click.Choice(["sample", "homedepot"]), default="sample", show_default=True,
               help="What to build from: the sample marketplace, or Home Depot's real catalog from --datasets (54,667 "
                    "products with judged queries; in workspaces/homedepot unless -w says otherwise, with recipe few-logs "
-                   "unless --recipe says otherwise; about 25 minutes on 2 cores). Any other catalog: `data import csv` into "
+                   "unless --recipe says otherwise; 35 minutes on 2 cores here). Any other catalog: `data import csv` into "
                    "a workspace, then `demo` there.")
 @click.option("--datasets", "datasets_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the real data sets (default: ../shared/datasets beside the repository).")
