@@ -5,6 +5,9 @@ or busy logbook) is a message on the page, `serve.page_error(e)`, not a tracebac
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -18,6 +21,22 @@ st.set_page_config(page_title="workbench: generative search", layout="wide")
 @st.cache_resource(show_spinner="loading the generator ...")
 def engine(path: str, name: str = "generator") -> serve.Engine:
     return serve.Engine(serve.open_workspace(path), name=name)
+
+
+@st.cache_resource(show_spinner=False)
+def prewarm(path: str) -> threading.Thread:
+    """Once per workspace and server: load the Search page's engine and indexes in a background thread
+    while the user reads the first page, so that their first query does not wait for them. A failure
+    is kept on the thread (`error`) and left for the Search page to report. Off with WORKBENCH_PREWARM=0."""
+    def work() -> None:
+        try:
+            engine(path).warm()
+        except Exception as e:  # noqa: BLE001 - the Search page shows it
+            t.error = serve.page_error(e)
+    t = threading.Thread(target=work, name=f"prewarm {path}", daemon=True)
+    t.error = None
+    t.start()
+    return t
 
 
 @st.cache_data(show_spinner="reading the map ...")
@@ -282,6 +301,8 @@ with st.sidebar:
     page = st.radio("Page", list(PAGES), key="page")
 try:
     serve.open_workspace(path)
+    if os.environ.get("WORKBENCH_PREWARM", "1") != "0":
+        prewarm(path)
     PAGES[page](path)
 except Exception as e:  # the page's one boundary (Streamlit's rerun and stop are not Exceptions)
     st.error(serve.page_error(e))

@@ -1,6 +1,7 @@
 """The app: its logic (workbench.serve) directly, and every page driven through Streamlit's AppTest."""
 
 import shutil
+import threading
 import time
 
 import pytest
@@ -18,6 +19,13 @@ def app_ws(trained, tmp_path_factory):
     d = tmp_path_factory.mktemp("app") / "ws"
     shutil.copytree(ws.path, d)
     return Workspace(d)
+
+
+@pytest.fixture(autouse=True)
+def _no_prewarm(monkeypatch):
+    """The app warms the Search engine in a thread; here each page runs in this process, so only the
+    test of the warm-up lets it."""
+    monkeypatch.setenv("WORKBENCH_PREWARM", "0")
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +86,30 @@ def test_baselines_side_by_side(eng):
     assert all(len(v) == 10 for v in lists.values())
     added = [p for p in lists["hybrid+gen"] if p not in lists["hybrid"]]
     assert added and all(p in res.products[:10] for p in added)  # what the supplement adds comes from generation
+
+
+def test_warm_builds_the_indexes_once(app_ws):
+    fresh = serve.Engine(app_ws)
+    assert fresh._bm25 is None
+    fresh.warm()
+    bm25, dense = fresh._bm25, fresh._dense
+    assert bm25 is not None and dense is not None
+    fresh.baselines("drill", [], k=5)
+    assert fresh._bm25 is bm25 and fresh._dense is dense  # built once, by whichever came first
+
+
+def test_app_warms_the_search_engine_in_the_background(spoilt, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_PREWARM", "1")
+    at = _app(spoilt.path)
+    _ok(at)
+    warm = [t for t in threading.enumerate() if t.name == f"prewarm {spoilt.path}"]
+    assert len(warm) == 1  # started once, from the overview, for this workspace
+    warm[0].join(timeout=120)
+    assert not warm[0].is_alive() and warm[0].error is None
+    at.radio(key="page").set_value("Search").run()
+    at.text_input(key="query").set_value("cordless drill").run()
+    _ok(at)
+    assert any('ms for "cordless drill"' in c.value for c in at.caption)
 
 
 def test_sql_console_is_read_only(app_ws):

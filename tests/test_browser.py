@@ -4,20 +4,14 @@ chromium is missing; fails in CI (CI=true), which installs it."""
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
 from tests.conftest import ROOT
 from workbench import Workspace
+from workbench.bench.app import BROWSER_ARGS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 ARTIFACTS = ROOT / "test-artifacts"
 pytestmark = pytest.mark.slow  # a real app server and browser: about 30 s
 
@@ -30,35 +24,15 @@ def _need_browser():
     pytest.importorskip("playwright")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served_app(trained, tmp_path_factory):
+    from workbench.bench.app import start_app
+
     _need_browser()
     ws, _ = trained
     path = tmp_path_factory.mktemp("browser") / "ws"
     shutil.copytree(ws.path, path)
-    port = _free_port()
-    env = {**os.environ, "WORKBENCH_WORKSPACE": str(path)}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless=true",
-                             "--server.address=127.0.0.1", f"--server.port={port}", "--server.fileWatcherType=none",
-                             "--browser.gatherUsageStats=false"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the app did not start: {proc.stdout.read().decode()[-2000:]}")
-        time.sleep(0.5)
+    proc, url = start_app(path)
     yield url, Workspace(path)
     proc.terminate()
     proc.wait(timeout=20)
@@ -91,7 +65,7 @@ def test_overview_example_query_labelled_paths_pareto_and_sql_in_a_browser(serve
     labels = load_labels(ws)["label"]
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 2200})
         page.goto(url)
         _settle(page)
@@ -142,3 +116,22 @@ def test_concurrent_sessions_search_without_errors(served_app):
     row = load(ws.path, sessions=3, seconds=15)
     assert row["errors"] == 0, row["first_errors"]
     assert row["searches"] >= 3 and 0 < row["p50_s"] <= row["p95_s"] <= row["max_s"]
+
+
+def test_bench_pages_times_every_page_logs_them_and_writes_screenshots(trained_copy, tmp_path):
+    """`workbench bench pages`: one row per page with its times, in the logbook, and one screenshot each."""
+    from click.testing import CliRunner
+
+    from workbench.bench.pages import READY, shot_name
+    from workbench.cli import main
+
+    _need_browser()
+    out = tmp_path / "shots"
+    res = CliRunner().invoke(main, ["-w", str(trained_copy.path), "bench", "pages", "--passes", "1", "--screenshots", str(out),
+                                    "--prefix", "t"])
+    assert res.exit_code == 0, res.output
+    got = trained_copy.logbook().query("SELECT case_name, metric, value FROM bench WHERE bench = 'app-pages'")
+    assert sorted(set(got["case_name"])) == sorted(READY)
+    assert (got["value"] > 0).all() and set(got["metric"]) == {"first_s", "again_s"}
+    names = {shot_name("t", n) for n in READY}
+    assert {p.name for p in out.iterdir()} == names and all(p.stat().st_size > 10_000 for p in out.iterdir())

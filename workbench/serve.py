@@ -11,6 +11,7 @@ best-effort: a search is answered even when the logbook cannot take it (`Served.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,12 @@ class Engine:
         self.user_ids = ws.table("users")["user_id"].astype(str).tolist() if ws.has("users") else []
         self.labels = load_labels(ws)["label"]
         self._bm25 = self._dense = None
+        self._index_lock = threading.Lock()  # the app may warm the indexes in a thread while a query needs them
+
+    def warm(self) -> None:
+        """Load what a first search would otherwise wait for: the query embedder (the first import of
+        sentence-transformers takes seconds) and the baselines' BM25 and dense indexes."""
+        self.baselines("warm", [], k=1)
 
     def search(self, query: str, width: int = 16, user: str | None = None, log: bool = True, source: str = "app") -> Served:
         query = (query or "").strip()
@@ -133,13 +140,14 @@ class Engine:
         from workbench.baselines import BM25, Dense, rrf, supplement
         from workbench.embed import embed_workspace, get_embedder, product_texts
 
-        ids = self.products.index.tolist()
-        if self._bm25 is None:
-            self._bm25 = BM25(ids, product_texts(self.products.reset_index()))
-            order = self.channel.order  # the channel's cosine order already holds the embedder and product vectors
-            e = order.embedder if order else get_embedder(workspace_embedder(self.ws), self.device)
-            vecs = order.vectors if order else embed_workspace(self.ws, e, ("products",), progress=False)["products"]
-            self._dense = Dense(ids, vecs, e, self.device)
+        with self._index_lock:
+            if self._bm25 is None:
+                ids = self.products.index.tolist()
+                order = self.channel.order  # the channel's cosine order already holds the embedder and product vectors
+                e = order.embedder if order else get_embedder(workspace_embedder(self.ws), self.device)
+                vecs = order.vectors if order else embed_workspace(self.ws, e, ("products",), progress=False)["products"]
+                self._dense = Dense(ids, vecs, e, self.device)
+                self._bm25 = BM25(ids, product_texts(self.products.reset_index()))
         bm, de = self._bm25.search([query], k)[0], self._dense.search([query], k)[0]
         hy = rrf([[bm], [de]], k)[0]
         return {"bm25": bm, "dense": de, "hybrid": hy, "hybrid+gen": supplement([hy], [gen], k, share)[0]}

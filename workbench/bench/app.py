@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -34,14 +35,16 @@ def chromium() -> str:
 
 
 def start_app(workspace: Path, timeout: float = 90) -> tuple[subprocess.Popen, str]:
+    """`streamlit run app.py` on a free port of 127.0.0.1 for `workspace`, once it answers its health check.
+    The server's output goes to a temporary file, whose tail is the error if it does not start."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "WORKBENCH_WORKSPACE": str(workspace)}
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless=true",
                              "--server.address=127.0.0.1", f"--server.port={port}", "--server.fileWatcherType=none",
-                             "--browser.gatherUsageStats=false"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             "--browser.gatherUsageStats=false"], env=env, stdout=log, stderr=subprocess.STDOUT)
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
     while True:
         try:
@@ -51,7 +54,9 @@ def start_app(workspace: Path, timeout: float = 90) -> tuple[subprocess.Popen, s
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"the app did not start on {url}")
+            proc.wait()
+            log.seek(0)
+            raise RuntimeError(f"the app did not start on {url}: {log.read().decode(errors='replace')[-2000:]}")
         time.sleep(0.5)
 
 

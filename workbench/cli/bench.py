@@ -264,15 +264,17 @@ def bench_app(ctx, sessions, seconds, seed) -> None:
 @click.option("--prefix", default="app", show_default=True, help="Screenshot names: <prefix>-<page>.png.")
 @click.option("--passes", type=click.IntRange(min=1), default=2, show_default=True,
               help="Walks through the pages; the first includes what each page loads once per server.")
+@click.option("--dwell", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds on the overview before the first click, as a user reading it (the app warms Search meanwhile).")
 @click.pass_context
-def bench_pages(ctx, out, prefix, passes) -> None:
+def bench_pages(ctx, out, prefix, passes, dwell) -> None:
     """Each app page's time to usable in a real browser (headless chromium), first visit and after; screenshots."""
     from workbench.bench.pages import tour
 
     ws = ws_of(ctx).require()
-    with ws.logbook().run("bench", {"bench": "pages", "passes": passes}) as run:
-        rows = tour(ws.path.resolve(), out, prefix, passes)
-        report("app-pages", rows, run, units={"first_s": "s", "again_s": "s"}, params={"passes": passes})
+    with ws.logbook().run("bench", {"bench": "pages", "passes": passes, "dwell_s": dwell}) as run:
+        rows = tour(ws.path.resolve(), out, prefix, passes, dwell_s=dwell)
+        report("app-pages", rows, run, units={"first_s": "s", "again_s": "s"}, params={"passes": passes, "dwell_s": dwell})
     if out is not None:
         click.echo(f"screenshots in {out}/{prefix}-*.png")
 
