@@ -44,14 +44,18 @@ class BM25:
                               return_ids=ids, show_progress=False)
 
     def search(self, queries: list[str], k: int) -> list[list[str]]:
+        return [ids for ids, _ in self.scored(queries, k)]
+
+    def scored(self, queries: list[str], k: int) -> list[tuple[list[str], np.ndarray]]:
+        """Per query: its top k products and their BM25 scores."""
         k = min(k, len(self.ids))
         toks = self._tok(queries, ids=False)
-        out: list[list[str]] = [[] for _ in queries]
+        out = [([], np.zeros(0, np.float32)) for _ in queries]
         live = [i for i, t in enumerate(toks) if t]  # a query of stop words only retrieves nothing
         if live:
             docs, scores = self.index.retrieve([toks[i] for i in live], k=k, show_progress=False)
             for i, d, s in zip(live, docs, scores):
-                out[i] = self.ids[d[s > 0]].tolist()
+                out[i] = (self.ids[d[s > 0]].tolist(), s[s > 0])
         return out
 
 
@@ -67,12 +71,16 @@ class Dense:
 
     def search(self, queries: list[str], k: int, chunk: int = 1024, vectors: np.ndarray | None = None) -> list[list[str]]:
         """Top k products per query by cosine; `vectors`: the queries' embeddings, if already computed."""
+        return [ids for ids, _ in self.scored(queries, k, chunk, vectors)]
+
+    def scored(self, queries: list[str], k: int, chunk: int = 1024, vectors: np.ndarray | None = None) -> list[tuple[list[str], np.ndarray]]:
+        """Per query: its top k products and their cosines."""
         k = min(k, len(self.ids))
         q = self.embedder.encode(list(queries)) if vectors is None else np.asarray(vectors, np.float32)
         out = []
         for s in range(0, len(q), chunk):
-            sims = torch.as_tensor(q[s:s + chunk], device=self.device) @ self.p.T  # (b, N)
-            out += [self.ids[r].tolist() for r in sims.topk(k, dim=1).indices.cpu().numpy()]
+            top = (torch.as_tensor(q[s:s + chunk], device=self.device) @ self.p.T).topk(k, dim=1)  # of (b, N) cosines
+            out += [(self.ids[r].tolist(), v) for r, v in zip(top.indices.cpu().numpy(), top.values.cpu().numpy())]
         return out
 
 

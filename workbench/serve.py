@@ -25,6 +25,44 @@ from workbench.logbook import INTERACTIVE
 from workbench.sid.store import load_labels, workspace_embedder
 from workbench.workspace import Workspace
 
+MAX_QUERY = 500  # characters of a query, in the app and the HTTP endpoint
+MAX_WIDTH = 1024  # the widest beam a search may ask for
+
+
+CHANNELS = ("generative", "bm25", "dense")
+MAX_K = 1000  # products one HTTP request may ask for
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The HTTP service of the recall channels (`workbench serve`, `workbench.api`)."""
+
+    channels: tuple[str, ...] = CHANNELS  # which endpoints to serve
+    max_batch: int = 32  # requests one decode may take (1: no dynamic batching)
+    batch_wait_ms: float = 5.0  # how long a worker waits for a batch to fill
+    workers: int = 1  # worker processes per channel and device
+    api_servers: int = 1  # uvicorn processes in front of the workers
+    accelerator: str = "cpu"  # where the workers run: cpu, cuda (every GPU) or auto
+    max_body: int = 16_384  # bytes of a request body
+    flush_s: float = 0.5  # the logger writes its rows at least this often
+    flush_rows: int = 512  # ... or as soon as it holds this many
+    log: bool = True  # record served queries in the logbook
+    name: str = "generator"  # the generator checkpoint (gen/<name>.safetensors)
+
+    def __post_init__(self):
+        bad = set(self.channels) - set(CHANNELS)
+        if not self.channels or bad:
+            raise ValueError(f"channels must be some of {CHANNELS}, got {self.channels}")
+        for f in ("max_batch", "workers", "api_servers", "max_body", "flush_rows"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+        if self.batch_wait_ms < 0 or self.flush_s <= 0:
+            raise ValueError(f"batch_wait_ms must be >= 0 and flush_s > 0, got {self.batch_wait_ms}, {self.flush_s}")
+        if self.accelerator not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"accelerator must be cpu, cuda or auto, got {self.accelerator!r}")
+
+
+
 
 class AppError(ValueError):
     pass
@@ -56,6 +94,11 @@ class Served:
     products: list[str]  # the channel's list: the decoded SIDs' products cut at the budget, ranked inside
     log_error: str | None = None  # why the search is not in the logbook's `served` table (busy, corrupt, read-only)
     labels: pd.Series | None = None  # SID prefix ("49", "49-0", "49-0-4") -> its cluster label (`workbench.sid.labels`)
+    scores: np.ndarray | None = None  # the channel's score of each product (cosine order: cos + w x log P(SID))
+
+    def results(self, products: int = 20) -> list[dict]:
+        """The decoded SIDs as the logbook's `served.results` holds them: sid, logp, first products."""
+        return [{"sid": list(h.sid), "logp": h.logp, "products": h.products[:products]} for h in self.hits]
 
     def label(self, prefix: str) -> str:
         return "" if self.labels is None else str(self.labels.get(prefix, ""))
@@ -107,29 +150,40 @@ class Engine:
         self.baselines("warm", [], k=1)
 
     def search(self, query: str, width: int = 16, user: str | None = None, log: bool = True, source: str = "app") -> Served:
-        query = (query or "").strip()
-        if not query:
-            raise AppError("type a query")
-        if len(query) > 500:
-            raise AppError(f"the query is {len(query)} characters long; keep it under 500")
-        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 1024:
-            raise AppError(f"beam width must be a whole number from 1 to 1024, got {width!r}")
-        context, personalised = None, False
-        if user and self.personal:
-            context, known = self.retriever.user_context(self.ws, [user])
-            personalised = bool(known[0])
-        t = time.perf_counter()
-        hits = self.retriever.search([query], width, context=context)[0]
-        products = self.channel([query], [hits])[0]
-        ms = (time.perf_counter() - t) * 1000
-        served = Served(query, user or None, personalised, width, ms, hits, products, labels=self.labels)
+        served = self.search_many([query], width, [user])[0]
         if log:
             try:  # best-effort: the answer does not depend on the logbook
-                self.ws.logbook().serve(query, [{"sid": list(h.sid), "logp": h.logp, "products": h.products[:20]} for h in hits],
-                                        ms, user_id=user or None, beam_width=width, source=source, timeout=INTERACTIVE)
+                self.ws.logbook().serve(served.query, served.results(), served.latency_ms, user_id=user or None, beam_width=width,
+                                        source=source, timeout=INTERACTIVE)
             except (OSError, ValueError, duckdb.Error) as e:  # LogbookBusy, LogbookCorrupt, a read-only disk...
                 served.log_error = f"{type(e).__name__}: {e}"
         return served
+
+    def search_many(self, queries: list[str], width: int = 16, users: list[str | None] | None = None) -> list[Served]:
+        """Several queries at one beam width in one batched decode (the HTTP endpoint's dynamic batches);
+        each answer is the one `search` gives the query alone. `users[i]` personalises query i where the
+        generator was trained with users (unknown ids decode anonymously: `personalised` is False).
+        `latency_ms` is the batch's time. Not logged: the caller logs."""
+        users = list(users) if users is not None else [None] * len(queries)
+        if len(users) != len(queries):
+            raise ValueError(f"{len(queries)} queries for {len(users)} users")
+        queries = [(q or "").strip() for q in queries]
+        for q in queries:
+            if not q:
+                raise AppError("type a query")
+            if len(q) > MAX_QUERY:
+                raise AppError(f"the query is {len(q)} characters long; keep it under {MAX_QUERY}")
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
+            raise AppError(f"beam width must be a whole number from 1 to {MAX_WIDTH}, got {width!r}")
+        context, known = None, np.zeros(len(queries), bool)
+        if self.personal and any(users):
+            context, known = self.retriever.user_context(self.ws, [u or "" for u in users])
+        t = time.perf_counter()
+        hits = self.retriever.search(queries, width, context=context)
+        ranked = self.channel.scored(queries, hits)
+        ms = (time.perf_counter() - t) * 1000
+        return [Served(q, u or None, bool(k) and bool(u), width, ms, h, ids, labels=self.labels, scores=sc)
+                for q, u, k, h, (ids, sc) in zip(queries, users, known, hits, ranked)]
 
     def titles(self, ids: list[str]) -> pd.DataFrame:
         cols = [c for c in ("title", "category", "price") if c in self.products]

@@ -75,9 +75,9 @@ def main(ctx: click.Context, workspace: Path | None) -> None:
 
 
 def _register() -> None:
-    from workbench.cli import batch, bench, data, demo, eval, gen, logbook, rl, sid
+    from workbench.cli import batch, bench, data, demo, eval, gen, logbook, rl, serve, sid
 
-    for module in (demo, data, sid, gen, rl, eval, logbook, bench, batch):
+    for module in (demo, data, sid, gen, rl, eval, serve, logbook, bench, batch):
         for command in module.COMMANDS:
             main.add_command(command)
 

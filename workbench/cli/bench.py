@@ -279,6 +279,51 @@ def bench_pages(ctx, out, prefix, passes, dwell) -> None:
         click.echo(f"screenshots in {out}/{prefix}-*.png")
 
 
+@bench.command(name="serve")
+@click.option("--channels", type=names, default="generative,bm25,dense", show_default=True)
+@click.option("--widths", type=ints, default="4,16,64", show_default=True, help="Beam widths of the generative channel.")
+@click.option("--users", type=ints, default="1,8,32", show_default=True, help="Concurrency levels (closed-loop locust users).")
+@click.option("--seconds", type=click.FloatRange(min=1), default=10.0, show_default=True, help="Per load point.")
+@click.option("--batches", type=ints, default="32,1", show_default=True,
+              help="Dynamic batch limits to serve with (1: one request at a time).")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True)
+@click.option("--target-qps", type=click.FloatRange(min=0, min_open=True), default=10_000.0, show_default=True,
+              help="Traffic to size machines for.")
+@click.option("--p99-ms", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True,
+              help="Latency budget of that traffic.")
+@click.pass_context
+def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, target_qps, p99_ms) -> None:
+    """Throughput and p50/p95/p99 of `workbench serve` under locust's load (127.0.0.1): per channel,
+    beam width, concurrency, with and without dynamic batching; the logbook's served rows checked
+    against the requests answered; machines needed for --target-qps at --p99-ms."""
+    from workbench.bench.serve import batching_gain, capacity, load
+    from workbench.serve import CHANNELS
+
+    bad = set(channels) - set(CHANNELS)
+    if bad or not channels:
+        raise click.BadParameter(f"channels must be some of {CHANNELS}, got {channels}", param_hint="--channels")
+    ws = ws_of(ctx).require()
+    params = {"widths": list(widths), "users": list(users), "seconds": seconds, "batches": list(batches),
+              "batch_wait_ms": batch_wait_ms}
+    with ws.logbook().run("bench", {"bench": "serve", "channels": list(channels), **params}) as run:
+        rows, checks = load(ws, channels, widths, users, seconds, batches, batch_wait_ms, progress=click.echo)
+        report("serve-load", [{k: v for k, v in r.items() if k != "first_failure"} for r in rows], run,
+               units={"p50_ms": "ms", "p95_ms": "ms", "p99_ms": "ms", "queries_per_s": "1/s"}, params=params,
+               device=device_name())
+        report("serve-logbook", checks, run, params=params)
+        gain = batching_gain(rows)
+        if gain:
+            report("serve-batching", gain, run, units={"batched_p99_ms": "ms", "unbatched_p99_ms": "ms"}, params=params)
+        cap = capacity(rows, target_qps, p99_ms)
+        report(f"serve-capacity ({target_qps:,.0f} q/s at p99 <= {p99_ms:g} ms)", cap, run,
+               params={**params, "target_qps": target_qps, "p99_ms": p99_ms}, device=device_name())
+    failed = [r for r in rows if r["failures"]]
+    lost = [c for c in checks if c["lost_rows"]]
+    if failed or lost:
+        raise click.ClickException("; ".join([f"{r['case']}: {r['failures']} failed requests ({r['first_failure']})" for r in failed]
+                                             + [f"{c['case']}: {c['lost_rows']} served queries missing from the logbook" for c in lost]))
+
+
 @bench.command(name="sid-assign")
 @click.option("--n", type=click.IntRange(min=1), default=1_000_000, show_default=True, help="Number of products (random vectors).")
 @click.option("--dim", type=click.IntRange(min=1), default=384, show_default=True)

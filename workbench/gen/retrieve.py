@@ -173,15 +173,20 @@ class CosineOrder:
         return cls(e, ws.table("products")["product_id"].tolist(), vecs, logp_weight)
 
     def __call__(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None) -> list[list[str]]:
+        return [ids for ids, _ in self.scored(texts, hits, budget)]
+
+    def scored(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None) -> list[tuple[list[str], np.ndarray]]:
+        """Per query: its candidates best first, and each one's score."""
         q = self.embedder.encode(list(texts))  # (Q, d), unit norm
         out = []
         for qv, h in zip(q, hits):
             ids, logp = candidates(h, budget)
             if not ids:
-                out.append([])
+                out.append(([], np.zeros(0, np.float32)))
                 continue
             score = self.vectors[self.row.loc[ids].to_numpy()] @ qv + self.logp_weight * logp  # (n,)
-            out.append([ids[i] for i in np.argsort(-score, kind="stable")])
+            order = np.argsort(-score, kind="stable")
+            out.append(([ids[i] for i in order], score[order]))
         return out
 
 
@@ -205,3 +210,9 @@ class Channel:
         if self.cfg.order == "cosine":
             return self.order(texts, hits, self.cfg.budget)
         return [candidates(h, self.cfg.budget)[0] for h in hits]
+
+    def scored(self, texts: list[str], hits: list[list[Hit]]) -> list[tuple[list[str], np.ndarray]]:
+        """The channel's lists with each product's score: the cosine order's, or its SID's log-probability."""
+        if self.cfg.order == "cosine":
+            return self.order.scored(texts, hits, self.cfg.budget)
+        return [candidates(h, self.cfg.budget) for h in hits]

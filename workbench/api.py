@@ -1,0 +1,299 @@
+"""The recall channels as an HTTP JSON service (`workbench serve`), on LitServe.
+
+    POST /generative {"query": "cordless drill", "user": null, "width": 16, "k": 100}
+      -> {"query", "user", "personalised", "width", "latency_ms",
+          "sids": [{"sid": "49-0-4", "p": 0.73, "label": "...", "products": 32}, ...],   best first
+          "products": [{"product_id": "...", "score": 0.61}, ...]}                        the channel's top k
+    POST /bm25, POST /dense {"query": "cordless drill", "k": 100}
+      -> {"query", "latency_ms", "products": [{"product_id", "score"}, ...]}
+    GET /health -> "ok" once every worker has loaded the workspace
+
+LitServe runs each channel in its own worker processes (`workers` per device; on CPU each worker
+gets an equal share of the cores for torch) behind uvicorn, and batches dynamically: a worker takes
+up to `max_batch` queued requests, waiting at most `batch_wait_ms` for more, and answers them with
+one batched decode (requests of different beam widths in one batch are decoded per width). With
+`max_batch=1` every request is decoded alone: the unbatched server the benchmark compares with.
+
+Invariants:
+- an answer does not depend on the other requests of its batch (the tests compare them), and the
+  generative answer is `serve.Engine.search_many`'s: the same SIDs and products as `gen search`;
+- a bad request is a 4xx whose body names the problem, never a 500: malformed JSON, missing or unknown
+  fields and out-of-range widths are 422 (pydantic, before any worker sees them), an unknown user is
+  422 from the worker (per request, so its batch-mates are still answered), a body over `max_body`
+  bytes is 413;
+- every answered query becomes one row of the logbook's `served` table, off the hot path: the worker
+  puts the row on LitServe's logger queue, one logger process writes the rows in batches (every
+  `flush_s` or `flush_rows`, retrying while the logbook is busy) and writes what it holds when the
+  server stops.
+
+(No `from __future__ import annotations` here: LitServe reads `decode_request`'s annotation, the
+request model, as a class.)
+"""
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import litserve as ls
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from workbench.serve import MAX_K, MAX_QUERY, MAX_WIDTH, ServeConfig
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    query: str = Field(min_length=1, max_length=MAX_QUERY)
+    user: str | None = Field(default=None, max_length=200)  # generative only: personalise (stage 3 generators)
+    width: int = Field(default=16, ge=1, le=MAX_WIDTH)  # generative only: the beam width
+    k: int = Field(default=100, ge=1, le=MAX_K)  # products to return
+
+
+def _share_cores(workers: int) -> None:
+    """Each of `workers` processes on this machine gets an equal share of the cores for torch."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+class ChannelAPI(ls.LitAPI):
+    """One channel's worker: `setup` loads the workspace, `predict` answers a batch of requests."""
+
+    channel = ""
+
+    def __init__(self, workspace: str, cfg: ServeConfig, workers_total: int):
+        super().__init__(max_batch_size=cfg.max_batch, batch_timeout=cfg.batch_wait_ms / 1000, api_path=f"/{self.channel}")
+        self.workspace, self.cfg, self.workers_total = workspace, cfg, workers_total
+
+    def decode_request(self, request: SearchRequest) -> SearchRequest:
+        return request
+
+    def batch(self, inputs):
+        return list(inputs)
+
+    def unbatch(self, outputs):
+        return list(outputs)
+
+    def predict(self, requests):
+        """A batch (a list) or, with max_batch 1, one request (LitServe then calls neither batch nor unbatch)."""
+        if not isinstance(requests, list):
+            return self.predict([requests])[0]
+        out: list = [None] * len(requests)
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(r.width if self.channel == "generative" else 0, []).append(i)
+        for idx in groups.values():  # one decode per beam width in the batch
+            for i, answer in zip(idx, self.answer([requests[i] for i in idx])):
+                out[i] = answer
+        return out
+
+    def encode_response(self, output):
+        return output if isinstance(output, JSONResponse) else JSONResponse(output)
+
+    def served(self, req: SearchRequest, ms: float, results: list, width: int | None = None) -> None:
+        if self.cfg.log:
+            self.log("served", {"query": req.query, "user_id": req.user, "beam_width": width, "latency_ms": ms,
+                                "results": results, "source": f"api/{self.channel}"})
+
+
+class GenerativeAPI(ChannelAPI):
+    channel = "generative"
+
+    def setup(self, device: str) -> None:
+        from workbench import Workspace
+        from workbench.serve import Engine
+
+        _share_cores(self.workers_total)
+        self.engine = Engine(Workspace(self.workspace), device=device, name=self.cfg.name)
+        self.known = set(self.engine.user_ids)
+        self.engine.search_many(["warm up"], 1)  # loads the query embedder before /health says ready
+
+    def answer(self, reqs: list[SearchRequest]) -> list:
+        out: list = [None] * len(reqs)
+        ok = []
+        for i, r in enumerate(reqs):
+            if r.user is not None and not self.engine.personal:
+                out[i] = _error(422, "this generator was trained without users (stage 3): omit 'user'")
+            elif r.user is not None and r.user not in self.known:
+                out[i] = _error(422, f"unknown user {r.user!r}: omit 'user' for an anonymous search")
+            else:
+                ok.append(i)
+        if ok:
+            served = self.engine.search_many([reqs[i].query for i in ok], reqs[ok[0]].width, [reqs[i].user for i in ok])
+            for i, s in zip(ok, served):
+                r = reqs[i]
+                sids = s.paths()
+                out[i] = {"query": s.query, "user": s.user, "personalised": s.personalised, "width": s.width,
+                          "latency_ms": s.latency_ms,
+                          "sids": [{"sid": t.sid, "p": float(t.probability), "label": t.label, "products": int(t.products)}
+                                   for t in sids.itertuples()],
+                          "products": [{"product_id": p, "score": float(x)} for p, x in zip(s.products[:r.k], s.scores[:r.k])]}
+                self.served(r, s.latency_ms, s.results(), s.width)
+        return out
+
+
+class BaselineAPI(ChannelAPI):
+    """BM25 or dense over the same catalog (`workbench.baselines`)."""
+
+    def setup(self, device: str) -> None:
+        from workbench import Workspace
+        from workbench.baselines import BM25, Dense
+        from workbench.embed import embed_workspace, get_embedder, product_texts
+        from workbench.sid.store import workspace_embedder
+
+        _share_cores(self.workers_total)
+        ws = Workspace(self.workspace)
+        products = ws.table("products")
+        ids = products["product_id"].astype(str).tolist()
+        if self.channel == "bm25":
+            self.index = BM25(ids, product_texts(products))
+        else:
+            e = get_embedder(workspace_embedder(ws), device)
+            self.index = Dense(ids, embed_workspace(ws, e, ("products",), progress=False)["products"], e, device)
+        self.index.scored(["warm up"], 1)  # loads the query embedder before /health says ready
+
+    def answer(self, reqs: list[SearchRequest]) -> list:
+        t = time.perf_counter()
+        found = self.index.scored([r.query for r in reqs], max(r.k for r in reqs))
+        ms = (time.perf_counter() - t) * 1000
+        out = []
+        for r, (ids, scores) in zip(reqs, found):
+            out.append({"query": r.query, "latency_ms": ms,
+                        "products": [{"product_id": p, "score": float(x)} for p, x in zip(ids[:r.k], scores[:r.k])]})
+            self.served(r, ms, [{"products": ids[:20]}])
+        return out
+
+
+class BM25API(BaselineAPI):
+    channel = "bm25"
+
+
+class DenseAPI(BaselineAPI):
+    channel = "dense"
+
+
+APIS = {"generative": GenerativeAPI, "bm25": BM25API, "dense": DenseAPI}
+
+
+class ServedLogger(ls.Logger):
+    """LitServe's logger process: collects the workers' served rows and writes them to the logbook in
+    batches. Its main thread only appends (so the queue is always drained at once); a writer thread
+    writes every `flush_s`, or as soon as `flush_rows` are held. Rows it could not write yet (a busy
+    logbook) stay for the next write; what it holds when the process ends is written then (a
+    multiprocessing finalizer: LitServe ends the logger by closing its queue)."""
+
+    def __init__(self, workspace: str, flush_s: float, flush_rows: int):
+        super().__init__()
+        self.workspace, self.flush_s, self.flush_rows = workspace, flush_s, flush_rows
+        self._rows: list[dict] = []
+        self._lock: threading.Lock | None = None
+        self._full: threading.Event | None = None
+
+    def _start(self) -> None:
+        from multiprocessing.util import Finalize
+
+        self._lock, self._full = threading.Lock(), threading.Event()
+        threading.Thread(target=self._writer, daemon=True, name="served-log").start()
+        Finalize(self, self.flush, exitpriority=100)
+
+    def process(self, key, value) -> None:
+        if self._lock is None:  # the first row in the logger process
+            self._start()
+        with self._lock:
+            self._rows.append(value)
+            if len(self._rows) >= self.flush_rows:
+                self._full.set()
+
+    def _writer(self) -> None:
+        while True:
+            self._full.wait(self.flush_s)
+            self._full.clear()
+            self.flush()
+
+    def flush(self) -> int:
+        """Write the buffered rows; returns how many. A failed write keeps them for the next flush."""
+        from workbench import Workspace
+        from workbench.logbook import now
+
+        if self._lock is None:
+            return 0
+        with self._lock:
+            rows, self._rows = self._rows, []
+        if not rows:
+            return 0
+        try:
+            Workspace(self.workspace).logbook().insert("served", [
+                {"time": now(), "run_id": None, "query": r["query"], "user_id": r["user_id"], "beam_width": r["beam_width"],
+                 "latency_ms": float(r["latency_ms"]), "n_results": len(r["results"]), "results": json.dumps(r["results"]),
+                 "source": r["source"]} for r in rows], timeout=30)
+        except Exception:  # noqa: BLE001 - busy or unwritable: keep them, try again
+            with self._lock:
+                self._rows[:0] = rows
+            return 0
+        return len(rows)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_body` bytes is a 413, judged by its Content-Length or,
+    without one (chunked), by reading it in first (at most `max_body` + one chunk) and replaying it."""
+
+    def __init__(self, app, max_body: int):
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_body:
+                return await self._too_large(send)
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return await self.app(scope, receive, send)  # the client left: let the app see it
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+            if len(body) > self.max_body:
+                return await self._too_large(send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, send):
+        body = json.dumps({"detail": f"request body over {self.max_body} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def build(workspace: str | Path, cfg: ServeConfig | None = None) -> ls.LitServer:
+    """The LitServer for `workspace` (not started: `.run(host, port)`)."""
+    from workbench import Workspace
+    from workbench.serve import open_workspace
+
+    cfg = cfg or ServeConfig()
+    ws = open_workspace(workspace) if "generative" in cfg.channels else Workspace(Path(workspace))
+    if not ws.exists():
+        raise ValueError(f"no workspace at {ws.path}")
+    path = str(ws.path.resolve())
+    total = cfg.workers * len(cfg.channels)
+    apis = [APIS[c](path, cfg, total) for c in cfg.channels]
+    loggers = [ServedLogger(path, cfg.flush_s, cfg.flush_rows)] if cfg.log else None
+    return ls.LitServer(apis, accelerator=cfg.accelerator, devices=1 if cfg.accelerator == "cpu" else "auto",
+                        workers_per_device=cfg.workers, timeout=60, loggers=loggers,
+                        middlewares=[(BodyLimit, {"max_body": cfg.max_body})], model_metadata={"config": asdict(cfg)})

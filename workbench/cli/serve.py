@@ -1,0 +1,35 @@
+"""`workbench serve`: the recall channels over HTTP (workbench.api, on LitServe)."""
+
+from __future__ import annotations
+
+import click
+
+from workbench.cli.options import apply, config_options, ws_of
+from workbench.serve import ServeConfig
+
+
+@click.command()
+@click.option("--host", type=click.Choice(["127.0.0.1", "0.0.0.0", "::"]), default="127.0.0.1", show_default=True,
+              help="Listen here (0.0.0.0 or :: to accept other machines).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@config_options(ServeConfig, "channels", "max_batch", "batch_wait_ms", "workers", "api_servers", "accelerator", "max_body",
+                "log", "name", choices={"accelerator": ("cpu", "cuda", "auto")})
+@click.pass_context
+def serve(ctx, host, port, **kw) -> None:
+    """Serve the generative channel, BM25 and dense over HTTP: POST /generative, /bm25, /dense with
+    {"query", "k"} (and "width", "user" for /generative); GET /health. Ctrl+C stops it, writing the
+    served queries still buffered to the logbook."""
+    from workbench.api import build
+
+    ws = ws_of(ctx).require()
+    try:
+        cfg = apply(ctx, ServeConfig(), kw)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    server = build(ws.path, cfg)
+    click.echo(f"serving {', '.join('/' + c for c in cfg.channels)} of {ws.path} on http://{host}:{port} "
+               f"(batches of up to {cfg.max_batch}, {cfg.workers} worker(s) per channel)")
+    server.run(host=host, port=port, num_api_servers=cfg.api_servers, generate_client_file=False)
+
+
+COMMANDS = [serve]
