@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import threading
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -230,6 +231,19 @@ def beam_page(path: str) -> None:
         col.plotly_chart(fig, key=f"beam_pareto_{bs}")
     with st.expander("The sweep's numbers"):
         st.dataframe(curves, hide_index=True, key="beam_table")
+    load, params = serve.serve_load(serve.open_workspace(path))
+    st.subheader("Under load: the HTTP service (`workbench bench serve`)")
+    if load.empty:
+        st.info("No load benchmark yet: `workbench bench serve` (locust against `workbench serve` on 127.0.0.1).")
+        return
+    load["series"] = load["channel"] + np.where(load["width"].notna(), " w" + load["width"].fillna(0).astype(int).astype(str), "")
+    fig = px.line(load, x="queries_per_s", y="p99_ms", color="series", line_dash="batching", text="users", markers=True, log_y=True,
+                  height=460, labels={"queries_per_s": "throughput (queries/s)", "p99_ms": "p99 latency (ms)"},
+                  title=f"Throughput against p99 as concurrency grows (labels: concurrent users; {params.get('seconds', '?')} s per point)")
+    fig.update_traces(textposition="top center")
+    st.plotly_chart(fig, key="serve_load")
+    with st.expander("The load benchmark's numbers"):
+        st.dataframe(load.drop(columns=["series"]), hide_index=True, key="serve_table")
 
 
 def sql_page(path: str) -> None:

@@ -320,6 +320,20 @@ def test_beam_page_is_a_pareto_chart_with_the_chosen_width_and_its_rule(spoilt):
     _ok(at)
     assert not at.error and any(rule in m.value for m in at.markdown)
     assert at.dataframe[0].value["batch"].tolist() == [1, 1, 1, 1, 32, 32, 32, 32]
+    assert any("No load benchmark yet" in i.value for i in at.info)
+
+    load = [{"case": f"{c}{' w16' if c == 'generative' else ''} batch {b} c{u}", "channel": c, "width": 16 if c == "generative" else None,
+             "max_batch": b, "users": u, "requests": 100 * u, "failures": 0, "queries_per_s": 10.0 * u * (1 + (b > 1)),
+             "p50_ms": 5.0 * u, "p95_ms": 8.0 * u, "p99_ms": 9.0 * u} for c in ("generative", "bm25") for b in (32, 1) for u in (1, 8)]
+    with spoilt.logbook().run("bench", {}) as run:
+        report("serve-load", load, run, params={"seconds": 10.0})
+    got, params = serve.serve_load(spoilt)
+    assert len(got) == 8 and params == {"seconds": 10.0} and set(got["batching"]) == {"dynamic batching", "one at a time"}
+    assert got.loc[got["case"] == "generative w16 batch 32 c8", "queries_per_s"].item() == 160.0 and got["width"].isna().sum() == 4
+    at.run()
+    _ok(at)
+    assert not any("No load benchmark yet" in i.value for i in at.info)
+    assert any(s.value.startswith("Under load") for s in at.subheader) and len(at.get("plotly_chart")) == 3
 
 
 def test_app_ab_page_shows_the_latest_ab_beside_the_paper(spoilt):

@@ -32,6 +32,7 @@ request model, as a class.)
 
 import json
 import os
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -52,11 +53,11 @@ class SearchRequest(BaseModel):
     k: int = Field(default=100, ge=1, le=MAX_K)  # products to return
 
 
-def _share_cores(workers: int) -> None:
-    """Each of `workers` processes on this machine gets an equal share of the cores for torch."""
+def _share_cores(workers: int, threads: int = 0) -> None:
+    """Torch threads of this worker: `threads`, or (0) an equal share of the cores among `workers`."""
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
 
 
 def _error(status: int, detail: str) -> JSONResponse:
@@ -98,8 +99,10 @@ class ChannelAPI(ls.LitAPI):
         return output if isinstance(output, JSONResponse) else JSONResponse(output)
 
     def served(self, req: SearchRequest, ms: float, results: list, width: int | None = None) -> None:
+        from workbench.logbook import now
+
         if self.cfg.log:
-            self.log("served", {"query": req.query, "user_id": req.user, "beam_width": width, "latency_ms": ms,
+            self.log("served", {"time": now(), "query": req.query, "user_id": req.user, "beam_width": width, "latency_ms": ms,
                                 "results": results, "source": f"api/{self.channel}"})
 
 
@@ -110,7 +113,7 @@ class GenerativeAPI(ChannelAPI):
         from workbench import Workspace
         from workbench.serve import Engine
 
-        _share_cores(self.workers_total)
+        _share_cores(self.workers_total, self.cfg.threads)
         self.engine = Engine(Workspace(self.workspace), device=device, name=self.cfg.name)
         self.known = set(self.engine.user_ids)
         self.engine.search_many(["warm up"], 1)  # loads the query embedder before /health says ready
@@ -148,7 +151,7 @@ class BaselineAPI(ChannelAPI):
         from workbench.embed import embed_workspace, get_embedder, product_texts
         from workbench.sid.store import workspace_embedder
 
-        _share_cores(self.workers_total)
+        _share_cores(self.workers_total, self.cfg.threads)
         ws = Workspace(self.workspace)
         products = ws.table("products")
         ids = products["product_id"].astype(str).tolist()
@@ -195,11 +198,12 @@ class ServedLogger(ls.Logger):
         self._rows: list[dict] = []
         self._lock: threading.Lock | None = None
         self._full: threading.Event | None = None
+        self._writing: threading.Lock | None = None
 
     def _start(self) -> None:
         from multiprocessing.util import Finalize
 
-        self._lock, self._full = threading.Lock(), threading.Event()
+        self._lock, self._writing, self._full = threading.Lock(), threading.Lock(), threading.Event()
         threading.Thread(target=self._writer, daemon=True, name="served-log").start()
         Finalize(self, self.flush, exitpriority=100)
 
@@ -219,21 +223,26 @@ class ServedLogger(ls.Logger):
 
     def flush(self) -> int:
         """Write the buffered rows; returns how many. A failed write keeps them for the next flush."""
-        from workbench import Workspace
-        from workbench.logbook import now
-
         if self._lock is None:
             return 0
-        with self._lock:
-            rows, self._rows = self._rows, []
-        if not rows:
-            return 0
+        with self._writing:  # one write at a time: the last one (the finalizer's) waits for the writer thread's
+            with self._lock:
+                rows, self._rows = self._rows, []
+            if not rows:
+                return 0
+            return self._write(rows)
+
+    def _write(self, rows: list[dict]) -> int:
+        from workbench import Workspace
+
         try:
             Workspace(self.workspace).logbook().insert("served", [
-                {"time": now(), "run_id": None, "query": r["query"], "user_id": r["user_id"], "beam_width": r["beam_width"],
+                {"time": r["time"], "run_id": None, "query": r["query"], "user_id": r["user_id"], "beam_width": r["beam_width"],
                  "latency_ms": float(r["latency_ms"]), "n_results": len(r["results"]), "results": json.dumps(r["results"]),
                  "source": r["source"]} for r in rows], timeout=30)
-        except Exception:  # noqa: BLE001 - busy or unwritable: keep them, try again
+        except Exception as e:  # noqa: BLE001 - busy or unwritable: keep them, try again
+            print(f"workbench serve: {len(rows)} served queries not written to the logbook yet ({type(e).__name__}: {e}); "
+                  "retrying", file=sys.stderr, flush=True)
             with self._lock:
                 self._rows[:0] = rows
             return 0

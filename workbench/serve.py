@@ -11,6 +11,7 @@ best-effort: a search is answered even when the logbook cannot take it (`Served.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class ServeConfig:
     batch_wait_ms: float = 5.0  # how long a worker waits for a batch to fill
     workers: int = 1  # worker processes per channel and device
     api_servers: int = 1  # uvicorn processes in front of the workers
+    threads: int = 0  # torch threads per worker (0: the machine's cores shared equally among the workers)
     accelerator: str = "cpu"  # where the workers run: cpu, cuda (every GPU) or auto
     max_body: int = 16_384  # bytes of a request body
     flush_s: float = 0.5  # the logger writes its rows at least this often
@@ -53,6 +55,8 @@ class ServeConfig:
         bad = set(self.channels) - set(CHANNELS)
         if not self.channels or bad:
             raise ValueError(f"channels must be some of {CHANNELS}, got {self.channels}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
         for f in ("max_batch", "workers", "api_servers", "max_body", "flush_rows"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
@@ -335,6 +339,24 @@ def beam_sweep(ws: Workspace) -> tuple[pd.DataFrame, pd.DataFrame]:
                 df[c] = df[c].astype(int)
     return (curves.drop(columns=["bench", "case_name"]).sort_values(["ids", "batch", "width"]).reset_index(drop=True),
             choice.drop(columns=["bench"]).reset_index(drop=True))
+
+
+def serve_load(ws: Workspace) -> tuple[pd.DataFrame, dict]:
+    """The latest `workbench bench serve`: one row per load point (case, channel, width, max_batch,
+    users, queries_per_s, p50/p95/p99_ms, failures) and its run's parameters."""
+    rows = ws.logbook().query(
+        "SELECT b.case_name, b.metric, b.value, b.params, b.run_id FROM bench b JOIN runs r USING (run_id) "
+        "WHERE b.bench = 'serve-load' ORDER BY r.started_at", timeout=INTERACTIVE)
+    if rows.empty:
+        return pd.DataFrame(), {}
+    rows = rows[rows["run_id"] == rows["run_id"].iloc[-1]]
+    wide = rows.pivot_table(index="case_name", columns="metric", values="value").reset_index().rename(columns={"case_name": "case"})
+    wide["channel"] = wide["case"].str.split().str[0]
+    wide["batching"] = np.where(wide["max_batch"] > 1, "dynamic batching", "one at a time")
+    for c in ("max_batch", "users", "requests", "failures"):
+        wide[c] = wide[c].astype(int)
+    params = json.loads(rows["params"].iloc[0]) if isinstance(rows["params"].iloc[0], str) else {}
+    return wide.sort_values(["channel", "width", "max_batch", "users"], na_position="first").reset_index(drop=True), params
 
 
 def width_rule(choice: pd.Series) -> str:

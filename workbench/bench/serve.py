@@ -43,13 +43,13 @@ def _free_port() -> int:
 
 
 def start_server(workspace: Path, channel: str, max_batch: int, batch_wait_ms: float, workers: int = 1,
-                 timeout: float = 300) -> tuple[subprocess.Popen, str, Path]:
+                 timeout: float = 300, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str, Path]:
     """`workbench serve` for one channel on a free port of 127.0.0.1, once /health answers ok.
     Returns the process, its URL and its log file."""
     port = _free_port()
     log = Path(tempfile.mkstemp(prefix="workbench-serve-", suffix=".log")[1])
     cmd = [sys.executable, "-m", "workbench", "-w", str(workspace), "serve", "--port", str(port), "--channels", channel,
-           "--max-batch", str(max_batch), "--batch-wait-ms", str(batch_wait_ms), "--workers", str(workers)]
+           "--max-batch", str(max_batch), "--batch-wait-ms", str(batch_wait_ms), "--workers", str(workers), *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
@@ -121,6 +121,41 @@ def locust(url: str, channel: str, users: int, seconds: float, queries: Path, wi
             "p50_ms": pct[0.5], "p95_ms": pct[0.95], "p99_ms": pct[0.99], "first_failure": (first or {}).get("Error", "")}
 
 
+def grow(ws, n: int, dst: Path, progress: bool = True):
+    """A copy of workspace `ws` at `dst` whose catalog is grown to `n` products: its own, then tiled
+    copies of them (`batch.tile_catalog`: own ids, a variant suffix in each title), which the trained
+    SID model gives SIDs without retraining (`sid.store.assign_new`). The generator is the one trained
+    on the original catalog, and decodes into the grown catalog's SIDs; its quality there is not the
+    point, what a query costs is. Its logbook and cache are not copied. Kept, and reused when it already
+    holds `n` products."""
+    import shutil
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from workbench import Workspace
+    from workbench.embed import get_embedder
+    from workbench.sid.store import assign_new, workspace_embedder
+
+    own = ws.table("products")
+    if n <= len(own):
+        raise ValueError(f"the catalog already has {len(own):,} products; grow it to more than that, not {n:,}")
+    out = Workspace(dst)
+    if out.exists() and out.has("products") and pq.ParquetFile(out.table_path("products")).metadata.num_rows == n:
+        return out
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(ws.path, dst, ignore=shutil.ignore_patterns("cache", "logbook.duckdb*", "*.partial*"))
+    idx = np.arange(len(own), n)
+    extra = own.iloc[idx % len(own)].reset_index(drop=True)  # every column of the product copied, then made its own:
+    extra["product_id"] = [f"G{i:08d}" for i in idx]
+    extra["title"] = extra["title"].astype(str) + [f", variant {i // len(own)}" for i in idx]
+    grown = pd.concat([own, extra], ignore_index=True)
+    out.write_tables({"products": grown}, replace=True)
+    assign_new(out, get_embedder(workspace_embedder(out)), progress=progress)
+    return out
+
+
 def served_rows(ws, source: str, since: str) -> int:
     return int(ws.logbook().query("SELECT count(*) AS n FROM served WHERE source = ? AND time >= ?", [source, since])["n"].iloc[0])
 
@@ -146,8 +181,8 @@ def load(ws, channels: tuple[str, ...], widths: tuple[int, ...], users: tuple[in
                 proc, url, log = start_server(ws.path.resolve(), channel, max_batch, batch_wait_ms)
                 answered = 0
                 try:
-                    for q in qs[:warm]:  # first requests pay for lazy loads and torch's first runs
-                        status, body = post(f"{url}/{channel}", {"query": q, "width": max(widths)} if channel == "generative" else {"query": q})
+                    for i, q in enumerate(qs[:warm]):  # first requests pay for lazy loads and torch's first runs at each width
+                        status, body = post(f"{url}/{channel}", {"query": q, "width": widths[i % len(widths)]} if channel == "generative" else {"query": q})
                         if status != 200:
                             raise RuntimeError(f"warm-up request to /{channel} answered {status}: {body}")
                     answered += warm

@@ -291,20 +291,28 @@ def bench_pages(ctx, out, prefix, passes, dwell) -> None:
               help="Traffic to size machines for.")
 @click.option("--p99-ms", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True,
               help="Latency budget of that traffic.")
+@click.option("--grow-to", type=click.IntRange(min=1), default=None,
+              help="Measure on a copy of the workspace (WS-N beside it) whose catalog is tiled to N products and given "
+                   "SIDs by the trained SID model: serving at catalog scale. Use a workspace built with a hashing embedder "
+                   "for 1,000,000 (MiniLM takes about an hour per million titles on 2 cores).")
 @click.pass_context
-def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, target_qps, p99_ms) -> None:
+def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, target_qps, p99_ms, grow_to) -> None:
     """Throughput and p50/p95/p99 of `workbench serve` under locust's load (127.0.0.1): per channel,
     beam width, concurrency, with and without dynamic batching; the logbook's served rows checked
     against the requests answered; machines needed for --target-qps at --p99-ms."""
-    from workbench.bench.serve import batching_gain, capacity, load
+    from workbench.bench.serve import batching_gain, capacity, grow, load
     from workbench.serve import CHANNELS
 
     bad = set(channels) - set(CHANNELS)
     if bad or not channels:
         raise click.BadParameter(f"channels must be some of {CHANNELS}, got {channels}", param_hint="--channels")
     ws = ws_of(ctx).require()
+    if grow_to is not None:
+        base = ws
+        ws = grow(base, grow_to, base.path.parent / f"{base.path.name}-{grow_to}")
+        click.echo(f"measuring on {ws.path}: {grow_to:,} products")
     params = {"widths": list(widths), "users": list(users), "seconds": seconds, "batches": list(batches),
-              "batch_wait_ms": batch_wait_ms}
+              "batch_wait_ms": batch_wait_ms, "products": len(ws.table("products"))}
     with ws.logbook().run("bench", {"bench": "serve", "channels": list(channels), **params}) as run:
         rows, checks = load(ws, channels, widths, users, seconds, batches, batch_wait_ms, progress=click.echo)
         report("serve-load", [{k: v for k, v in r.items() if k != "first_failure"} for r in rows], run,

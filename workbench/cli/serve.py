@@ -12,7 +12,7 @@ from workbench.serve import ServeConfig
 @click.option("--host", type=click.Choice(["127.0.0.1", "0.0.0.0", "::"]), default="127.0.0.1", show_default=True,
               help="Listen here (0.0.0.0 or :: to accept other machines).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@config_options(ServeConfig, "channels", "max_batch", "batch_wait_ms", "workers", "api_servers", "accelerator", "max_body",
+@config_options(ServeConfig, "channels", "max_batch", "batch_wait_ms", "workers", "threads", "api_servers", "accelerator", "max_body",
                 "log", "name", choices={"accelerator": ("cpu", "cuda", "auto")})
 @click.pass_context
 def serve(ctx, host, port, **kw) -> None:
