@@ -156,11 +156,11 @@ class BaselineAPI(ChannelAPI):
         products = ws.table("products")
         ids = products["product_id"].astype(str).tolist()
         if self.channel == "bm25":
-            self.index = BM25(ids, product_texts(products))
+            self.index = BM25(ids, product_texts(products), backend=self.cfg.bm25_backend)
         else:
             e = get_embedder(workspace_embedder(ws), device)
             self.index = Dense(ids, embed_workspace(ws, e, ("products",), progress=False)["products"], e, device)
-        self.index.scored(["warm up"], 1)  # loads the query embedder before /health says ready
+        self.index.scored(["warm up"], 1)  # loads the query embedder, compiles numba's scorer, before /health says ready
 
     def answer(self, reqs: list[SearchRequest]) -> list:
         t = time.perf_counter()

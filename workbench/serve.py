@@ -43,6 +43,7 @@ class ServeConfig:
     batch_wait_ms: float = 5.0  # how long a worker waits for a batch to fill
     workers: int = 1  # worker processes per channel and device
     api_servers: int = 1  # uvicorn processes in front of the workers
+    bm25_backend: str = "numba"  # bm25s scorer: numba (compiled) or numpy (the evaluation's: ties in its order)
     threads: int = 0  # torch threads per worker (0: the machine's cores shared equally among the workers)
     accelerator: str = "cpu"  # where the workers run: cpu, cuda (every GPU) or auto
     max_body: int = 16_384  # bytes of a request body
@@ -62,6 +63,8 @@ class ServeConfig:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
         if self.batch_wait_ms < 0 or self.flush_s <= 0:
             raise ValueError(f"batch_wait_ms must be >= 0 and flush_s > 0, got {self.batch_wait_ms}, {self.flush_s}")
+        if self.bm25_backend not in ("numba", "numpy"):
+            raise ValueError(f"bm25_backend must be numba or numpy, got {self.bm25_backend!r}")
         if self.accelerator not in ("cpu", "cuda", "auto"):
             raise ValueError(f"accelerator must be cpu, cuda or auto, got {self.accelerator!r}")
 

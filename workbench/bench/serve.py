@@ -205,20 +205,23 @@ def load(ws, channels: tuple[str, ...], widths: tuple[int, ...], users: tuple[in
     return rows, checks
 
 
-def capacity(rows: list[dict], target_qps: float, p99_ms: float) -> list[dict]:
-    """Per channel, width and batching: the best throughput measured with p99 <= the budget (no failures),
-    and the machines like this one that `target_qps` needs (none measured within budget: no row)."""
-    best: dict[tuple, dict] = {}
-    for r in rows:
-        if r["failures"] or r["p99_ms"] > p99_ms:
-            continue
-        key = (r["channel"], r["width"], r["max_batch"])
-        if key not in best or r["queries_per_s"] > best[key]["queries_per_s"]:
-            best[key] = r
+def capacity(rows: list[dict], target_qps: float, budgets_ms: tuple[float, ...]) -> list[dict]:
+    """Per latency budget, channel, width and batching: the best throughput measured with p99 within the
+    budget and no failures, and how many machines like this one `target_qps` needs. A setting with no
+    point within a budget has no row for it."""
     out = []
-    for (channel, width, max_batch), r in best.items():
-        out.append({"case": f"{channel}{f' w{width}' if width else ''} batch {max_batch}", "queries_per_s": r["queries_per_s"],
-                    "at_users": r["users"], "p99_ms": r["p99_ms"], "machines": math.ceil(target_qps / r["queries_per_s"])})
+    for budget in budgets_ms:
+        best: dict[tuple, dict] = {}
+        for r in rows:
+            if r["failures"] or r["p99_ms"] > budget:
+                continue
+            key = (r["channel"], r["width"], r["max_batch"])
+            if key not in best or r["queries_per_s"] > best[key]["queries_per_s"]:
+                best[key] = r
+        for (channel, width, max_batch), r in best.items():
+            out.append({"case": f"p99 <= {budget:g} ms: {channel}{f' w{width}' if width else ''} batch {max_batch}",
+                        "budget_ms": budget, "queries_per_s": r["queries_per_s"], "at_users": r["users"], "p99_ms": r["p99_ms"],
+                        "machines": math.ceil(target_qps / r["queries_per_s"])})
     return out
 
 

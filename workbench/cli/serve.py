@@ -13,7 +13,7 @@ from workbench.serve import ServeConfig
               help="Listen here (0.0.0.0 or :: to accept other machines).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @config_options(ServeConfig, "channels", "max_batch", "batch_wait_ms", "workers", "threads", "api_servers", "accelerator", "max_body",
-                "log", "name", choices={"accelerator": ("cpu", "cuda", "auto")})
+                "bm25_backend", "log", "name", choices={"accelerator": ("cpu", "cuda", "auto"), "bm25_backend": ("numba", "numpy")})
 @click.pass_context
 def serve(ctx, host, port, **kw) -> None:
     """Serve the generative channel, BM25 and dense over HTTP: POST /generative, /bm25, /dense with
