@@ -66,11 +66,12 @@ def start_server(workspace: Path, channel: str, max_batch: int, batch_wait_ms: f
 
 
 def stop_server(proc: subprocess.Popen, timeout: float = 60) -> int:
-    """Ctrl+C to the server's main process, as a person would stop it (LitServe shuts down its workers
-    and closes the logger's queue, and the logger writes what it holds); then whatever is left of its
-    process group is killed."""
+    """SIGTERM to the server's main process, as a service manager would stop it (`workbench serve` shuts
+    LitServe down gracefully: workers stopped, the logger's queue closed, and the logger writes what
+    it holds); whatever is left of its process group after `timeout` is killed, and the exit code is
+    then -9."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:

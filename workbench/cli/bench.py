@@ -333,9 +333,11 @@ def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, t
                params={**params, "target_qps": target_qps}, device=device_name())
     failed = [r for r in rows if r["failures"]]
     lost = [c for c in checks if c["lost_rows"]]
-    if failed or lost:
+    killed = [c for c in checks if c["exit_code"] != 0]
+    if failed or lost or killed:
         raise click.ClickException("; ".join([f"{r['case']}: {r['failures']} failed requests ({r['first_failure']})" for r in failed]
-                                             + [f"{c['case']}: {c['lost_rows']} served queries missing from the logbook" for c in lost]))
+                                             + [f"{c['case']}: {c['lost_rows']} served queries missing from the logbook" for c in lost]
+                                             + [f"{c['case']}: the server did not stop cleanly (exit code {c['exit_code']})" for c in killed]))
 
 
 @bench.command(name="sid-assign")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import click
 
 from workbench.cli.options import apply, config_options, ws_of
@@ -17,8 +19,8 @@ from workbench.serve import ServeConfig
 @click.pass_context
 def serve(ctx, host, port, **kw) -> None:
     """Serve the generative channel, BM25 and dense over HTTP: POST /generative, /bm25, /dense with
-    {"query", "k"} (and "width", "user" for /generative); GET /health. Ctrl+C stops it, writing the
-    served queries still buffered to the logbook."""
+    {"query", "k"} (and "width", "user" for /generative); GET /health. Ctrl+C or SIGTERM stops it,
+    writing the served queries still buffered to the logbook."""
     from workbench.api import build
 
     ws = ws_of(ctx).require()
@@ -27,9 +29,15 @@ def serve(ctx, host, port, **kw) -> None:
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     server = build(ws.path, cfg)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # both stop it gracefully (LitServe's own stop is on KeyboardInterrupt), even
+        signal.signal(sig, _interrupt)  # where SIGINT was ignored at start (a background job of a shell) or comes as SIGTERM
     click.echo(f"serving {', '.join('/' + c for c in cfg.channels)} of {ws.path} on http://{host}:{port} "
                f"(batches of up to {cfg.max_batch}, {cfg.workers} worker(s) per channel)")
     server.run(host=host, port=port, num_api_servers=cfg.api_servers, generate_client_file=False)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 COMMANDS = [serve]
