@@ -36,6 +36,7 @@ def prewarm(path: str) -> threading.Thread:
             t.error = serve.page_error(e)
     t = threading.Thread(target=work, name=f"prewarm {path}", daemon=True)
     t.error = None
+    serve.WARMUPS[path] = t
     t.start()
     return t
 

@@ -31,6 +31,7 @@ request model, as a class.)
 """
 
 import json
+import math
 import os
 import sys
 import threading
@@ -132,11 +133,11 @@ class GenerativeAPI(ChannelAPI):
             served = self.engine.search_many([reqs[i].query for i in ok], reqs[ok[0]].width, [reqs[i].user for i in ok])
             for i, s in zip(ok, served):
                 r = reqs[i]
-                sids = s.paths()
+                sids = ["-".join(map(str, h.sid)) for h in s.hits]  # Served.paths() without a DataFrame per answer
                 out[i] = {"query": s.query, "user": s.user, "personalised": s.personalised, "width": s.width,
                           "latency_ms": s.latency_ms,
-                          "sids": [{"sid": t.sid, "p": float(t.probability), "label": t.label, "products": int(t.products)}
-                                   for t in sids.itertuples()],
+                          "sids": [{"sid": sid, "p": math.exp(h.logp), "label": s.label(sid), "products": len(h.products)}
+                                   for sid, h in zip(sids, s.hits)],
                           "products": [{"product_id": p, "score": float(x)} for p, x in zip(s.products[:r.k], s.scores[:r.k])]}
                 self.served(r, s.latency_ms, s.results(), s.width)
         return out

@@ -28,6 +28,7 @@ from workbench.workspace import Workspace
 
 MAX_QUERY = 500  # characters of a query, in the app and the HTTP endpoint
 MAX_WIDTH = 1024  # the widest beam a search may ask for
+WARMUPS: dict[str, threading.Thread] = {}  # the app's background warm-ups (app.prewarm), by workspace path
 
 
 CHANNELS = ("generative", "bm25", "dense")

@@ -160,7 +160,7 @@ class CosineOrder:
         if len(product_ids) != len(vectors):
             raise ValueError(f"{len(product_ids)} product ids for {len(vectors)} vectors")
         self.embedder, self.logp_weight = embedder, logp_weight
-        self.row = pd.Series(np.arange(len(product_ids)), index=np.asarray(product_ids, dtype=object))
+        self.ids = pd.Index(np.asarray(product_ids, dtype=object))  # product id -> its row of `vectors`
         self.vectors = np.asarray(vectors, np.float32)  # (N, d), unit norm
 
     @classmethod
@@ -184,7 +184,10 @@ class CosineOrder:
             if not ids:
                 out.append(([], np.zeros(0, np.float32)))
                 continue
-            score = self.vectors[self.row.loc[ids].to_numpy()] @ qv + self.logp_weight * logp  # (n,)
+            rows = self.ids.get_indexer(ids)
+            if (rows < 0).any():
+                raise KeyError(f"products without an embedding in the channel's order: {np.asarray(ids)[rows < 0][:5].tolist()}")
+            score = self.vectors[rows] @ qv + self.logp_weight * logp  # (n,)
             order = np.argsort(-score, kind="stable")
             out.append(([ids[i] for i in order], score[order]))
         return out
