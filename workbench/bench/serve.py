@@ -101,7 +101,7 @@ def locust(url: str, channel: str, users: int, seconds: float, queries: Path, wi
     snapshot can miss the last second)."""
     with tempfile.TemporaryDirectory() as d:
         env = {**os.environ, "WB_QUERIES": str(queries), "WB_CHANNEL": channel, "WB_WIDTH": str(width), "WB_K": str(k)}
-        cmd = ["locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "-u", str(users), "-r", str(users),
+        cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "-u", str(users), "-r", str(users),
                "-t", f"{seconds:g}s", "--stop-timeout", "60", "--host", url, "--json-file", f"{d}/load", "--csv", f"{d}/load",
                "--loglevel", "ERROR", "--exit-code-on-error", "0"]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 180)
