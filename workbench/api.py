@@ -237,10 +237,7 @@ class ServedLogger(ls.Logger):
         from workbench import Workspace
 
         try:
-            Workspace(self.workspace).logbook().insert("served", [
-                {"time": r["time"], "run_id": None, "query": r["query"], "user_id": r["user_id"], "beam_width": r["beam_width"],
-                 "latency_ms": float(r["latency_ms"]), "n_results": len(r["results"]), "results": json.dumps(r["results"]),
-                 "source": r["source"]} for r in rows], timeout=30)
+            Workspace(self.workspace).logbook().serve_many(rows, timeout=30)
         except Exception as e:  # noqa: BLE001 - busy or unwritable: keep them, try again
             print(f"workbench serve: {len(rows)} served queries not written to the logbook yet ({type(e).__name__}: {e}); "
                   "retrying", file=sys.stderr, flush=True)

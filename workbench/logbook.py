@@ -271,11 +271,17 @@ class Logbook:
     def serve(self, query: str, results: list, latency_ms: float, user_id: str | None = None,
               beam_width: int | None = None, run_id: str | None = None, source: str = "app",
               timeout: float | None = None) -> None:
-        """Record one served query (the app and the serving benchmark call this)."""
+        """Record one served query (the app calls this; the HTTP service writes batches with `serve_many`)."""
+        self.serve_many([{"time": now(), "run_id": run_id, "query": query, "user_id": user_id, "beam_width": beam_width,
+                          "latency_ms": latency_ms, "results": results, "source": source}], timeout=timeout)
+
+    def serve_many(self, rows: list[dict], timeout: float | None = None) -> None:
+        """Record served queries in one write; each row: time, query, user_id, beam_width, latency_ms,
+        results (a list, stored as JSON), source, and optionally run_id."""
         self.insert("served", [{
-            "time": now(), "run_id": run_id, "query": query, "user_id": user_id, "beam_width": beam_width,
-            "latency_ms": float(latency_ms), "n_results": len(results), "results": json.dumps(results), "source": source,
-        }], timeout=timeout)
+            "time": r["time"], "run_id": r.get("run_id"), "query": r["query"], "user_id": r["user_id"], "beam_width": r["beam_width"],
+            "latency_ms": float(r["latency_ms"]), "n_results": len(r["results"]), "results": json.dumps(r["results"]), "source": r["source"],
+        } for r in rows], timeout=timeout)
 
     def mark_crashed(self) -> int:
         """Runs of this host still `running` whose process is gone become `crashed`; returns how many."""
