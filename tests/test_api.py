@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from workbench import serve
-from workbench.bench.serve import post, start_server, stop_server
+from workbench.bench import launch
+from workbench.bench.serve import post, start_server
 
 pytestmark = pytest.mark.slow  # real servers: worker processes load torch and the workspace
 
@@ -27,7 +28,7 @@ def server(trained, tmp_path_factory):
     shutil.copytree(ws.path, path)
     proc, url, log = start_server(path, "generative,bm25,dense", max_batch=8, batch_wait_ms=50)
     yield url, Workspace(path), proc
-    stop_server(proc)
+    launch.stop(proc)
 
 
 def _raw(url: str, data: bytes, headers: dict | None = None) -> tuple[int, str]:
@@ -148,7 +149,7 @@ def test_every_answer_is_in_the_logbook_when_the_server_stops(trained, tmp_path)
             got = list(pool.map(lambda i: post(f"{url}/generative", {"query": f"drill {i}", "width": 4}), range(60)))
         assert all(s == 200 for s, _ in got)
     finally:
-        assert stop_server(proc) is not None
+        assert launch.stop(proc) is not None
     rows = ws.logbook().query("SELECT query, beam_width, source, n_results FROM served WHERE time >= ?", [since])
     assert sorted(rows["query"]) == sorted(f"drill {i}" for i in range(60))
     assert set(rows["source"]) == {"api/generative"} and set(rows["beam_width"]) == {4} and (rows["n_results"] > 0).all()

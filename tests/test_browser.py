@@ -26,6 +26,7 @@ def _need_browser():
 
 @pytest.fixture(scope="module")
 def served_app(trained, tmp_path_factory):
+    from workbench.bench import launch
     from workbench.bench.app import start_app
 
     _need_browser()
@@ -34,8 +35,7 @@ def served_app(trained, tmp_path_factory):
     shutil.copytree(ws.path, path)
     proc, url = start_app(path)
     yield url, Workspace(path)
-    proc.terminate()
-    proc.wait(timeout=20)
+    launch.stop(proc, timeout=20)
 
 
 def _settle(page, timeout: float = 120_000) -> None:

@@ -22,9 +22,9 @@ Invariants:
   422 from the worker (per request, so its batch-mates are still answered), a body over `max_body`
   bytes is 413;
 - every answered query becomes one row of the logbook's `served` table, off the hot path: the worker
-  puts the row on LitServe's logger queue, one logger process writes the rows in batches (every
-  `flush_s` or `flush_rows`, retrying while the logbook is busy) and writes what it holds when the
-  server stops.
+  puts a batch's rows on LitServe's logger queue in one put, one logger process writes the rows in
+  batches (every `flush_s` or `flush_rows`, retrying while the logbook is busy) and writes what it
+  holds when the server stops.
 
 (No `from __future__ import annotations` here: LitServe reads `decode_request`'s annotation, the
 request model, as a class.)
@@ -91,20 +91,25 @@ class ChannelAPI(ls.LitAPI):
         groups: dict[int, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(r.width if self.channel == "generative" else 0, []).append(i)
+        rows: list[dict] = []
         for idx in groups.values():  # one decode per beam width in the batch
-            for i, answer in zip(idx, self.answer([requests[i] for i in idx])):
+            answers, logged = self.answer([requests[i] for i in idx])
+            for i, answer in zip(idx, answers):
                 out[i] = answer
+            rows += logged
+        if rows and self.cfg.log:  # one put on the logger queue per batch: each put is a round trip to LitServe's manager
+            self.log("served", rows)
         return out
 
     def encode_response(self, output):
         return output if isinstance(output, JSONResponse) else JSONResponse(output)
 
-    def served(self, req: SearchRequest, ms: float, results: list, width: int | None = None) -> None:
+    def served(self, req: SearchRequest, ms: float, results: list, width: int | None = None) -> dict:
+        """The logbook's `served` row of one answered request."""
         from workbench.logbook import now
 
-        if self.cfg.log:
-            self.log("served", {"time": now(), "query": req.query, "user_id": req.user, "beam_width": width, "latency_ms": ms,
-                                "results": results, "source": f"api/{self.channel}"})
+        return {"time": now(), "query": req.query, "user_id": req.user, "beam_width": width, "latency_ms": ms,
+                "results": results, "source": f"api/{self.channel}"}
 
 
 class GenerativeAPI(ChannelAPI):
@@ -119,9 +124,10 @@ class GenerativeAPI(ChannelAPI):
         self.known = set(self.engine.user_ids)
         self.engine.search_many(["warm up"], 1)  # loads the query embedder before /health says ready
 
-    def answer(self, reqs: list[SearchRequest]) -> list:
+    def answer(self, reqs: list[SearchRequest]) -> tuple[list, list[dict]]:
+        """Answers to requests of one beam width, and the served rows of those answered."""
         out: list = [None] * len(reqs)
-        ok = []
+        ok, rows = [], []
         for i, r in enumerate(reqs):
             if r.user is not None and not self.engine.personal:
                 out[i] = _error(422, "this generator was trained without users (stage 3): omit 'user'")
@@ -139,8 +145,8 @@ class GenerativeAPI(ChannelAPI):
                           "sids": [{"sid": sid, "p": math.exp(h.logp), "label": s.label(sid), "products": len(h.products)}
                                    for sid, h in zip(sids, s.hits)],
                           "products": [{"product_id": p, "score": float(x)} for p, x in zip(s.products[:r.k], s.scores[:r.k])]}
-                self.served(r, s.latency_ms, s.results(), s.width)
-        return out
+                rows.append(self.served(r, s.latency_ms, s.results(), s.width))
+        return out, rows
 
 
 class BaselineAPI(ChannelAPI):
@@ -163,16 +169,16 @@ class BaselineAPI(ChannelAPI):
             self.index = Dense(ids, embed_workspace(ws, e, ("products",), progress=False)["products"], e, device)
         self.index.scored(["warm up"], 1)  # loads the query embedder, compiles numba's scorer, before /health says ready
 
-    def answer(self, reqs: list[SearchRequest]) -> list:
+    def answer(self, reqs: list[SearchRequest]) -> tuple[list, list[dict]]:
         t = time.perf_counter()
         found = self.index.scored([r.query for r in reqs], max(r.k for r in reqs))
         ms = (time.perf_counter() - t) * 1000
-        out = []
+        out, rows = [], []
         for r, (ids, scores) in zip(reqs, found):
             out.append({"query": r.query, "latency_ms": ms,
                         "products": [{"product_id": p, "score": float(x)} for p, x in zip(ids[:r.k], scores[:r.k])]})
-            self.served(r, ms, [{"products": ids[:20]}])
-        return out
+            rows.append(self.served(r, ms, [{"products": ids[:20]}]))
+        return out, rows
 
 
 class BM25API(BaselineAPI):
@@ -209,10 +215,11 @@ class ServedLogger(ls.Logger):
         Finalize(self, self.flush, exitpriority=100)
 
     def process(self, key, value) -> None:
-        if self._lock is None:  # the first row in the logger process
+        """`value`: the served rows of one batch."""
+        if self._lock is None:  # the first rows in the logger process
             self._start()
         with self._lock:
-            self._rows.append(value)
+            self._rows += value
             if len(self._rows) >= self.flush_rows:
                 self._full.set()
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from workbench.bench import launch
 
 APP = Path(__file__).resolve().parent.parent.parent / "app.py"
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -35,29 +34,15 @@ def chromium() -> str:
 
 
 def start_app(workspace: Path, timeout: float = 90) -> tuple[subprocess.Popen, str]:
-    """`streamlit run app.py` on a free port of 127.0.0.1 for `workspace`, once it answers its health check.
-    The server's output goes to a temporary file, whose tail is the error if it does not start."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """`streamlit run app.py` on a free port of 127.0.0.1 for `workspace`, once it answers its health
+    check (`launch.start`: the error names what the server printed); `launch.stop` stops it."""
     env = {**os.environ, "WORKBENCH_WORKSPACE": str(workspace)}
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless=true",
-                             "--server.address=127.0.0.1", f"--server.port={port}", "--server.fileWatcherType=none",
-                             "--browser.gatherUsageStats=false"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                return proc, url
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            log.seek(0)
-            raise RuntimeError(f"the app did not start on {url}: {log.read().decode(errors='replace')[-2000:]}")
-        time.sleep(0.5)
+    proc, url, log = launch.start(lambda port: [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless=true",
+                                              "--server.address=127.0.0.1", f"--server.port={port}",
+                                              "--server.fileWatcherType=none", "--browser.gatherUsageStats=false"],
+                                "/_stcore/health", env=env, timeout=timeout)
+    log.unlink()  # the server keeps writing to the open file; nothing is left behind
+    return proc, url
 
 
 async def _session(browser, url: str, queries: list[str], until: float, seed: int, out: list, errors: list) -> None:
@@ -109,8 +94,7 @@ def load(workspace: Path, sessions: int = 20, seconds: float = 60, seed: int = 0
     try:
         asyncio.run(main())
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        launch.stop(proc, timeout=30)
     wall = time.perf_counter() - t0
     lat = np.array(latencies) if latencies else np.array([np.nan])
     return {"case": f"{sessions} sessions, {seconds:g} s", "sessions": sessions, "searches": len(latencies),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from workbench.bench import launch
 from workbench.bench.app import BROWSER_ARGS, DONE, chromium, start_app
 
 # page -> a selector only that page matches once it has drawn (Streamlit keeps the previous page's
@@ -80,8 +81,7 @@ def tour(workspace: Path, out: Path | None = None, prefix: str = "app", passes: 
                         _shot(page, out, prefix, name)
             browser.close()
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        launch.stop(proc, timeout=30)
     return [{"case": name, "first_s": ts[0], "again_s": ts[-1], "query": query if name == "Search" else ""}  # the last query
             for name, ts in times.items()]
 

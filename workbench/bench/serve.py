@@ -22,66 +22,27 @@ import csv
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
+from workbench.bench import launch
+
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(workspace: Path, channel: str, max_batch: int, batch_wait_ms: float, workers: int = 1,
                  timeout: float = 300, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str, Path]:
-    """`workbench serve` for one channel on a free port of 127.0.0.1, once /health answers ok.
-    Returns the process, its URL and its log file."""
-    port = _free_port()
-    log = Path(tempfile.mkstemp(prefix="workbench-serve-", suffix=".log")[1])
-    cmd = [sys.executable, "-m", "workbench", "-w", str(workspace), "serve", "--port", str(port), "--channels", channel,
-           "--max-batch", str(max_batch), "--batch-wait-ms", str(batch_wait_ms), "--workers", str(workers), *extra]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).read().strip() in (b"ok", b'"ok"'):
-                return proc, url, log
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_server(proc)
-            raise RuntimeError(f"`{' '.join(cmd[2:])}` did not start: {log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.5)
-
-
-def stop_server(proc: subprocess.Popen, timeout: float = 60) -> int:
-    """SIGTERM to the server's main process, as a service manager would stop it (`workbench serve` shuts
-    LitServe down gracefully: workers stopped, the logger's queue closed, and the logger writes what
-    it holds); whatever is left of its process group after `timeout` is killed, and the exit code is
-    then -9."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    try:  # LitServe's workers and logger are in the server's process group
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return proc.returncode
+    """`workbench serve` for `channel` (comma-separated for several) on a free port of 127.0.0.1, once
+    /health answers ok. Returns the process, its URL and its log file; `launch.stop` stops it."""
+    return launch.start(lambda port: [sys.executable, "-m", "workbench", "-w", str(workspace), "serve", "--port", str(port),
+                                      "--channels", channel, "--max-batch", str(max_batch), "--batch-wait-ms",
+                                      str(batch_wait_ms), "--workers", str(workers), *extra],
+                        "/health", (b"ok", b'"ok"'), timeout=timeout)
 
 
 def post(url: str, body: dict, timeout: float = 60) -> tuple[int, dict]:
@@ -196,7 +157,7 @@ def load(ws, channels: tuple[str, ...], widths: tuple[int, ...], users: tuple[in
                                          "users": u, **r})
                             progress(f"  {case}: {r['queries_per_s']:.1f} q/s, p99 {r['p99_ms']:.0f} ms, {r['failures']} failures")
                 finally:
-                    code = stop_server(proc)
+                    code = launch.stop(proc)
                 logged = served_rows(ws, f"api/{channel}", since)
                 checks.append({"case": f"{channel} batch {max_batch}", "answered": answered, "logged": logged,
                                "lost_rows": answered - logged, "exit_code": code})
