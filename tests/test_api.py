@@ -29,6 +29,7 @@ def server(trained, tmp_path_factory):
     proc, url, log = start_server(path, "generative,bm25,dense", max_batch=8, batch_wait_ms=50)
     yield url, Workspace(path), proc
     launch.stop(proc)
+    log.unlink()
 
 
 def _raw(url: str, data: bytes, headers: dict | None = None) -> tuple[int, str]:
@@ -143,13 +144,14 @@ def test_every_answer_is_in_the_logbook_when_the_server_stops(trained, tmp_path)
     shutil.copytree(ws.path, tmp_path / "ws")
     ws = Workspace(tmp_path / "ws")
     since = now()
-    proc, url, _ = start_server(ws.path, "generative", max_batch=4, batch_wait_ms=5)
+    proc, url, log = start_server(ws.path, "generative", max_batch=4, batch_wait_ms=5)
     try:
         with ThreadPoolExecutor(6) as pool:
             got = list(pool.map(lambda i: post(f"{url}/generative", {"query": f"drill {i}", "width": 4}), range(60)))
         assert all(s == 200 for s, _ in got)
     finally:
         assert launch.stop(proc) is not None
+        log.unlink()
     rows = ws.logbook().query("SELECT query, beam_width, source, n_results FROM served WHERE time >= ?", [since])
     assert sorted(rows["query"]) == sorted(f"drill {i}" for i in range(60))
     assert set(rows["source"]) == {"api/generative"} and set(rows["beam_width"]) == {4} and (rows["n_results"] > 0).all()
