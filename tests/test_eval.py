@@ -94,10 +94,17 @@ def test_unique_recall_by_hand():
 
 
 def test_candidates_are_cut_at_the_budget_and_ranked_inside_by_cosine():
-    from workbench.gen.retrieve import CosineOrder, Hit, candidates
+    from workbench.gen.retrieve import CosineOrder, Hit, candidates, ranked_products
 
     hits = [Hit((0, 0), -0.1, ["p2", "p1"]), Hit((1, 0), -2.0, ["p3", "p4"])]  # beam order, popularity inside
     assert candidates(hits, 3)[0] == ["p2", "p1", "p3"] and candidates(hits, 3)[1].tolist() == [-0.1, -0.1, -2.0]
+    rng = np.random.default_rng(0)  # the cut stops early: the same as cutting the whole list, at every budget
+    many = [Hit((i,), -float(i), [f"s{i}p{j}" for j in range(rng.integers(0, 6))]) for i in range(8)]
+    every = [(p, h.logp) for h in many for p in h.products]
+    for b in [None, 0, 1, 2, 5, 7, len(every) - 1, len(every), len(every) + 10]:
+        ids, logp = candidates(many, b)
+        assert list(zip(ids, logp.tolist())) == every[:b] and logp.dtype == np.float64
+        assert ranked_products(many, b) == [p for p, _ in every[:b]]
     e = get_embedder("hashing-64")
     order = CosineOrder(e, IDS, e.encode(TITLES))
     (got,) = order(["cordless drill"], [hits], 3)

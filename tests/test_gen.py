@@ -66,7 +66,9 @@ def test_products_of_a_sid_come_in_popularity_order(trained):
     big = int(np.argmax(r.index.counts))
     pop = pd.Series({p: float(len(r.lookup(big)) - i) for i, p in enumerate(sorted(r.lookup(big)))})
     look = ProductLookup(r.index, sids, pop)
-    assert look(big) == sorted(r.lookup(big))  # reordered by the given popularity
+    assert list(look(big)) == sorted(r.lookup(big))  # reordered by the given popularity
+    assert look(big) is look(big) and isinstance(look(big), tuple)  # built once, shared, so immutable
+    assert [p for row in range(len(r.index.sids)) for p in look(row)] == list(look.ids)  # every product once, by row
     with pytest.raises(ValueError, match="disagree"):
         ProductLookup(r.index, sids.assign(sid_1=sids["sid_1"] + 100))
 

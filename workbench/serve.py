@@ -106,7 +106,7 @@ class Served:
 
     def results(self, products: int = 20) -> list[dict]:
         """The decoded SIDs as the logbook's `served.results` holds them: sid, logp, first products."""
-        return [{"sid": list(h.sid), "logp": h.logp, "products": h.products[:products]} for h in self.hits]
+        return [{"sid": list(h.sid), "logp": h.logp, "products": list(h.products[:products])} for h in self.hits]
 
     def label(self, prefix: str) -> str:
         return "" if self.labels is None else str(self.labels.get(prefix, ""))

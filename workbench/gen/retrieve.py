@@ -12,6 +12,7 @@ plus the SID's log-probability), which on a catalog without logs replaces an arb
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,7 +51,7 @@ class ChannelConfig:
 class Hit:
     sid: tuple[int, ...]
     logp: float
-    products: list[str]
+    products: Sequence[str]  # the SID's products, popular first (ProductLookup's shared tuple)
 
 
 class ProductLookup:
@@ -67,9 +68,10 @@ class ProductLookup:
         order = np.lexsort((sids["product_id"].to_numpy(), -pop, row))  # by row, then popularity, then id
         self.ids = sids["product_id"].to_numpy()[order]
         self.offsets = np.r_[0, np.cumsum(np.bincount(row, minlength=len(index.sids)))]
+        self._rows = [tuple(self.ids[a:b].tolist()) for a, b in zip(self.offsets[:-1], self.offsets[1:])]  # shared, immutable
 
-    def __call__(self, row: int) -> list[str]:
-        return self.ids[self.offsets[row]: self.offsets[row + 1]].tolist()
+    def __call__(self, row: int) -> tuple[str, ...]:
+        return self._rows[row]
 
     def rows(self) -> dict[str, int]:
         """product id -> index row of its SID."""
@@ -134,18 +136,31 @@ class Retriever:
         return out
 
 
+def _cut(hits: list[Hit], k: int | None) -> list[list[str]]:
+    """Each hit's products while fewer than k are taken: a big catalog's SIDs hold hundreds each, and a
+    channel keeps the first few hundred of all (so nothing past the cut is copied)."""
+    if k is None:
+        return [h.products for h in hits]
+    out, left = [], k
+    for h in hits:
+        if left <= 0:
+            break
+        out.append(h.products[:left])
+        left -= len(out[-1])
+    return out
+
+
 def ranked_products(hits: list[Hit], k: int | None = None) -> list[str]:
     """The retrieved list: products of the best SID first, then the next SID's, ... (cut at k)."""
-    out = [p for h in hits for p in h.products]
-    return out if k is None else out[:k]
+    return [p for ps in _cut(hits, k) for p in ps]
 
 
 def candidates(hits: list[Hit], budget: int | None = None) -> tuple[list[str], np.ndarray]:
     """A recall channel's candidate set: the decoded SIDs' products in beam order (best SID first),
     cut at `budget` products, and each product's SID log-probability."""
-    ids = ranked_products(hits)
-    logp = np.fromiter((h.logp for h in hits for _ in h.products), float, len(ids))
-    return (ids, logp) if budget is None else (ids[:budget], logp[:budget])
+    taken = _cut(hits, budget)
+    logp = np.repeat(np.array([h.logp for h in hits[:len(taken)]], float), [len(ps) for ps in taken])
+    return [p for ps in taken for p in ps], logp
 
 
 class CosineOrder:
@@ -178,16 +193,18 @@ class CosineOrder:
     def scored(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None) -> list[tuple[list[str], np.ndarray]]:
         """Per query: its candidates best first, and each one's score."""
         q = self.embedder.encode(list(texts))  # (Q, d), unit norm
-        out = []
-        for qv, h in zip(q, hits):
-            ids, logp = candidates(h, budget)
+        cands = [candidates(h, budget) for h in hits]
+        flat = np.array([p for ids, _ in cands for p in ids], dtype=object)  # every query's candidates: one lookup
+        rows = self.ids.get_indexer(flat) if len(flat) else np.zeros(0, np.intp)
+        if (rows < 0).any():
+            raise KeyError(f"products without an embedding in the channel's order: {flat[rows < 0][:5].tolist()}")
+        out, start = [], 0
+        for qv, (ids, logp) in zip(q, cands):
+            mine, start = rows[start:start + len(ids)], start + len(ids)
             if not ids:
                 out.append(([], np.zeros(0, np.float32)))
                 continue
-            rows = self.ids.get_indexer(ids)
-            if (rows < 0).any():
-                raise KeyError(f"products without an embedding in the channel's order: {np.asarray(ids)[rows < 0][:5].tolist()}")
-            score = self.vectors[rows] @ qv + self.logp_weight * logp  # (n,)
+            score = self.vectors[mine] @ qv + self.logp_weight * logp  # (n,)
             order = np.argsort(-score, kind="stable")
             out.append(([ids[i] for i in order], score[order]))
         return out
