@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench.bench import launch
+from workbench.serve import ServeConfig
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -123,8 +124,8 @@ def served_rows(ws, source: str, since: str) -> int:
 
 
 def load(ws, channels: tuple[str, ...], widths: tuple[int, ...], users: tuple[int, ...], seconds: float,
-         batches: tuple[int, ...] = (32, 1), batch_wait_ms: float = 5.0, queries: int = 500, warm: int = 20,
-         progress=print) -> tuple[list[dict], list[dict]]:
+         batches: tuple[int, ...] = (ServeConfig.max_batch, 1), batch_wait_ms: float = ServeConfig.batch_wait_ms,
+         queries: int = 500, warm: int = 20, progress=print) -> tuple[list[dict], list[dict]]:
     """The load points (one row each) and, per server, its logbook check (answered, logged, lost_rows)."""
     from workbench.gen.data import eval_set
     from workbench.logbook import now

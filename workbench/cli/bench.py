@@ -14,6 +14,7 @@ from workbench.cli.rl import ensure_ranker, rl_config, rl_options
 from workbench.eval.ab import ABConfig
 from workbench.eval.width import SweepConfig
 from workbench.report import device_name, report
+from workbench.serve import ServeConfig
 
 
 # benchmarks ------------------------------------------------------------------------------------
@@ -284,9 +285,9 @@ def bench_pages(ctx, out, prefix, passes, dwell) -> None:
 @click.option("--widths", type=ints, default="4,16,64", show_default=True, help="Beam widths of the generative channel.")
 @click.option("--users", type=ints, default="1,8,32", show_default=True, help="Concurrency levels (closed-loop locust users).")
 @click.option("--seconds", type=click.FloatRange(min=1), default=10.0, show_default=True, help="Per load point.")
-@click.option("--batches", type=ints, default="32,1", show_default=True,
+@click.option("--batches", type=ints, default=f"{ServeConfig.max_batch},1", show_default=True,
               help="Dynamic batch limits to serve with (1: one request at a time).")
-@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True)
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=ServeConfig.batch_wait_ms, show_default=True)
 @click.option("--target-qps", type=click.FloatRange(min=0, min_open=True), default=10_000.0, show_default=True,
               help="Traffic to size machines for.")
 @click.option("--p99-ms", "budgets", default="50,100,250", show_default=True,
