@@ -136,9 +136,9 @@ class Retriever:
         return out
 
 
-def _cut(hits: list[Hit], k: int | None) -> list[list[str]]:
-    """Each hit's products while fewer than k are taken: a big catalog's SIDs hold hundreds each, and a
-    channel keeps the first few hundred of all (so nothing past the cut is copied)."""
+def _cut(hits: list[Hit], k: int | None) -> list[Sequence[str]]:
+    """Each hit's products while fewer than k are taken: a big catalog's SIDs can hold thousands each,
+    and a channel keeps the first few hundred of all (so nothing past the cut is copied)."""
     if k is None:
         return [h.products for h in hits]
     out, left = [], k
