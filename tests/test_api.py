@@ -164,11 +164,12 @@ def test_serve_refuses_bad_settings(trained, tmp_path):
 
     ws, _ = trained
     for args, says in ((["--channels", "generative,sparse"], "channels must be some of"), (["--max-batch", "0"], "max_batch must be >= 1"),
-                       (["--workers", "0"], "workers must be >= 1")):
+                       (["--workers", "0"], "workers must be >= 1"), (["--query-dtype", "float16"], "'float16' is not one of")):
         res = CliRunner().invoke(main, ["-w", str(ws.path), "serve", *args])
         assert res.exit_code == 2 and says in res.output, res.output
     for args, says in ((["--channels", "sparse"], "channels must be some of"), (["--p99-ms", "50,abc"], "expected comma-separated"),
-                       (["--p99-ms", "0"], "budgets must be > 0"), (["--users", "0"], "values must be >= 1")):
+                       (["--p99-ms", "0"], "budgets must be > 0"), (["--users", "0"], "values must be >= 1"),
+                       (["--query-dtype", "int8"], "'int8' is not one of")):
         res = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "serve", *args])
         assert res.exit_code == 2 and says in res.output, res.output
     res = CliRunner().invoke(main, ["-w", str(tmp_path / "none"), "serve"])

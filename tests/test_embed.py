@@ -57,6 +57,13 @@ def test_cache_dimension_mismatch_is_an_error(tmp_path):
         EmbeddingCache(tmp_path, "hashing-64-v1", 32).lookup([b"0" * 16])
 
 
+def test_hashing_takes_the_query_dtype_and_computes_it_exactly():
+    h = Hashing(64)
+    np.testing.assert_array_equal(h.encode(["cordless drill"], dtype="bfloat16"), h.encode(["cordless drill"]))
+    with pytest.raises(ValueError, match="query dtype must be one of"):
+        h.encode(["x"], dtype="int8")
+
+
 def test_get_embedder():
     assert get_embedder("hashing-32").dim == 32 and get_embedder("hashing").dim == 256
     with pytest.raises(ValueError, match="unknown embedder"):
@@ -78,3 +85,7 @@ def test_minilm_offline_real_weights():
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1, rtol=1e-4)
     assert cos(v[0], v[1]) > cos(v[0], v[2]) + 0.2  # it knows language, not just letters
     assert e.encode([]).shape == (0, 384)
+    low = e.encode(["wireless headphones", "bluetooth headset", "dry dog food"], dtype="bfloat16")  # queries at serving time
+    assert low.dtype == np.float32 and (low * v).sum(1).min() > 0.999 and not np.array_equal(low, v)  # computed in bf16, near fp32
+    with pytest.raises(ValueError, match="query dtype must be one of"):
+        e.encode(["x"], dtype="float16")

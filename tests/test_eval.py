@@ -77,7 +77,8 @@ def test_harness_compares_every_method_on_the_same_queries(trained):
         EvalConfig(budgets=())
     from workbench.gen.retrieve import ChannelConfig
 
-    for bad, msg in [(dict(budget=0), "budget must be >= 1"), (dict(order="random"), "order must be")]:
+    for bad, msg in [(dict(budget=0), "budget must be >= 1"), (dict(order="random"), "order must be"),
+                     (dict(query_dtype="float16"), "query dtype must be one of")]:
         with pytest.raises(ValueError, match=msg):
             ChannelConfig(**bad)
 
@@ -113,6 +114,20 @@ def test_candidates_are_cut_at_the_budget_and_ranked_inside_by_cosine():
     heavy = CosineOrder(e, IDS, e.encode(TITLES), logp_weight=10.0)  # the SID's probability dominates
     assert heavy(["drill bit set 20 pieces"], [hits])[0][:2] in (["p1", "p2"], ["p2", "p1"])
     assert order(["x"], [[]]) == [[]]
+    from workbench.baselines import Dense
+
+    class Spy:  # records what the queries are computed in
+        seen: list = []
+
+        def encode(self, texts, dtype="float32"):
+            self.seen.append(dtype)
+            return e.encode(texts)
+
+    CosineOrder(Spy(), IDS, e.encode(TITLES), query_dtype="bfloat16")(["drill"], [hits])
+    Dense(IDS, e.encode(TITLES), Spy(), query_dtype="bfloat16").search(["drill"], 2)
+    assert Spy.seen == ["bfloat16", "bfloat16"]
+    with pytest.raises(ValueError, match="query dtype must be one of"):
+        Dense(IDS, e.encode(TITLES), e, query_dtype="half")
     with pytest.raises(ValueError, match="product ids for"):
         CosineOrder(e, IDS[:2], e.encode(TITLES))
     from workbench.gen.retrieve import Channel, ChannelConfig

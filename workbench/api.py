@@ -117,10 +117,12 @@ class GenerativeAPI(ChannelAPI):
 
     def setup(self, device: str) -> None:
         from workbench import Workspace
+        from workbench.gen.retrieve import ChannelConfig
         from workbench.serve import Engine
 
         _share_cores(self.workers_total, self.cfg.threads)
-        self.engine = Engine(Workspace(self.workspace), device=device, name=self.cfg.name)
+        self.engine = Engine(Workspace(self.workspace), device=device, name=self.cfg.name,
+                             channel=ChannelConfig(query_dtype=self.cfg.query_dtype))
         self.known = set(self.engine.user_ids)
         self.engine.search_many(["warm up"], 1)  # loads the query embedder before /health says ready
 
@@ -166,7 +168,7 @@ class BaselineAPI(ChannelAPI):
             self.index = BM25(ids, product_texts(products), backend=self.cfg.bm25_backend)
         else:
             e = get_embedder(workspace_embedder(ws), device)
-            self.index = Dense(ids, embed_workspace(ws, e, ("products",), progress=False)["products"], e, device)
+            self.index = Dense(ids, embed_workspace(ws, e, ("products",), progress=False)["products"], e, device, self.cfg.query_dtype)
         self.index.scored(["warm up"], 1)  # loads the query embedder, compiles numba's scorer, before /health says ready
 
     def answer(self, reqs: list[SearchRequest]) -> tuple[list, list[dict]]:

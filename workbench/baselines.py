@@ -62,11 +62,14 @@ class BM25:
 class Dense:
     name = "dense"
 
-    def __init__(self, ids: list[str], vectors: np.ndarray, embedder, device: str = "cpu"):
+    def __init__(self, ids: list[str], vectors: np.ndarray, embedder, device: str = "cpu", query_dtype: str = "float32"):
+        from workbench.embed import check_dtype
+
         if len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} product ids for {len(vectors)} vectors")
+        check_dtype(query_dtype)
         self.ids = np.asarray(ids, dtype=object)
-        self.embedder, self.device = embedder, device
+        self.embedder, self.device, self.query_dtype = embedder, device, query_dtype  # query_dtype: what queries are encoded in
         self.p = torch.as_tensor(np.asarray(vectors, np.float32), device=device)  # (N, d), unit norm
 
     def search(self, queries: list[str], k: int, chunk: int = 1024, vectors: np.ndarray | None = None) -> list[list[str]]:
@@ -76,7 +79,7 @@ class Dense:
     def scored(self, queries: list[str], k: int, chunk: int = 1024, vectors: np.ndarray | None = None) -> list[tuple[list[str], np.ndarray]]:
         """Per query: its top k products and their cosines."""
         k = min(k, len(self.ids))
-        q = self.embedder.encode(list(queries)) if vectors is None else np.asarray(vectors, np.float32)
+        q = self.embedder.encode(list(queries), dtype=self.query_dtype) if vectors is None else np.asarray(vectors, np.float32)
         out = []
         for s in range(0, len(q), chunk):
             top = (torch.as_tensor(q[s:s + chunk], device=self.device) @ self.p.T).topk(k, dim=1)  # of (b, N) cosines

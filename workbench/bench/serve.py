@@ -125,7 +125,8 @@ def served_rows(ws, source: str, since: str) -> int:
 
 def load(ws, channels: tuple[str, ...], widths: tuple[int, ...], users: tuple[int, ...], seconds: float,
          batches: tuple[int, ...] = (ServeConfig.max_batch, 1), batch_wait_ms: float = ServeConfig.batch_wait_ms,
-         queries: int = 500, warm: int = 20, progress=print) -> tuple[list[dict], list[dict]]:
+         query_dtype: str = ServeConfig.query_dtype, queries: int = 500, warm: int = 20,
+         progress=print) -> tuple[list[dict], list[dict]]:
     """The load points (one row each) and, per server, its logbook check (answered, logged, lost_rows)."""
     from workbench.gen.data import eval_set
     from workbench.logbook import now
@@ -141,7 +142,8 @@ def load(ws, channels: tuple[str, ...], widths: tuple[int, ...], users: tuple[in
         for channel in channels:
             for max_batch in batches:
                 since = now()
-                proc, url, log = start_server(ws.path.resolve(), channel, max_batch, batch_wait_ms)
+                proc, url, log = start_server(ws.path.resolve(), channel, max_batch, batch_wait_ms,
+                                              extra=("--query-dtype", query_dtype))
                 answered = 0
                 try:
                     for i, q in enumerate(qs[:warm]):  # first requests pay for lazy loads and torch's first runs at each width

@@ -11,6 +11,7 @@ from workbench.bench.data import DATASETS, bench_workspace
 from workbench.bench.dist import JOBS as DIST_JOBS
 from workbench.cli.options import apply, config_options, device_option, embedder_option, given, ints, names, set_fields, ws_of
 from workbench.cli.rl import ensure_ranker, rl_config, rl_options
+from workbench.embed import DTYPES
 from workbench.eval.ab import ABConfig
 from workbench.eval.width import SweepConfig
 from workbench.report import device_name, report
@@ -288,6 +289,8 @@ def bench_pages(ctx, out, prefix, passes, dwell) -> None:
 @click.option("--batches", type=ints, default=f"{ServeConfig.max_batch},1", show_default=True,
               help="Dynamic batch limits to serve with (1: one request at a time).")
 @click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=ServeConfig.batch_wait_ms, show_default=True)
+@click.option("--query-dtype", type=click.Choice(DTYPES), default=ServeConfig.query_dtype, show_default=True,
+              help="What the servers' query encoder computes in (`workbench serve --query-dtype`).")
 @click.option("--target-qps", type=click.FloatRange(min=0, min_open=True), default=10_000.0, show_default=True,
               help="Traffic to size machines for.")
 @click.option("--p99-ms", "budgets", default="50,100,250", show_default=True,
@@ -297,7 +300,7 @@ def bench_pages(ctx, out, prefix, passes, dwell) -> None:
                    "SIDs by the trained SID model: serving at catalog scale. Use a workspace built with a hashing embedder "
                    "for 1,000,000 (MiniLM takes about an hour per million titles on 2 cores).")
 @click.pass_context
-def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, target_qps, budgets, grow_to) -> None:
+def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, query_dtype, target_qps, budgets, grow_to) -> None:
     """Throughput and p50/p95/p99 of `workbench serve` under locust's load (127.0.0.1): per channel,
     beam width, concurrency, with and without dynamic batching; the logbook's served rows checked
     against the requests answered; machines needed for --target-qps at --p99-ms."""
@@ -319,9 +322,9 @@ def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, t
         ws = grow(base, grow_to, base.path.parent / f"{base.path.name}-{grow_to}")
         click.echo(f"measuring on {ws.path}: {grow_to:,} products")
     params = {"widths": list(widths), "users": list(users), "seconds": seconds, "batches": list(batches),
-              "batch_wait_ms": batch_wait_ms, "products": len(ws.table("products"))}
+              "batch_wait_ms": batch_wait_ms, "query_dtype": query_dtype, "products": len(ws.table("products"))}
     with ws.logbook().run("bench", {"bench": "serve", "channels": list(channels), **params}) as run:
-        rows, checks = load(ws, channels, widths, users, seconds, batches, batch_wait_ms, progress=click.echo)
+        rows, checks = load(ws, channels, widths, users, seconds, batches, batch_wait_ms, query_dtype=query_dtype, progress=click.echo)
         report("serve-load", [{k: v for k, v in r.items() if k != "first_failure"} for r in rows], run,
                units={"p50_ms": "ms", "p95_ms": "ms", "p99_ms": "ms", "queries_per_s": "1/s"}, params=params,
                device=device_name())

@@ -7,6 +7,7 @@ import signal
 import click
 
 from workbench.cli.options import apply, config_options, ws_of
+from workbench.embed import DTYPES
 from workbench.serve import ServeConfig
 
 
@@ -15,7 +16,8 @@ from workbench.serve import ServeConfig
               help="Listen here (0.0.0.0 or :: to accept other machines).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @config_options(ServeConfig, "channels", "max_batch", "batch_wait_ms", "workers", "threads", "api_servers", "accelerator", "max_body",
-                "bm25_backend", "log", "name", choices={"accelerator": ("cpu", "cuda", "auto"), "bm25_backend": ("numba", "numpy")})
+                "bm25_backend", "log", "name", "query_dtype",
+                choices={"accelerator": ("cpu", "cuda", "auto"), "bm25_backend": ("numba", "numpy"), "query_dtype": DTYPES})
 @click.pass_context
 def serve(ctx, host, port, **kw) -> None:
     """Serve the generative channel, BM25 and dense over HTTP: POST /generative, /bm25, /dense with
