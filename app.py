@@ -240,7 +240,8 @@ def beam_page(path: str) -> None:
     load["series"] = load["channel"] + np.where(load["width"].notna(), " w" + load["width"].fillna(0).astype(int).astype(str), "")
     fig = px.line(load, x="queries_per_s", y="p99_ms", color="series", line_dash="batching", text="users", markers=True, log_y=True,
                   height=460, labels={"queries_per_s": "throughput (queries/s)", "p99_ms": "p99 latency (ms)"},
-                  title=f"Throughput against p99 as concurrency grows (labels: concurrent users; {params.get('seconds', '?')} s per point)")
+                  title=f"Throughput against p99 as concurrency grows (labels: concurrent users; {params.get('seconds', '?')} s per point; "
+                        f"queries encoded in {params.get('query_dtype', 'float32')})")
     fig.update_traces(textposition="top center")
     st.plotly_chart(fig, key="serve_load")
     with st.expander("The load benchmark's numbers"):

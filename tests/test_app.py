@@ -332,6 +332,7 @@ def test_beam_page_is_a_pareto_chart_with_the_chosen_width_and_its_rule(spoilt):
     _ok(at)
     assert not any("No load benchmark yet" in i.value for i in at.info)
     assert any(s.value.startswith("Under load") for s in at.subheader) and len(at.get("plotly_chart")) == 3
+    assert "queries encoded in float32" in at.get("plotly_chart")[-1].proto.spec  # a run from before --query-dtype
 
 
 def test_app_ab_page_shows_the_latest_ab_beside_the_paper(spoilt):
