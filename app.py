@@ -110,8 +110,7 @@ def search_page(path: str) -> None:
             st.plotly_chart(fig, key="sunburst")
     with right:
         st.subheader("Products by cluster")
-        for h in res.hits[:5]:
-            sid = "-".join(map(str, h.sid))
+        for sid, h in zip(res.sids()[:5], res.hits):
             with st.expander(f"{sid} {res.label(sid)}: {len(h.products)} product{'s' * (len(h.products) != 1)}"):
                 st.dataframe(eng.titles(h.products[:20]), hide_index=True, key=f"cluster-{h.sid}")
     st.subheader("Against the baselines (top 10)")
@@ -241,7 +240,7 @@ def beam_page(path: str) -> None:
     fig = px.line(load, x="queries_per_s", y="p99_ms", color="series", line_dash="batching", text="users", markers=True, log_y=True,
                   height=460, labels={"queries_per_s": "throughput (queries/s)", "p99_ms": "p99 latency (ms)"},
                   title=f"Throughput against p99 as concurrency grows (labels: concurrent users; {params.get('seconds', '?')} s per point; "
-                        f"queries encoded in {params.get('query_dtype', 'float32')})")
+                        f"queries encoded in {params.get('query_dtype', serve.ServeConfig.query_dtype)})")
     fig.update_traces(textposition="top center")
     st.plotly_chart(fig, key="serve_load")
     with st.expander("The load benchmark's numbers"):

@@ -141,7 +141,7 @@ class GenerativeAPI(ChannelAPI):
             served = self.engine.search_many([reqs[i].query for i in ok], reqs[ok[0]].width, [reqs[i].user for i in ok])
             for i, s in zip(ok, served):
                 r = reqs[i]
-                sids = ["-".join(map(str, h.sid)) for h in s.hits]  # Served.paths() without a DataFrame per answer
+                sids = s.sids()  # Served.paths() without a DataFrame per answer
                 out[i] = {"query": s.query, "user": s.user, "personalised": s.personalised, "width": s.width,
                           "latency_ms": s.latency_ms,
                           "sids": [{"sid": sid, "p": math.exp(h.logp), "label": s.label(sid), "products": len(h.products)}

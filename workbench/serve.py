@@ -115,10 +115,14 @@ class Served:
     def label(self, prefix: str) -> str:
         return "" if self.labels is None else str(self.labels.get(prefix, ""))
 
+    def sids(self) -> list[str]:
+        """The decoded SIDs as paths ("49-0-4"), best first: the labels' keys."""
+        return ["-".join(map(str, h.sid)) for h in self.hits]
+
     def paths(self) -> pd.DataFrame:
         """One row per decoded SID: its path, label, probability, share of the beam's mass, products."""
         p = np.exp([h.logp for h in self.hits]) if self.hits else np.zeros(0)
-        sids = ["-".join(map(str, h.sid)) for h in self.hits]
+        sids = self.sids()
         return pd.DataFrame({"sid": sids, "label": [self.label(s) for s in sids], "probability": p,
                              "share": p / p.sum() if p.sum() > 0 else p, "products": [len(h.products) for h in self.hits]})
 
@@ -234,7 +238,7 @@ def compare(a: Served, b: Served, k: int = 10) -> dict[str, pd.DataFrame]:
     products: its whole channel list)."""
     out = {}
     for side, me, other in (("a", a, b), ("b", b, a)):
-        theirs = {"-".join(map(str, h.sid)) for h in other.hits}
+        theirs = set(other.sids())
         paths = me.paths().drop(columns="share")
         paths["only_here"] = ~paths["sid"].isin(theirs)
         out[f"sids_{side}"] = paths
