@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from workbench.gen.retrieve import ChannelConfig
 from workbench.logbook import INTERACTIVE
 from workbench.sid.store import load_labels, workspace_embedder
 from workbench.workspace import Workspace
@@ -52,7 +53,7 @@ class ServeConfig:
     flush_rows: int = 512  # ... or as soon as it holds this many
     log: bool = True  # record served queries in the logbook
     name: str = "generator"  # the generator checkpoint (gen/<name>.safetensors)
-    query_dtype: str = "float32"  # generative and dense: the query encoder computes in this (bfloat16: see README)
+    query_dtype: str = ChannelConfig.query_dtype  # generative and dense: the query encoder computes in this (bfloat16: see README)
 
     def __post_init__(self):
         from workbench.embed import check_dtype
