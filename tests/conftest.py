@@ -4,6 +4,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,34 @@ def held(path):
 def garbage(path) -> None:
     """Random bytes where a DuckDB file is expected (a truncated copy, a disk error)."""
     Path(path).write_bytes(bytes(range(256)) * 64)
+
+
+def key_bias(name: str, n: int) -> slice | None:
+    """The entries of parameter `name` (n values) that add the same amount to every attention logit of a
+    query, which softmax ignores: the key biases. Their true gradient is zero, so what moves them is float
+    noise, which Adam scales up to steps of about the learning rate."""
+    if name.endswith(".qkv.bias"):  # self-attention: [q | k | v]
+        return slice(n // 3, 2 * n // 3)
+    if name.endswith(".kv.bias"):  # cross-attention: [k | v]
+        return slice(0, n // 2)
+    if name.endswith(".key.bias"):  # a pretrained BERT encoder
+        return slice(0, n)
+    return None
+
+
+def assert_same_training(a: dict, b: dict, lr: float, steps: int, rtol: float = 1e-3, atol: float = 1e-4) -> None:
+    """Two runs' weights (name -> array) agree as far as the arithmetic determines them: every weight
+    with a true gradient within rtol/atol (float summation order differs between 1 and 2 processes),
+    and the key biases, whose steps are Adam-scaled noise, within the distance Adam can move a weight
+    in `steps` steps of `lr` in each run (|update| < 8 lr per step for the default betas)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        x, y = np.asarray(a[k], np.float64).ravel(), np.asarray(b[k], np.float64).ravel()
+        free = np.zeros(x.size, bool)
+        if (s := key_bias(k, x.size)) is not None:
+            free[s] = True
+        assert np.allclose(x[~free], y[~free], rtol=rtol, atol=atol), (k, np.abs(x[~free] - y[~free]).max())
+        assert np.abs(x[free] - y[free]).max(initial=0) <= 2 * 8 * lr * steps, (k, "key bias", np.abs(x[free] - y[free]).max())
 
 
 def need_dataset(name: str) -> Path:
