@@ -1,7 +1,8 @@
-"""The workbench app: `streamlit run app.py` (or `workbench demo`). UI only; the logic is workbench.serve.
+"""The workbench app: `streamlit run app.py` (or `workbench demo`). UI only: searches go through
+`workbench.engine`, and what each page shows comes from `workbench.app_data`.
 
 Each page runs inside one error boundary: whatever ends it (a corrupt generator or table, a garbage
-or busy logbook) is a message on the page, `serve.page_error(e)`, not a traceback."""
+or busy logbook) is a message on the page, `app_data.page_error(e)`, not a traceback."""
 
 from __future__ import annotations
 
@@ -13,15 +14,18 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from workbench import serve
+from workbench import app_data
+from workbench.engine import MAX_WIDTH, AppError, Engine, compare, generators, open_workspace
+from workbench.eval.width import rule, served
+from workbench.gen.retrieve import ChannelConfig
 from workbench.workspace import default_path
 
 st.set_page_config(page_title="workbench: generative search", layout="wide")
 
 
 @st.cache_resource(show_spinner="loading the generator ...")
-def engine(path: str, name: str = "generator") -> serve.Engine:
-    return serve.Engine(serve.open_workspace(path), name=name)
+def engine(path: str, name: str = "generator") -> Engine:
+    return Engine(open_workspace(path), name=name)
 
 
 @st.cache_resource(show_spinner=False)
@@ -33,10 +37,10 @@ def prewarm(path: str) -> threading.Thread:
         try:
             engine(path).warm()
         except Exception as e:  # noqa: BLE001 - the Search page shows it
-            t.error = serve.page_error(e)
+            t.error = app_data.page_error(e)
     t = threading.Thread(target=work, name=f"prewarm {path}", daemon=True)
     t.error = None
-    serve.WARMUPS[path] = t
+    app_data.WARMUPS[path] = t
     t.start()
     return t
 
@@ -44,11 +48,11 @@ def prewarm(path: str) -> threading.Thread:
 @st.cache_data(show_spinner="reading the map ...")
 def codebook_points(path: str, n: int, stamp: float):
     """`stamp`: the stored map's modification time, so a map drawn again is read again."""
-    return serve.codebook_points(serve.open_workspace(path), n)
+    return app_data.codebook_points(open_workspace(path), n)
 
 
 def overview_page(path: str) -> None:
-    ov = serve.overview(serve.open_workspace(path))
+    ov = app_data.overview(open_workspace(path))
     st.header("What this workspace holds")
     left, right = st.columns([2, 3])
     left.dataframe(ov.facts, hide_index=True, key="ov_facts")
@@ -82,13 +86,13 @@ def search_page(path: str) -> None:
     users = ["(anonymous)"] + eng.user_ids
     user = c2.selectbox("User", users, key="user", disabled=not eng.personal,
                         help=None if eng.personal else "this generator was trained without users (stage 3)")
-    width = c3.number_input("Beam width", 1, 1024, 16, key="width")
+    width = c3.number_input("Beam width", 1, MAX_WIDTH, eng.width, key="width", help=f"Served width: {eng.width}, {served(eng.ws)[1]}")
     if not query.strip():
         st.info("Type a query to decode it into semantic IDs.")
         return
     try:
         res = eng.search(query, int(width), None if user == "(anonymous)" else user)
-    except serve.AppError as e:
+    except AppError as e:
         st.warning(str(e))
         return
     st.caption(f'{len(res.hits)} SIDs, {len(res.products)} products in {res.latency_ms:.1f} ms for "{res.query}"'
@@ -129,27 +133,27 @@ def search_page(path: str) -> None:
 
 
 def compare_page(path: str) -> None:
-    names = serve.generators(serve.open_workspace(path))
+    names = generators(open_workspace(path))
     c1, c2 = st.columns(2)
     a = c1.selectbox("Generator A", names, key="cmp_a",
                      index=names.index("generator-stage3") if "generator-stage3" in names else 0)
     path_b = c2.text_input("Workspace of B (another workspace compares across catalogs or SIDs)", path, key="cmp_ws_b")
-    names_b = serve.generators(serve.open_workspace(path_b))
+    names_b = generators(open_workspace(path_b))
     pick = next((n for n in ("generator-stage4", "generator-eg-grpo", "generator-grpo", "generator") if n in names_b and n != a), names_b[0])
     b = c2.selectbox("Generator B", names_b, key="cmp_b", index=names_b.index(pick))
     q1, q2 = st.columns([4, 1])
     query = q1.text_input("Query", key="cmp_query", placeholder="e.g. cordless drill")
-    width = int(q2.number_input("Beam width", 1, 1024, 16, key="cmp_width"))
+    width = int(q2.number_input("Beam width", 1, MAX_WIDTH, engine(path, a).width, key="cmp_width"))
     if not query.strip():
         st.info("Type a query to decode it with both generators; what one returns and the other does not is ticked.")
         return
     try:
         ra = engine(path, a).search(query, width, source="app-compare")
         rb = engine(path_b, b).search(query, width, source="app-compare")
-    except serve.AppError as e:
+    except AppError as e:
         st.warning(str(e))
         return
-    diff = serve.compare(ra, rb)
+    diff = compare(ra, rb)
     st.caption(f"{int(diff['sids_a']['only_here'].sum())} of A's {len(ra.hits)} SIDs are not in B's beam and "
                f"{int(diff['sids_b']['only_here'].sum())} of B's {len(rb.hits)} not in A's; of the top 10 products, "
                f"{int((~diff['products_a']['only_here']).sum())} of A's are in B's channel list")
@@ -163,16 +167,16 @@ def compare_page(path: str) -> None:
 
 
 def codebooks_page(path: str) -> None:
-    ws = serve.open_workspace(path)
+    ws = open_workspace(path)
     n = st.slider("Products on the map", 200, 3000, 1000, step=100, key="umap_n")
     stamp = (ws.path / "sid" / "map.parquet").stat().st_mtime if (ws.path / "sid" / "map.parquet").exists() else 0.0
     try:
         df = codebook_points(path, n, stamp)
-    except serve.AppError as e:
+    except AppError as e:
         st.warning(str(e))
         if st.button("Draw the map now", key="draw_map"):
             with st.spinner("fitting UMAP on a sample of the catalog ..."):
-                serve.draw_map(ws)
+                app_data.draw_map(ws)
             st.rerun()
         return
     color = st.radio("Colour by", ["sid_1", "sid_2", "top_category"], horizontal=True, key="umap_color")
@@ -189,8 +193,8 @@ def codebooks_page(path: str) -> None:
 
 
 def training_page(path: str) -> None:
-    ws = serve.open_workspace(path)
-    curves = serve.stage_curves(ws)
+    ws = open_workspace(path)
+    curves = app_data.stage_curves(ws)
     if curves.empty:
         st.info("No generator training in this workspace's logbook yet.")
     else:
@@ -198,7 +202,7 @@ def training_page(path: str) -> None:
                               index=sorted(curves["metric"].unique()).index("recall@50") if "recall@50" in set(curves["metric"]) else 0)
         d = curves[curves["metric"] == metric]
         st.plotly_chart(px.line(d, x="step", y="value", color="stage", line_group="run_id", markers=True, height=380), key="stages")
-    rl = serve.rl_curves(ws)
+    rl = app_data.rl_curves(ws)
     st.subheader("Stage 4: GRPO vs EG-GRPO")
     if rl.empty:
         st.info("No RL runs yet: `workbench bench rl`.")
@@ -209,14 +213,17 @@ def training_page(path: str) -> None:
 
 
 def beam_page(path: str) -> None:
-    curves, choice = serve.beam_sweep(serve.open_workspace(path))
+    curves, choice = app_data.beam_sweep(open_workspace(path))
     if curves.empty:
         st.info("No width sweep yet: `workbench bench beam`.")
         return
     recall = next(c for c in curves.columns if c.startswith("recall@"))
     chosen = choice.set_index("ids")["width"].to_dict() if not choice.empty else {}
+    width, why = served(open_workspace(path))
+    st.markdown(f"**Served width: {width}** ({why}). `gen search`, the Search page, `workbench serve` and `batch decode` "
+                "decode at it unless given a width.")
     for _, c in choice.iterrows():
-        st.markdown(f"**{c['ids']} IDs.** {serve.width_rule(c)}")
+        st.markdown(f"**{c['ids']} IDs.** {rule(c)}")
     batches = sorted(curves["batch"].unique())
     for col, bs in zip(st.columns(len(batches)), batches):
         d = curves[curves["batch"] == bs].sort_values("width")
@@ -231,7 +238,7 @@ def beam_page(path: str) -> None:
         col.plotly_chart(fig, key=f"beam_pareto_{bs}")
     with st.expander("The sweep's numbers"):
         st.dataframe(curves, hide_index=True, key="beam_table")
-    load, params = serve.serve_load(serve.open_workspace(path))
+    load, params = app_data.serve_load(open_workspace(path))
     st.subheader("Under load: the HTTP service (`workbench bench serve`)")
     if load.empty:
         st.info("No load benchmark yet: `workbench bench serve` (locust against `workbench serve` on 127.0.0.1).")
@@ -240,7 +247,7 @@ def beam_page(path: str) -> None:
     fig = px.line(load, x="queries_per_s", y="p99_ms", color="series", line_dash="batching", text="users", markers=True, log_y=True,
                   height=460, labels={"queries_per_s": "throughput (queries/s)", "p99_ms": "p99 latency (ms)"},
                   title=f"Throughput against p99 as concurrency grows (labels: concurrent users; {params.get('seconds', '?')} s per point; "
-                        f"queries encoded in {params.get('query_dtype', serve.ServeConfig.query_dtype)})")
+                        f"queries encoded in {params.get('query_dtype', ChannelConfig.query_dtype)})")
     fig.update_traces(textposition="top center")
     st.plotly_chart(fig, key="serve_load")
     with st.expander("The load benchmark's numbers"):
@@ -248,18 +255,18 @@ def beam_page(path: str) -> None:
 
 
 def sql_page(path: str) -> None:
-    ws = serve.open_workspace(path)
+    ws = open_workspace(path)
     left, right = st.columns([3, 1])
     with right:
         st.markdown("**Tables**")
-        schema = serve.logbook_schema(ws)
+        schema = app_data.logbook_schema(ws)
         for table, cols in schema.groupby("table", sort=False):
             with st.expander(table):
                 st.dataframe(cols[["column", "type"]], hide_index=True, key=f"schema_{table}")
     with left:
-        example = st.selectbox("Start from an example", list(serve.SQL_EXAMPLES), key="sql_example")
+        example = st.selectbox("Start from an example", list(app_data.SQL_EXAMPLES), key="sql_example")
         if st.session_state.get("sql_example_shown") != example:  # a new pick replaces the text; edits stay otherwise
-            st.session_state["sql"] = serve.SQL_EXAMPLES[example]
+            st.session_state["sql"] = app_data.SQL_EXAMPLES[example]
             st.session_state["sql_example_shown"] = example
         sql = st.text_area("SQL (read-only) over the logbook", key="sql", height=120)
         if st.button("Run", key="run_sql"):
@@ -267,8 +274,8 @@ def sql_page(path: str) -> None:
         if not st.session_state.get("sql_ran"):
             return
         try:
-            df, more = serve.run_sql(ws, st.session_state["sql_ran"])
-        except serve.AppError as e:
+            df, more = app_data.run_sql(ws, st.session_state["sql_ran"])
+        except AppError as e:
             st.error(str(e))
             return
         st.dataframe(df, hide_index=True, key="sql_result")
@@ -287,7 +294,7 @@ def sql_page(path: str) -> None:
 
 
 def ab_page(path: str) -> None:
-    df, run = serve.ab_results(serve.open_workspace(path))
+    df, run = app_data.ab_results(open_workspace(path))
     if df.empty:
         st.info("No simulated A/B yet (synthetic workspaces): `workbench ab --arms generator,bm25,dense` "
                 "(add `--ranker oracle` to order the pages by the simulator's truth).")
@@ -297,10 +304,10 @@ def ab_page(path: str) -> None:
     fig = px.bar(df, x="arm", y=metric, error_y=df[f"{metric}_hi"] - df[metric], error_y_minus=df[metric] - df[f"{metric}_lo"],
                  height=380)
     st.plotly_chart(fig, key="ab_bars")
-    shares = df[df["arm"].str.startswith("+")].melt(id_vars="arm", value_vars=[f"added_{k}_share" for k in serve.PAPER_SHARES],
+    shares = df[df["arm"].str.startswith("+")].melt(id_vars="arm", value_vars=[f"added_{k}_share" for k in app_data.PAPER_SHARES],
                                                    var_name="of", value_name="share")
-    paper = pd.DataFrame({"arm": "paper (online)", "of": [f"added_{k}_share" for k in serve.PAPER_SHARES],
-                          "share": list(serve.PAPER_SHARES.values())})
+    paper = pd.DataFrame({"arm": "paper (online)", "of": [f"added_{k}_share" for k in app_data.PAPER_SHARES],
+                          "share": list(app_data.PAPER_SHARES.values())})
     st.plotly_chart(px.bar(pd.concat([shares, paper]), x="arm", y="share", color="of", barmode="group", height=340,
                            title="Exposures, clicks, purchases going to products only the channel found (the paper: all its channel retrieved)"),
                     key="ab_shares")
@@ -315,9 +322,9 @@ with st.sidebar:
     path = st.text_input("Workspace", str(default_path()), key="workspace")
     page = st.radio("Page", list(PAGES), key="page")
 try:
-    serve.open_workspace(path)
+    open_workspace(path)
     if os.environ.get("WORKBENCH_PREWARM", "1") != "0":
         prewarm(path)
     PAGES[page](path)
 except Exception as e:  # the page's one boundary (Streamlit's rerun and stop are not Exceptions)
-    st.error(serve.page_error(e))
+    st.error(app_data.page_error(e))

@@ -1,4 +1,4 @@
-"""The app: its logic (workbench.serve) directly, and every page driven through Streamlit's AppTest."""
+"""The app: its logic (workbench.engine, workbench.app_data) directly, and every page driven through Streamlit's AppTest."""
 
 import shutil
 import time
@@ -7,7 +7,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ROOT, garbage, held
-from workbench import Workspace, serve
+from workbench import Workspace, app_data, engine
+from workbench.eval.width import rule
 from workbench.logbook import LogbookBusy
 from workbench.sid.store import load_labels, workspace_embedder
 
@@ -29,7 +30,7 @@ def _no_prewarm(monkeypatch):
 
 @pytest.fixture(scope="module")
 def eng(app_ws):
-    return serve.Engine(app_ws)
+    return engine.Engine(app_ws)
 
 
 @pytest.fixture
@@ -40,13 +41,13 @@ def spoilt(app_ws, tmp_path):
 
 
 def test_open_workspace_errors(tmp_path, app_ws):
-    with pytest.raises(serve.AppError, match="no workspace at"):
-        serve.open_workspace(tmp_path / "missing")
+    with pytest.raises(engine.AppError, match="no workspace at"):
+        engine.open_workspace(tmp_path / "missing")
     bare = Workspace(tmp_path / "bare")
     shutil.copytree(app_ws.path / "tables", bare.path / "tables")
     shutil.copy(app_ws.path / "workspace.json", bare.path / "workspace.json")
-    with pytest.raises(serve.AppError, match="no trained generator"):
-        serve.open_workspace(bare.path)
+    with pytest.raises(engine.AppError, match="no trained generator"):
+        engine.open_workspace(bare.path)
     assert workspace_embedder(app_ws) == "hashing-64"
 
 
@@ -66,12 +67,12 @@ def test_search_paths_tree_and_served_log(eng, app_ws):
 
 def test_search_bad_inputs_and_users(eng):
     for q in ("", "   "):
-        with pytest.raises(serve.AppError, match="type a query"):
+        with pytest.raises(engine.AppError, match="type a query"):
             eng.search(q)
-    with pytest.raises(serve.AppError, match="under 500"):
+    with pytest.raises(engine.AppError, match="under 500"):
         eng.search("drill " * 200)
     for w in (0, 2000, 2.5, True):
-        with pytest.raises(serve.AppError, match="beam width"):
+        with pytest.raises(engine.AppError, match="beam width"):
             eng.search("drill", width=w)
     assert eng.search("drill", 4, user="nobody-here", log=False).personalised is False
     assert eng.search("drill", 4, user=eng.user_ids[0], log=False).personalised is True
@@ -88,7 +89,7 @@ def test_baselines_side_by_side(eng):
 
 
 def test_warm_builds_the_indexes_once(app_ws):
-    fresh = serve.Engine(app_ws)
+    fresh = engine.Engine(app_ws)
     assert fresh._bm25 is None
     fresh.warm()
     bm25, dense = fresh._bm25, fresh._dense
@@ -101,7 +102,7 @@ def test_app_warms_the_search_engine_in_the_background(spoilt, monkeypatch):
     monkeypatch.setenv("WORKBENCH_PREWARM", "1")
     at = _app(spoilt.path)
     _ok(at)
-    warm = serve.WARMUPS[str(spoilt.path)]  # started from the overview, for this workspace (it may have finished already)
+    warm = app_data.WARMUPS[str(spoilt.path)]  # started from the overview, for this workspace (it may have finished already)
     warm.join(timeout=120)
     assert not warm.is_alive() and warm.error is None
     at.radio(key="page").set_value("Search").run()
@@ -111,30 +112,30 @@ def test_app_warms_the_search_engine_in_the_background(spoilt, monkeypatch):
 
 
 def test_sql_console_is_read_only(app_ws):
-    assert len(serve.run_sql(app_ws, "SELECT * FROM runs")[0]) > 0
+    assert len(app_data.run_sql(app_ws, "SELECT * FROM runs")[0]) > 0
     for empty in (" ", "/* nothing */"):
-        with pytest.raises(serve.AppError, match="type a SQL|no SQL statement"):
-            serve.run_sql(app_ws, empty)
+        with pytest.raises(engine.AppError, match="type a SQL|no SQL statement"):
+            app_data.run_sql(app_ws, empty)
     for bad in ("DELETE FROM runs", "CREATE TABLE x (a INT)", "SELECT * FROM read_csv('/etc/passwd')", "SELEC 1"):
-        with pytest.raises(serve.AppError):
-            serve.run_sql(app_ws, bad)
-    assert len(serve.run_sql(app_ws, "SELECT * FROM runs")[0]) > 0  # nothing was deleted
+        with pytest.raises(engine.AppError):
+            app_data.run_sql(app_ws, bad)
+    assert len(app_data.run_sql(app_ws, "SELECT * FROM runs")[0]) > 0  # nothing was deleted
 
 
 def test_sql_console_lists_the_tables_and_every_example_runs(app_ws):
-    schema = serve.logbook_schema(app_ws)
+    schema = app_data.logbook_schema(app_ws)
     assert {"runs", "metrics", "evals", "bench", "served"} <= set(schema["table"])
     assert schema[schema["table"] == "served"]["column"].tolist()[:3] == ["time", "run_id", "query"]
-    for name, sql in serve.SQL_EXAMPLES.items():
-        df, _ = serve.run_sql(app_ws, sql)  # each example is valid SQL against this logbook's schema
+    for name, sql in app_data.SQL_EXAMPLES.items():
+        df, _ = app_data.run_sql(app_ws, sql)  # each example is valid SQL against this logbook's schema
         assert len(df.columns) >= 2, name
 
 
 def test_sql_console_fetches_a_bounded_number_of_rows(app_ws):
     t = time.monotonic()
-    df, more = serve.run_sql(app_ws, "SELECT * FROM range(20000000)")
+    df, more = app_data.run_sql(app_ws, "SELECT * FROM range(20000000)")
     assert time.monotonic() - t < 2 and len(df) == 1000 and more  # 20 million rows are not materialised
-    df, more = serve.run_sql(app_ws, "SELECT kind FROM runs", max_rows=5)
+    df, more = app_data.run_sql(app_ws, "SELECT kind FROM runs", max_rows=5)
     assert 0 < len(df) <= 5 and more == (app_ws.logbook().query("SELECT count(*) n FROM runs")["n"][0] > 5)
 
 
@@ -144,17 +145,17 @@ def test_search_is_answered_when_the_logbook_cannot_take_it(eng, spoilt):
         res = eng.search("cordless drill", 8)
         assert res.hits and time.monotonic() - t < 10
         assert res.log_error.startswith(f"LogbookBusy: the logbook {eng.ws.logbook_path} is busy")
-        for read in (lambda: serve.stage_curves(eng.ws), lambda: serve.run_sql(eng.ws, "SELECT 1")):
+        for read in (lambda: app_data.stage_curves(eng.ws), lambda: app_data.run_sql(eng.ws, "SELECT 1")):
             t = time.monotonic()
             with pytest.raises(LogbookBusy):
                 read()
             assert time.monotonic() - t < 5
     assert eng.search("cordless drill", 8).log_error is None
     garbage(spoilt.logbook_path)
-    res = serve.Engine(spoilt).search("cordless drill", 8)
+    res = engine.Engine(spoilt).search("cordless drill", 8)
     assert res.hits and res.log_error.startswith(f"LogbookCorrupt: {spoilt.logbook_path} is not a DuckDB logbook")
-    with pytest.raises(serve.AppError, match="is not a DuckDB logbook"):
-        serve.run_sql(spoilt, "SELECT 1")
+    with pytest.raises(engine.AppError, match="is not a DuckDB logbook"):
+        app_data.run_sql(spoilt, "SELECT 1")
 
 
 # -- the app, page by page ------------------------------------------------------------------------
@@ -172,7 +173,7 @@ def _ok(at: AppTest) -> None:
 
 
 def test_app_overview_page_and_an_example_query(app_ws):
-    ov = serve.overview(app_ws)
+    ov = app_data.overview(app_ws)
     facts = dict(zip(ov.facts["what"], ov.facts["value"]))
     assert facts["products"] == f"{len(app_ws.table('products')):,}" and "SIDs" in facts and "cluster labels' category share" in facts
     assert {"generator", "generator-stage1", "generator-stage2", "generator-stage3"} <= set(ov.models["model"])
@@ -192,16 +193,16 @@ def test_app_overview_page_and_an_example_query(app_ws):
 
 
 def test_compare_marks_what_only_one_generator_returns(app_ws):
-    assert serve.generators(app_ws)[0] == "generator" and "generator-stage2" in serve.generators(app_ws)
-    a = serve.Engine(app_ws, name="generator-stage2").search("cordless drill", 8, log=False)
-    b = serve.Engine(app_ws, name="generator-stage3").search("cordless drill", 8, log=False)
-    d = serve.compare(a, b, k=10)
+    assert engine.generators(app_ws)[0] == "generator" and "generator-stage2" in engine.generators(app_ws)
+    a = engine.Engine(app_ws, name="generator-stage2").search("cordless drill", 8, log=False)
+    b = engine.Engine(app_ws, name="generator-stage3").search("cordless drill", 8, log=False)
+    d = engine.compare(a, b, k=10)
     sa, sb = set(d["sids_a"]["sid"]), set(d["sids_b"]["sid"])
     assert set(d["sids_a"][d["sids_a"]["only_here"]]["sid"]) == sa - sb
     assert set(d["sids_b"][d["sids_b"]["only_here"]]["sid"]) == sb - sa
     assert d["products_a"]["product_id"].tolist() == a.products[:10]
     assert d["products_a"]["only_here"].tolist() == [p not in set(b.products) for p in a.products[:10]]
-    same = serve.compare(a, a)
+    same = engine.compare(a, a)
     assert not same["sids_a"]["only_here"].any() and not same["products_b"]["only_here"].any()
 
 
@@ -308,15 +309,15 @@ def test_beam_page_is_a_pareto_chart_with_the_chosen_width_and_its_rule(spoilt):
     with spoilt.logbook().run("bench", {}) as run:
         report("beam-sweep (workspace IDs)", rows, run)
         report("beam-width-choice", [{"case": "workspace", **pick}], run)
-    curves, choice = serve.beam_sweep(spoilt)
+    curves, choice = app_data.beam_sweep(spoilt)
     assert curves["width"].dtype.kind == "i" and curves["batch"].dtype.kind == "i" and choice["batch"].dtype.kind == "i"
     assert sorted(curves["batch"].unique()) == [1, 32] and not curves.isna().all().any() and not choice.isna().all().any()
-    rule = serve.width_rule(choice.iloc[0])
-    assert rule.startswith("Width 16 is the smallest whose Recall@50 (0.487) is within 2% of the widest width's (64: 0.497)")
+    said = rule(choice.iloc[0])
+    assert said.startswith("Width 16 is the smallest whose Recall@50 (0.487) is within 2% of the widest width's (64: 0.497)")
     at = _app(spoilt.path)
     at.radio(key="page").set_value("Beam width").run()
     _ok(at)
-    assert not at.error and any(rule in m.value for m in at.markdown)
+    assert not at.error and any(said in m.value for m in at.markdown)
     assert at.dataframe[0].value["batch"].tolist() == [1, 1, 1, 1, 32, 32, 32, 32]
     assert any("No load benchmark yet" in i.value for i in at.info)
 
@@ -325,7 +326,7 @@ def test_beam_page_is_a_pareto_chart_with_the_chosen_width_and_its_rule(spoilt):
              "p50_ms": 5.0 * u, "p95_ms": 8.0 * u, "p99_ms": 9.0 * u} for c in ("generative", "bm25") for b in (32, 1) for u in (1, 8)]
     with spoilt.logbook().run("bench", {}) as run:
         report("serve-load", load, run, params={"seconds": 10.0})
-    got, params = serve.serve_load(spoilt)
+    got, params = app_data.serve_load(spoilt)
     assert len(got) == 8 and params == {"seconds": 10.0} and set(got["batching"]) == {"dynamic batching", "one at a time"}
     assert got.loc[got["case"] == "generative w16 batch 32 c8", "queries_per_s"].item() == 160.0 and got["width"].isna().sum() == 4
     at.run()
@@ -341,11 +342,11 @@ def test_app_ab_page_shows_the_latest_ab_beside_the_paper(spoilt):
     for name, scale in (("ab model generator", 1.0), ("ab oracle generator", 2.0)):  # the later run is the one shown
         with ws.logbook().run("ab", {}, name=name) as run:
             for arm, v in (("logged", 0.4), ("control", 0.5), ("+generator", 0.6)):
-                row = {"sessions": 100, **{f"added_{k}_share": 0.1 * (arm == "+generator") for k in serve.PAPER_SHARES}}
+                row = {"sessions": 100, **{f"added_{k}_share": 0.1 * (arm == "+generator") for k in app_data.PAPER_SHARES}}
                 row |= {f"{m}{x}": scale * v + d for m in metrics for x, d in (("", 0), ("_lo", -0.01), ("_hi", 0.01))}
                 for k, val in row.items():
                     run.log_bench("ab", k, val, case_name=arm)
-    df, meta = serve.ab_results(ws)
+    df, meta = app_data.ab_results(ws)
     assert df["arm"].tolist() == ["logged", "control", "+generator"] and meta["name"] == "ab oracle generator"
     assert df.set_index("arm").loc["+generator", "purchases"] == pytest.approx(1.2)
     at = _app(ws.path)

@@ -14,6 +14,7 @@ from workbench import Workspace
 from workbench.checkpoint import CheckpointError
 from workbench.cli import main
 from workbench.data.relevance import held_out, relevance
+from workbench.eval import width
 from workbench.gen import stages as st
 from workbench.gen import store
 from workbench.gen.data import Pairs, eval_set, item_pairs, query_pairs
@@ -56,7 +57,7 @@ def test_search_returns_existing_sids_and_their_products(trained):
         assert h.sid in by_sid
     assert ranked_products(hits[0], 5) == ranked_products(hits[0])[:5]
     with pytest.raises(ValueError, match="empty"):
-        r.search(["drill", " "])
+        r.search(["drill", " "], 8)
 
 
 def test_products_of_a_sid_come_in_popularity_order(trained):
@@ -174,15 +175,16 @@ def test_gen_cli_search_and_errors(trained):
     r = CliRunner().invoke(main, ["-w", str(ws.path), "gen", "search", "drill", "--width", "4", "--order", "popularity",
                                   "--budget", "3"])
     assert r.exit_code == 0 and "channel (popularity order, 3 candidates)" in r.output, r.output
-    for args, msg in [(["   "], "empty"), (["drill", "--width", "0"], "--width': 0 is not in the range x>=1"), (["drill", "--name", "nope"], "no generator"),
+    for args, msg in [(["   "], "empty"), (["drill", "--width", "0"], "--width': 0 is not in the range 1<=x<=1024"), (["drill", "--name", "nope"], "no generator"),
                       (["drill", "--top", "-1"], "--top': -1 is not in the range x>=1"), (["drill", "--budget", "0"], "budget must be >= 1"),
                       (["drill", "--order", "random"], "'random' is not one of")]:
         r = CliRunner().invoke(main, ["-w", str(ws.path), "gen", "search", *args])
         assert r.exit_code != 0 and msg in r.output, r.output
 
 
-def test_bench_beam_sweep_logs_and_picks_a_width(trained):
-    ws, _ = trained
+def test_bench_beam_sweep_logs_and_picks_a_width(trained, tmp_path):
+    shutil.copytree(trained[0].path, tmp_path / "ws")  # the sweep sets the width the workspace serves
+    ws = Workspace(tmp_path / "ws")
     r = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "beam", "--no-speed", "--ids", "workspace",
                                   "--widths", "1,4,16", "--batch-sizes", "1,8", "--rounds", "1", "--k", "20"])
     assert r.exit_code == 0, r.output
@@ -194,6 +196,7 @@ def test_bench_beam_sweep_logs_and_picks_a_width(trained):
     assert rec["workspace w16 b8"] >= rec["workspace w1 b8"]  # a wider beam retrieves more products
     choice = got[got["bench"] == "beam-width-choice"]
     assert {"width", "latency_saving", "width_for_target"} <= set(choice["metric"])
+    assert choice[choice["metric"] == "width"]["value"].iloc[0] == width.load_choice(ws)["width"]
     r = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "beam", "--widths", "0,4"])
     assert r.exit_code != 0 and ">= 1" in r.output
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from workbench import serve
+from workbench import app_data, engine
 from workbench.cli import main
 from workbench.lineage import StaleError
 from workbench.sid import labels
@@ -75,7 +75,7 @@ def test_stale_labels_are_recomputed_and_a_stale_map_refused(trained_copy):
     m = write_map(ws, get_embedder("hashing-64"), points=50, progress=False)
     assert len(m) == 50 and m["product_id"].is_unique and np.isfinite(m[["x", "y"]].to_numpy()).all()
     pd.testing.assert_frame_equal(load_map(ws), m)
-    pts = serve.codebook_points(ws, 20)
+    pts = app_data.codebook_points(ws, 20)
     assert len(pts) == 20 and pts["label"].notna().all() and pts["label_1"].notna().all()
     # other SIDs (codes swapped) written by the store: the map is of the old ones; labels kept from before are recomputed
     old_labels = (ws.path / "sid" / "labels.parquet").read_bytes()
@@ -86,8 +86,8 @@ def test_stale_labels_are_recomputed_and_a_stale_map_refused(trained_copy):
     assert load_labels(ws).loc[str(sids["sid_1"].iloc[0]), "products"] == (sids["sid_1"] == sids["sid_1"].iloc[0]).sum()
     with pytest.raises(StaleError, match="map.parquet is stale"):
         load_map(ws)
-    with pytest.raises(serve.AppError, match="its map is of older SIDs.*workbench sid map"):
-        serve.codebook_points(ws, 20)
+    with pytest.raises(engine.AppError, match="its map is of older SIDs.*workbench sid map"):
+        app_data.codebook_points(ws, 20)
     (ws.path / "sid" / "labels.parquet").write_bytes(old_labels)  # labels of the previous SIDs
     fresh = load_labels(ws)  # computed from the current table, not read from the stale file
     assert set(fresh[fresh["level"] == 1].index) == {str(c) for c in sids["sid_1"].unique()}
@@ -98,11 +98,11 @@ def test_stale_labels_are_recomputed_and_a_stale_map_refused(trained_copy):
 def test_sid_map_command_and_a_workspace_without_a_map(trained_copy):
     ws = trained_copy
     (ws.path / "sid" / "map.parquet").unlink(missing_ok=True)
-    with pytest.raises(serve.AppError, match="no map yet"):
-        serve.codebook_points(ws, 10)
+    with pytest.raises(engine.AppError, match="no map yet"):
+        app_data.codebook_points(ws, 10)
     r = CliRunner().invoke(main, ["-w", str(ws.path), "sid", "map", "--points", "40"])
     assert r.exit_code == 0 and "drew a map of 40 products" in r.output, r.output
-    assert len(serve.codebook_points(ws, 1000)) == 40
+    assert len(app_data.codebook_points(ws, 1000)) == 40
     r = CliRunner().invoke(main, ["-w", str(ws.path), "sid", "map", "--points", "2"])
     assert r.exit_code == 2 and "--points" in r.output
 
@@ -112,9 +112,9 @@ def test_gen_search_and_served_paths_show_the_labels(trained_copy):
     lab = load_labels(ws)["label"]
     r = CliRunner().invoke(main, ["-w", str(ws.path), "gen", "search", "cordless drill", "--width", "4", "--top", "2"])
     assert r.exit_code == 0, r.output
-    sid = r.output.split("\n")[2].split()[0]
+    sid = r.output.split("\n")[3].split()[0]
     assert f"[{lab[sid]}]" in r.output
-    res = serve.Engine(ws).search("cordless drill", width=4, log=False)
+    res = engine.Engine(ws).search("cordless drill", width=4, log=False)
     paths, tree = res.paths(), res.tree()
     assert (paths["label"] == paths["sid"].map(lab)).all()
     assert (tree["description"] == tree["id"].map(lab)).all()

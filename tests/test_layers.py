@@ -7,7 +7,7 @@ The order is the README's ARCHITECTURE section, read bottom-up:
     workspace   workspace, checkpoint, lineage              (writes tables and artifacts; fingerprints them)
     embed -> sid -> gen -> rl -> eval                       (the method, layer on layer)
     recipes     recipes, pipeline, batch                    (whole-workspace settings and jobs)
-    surfaces    bench, serve, api                           (what people measure, see and call)
+    surfaces    bench, engine, service, app_data           (what people measure, search, see and call)
     cli         cli/, __main__                              (the only place that imports click)
 
 Both `import x` and `from x import y` count, at any depth (function-level imports too).
@@ -27,7 +27,7 @@ LAYERS = [
     {"rl"},
     {"eval"},
     {"recipes", "pipeline", "batch"},
-    {"bench", "serve", "api"},
+    {"bench", "engine", "service", "app_data"},
     {"cli", "__main__"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}

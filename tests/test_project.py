@@ -11,6 +11,8 @@ from click.testing import CliRunner
 from workbench import Workspace
 from workbench.cli import main
 from workbench.data.schema import describe
+from workbench.engine import Engine
+from workbench.eval import width
 from workbench.pipeline import missing, open_or_build
 
 from .conftest import ROOT
@@ -64,6 +66,10 @@ def test_demo_builds_then_skips_and_sql_reads_the_logbook(demo_workspace):
     ws, output = demo_workspace  # `workbench demo --embedder hashing-64 --no-app`, run once (conftest.py)
     runner = CliRunner()
     assert "sweep    width " in output and "rl       ranker; 40 steps each: grpo click hit@10" in output
+    chosen = int(re.search(r"sweep    width (\d+) ", output).group(1))  # the width the build's sweep chose is the one served
+    assert width.load_choice(Workspace(ws))["width"] == chosen and Engine(Workspace(ws)).width == chosen
+    r = runner.invoke(main, ["-w", str(ws), "gen", "search", "cordless drill", "--top", "1"])
+    assert r.exit_code == 0 and f"beam width {chosen} (the sweep's choice)" in r.output, r.output
     assert (ws / "gen" / "generator-eg-grpo.safetensors").exists() and (ws / "rl" / "ranker.safetensors").exists()
     assert "products 3,000" in output and "hashing-64: products 3,000x64" in output and "CQ-SID (64, 16, 8)" in output
     assert "map      Codebooks map of 3,000 products" in output and (ws / "sid" / "map.parquet").exists()
@@ -91,7 +97,7 @@ def test_demo_on_a_real_catalog(tmp_path):
     import pandas as pd
 
     from tests.conftest import need_dataset
-    from workbench import serve
+    from workbench import app_data
 
     hd, d = need_dataset("homedepot"), tmp_path / "datasets" / "homedepot"
     d.mkdir(parents=True)
@@ -106,7 +112,7 @@ def test_demo_on_a_real_catalog(tmp_path):
     ws = Workspace(tmp_path / "ws")
     assert missing(ws) == [] and len(ws.table("products")) == 400 and not ws.has("search_log")
     assert (ws.path / "sid" / "map.parquet").exists() and (ws.path / "gen" / "generator.safetensors").exists()
-    ov = serve.overview(ws)
+    ov = app_data.overview(ws)
     assert ov.examples and "generator-stage2" in set(ov.models["model"]) and "judged pairs" in set(ov.facts["what"])
     r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "demo", "--catalog", "homedepot", "--source", str(tmp_path)])
     assert r.exit_code == 2 and "give one" in r.output

@@ -169,7 +169,7 @@ def sids_fn(model, embedder=None, device: str = "cpu") -> Callable[[pa.RecordBat
     return fn
 
 
-def decode_fn(retriever, column: str, width: int = 16, top: int = 5, batch_size: int = 256, channel=None,
+def decode_fn(retriever, column: str, width: int, top: int = 5, batch_size: int = 256, channel=None,
               products: int = 0) -> Callable[[pa.RecordBatch], pa.Table]:
     """The top `top` SIDs (as 'a-b-c' strings) and log-probabilities the generator decodes for each row's
     text; with `products` > 0 also the channel's first `products` products (`gen.retrieve.Channel`:

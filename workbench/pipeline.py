@@ -150,8 +150,13 @@ def _rl(ws: Workspace, run, recipe: Recipe, embedder: str, device: str, **_) -> 
 
 
 def _has_sweep(ws: Workspace) -> bool:
-    return ws.exists() and not ws.logbook().query(
-        "SELECT 1 FROM bench WHERE bench = 'beam-sweep (workspace IDs)' LIMIT 1").empty
+    """The width the workspace serves was chosen by a sweep of its current generator."""
+    from workbench.eval import width
+
+    try:
+        return width.outdated(ws) == ""
+    except (FileNotFoundError, ValueError):  # no sweep yet, or a damaged choice
+        return False
 
 
 def _sweep(ws: Workspace, run, recipe: Recipe, device: str, **_) -> str:
@@ -209,6 +214,7 @@ def report(ws) -> list[dict]:
     """Every artifact of the workspace, loaded and checked: artifact, status (ok, outdated, partial,
     stale, broken), detail. Loading is the check: checksums, finite weights, SIDs complete, lineage current."""
     from workbench import checkpoint, lineage
+    from workbench.eval import width
     from workbench.gen import store as gen_store
     from workbench.rl import ranker
     from workbench.sid import store as sid_store
@@ -241,4 +247,6 @@ def report(ws) -> list[dict]:
                 "interrupted stage (`workbench train` resumes it)", noted="partial")
         else:
             add(f"gen/{path.name}", lambda name=path.stem: gen_store.outdated(ws, name))
+    if width.choice_path(ws).exists():
+        add("gen/width.json", lambda: width.outdated(ws))
     return rows

@@ -25,9 +25,10 @@ def job_args(job: str, src, out, embedder: str, width: int, top: int) -> list[st
     return ["decode", str(src), str(out / "decoded.parquet"), "--width", str(width), "--top", str(top)]
 
 
-def scale(ws, n: int, jobs=JOBS, chunk: int = 65_536, embedder: str = "minilm", width: int = 16, top: int = 5,
+def scale(ws, n: int, width: int, jobs=JOBS, chunk: int = 65_536, embedder: str = "minilm", top: int = 5,
           device: str = "cpu", timeout: float = 7200) -> list[dict]:
-    """One row per job: rows, seconds, rows/s, the job process's peak memory and its output's size."""
+    """One row per job (decode at beam `width`): rows, seconds, rows/s, the job process's peak memory and its
+    output's size."""
     bad = set(jobs) - set(JOBS)
     if bad or ("sids" in jobs and "embed" not in jobs):
         raise ValueError(f"jobs are among {JOBS}, and sids reads what embed writes; got {list(jobs)}")

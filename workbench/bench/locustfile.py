@@ -4,7 +4,7 @@ imported here).
 
 Each simulated user sends its next request as soon as the last one is answered (a closed loop:
 `--users` is the concurrency), a held-out query drawn at random, to $WB_CHANNEL with beam width
-$WB_WIDTH (generative) and $WB_K products. Anything but a 200 with a product list is a failure.
+$WB_WIDTH (generative; unset: the width the server serves) and $WB_K products. Anything but a 200 with a product list is a failure.
 """
 
 import json
@@ -16,7 +16,7 @@ from locust import FastHttpUser, constant, task
 QUERIES = json.load(open(os.environ["WB_QUERIES"]))
 CHANNEL = os.environ["WB_CHANNEL"]
 BODY = {"k": int(os.environ.get("WB_K", "100"))}
-if CHANNEL == "generative":
+if CHANNEL == "generative" and os.environ.get("WB_WIDTH"):
     BODY["width"] = int(os.environ["WB_WIDTH"])
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench.bench import launch
-from workbench.serve import ServeConfig
+from workbench.service import ServeConfig
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -57,12 +57,12 @@ def post(url: str, body: dict, timeout: float = 60) -> tuple[int, dict]:
         return e.code, json.loads(e.read() or b"{}")
 
 
-def locust(url: str, channel: str, users: int, seconds: float, queries: Path, width: int = 16, k: int = 100) -> dict:
+def locust(url: str, channel: str, users: int, seconds: float, queries: Path, width: int | None = None, k: int = 100) -> dict:
     """One closed-loop load point: requests, failures, throughput over the run (first request to last
     answer) and p50/p95/p99 from locust's final response-time histogram (its --json-file; the CSV
     snapshot can miss the last second)."""
     with tempfile.TemporaryDirectory() as d:
-        env = {**os.environ, "WB_QUERIES": str(queries), "WB_CHANNEL": channel, "WB_WIDTH": str(width), "WB_K": str(k)}
+        env = {**os.environ, "WB_QUERIES": str(queries), "WB_CHANNEL": channel, "WB_WIDTH": str(width or ""), "WB_K": str(k)}
         cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "-u", str(users), "-r", str(users),
                "-t", f"{seconds:g}s", "--stop-timeout", "60", "--host", url, "--json-file", f"{d}/load", "--csv", f"{d}/load",
                "--loglevel", "ERROR", "--exit-code-on-error", "0"]
@@ -153,7 +153,7 @@ def load(ws, channels: tuple[str, ...], widths: tuple[int, ...], users: tuple[in
                     answered += warm
                     for width in widths if channel == "generative" else (0,):
                         for u in users:
-                            r = locust(url, channel, u, seconds, qpath, width or 16)
+                            r = locust(url, channel, u, seconds, qpath, width or None)
                             answered += r["requests"] - r["failures"]
                             case = f"{channel}{f' w{width}' if width else ''} batch {max_batch} c{u}"
                             rows.append({"case": case, "channel": channel, "width": width or None, "max_batch": max_batch,

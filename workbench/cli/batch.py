@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from workbench.cli.options import apply, config_options, device_option, embedder_option, ws_of
+from workbench.eval.width import served_width
 from workbench.gen.retrieve import ORDERS, ChannelConfig
 
 IO = [click.argument("src", type=click.Path(path_type=Path)), click.argument("dst", type=click.Path(path_type=Path)),
@@ -80,7 +81,8 @@ def sids(ctx, src, dst, chunk, device, vectors) -> None:
 @batch.command()
 @io_options
 @click.option("--column", default="title", show_default=True, help="The text column to decode (title, query...).")
-@click.option("--width", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--width", type=click.IntRange(min=1), default=None,
+              help="Beam width [default: the width the workspace serves: its sweep's choice, else the stated default].")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="SIDs kept per row.")
 @click.option("--model", "name", default="generator", show_default=True)
 @click.option("--products", type=click.IntRange(min=0), default=0, show_default=True,
@@ -95,6 +97,7 @@ def decode(ctx, src, dst, chunk, device, column, width, top, name, products, **k
     device = dist.setup(device)
     ws = ws_of(ctx).require()
     retriever = Retriever.from_workspace(ws, name, device)
+    width = served_width(ws) if width is None else width
     cfg = apply(ctx, ChannelConfig(), kw)
     channel = Channel.from_workspace(ws, cfg, device) if products else None
     cols = list(dict.fromkeys(["product_id", column])) if column == "title" else [column]

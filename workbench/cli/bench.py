@@ -13,9 +13,9 @@ from workbench.cli.options import apply, config_options, device_option, embedder
 from workbench.cli.rl import ensure_ranker, rl_config, rl_options
 from workbench.embed import DTYPES
 from workbench.eval.ab import ABConfig
-from workbench.eval.width import SweepConfig
+from workbench.eval.width import SweepConfig, served_width
 from workbench.report import device_name, report
-from workbench.serve import ServeConfig
+from workbench.service import ServeConfig
 
 
 # benchmarks ------------------------------------------------------------------------------------
@@ -283,7 +283,8 @@ def bench_pages(ctx, out, prefix, passes, dwell) -> None:
 
 @bench.command(name="serve")
 @click.option("--channels", type=names, default="generative,bm25,dense", show_default=True)
-@click.option("--widths", type=ints, default="4,16,64", show_default=True, help="Beam widths of the generative channel.")
+@click.option("--widths", type=ints, default=None,
+              help="Beam widths of the generative channel, e.g. 4,16,64 [default: the width the workspace serves].")
 @click.option("--users", type=ints, default="1,8,32", show_default=True, help="Concurrency levels (closed-loop locust users).")
 @click.option("--seconds", type=click.FloatRange(min=1), default=10.0, show_default=True, help="Per load point.")
 @click.option("--batches", type=ints, default=f"{ServeConfig.max_batch},1", show_default=True,
@@ -305,7 +306,7 @@ def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, q
     beam width, concurrency, with and without dynamic batching; the logbook's served rows checked
     against the requests answered; machines needed for --target-qps at --p99-ms."""
     from workbench.bench.serve import batching_gain, capacity, grow, load
-    from workbench.serve import CHANNELS
+    from workbench.service import CHANNELS
 
     bad = set(channels) - set(CHANNELS)
     if bad or not channels:
@@ -321,6 +322,7 @@ def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, q
         base = ws
         ws = grow(base, grow_to, base.path.parent / f"{base.path.name}-{grow_to}")
         click.echo(f"measuring on {ws.path}: {grow_to:,} products")
+    widths = widths or (served_width(ws),)
     params = {"widths": list(widths), "users": list(users), "seconds": seconds, "batches": list(batches),
               "batch_wait_ms": batch_wait_ms, "query_dtype": query_dtype, "products": len(ws.table("products"))}
     with ws.logbook().run("bench", {"bench": "serve", "channels": list(channels), **params}) as run:
@@ -390,7 +392,7 @@ def bench_dist(ctx, job, procs, epochs, device, job_args) -> None:
 @click.option("--jobs", default="embed,sids,decode", show_default=True)
 @click.option("--chunk", type=click.IntRange(min=1), default=65_536, show_default=True)
 @embedder_option("Default: the one the workspace's SIDs were built with.", default=None)
-@click.option("--width", type=click.IntRange(min=1), default=16, show_default=True, help="Decoding beam width.")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="Decoding beam width [default: the width the workspace serves].")
 @device_option()
 @click.pass_context
 def bench_batch(ctx, sizes, jobs, chunk, embedder, width, device) -> None:
@@ -400,9 +402,10 @@ def bench_batch(ctx, sizes, jobs, chunk, embedder, width, device) -> None:
 
     ws = ws_of(ctx).require()
     embedder = embedder or workspace_embedder(ws)
+    width = width or served_width(ws)
     params = {"sizes": sizes, "jobs": jobs, "chunk": chunk, "embedder": embedder, "width": width}
     with ws.logbook().run("bench", {"bench": "batch", **params}) as run:
-        rows = [r for n in ints(sizes) for r in scale(ws, n, jobs.split(","), chunk, embedder, width, device=device)]
+        rows = [r for n in ints(sizes) for r in scale(ws, n, width, jobs.split(","), chunk, embedder, device=device)]
         report("batch-scale", rows, run, params=params, device=device_name(device),
                units={"seconds": "s", "rows_per_s": "1/s", "peak_rss_mib": "MiB", "output_mib": "MiB"})
 

@@ -6,6 +6,8 @@ import click
 import pandas as pd
 
 from workbench.cli.options import apply, config_options, device_option, embedder_option, given, recipe_option, ws_of
+from workbench.engine import MAX_WIDTH
+from workbench.eval.width import DEFAULT_WIDTH, served
 from workbench.gen.model import BACKBONES, GenConfig
 from workbench.gen.retrieve import ORDERS, ChannelConfig
 from workbench.gen.stages import StagesConfig
@@ -110,7 +112,8 @@ def gen() -> None:
 
 @gen.command()
 @click.argument("queries", nargs=-1, required=True)
-@click.option("--width", type=click.IntRange(min=1), default=16, show_default=True, help="Beam width: how many SIDs to decode.")
+@click.option("--width", type=click.IntRange(1, MAX_WIDTH), default=None,
+              help=f"Beam width: how many SIDs to decode [default: the width the workspace serves: its sweep's choice, else {DEFAULT_WIDTH}].")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="SIDs (and channel products) to show per query.")
 @config_options(ChannelConfig, "budget", "order", "logp_weight", choices={"order": ORDERS})
 @click.option("--user", default=None, help="Personalise for this user id (a generator trained with stage 3).")
@@ -123,8 +126,10 @@ def search(ctx, queries, width, top, user, name, device, **kw):
     from workbench.gen.retrieve import Channel, Retriever
 
     ws = ws_of(ctx).require()
+    width, why = (width, "--width") if width is not None else served(ws)
     r = Retriever.from_workspace(ws, name, device)
     channel = Channel.from_workspace(ws, apply(ctx, ChannelConfig(), kw), device)
+    click.echo(f"beam width {width} ({why})")
     context = None
     if user is not None:
         context, known = r.user_context(ws, [user] * len(queries))

@@ -1,4 +1,4 @@
-"""`workbench serve`: the recall channels over HTTP (workbench.api, on LitServe)."""
+"""`workbench serve`: the recall channels over HTTP (workbench.service, on LitServe)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import click
 
 from workbench.cli.options import apply, config_options, ws_of
 from workbench.embed import DTYPES
-from workbench.serve import ServeConfig
+from workbench.service import ServeConfig
 
 
 @click.command()
@@ -16,14 +16,14 @@ from workbench.serve import ServeConfig
               help="Listen here (0.0.0.0 or :: to accept other machines).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @config_options(ServeConfig, "channels", "max_batch", "batch_wait_ms", "workers", "threads", "api_servers", "accelerator", "max_body",
-                "bm25_backend", "log", "name", "query_dtype",
+                "bm25_backend", "log", "name", "width", "query_dtype",
                 choices={"accelerator": ("cpu", "cuda", "auto"), "bm25_backend": ("numba", "numpy"), "query_dtype": DTYPES})
 @click.pass_context
 def serve(ctx, host, port, **kw) -> None:
     """Serve the generative channel, BM25 and dense over HTTP: POST /generative, /bm25, /dense with
     {"query", "k"} (and "width", "user" for /generative); GET /health. Ctrl+C or SIGTERM stops it,
     writing the served queries still buffered to the logbook."""
-    from workbench.api import build
+    from workbench.service import build
 
     ws = ws_of(ctx).require()
     try:

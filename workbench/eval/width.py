@@ -5,20 +5,33 @@ p50/p95 per batch (a query's latency when it arrives in such a batch), throughpu
 products retrieved. `pick_width` chooses the smallest width whose Recall@K is within `tolerance`
 (relative) of the widest width's, at the largest batch size measured; `width_for_recall` the smallest
 width reaching a target. `run_sweep` does both on a workspace and reports them to the logbook.
+
+The choice is also the width the workspace serves: `run_sweep` stores it with its rule in
+`<workspace>/gen/width.json`, beside the fingerprint of the generator it measured, and `served_width`
+is what `gen search`, the app, `workbench serve` and the batch jobs decode at unless told otherwise
+(`DEFAULT_WIDTH` where no sweep ran). A choice measured on an older generator is still served, and
+`outdated` says so (`workbench data validate`; `workbench demo` sweeps again).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from workbench import lineage
 from workbench.gen.data import eval_set
 from workbench.gen.retrieve import Retriever, ranked_products
+from workbench.gen.store import checkpoint_path, gen_dir
 from workbench.metrics import recall_at_k
 from workbench.report import device_name, report
+from workbench.workspace import Workspace, atomic_write
+
+DEFAULT_WIDTH = 16  # the beam width a workspace serves before its sweep has chosen one
 
 
 @dataclass(frozen=True)
@@ -64,14 +77,17 @@ def sweep(retriever: Retriever, evalset: pd.DataFrame, widths: list[int], batch_
     return rows
 
 
-def run_sweep(w, mode: str, cfg: SweepConfig, run, device: str = "cpu") -> tuple[list[dict], dict]:
-    """The sweep of workspace `w`'s generator, reported as `beam-sweep (<mode> IDs)`; rows and pick_width."""
+def run_sweep(w: Workspace, mode: str, cfg: SweepConfig, run, device: str = "cpu") -> tuple[list[dict], dict]:
+    """The sweep of workspace `w`'s deployed generator, reported as `beam-sweep (<mode> IDs)`; its choice
+    (pick_width) stored as the width `w` serves. Returns the rows and the choice."""
     widths, sizes = list(cfg.widths), list(cfg.batch_sizes)
     rows = sweep(Retriever.from_workspace(w, device=device), eval_set(w), widths, sizes, cfg.k, cfg.rounds, f"{mode} ")
     report(f"beam-sweep ({mode} IDs)", rows, run, units={"p50_ms": "ms", "p95_ms": "ms", "queries_per_s": "1/s"},
            params={"widths": widths, "batch_sizes": sizes, "k": cfg.k, "rounds": cfg.rounds, "workspace": str(w.path)},
            device=device_name(device))
-    return rows, pick_width(rows, cfg.k, cfg.tolerance)
+    pick = pick_width(rows, cfg.k, cfg.tolerance)
+    save_choice(w, pick, run.run_id)
+    return rows, pick
 
 
 def pick_width(rows: list[dict], k: int, tolerance: float = 0.02) -> dict:
@@ -94,3 +110,71 @@ def width_for_recall(rows: list[dict], k: int, target: float) -> int | None:
     df = pd.DataFrame(rows).drop_duplicates("width").sort_values("width")
     hit = df[df[f"recall@{k}"] >= target]
     return int(hit.iloc[0]["width"]) if len(hit) else None
+
+
+def rule(pick: dict) -> str:
+    """The rule that chose a width, in words, with its figures (a `pick_width` result)."""
+    return (f"Width {pick['width']} is the smallest whose Recall@{pick['k']} ({pick['recall']:.3f}) is within "
+            f"{pick['tolerance']:.0%} of the widest width's ({pick['widest']}: {pick['widest_recall']:.3f}), measured at "
+            f"batch {pick['batch']}; it saves {pick['latency_saving']:.0%} of the widest width's p50 latency and serves "
+            f"{pick['throughput_gain']:.1f}x its queries per second.")
+
+
+def choice_path(ws: Workspace) -> Path:
+    return gen_dir(ws) / "width.json"
+
+
+def save_choice(ws: Workspace, pick: dict, run_id: str | None = None, generator: str = "generator") -> Path:
+    """Store `pick` (a `pick_width` result) as the width `ws` serves, with its rule and the fingerprint of
+    the generator it was measured on."""
+    doc = {"width": int(pick["width"]), "rule": rule(pick), "pick": {k: (v.item() if hasattr(v, "item") else v) for k, v in pick.items()},
+           "generator": {"name": generator, "fingerprint": lineage.fingerprint(checkpoint_path(ws, generator))}, "run_id": run_id}
+    path = choice_path(ws)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    return path
+
+
+def load_choice(ws: Workspace) -> dict:
+    """The stored choice (width, rule, pick, generator, run_id); FileNotFoundError before any sweep,
+    ValueError when the file is not a choice."""
+    path = choice_path(ws)
+    try:
+        doc = json.loads(path.read_text())
+        width = doc["width"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a width choice ({type(e).__name__}: {e}); run the sweep again with "
+                         "`workbench bench beam --ids workspace` (or delete the file to serve width "
+                         f"{DEFAULT_WIDTH})") from None
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"{path}: width must be a whole number >= 1, got {width!r}")
+    return doc
+
+
+def served(ws: Workspace) -> tuple[int, str]:
+    """The beam width `ws` serves, and where it comes from in words: its sweep's choice, or DEFAULT_WIDTH
+    where no sweep ran."""
+    try:
+        doc = load_choice(ws)
+    except FileNotFoundError:
+        return DEFAULT_WIDTH, ("the default: no sweep has chosen a width for this workspace "
+                               "(`workbench bench beam --ids workspace` runs one)")
+    why = outdated(ws)
+    return doc["width"], "the sweep's choice" + (f", measured before {why}" if why else "")
+
+
+def served_width(ws: Workspace) -> int:
+    """The beam width `ws` serves: its sweep's choice, or DEFAULT_WIDTH where no sweep ran."""
+    try:
+        return load_choice(ws)["width"]
+    except FileNotFoundError:
+        return DEFAULT_WIDTH
+
+
+def outdated(ws: Workspace) -> str:
+    """Why the stored choice is older than the generator it serves ("" when it is current); raises like
+    `load_choice`."""
+    g = load_choice(ws)["generator"]
+    path = checkpoint_path(ws, g["name"])
+    if not path.exists():
+        return f"its generator {g['name']} is gone"
+    return "" if lineage.fingerprint(path) == g["fingerprint"] else f"{g['name']} changed since the sweep chose the width"

@@ -130,7 +130,7 @@ class Retriever:
         mem = self.model.memory(ids, mask, None if context is None else context.to(self.device))
         return beam_search(self.model, mem, self.trie, width)
 
-    def search(self, texts: list[str], width: int = 16, context: torch.Tensor | None = None,
+    def search(self, texts: list[str], width: int, context: torch.Tensor | None = None,
                batch_size: int = 64) -> list[list[Hit]]:
         out = []
         for s in range(0, len(texts), batch_size):

@@ -1,6 +1,6 @@
 """The recall channels as an HTTP JSON service (`workbench serve`), on LitServe.
 
-    POST /generative {"query": "cordless drill", "user": null, "width": 16, "k": 100}
+    POST /generative {"query": "cordless drill", "user": null, "width": null, "k": 100}
       -> {"query", "user", "personalised", "width", "latency_ms",
           "sids": [{"sid": "49-0-4", "p": 0.73, "label": "...", "products": 32}, ...],   best first
           "products": [{"product_id": "...", "score": 0.61}, ...]}                        the channel's top k
@@ -16,7 +16,9 @@ one batched decode (requests of different beam widths in one batch are decoded p
 
 Invariants:
 - an answer does not depend on the other requests of its batch (the tests compare them), and the
-  generative answer is `serve.Engine.search_many`'s: the same SIDs and products as `gen search`;
+  generative answer is `engine.Engine.search_many`'s: the same SIDs and products as `gen search`, at
+  the width the request names or else the width the workspace serves (`ServeConfig.width`, by default
+  the sweep's choice: `workbench.eval.width.served_width`);
 - a bad request is a 4xx whose body names the problem, never a 500: malformed JSON, missing or unknown
   fields and out-of-range widths are 422 (pydantic, before any worker sees them), an unknown user is
   422 from the worker (per request, so its batch-mates are still answered), a body over `max_body`
@@ -36,28 +38,77 @@ import os
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from multiprocessing.util import Finalize
 from pathlib import Path
 
 import litserve as ls
+import torch
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from workbench.serve import MAX_K, MAX_QUERY, MAX_WIDTH, ServeConfig
+from workbench.baselines import BM25, Dense
+from workbench.embed import check_dtype, embed_workspace, get_embedder, product_texts
+from workbench.engine import MAX_QUERY, MAX_WIDTH, Engine, open_workspace
+from workbench.gen.retrieve import ChannelConfig
+from workbench.logbook import now
+from workbench.sid.store import workspace_embedder
+from workbench.workspace import Workspace
+
+CHANNELS = ("generative", "bm25", "dense")
+MAX_K = 1000  # products one HTTP request may ask for
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The HTTP service of the recall channels (`workbench serve`)."""
+
+    channels: tuple[str, ...] = CHANNELS  # which endpoints to serve
+    max_batch: int = 32  # requests one decode may take (1: no dynamic batching)
+    batch_wait_ms: float = 5.0  # how long a worker waits for a batch to fill
+    workers: int = 1  # worker processes per channel and device
+    api_servers: int = 1  # uvicorn processes in front of the workers
+    bm25_backend: str = "numba"  # bm25s scorer: numba (compiled) or numpy (the evaluation's: ties in its order)
+    threads: int = 0  # torch threads per worker (0: the machine's cores shared equally among the workers)
+    accelerator: str = "cpu"  # where the workers run: cpu, cuda (every GPU) or auto
+    max_body: int = 16_384  # bytes of a request body
+    flush_s: float = 0.5  # the logger writes its rows at least this often
+    flush_rows: int = 512  # ... or as soon as it holds this many
+    log: bool = True  # record served queries in the logbook
+    name: str = "generator"  # the generator checkpoint (gen/<name>.safetensors)
+    width: int = 0  # beam width of a request that names none (0: the width the workspace's sweep chose)
+    query_dtype: str = ChannelConfig.query_dtype  # generative and dense: the query encoder computes in this (bfloat16: see README)
+
+    def __post_init__(self):
+        check_dtype(self.query_dtype)
+        bad = set(self.channels) - set(CHANNELS)
+        if not self.channels or bad:
+            raise ValueError(f"channels must be some of {CHANNELS}, got {self.channels}")
+        if self.threads < 0 or self.width < 0:
+            raise ValueError(f"threads and width must be >= 0, got {self.threads}, {self.width}")
+        if self.width > MAX_WIDTH:
+            raise ValueError(f"width must be at most {MAX_WIDTH}, got {self.width}")
+        for f in ("max_batch", "workers", "api_servers", "max_body", "flush_rows"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+        if self.batch_wait_ms < 0 or self.flush_s <= 0:
+            raise ValueError(f"batch_wait_ms must be >= 0 and flush_s > 0, got {self.batch_wait_ms}, {self.flush_s}")
+        if self.bm25_backend not in ("numba", "numpy"):
+            raise ValueError(f"bm25_backend must be numba or numpy, got {self.bm25_backend!r}")
+        if self.accelerator not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"accelerator must be cpu, cuda or auto, got {self.accelerator!r}")
 
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     query: str = Field(min_length=1, max_length=MAX_QUERY)
     user: str | None = Field(default=None, max_length=200)  # generative only: personalise (stage 3 generators)
-    width: int = Field(default=16, ge=1, le=MAX_WIDTH)  # generative only: the beam width
+    width: int | None = Field(default=None, ge=1, le=MAX_WIDTH)  # generative only: the beam width (null: the served width)
     k: int = Field(default=100, ge=1, le=MAX_K)  # products to return
 
 
 def _share_cores(workers: int, threads: int = 0) -> None:
     """Torch threads of this worker: `threads`, or (0) an equal share of the cores among `workers`."""
-    import torch
-
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
 
 
@@ -106,8 +157,6 @@ class ChannelAPI(ls.LitAPI):
 
     def served(self, req: SearchRequest, ms: float, results: list, width: int | None = None) -> dict:
         """The logbook's `served` row of one answered request."""
-        from workbench.logbook import now
-
         return {"time": now(), "query": req.query, "user_id": req.user, "beam_width": width, "latency_ms": ms,
                 "results": results, "source": f"api/{self.channel}"}
 
@@ -116,13 +165,9 @@ class GenerativeAPI(ChannelAPI):
     channel = "generative"
 
     def setup(self, device: str) -> None:
-        from workbench import Workspace
-        from workbench.gen.retrieve import ChannelConfig
-        from workbench.serve import Engine
-
         _share_cores(self.workers_total, self.cfg.threads)
         self.engine = Engine(Workspace(self.workspace), device=device, name=self.cfg.name,
-                             channel=ChannelConfig(query_dtype=self.cfg.query_dtype))
+                             channel=ChannelConfig(query_dtype=self.cfg.query_dtype), width=self.cfg.width or None)
         self.known = set(self.engine.user_ids)
         self.engine.search_many(["warm up"], 1)  # loads the query embedder before /health says ready
 
@@ -155,11 +200,6 @@ class BaselineAPI(ChannelAPI):
     """BM25 or dense over the same catalog (`workbench.baselines`)."""
 
     def setup(self, device: str) -> None:
-        from workbench import Workspace
-        from workbench.baselines import BM25, Dense
-        from workbench.embed import embed_workspace, get_embedder, product_texts
-        from workbench.sid.store import workspace_embedder
-
         _share_cores(self.workers_total, self.cfg.threads)
         ws = Workspace(self.workspace)
         products = ws.table("products")
@@ -210,8 +250,6 @@ class ServedLogger(ls.Logger):
         self._writing: threading.Lock | None = None
 
     def _start(self) -> None:
-        from multiprocessing.util import Finalize
-
         self._lock, self._writing, self._full = threading.Lock(), threading.Lock(), threading.Event()
         threading.Thread(target=self._writer, daemon=True, name="served-log").start()
         Finalize(self, self.flush, exitpriority=100)
@@ -243,8 +281,6 @@ class ServedLogger(ls.Logger):
             return self._write(rows)
 
     def _write(self, rows: list[dict]) -> int:
-        from workbench import Workspace
-
         try:
             Workspace(self.workspace).logbook().serve_many(rows, timeout=30)
         except Exception as e:  # noqa: BLE001 - busy or unwritable: keep them, try again
@@ -299,9 +335,6 @@ class BodyLimit:
 
 def build(workspace: str | Path, cfg: ServeConfig | None = None) -> ls.LitServer:
     """The LitServer for `workspace` (not started: `.run(host, port)`)."""
-    from workbench import Workspace
-    from workbench.serve import open_workspace
-
     cfg = cfg or ServeConfig()
     ws = open_workspace(workspace) if "generative" in cfg.channels else Workspace(Path(workspace))
     if not ws.exists():

@@ -1,4 +1,4 @@
-"""`workbench serve` (workbench.api on LitServe) as a client sees it, on 127.0.0.1: answers equal to
+"""`workbench serve` (workbench.service on LitServe) as a client sees it, on 127.0.0.1: answers equal to
 `gen search`'s, batched equal to unbatched, 4xx for bad requests, every answer in the logbook, and
 `workbench bench serve` end to end."""
 
@@ -8,10 +8,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from click.testing import CliRunner
 
-from workbench import serve
+from workbench import engine
 from workbench.bench import launch
 from workbench.bench.serve import post, start_server
+from workbench.cli import main
+from workbench.eval.width import DEFAULT_WIDTH, served_width
 
 pytestmark = pytest.mark.slow  # real servers: worker processes load torch and the workspace
 
@@ -26,6 +29,9 @@ def server(trained, tmp_path_factory):
     ws, _ = trained
     path = tmp_path_factory.mktemp("api") / "ws"
     shutil.copytree(ws.path, path)
+    r = CliRunner().invoke(main, ["-w", str(path), "bench", "beam", "--no-speed", "--ids", "workspace", "--widths", "1,2",
+                                  "--batch-sizes", "1", "--rounds", "1", "--k", "20"])  # the width this workspace serves
+    assert r.exit_code == 0, r.output
     proc, url, log = start_server(path, "generative,bm25,dense", max_batch=8, batch_wait_ms=50)
     yield url, Workspace(path), proc
     launch.stop(proc)
@@ -43,7 +49,7 @@ def _raw(url: str, data: bytes, headers: dict | None = None) -> tuple[int, str]:
 
 def test_generative_answer_is_gen_search(server, trained):
     url, ws, _ = server
-    eng = serve.Engine(ws)
+    eng = engine.Engine(ws)
     for q, width in (("cordless drill", 8), ("garden hose nozzle", 16)):
         status, got = post(f"{url}/generative", {"query": q, "width": width, "k": 50})
         assert status == 200, got
@@ -54,6 +60,18 @@ def test_generative_answer_is_gen_search(server, trained):
         assert got["sids"][0]["label"] == want.label(got["sids"][0]["sid"]) != ""
         scores = [p["score"] for p in got["products"]]
         assert scores == sorted(scores, reverse=True) and got["width"] == width and got["personalised"] is False
+
+
+def test_a_request_without_a_width_decodes_at_the_served_width(server):
+    url, ws, _ = server
+    chosen = served_width(ws)
+    assert chosen in (1, 2) and chosen != DEFAULT_WIDTH  # the sweep's choice, not the default
+    status, got = post(f"{url}/generative", {"query": "cordless drill", "k": 20})
+    assert status == 200 and got["width"] == chosen and len(got["sids"]) == chosen, got
+    want = engine.Engine(ws).search_many(["cordless drill"], chosen)[0]
+    assert [s["sid"] for s in got["sids"]] == want.sids() and [p["product_id"] for p in got["products"]] == want.products[:20]
+    status, got = post(f"{url}/generative", {"query": "cordless drill", "width": 4})
+    assert status == 200 and got["width"] == 4 and len(got["sids"]) == 4
 
 
 def test_user_personalises_and_baselines_answer(server):
