@@ -17,7 +17,7 @@ import streamlit as st
 from workbench import app_data
 from workbench.engine import MAX_WIDTH, AppError, Engine, compare, generators, open_workspace
 from workbench.eval.width import rule, served
-from workbench.gen.retrieve import ChannelConfig
+from workbench.gen.config import ChannelConfig
 from workbench.workspace import default_path
 
 st.set_page_config(page_title="workbench: generative search", layout="wide")

@@ -83,11 +83,10 @@ def trained(tmp_path_factory):
     """The sample marketplace with hashing-64 SIDs (16, 8, 4) and a tiny generator trained through stages 1-3."""
     from workbench import Workspace
     from workbench.embed import get_embedder
-    from workbench.gen.stages import StagesConfig, train_stages
-    from workbench.gen.train import TrainConfig
+    from workbench.gen.config import StagesConfig, TrainConfig
+    from workbench.gen.stages import train_stages
     from workbench.pipeline import SAMPLE_DATA
-    from workbench.sid.cqsid import CQSIDConfig
-    from workbench.sid.rqvae import RQVAEConfig
+    from workbench.sid.config import CQSIDConfig, RQVAEConfig
     from workbench.sid.store import train_workspace as train_sids
 
     d = tmp_path_factory.mktemp("gen")

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from workbench import Workspace
 from workbench.cli import main
 from workbench.data.market import Market, MarketError
-from workbench.eval.ab import ABConfig, dedupe, member, paired_bootstrap, summarise
+from workbench.eval.ab import dedupe, member, paired_bootstrap, summarise
+from workbench.eval.config import ABConfig
 from workbench.pipeline import SAMPLE_DATA
 
 
@@ -147,7 +148,8 @@ def test_ab_end_to_end_with_the_ranker_and_the_oracle(ranked):
 def test_the_oracle_judge_scores_clusters_with_the_truth_and_stage4_is_judged_by_the_ab(ranked):
     import torch
 
-    from workbench.rl.train import RLConfig, environment, searches
+    from workbench.rl.config import RLConfig
+    from workbench.rl.train import environment, searches
 
     ws = ranked
     env = environment(ws, "generator-stage3", RLConfig(judge="oracle"), progress=False)

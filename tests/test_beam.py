@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workbench.gen.beam import beam_search, greedy
-from workbench.gen.model import GenConfig, Generator
+from workbench.gen.config import GenConfig
+from workbench.gen.model import Generator
 from workbench.gen.trie import compile_trie
 from workbench.sid.index import SIDIndex
 

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from workbench.bench.sid import ablation, assign_scale, code_stats, lcrec_index
-from workbench.sid.cqsid import CQSIDConfig, SIDData
-from workbench.sid.rqvae import RQVAEConfig
+from workbench.sid.config import CQSIDConfig, RQVAEConfig
+from workbench.sid.cqsid import SIDData
 
 from .conftest import need_dataset
 

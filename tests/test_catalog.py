@@ -5,11 +5,10 @@ import pytest
 from tests.conftest import TINY
 from workbench import Workspace
 from workbench.bench.catalog import measure, recipe_workspace
-from workbench.eval.harness import EvalConfig
-from workbench.gen.stages import StagesConfig
+from workbench.eval.config import EvalConfig
+from workbench.gen.config import StagesConfig
 from workbench.recipes import Recipe
-from workbench.sid.cqsid import CQSIDConfig
-from workbench.sid.rqvae import RQVAEConfig
+from workbench.sid.config import CQSIDConfig, RQVAEConfig
 
 
 @pytest.mark.slow

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from workbench.cli import main
 from workbench.cli.options import apply, config_options
 from workbench.config import field_help
-from workbench.gen.stages import StagesConfig
+from workbench.gen.config import StagesConfig
 from workbench.recipes import RECIPES, get
-from workbench.rl.train import RLConfig
+from workbench.rl.config import RLConfig
 
 from .conftest import ROOT, SAMPLE
 
@@ -187,8 +187,8 @@ def test_eval_with_a_busy_or_garbage_logbook_says_so(sample_ws, monkeypatch):
 
 @pytest.mark.parametrize("lr", [-5, 0, float("nan"), float("inf")])
 def test_learning_rates_must_be_finite_and_positive(lr):
-    from workbench.gen.train import TrainConfig
-    from workbench.sid.cqsid import CQSIDConfig
+    from workbench.gen.config import TrainConfig
+    from workbench.sid.config import CQSIDConfig
 
     for cls in (TrainConfig, RLConfig, CQSIDConfig):
         with pytest.raises(ValueError, match=rf"{cls.__name__}: lr={lr!r}: must be a finite number > 0"):

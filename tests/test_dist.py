@@ -12,8 +12,8 @@ from safetensors.numpy import load_file
 
 from tests.conftest import assert_same_training
 from workbench import Workspace, dist
+from workbench.gen.config import TrainConfig
 from workbench.gen.model import loss
-from workbench.gen.train import TrainConfig
 
 
 def test_same_training_holds_key_bias_noise_and_catches_a_real_divergence():
@@ -92,8 +92,7 @@ def sid_workspace(tmp_path_factory):
     """The sample marketplace with small hashing-64 SIDs, no generator."""
     from workbench.embed import get_embedder
     from workbench.pipeline import SAMPLE_DATA
-    from workbench.sid.cqsid import CQSIDConfig
-    from workbench.sid.rqvae import RQVAEConfig
+    from workbench.sid.config import CQSIDConfig, RQVAEConfig
     from workbench.sid.store import train_workspace
 
     path = tmp_path_factory.mktemp("dist") / "ws"

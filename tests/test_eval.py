@@ -10,7 +10,8 @@ from workbench import metrics
 from workbench.baselines import BM25, Dense, rrf, supplement
 from workbench.cli import main
 from workbench.embed import get_embedder
-from workbench.eval.harness import EvalConfig, evaluate, judgments_file
+from workbench.eval.config import EvalConfig
+from workbench.eval.harness import evaluate, judgments_file
 
 IDS = ["p1", "p2", "p3", "p4"]
 TITLES = ["Cordless Drill 18 V Black", "Red Dress Up Doll", "Stainless Steel Stand Mixer", "Drill Bit Set, 20 Pieces"]
@@ -75,7 +76,7 @@ def test_harness_compares_every_method_on_the_same_queries(trained):
         EvalConfig(methods=("generative", "magic"))
     with pytest.raises(ValueError, match="budgets"):
         EvalConfig(budgets=())
-    from workbench.gen.retrieve import ChannelConfig
+    from workbench.gen.config import ChannelConfig
 
     for bad, msg in [(dict(budget=0), "budget must be >= 1"), (dict(order="random"), "order must be"),
                      (dict(query_dtype="float16"), "query dtype must be one of")]:
@@ -130,7 +131,8 @@ def test_candidates_are_cut_at_the_budget_and_ranked_inside_by_cosine():
         Dense(IDS, e.encode(TITLES), e, query_dtype="half")
     with pytest.raises(ValueError, match="product ids for"):
         CosineOrder(e, IDS[:2], e.encode(TITLES))
-    from workbench.gen.retrieve import Channel, ChannelConfig
+    from workbench.gen.config import ChannelConfig
+    from workbench.gen.retrieve import Channel
 
     assert Channel(ChannelConfig(budget=3), order)(["cordless drill"], [hits]) == [got]
     assert Channel(ChannelConfig(order="popularity", budget=3))(["x"], [hits]) == [["p2", "p1", "p3"]]

@@ -17,11 +17,12 @@ from workbench.data.relevance import held_out, relevance
 from workbench.eval import width
 from workbench.gen import stages as st
 from workbench.gen import store
+from workbench.gen.config import GenConfig, TrainConfig
 from workbench.gen.data import Pairs, eval_set, item_pairs, query_pairs
-from workbench.gen.model import GenConfig, Generator
+from workbench.gen.model import Generator
 from workbench.gen.retrieve import ProductLookup, Retriever, ranked_products
 from workbench.gen.stages import make_tokenizer, recall_eval
-from workbench.gen.train import TrainConfig, check_pairs, fit
+from workbench.gen.train import check_pairs, fit
 from workbench.metrics import hit_at_k, recall_at_k
 
 

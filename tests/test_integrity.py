@@ -18,9 +18,8 @@ from tests.conftest import TINY
 from workbench import Workspace, checkpoint, lineage, pipeline
 from workbench.cli import main
 from workbench.gen import store
-from workbench.gen.model import GenConfig
-from workbench.gen.stages import StagesConfig, train_stages
-from workbench.gen.train import TrainConfig
+from workbench.gen.config import GenConfig, StagesConfig, TrainConfig
+from workbench.gen.stages import train_stages
 from workbench.sid.store import load_sids, sid_dir
 from workbench.workspace import clean_temps
 

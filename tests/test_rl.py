@@ -10,10 +10,12 @@ import torch
 from tests.conftest import TINY, assert_same_training
 from workbench import Workspace
 from workbench.gen import store
-from workbench.gen.model import GenConfig, Generator
+from workbench.gen.config import GenConfig
+from workbench.gen.model import Generator
 from workbench.gen.trie import compile_trie
 from workbench.metrics import auc
 from workbench.rl import grpo, rewards
+from workbench.rl.config import REWARD_TERMS, LossConfig, RewardConfig
 from workbench.rl.ranker import from_workspace as load_ranker
 from workbench.rl.ranker import train_workspace as train_ranker
 from workbench.sid.index import SIDIndex
@@ -53,7 +55,7 @@ def _grads(shaping: str, ref_weight: float = 1.0, ref_adv: float = 2.0, ref_floo
     adv = torch.tensor([[1.0, -1.0, ref_adv]])
     is_ref = torch.tensor([[False, False, True]])
     present = torch.ones(1, 3, dtype=torch.bool)
-    cfg = grpo.LossConfig(kl=0.0, shaping=shaping, gamma=0.1, ref_weight=ref_weight, ref_floor=ref_floor)
+    cfg = LossConfig(kl=0.0, shaping=shaping, gamma=0.1, ref_weight=ref_weight, ref_floor=ref_floor)
     lo, _ = grpo.loss(logp, old=logp.detach(), ref=logp.detach(), adv=adv, is_ref=is_ref, present=present, cfg=cfg)
     lo.backward()
     return logp.grad[0], logp.detach().exp()[0]
@@ -83,25 +85,25 @@ def test_the_reference_floor_never_pushes_the_ground_truth_down():
 def test_clip_and_kl():
     logp = torch.log(torch.tensor([[[0.9]]])).requires_grad_()
     old = torch.log(torch.tensor([[[0.5]]]))  # ratio 1.8 > 1 + clip
-    cfg = grpo.LossConfig(kl=0.0, clip=0.2)
+    cfg = LossConfig(kl=0.0, clip=0.2)
     lo, stats = grpo.loss(logp, old=old, ref=logp.detach(), adv=torch.ones(1, 1), is_ref=torch.zeros(1, 1, dtype=torch.bool),
                           present=torch.ones(1, 1, dtype=torch.bool), cfg=cfg)
     lo.backward()
     assert logp.grad.abs().sum() == 0 and stats["clip_share"] == 1.0  # clipped: no push further up
     same = torch.zeros(1, 2, 3)
     _, stats = grpo.loss(same, old=same, ref=same, adv=torch.zeros(1, 2), is_ref=torch.zeros(1, 2, dtype=torch.bool),
-                         present=torch.ones(1, 2, dtype=torch.bool), cfg=grpo.LossConfig())
+                         present=torch.ones(1, 2, dtype=torch.bool), cfg=LossConfig())
     assert stats["kl"] == 0.0
     _, stats = grpo.loss(same, old=same, ref=same - 0.5, adv=torch.zeros(1, 2), is_ref=torch.zeros(1, 2, dtype=torch.bool),
-                         present=torch.ones(1, 2, dtype=torch.bool), cfg=grpo.LossConfig())
+                         present=torch.ones(1, 2, dtype=torch.bool), cfg=LossConfig())
     assert stats["kl"] > 0
 
 
 def test_bad_loss_config():
     with pytest.raises(ValueError, match="shaping"):
-        grpo.LossConfig(shaping="magic")
+        LossConfig(shaping="magic")
     with pytest.raises(ValueError, match="clip > 0"):
-        grpo.LossConfig(clip=0)
+        LossConfig(clip=0)
 
 
 # -- sampling and log-probabilities ---------------------------------------------------------------
@@ -174,7 +176,7 @@ def test_policy_at_the_optimum_is_not_pushed_away():
     is_ref = torch.zeros(3, 7, dtype=torch.bool)
     is_ref[:, -1] = True
     lo, _ = grpo.loss(logp, old=old, ref=ref_lp, adv=adv, is_ref=is_ref, present=torch.ones(3, 7, dtype=torch.bool),
-                      cfg=grpo.LossConfig())
+                      cfg=LossConfig())
     opt.zero_grad()
     lo.backward()
     opt.step()
@@ -227,7 +229,7 @@ def _scored(pctr, pcvr, size, valid, buy, click):
 
 
 def test_reward_components_as_documented():
-    cfg = rewards.RewardConfig(slots=2, cap=2)
+    cfg = RewardConfig(slots=2, cap=2)
     s = _scored([[[0.5, 0.3, 0.1], [0.25, 0.0, 0.0]]], [[[0.2, 0.5, 1.0], [1.0, 0.0, 0.0]]], [[3, 1]], [[True, True]],
                 [[False, True]], [[True, True]])
     assert torch.allclose(rewards.click(s, cfg), torch.tensor([[0.4, 0.125]]))
@@ -242,7 +244,8 @@ def test_reward_components_as_documented():
 # -- the loop ------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_one_rl_step_changes_the_generator_and_logs_diagnostics(rl_ws):
-    from workbench.rl.train import RLConfig, train_rl
+    from workbench.rl.config import RLConfig
+    from workbench.rl.train import train_rl
 
     ws, _ = rl_ws
     for algo in ("grpo", "eg-grpo"):
@@ -262,7 +265,8 @@ def test_one_rl_step_changes_the_generator_and_logs_diagnostics(rl_ws):
 
 
 def test_rl_bad_inputs(rl_ws, monkeypatch):
-    from workbench.rl.train import RLConfig, train_rl
+    from workbench.rl.config import RLConfig
+    from workbench.rl.train import train_rl
 
     with pytest.raises(ValueError, match="algo must be"):
         RLConfig(algo="ppo")
@@ -336,3 +340,7 @@ def test_torchrun_rl_two_processes_match_one(rl_ws, tmp_path):
     assert ra["processes"].eq("1").all() and rb["processes"].eq("2").all() and len(ra) == len(rb) > 20
     assert ra[["name", "step"]].equals(rb[["name", "step"]])
     assert np.allclose(ra["value"], rb["value"], rtol=1e-4, atol=1e-6), pd.concat([ra, rb["value"]], axis=1)
+
+
+def test_reward_terms_are_the_reward_functions():
+    assert tuple(rewards.REWARDS) == REWARD_TERMS  # RewardConfig weighs exactly the terms rewards.py computes

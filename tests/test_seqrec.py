@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from workbench.bench.seqrec import examples, history_tokens, run_case, sequences, sid_table
-from workbench.gen.train import TrainConfig
+from workbench.gen.config import TrainConfig
 
 N = 24  # products; each user walks p, p+1, p+2, ... (mod N)
 

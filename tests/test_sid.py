@@ -12,20 +12,10 @@ from workbench.cli import main
 from workbench.embed import get_embedder
 from workbench.lineage import StaleError
 from workbench.sid import metrics
-from workbench.sid.cqsid import (
-    CQSIDConfig,
-    SIDData,
-    assign,
-    category_loss,
-    dedup,
-    evaluate,
-    flat_stats,
-    query_loss,
-    train,
-    variant,
-)
+from workbench.sid.config import CQSIDConfig, RQVAEConfig
+from workbench.sid.cqsid import SIDData, assign, category_loss, dedup, evaluate, flat_stats, query_loss, train, variant
 from workbench.sid.index import SIDIndex
-from workbench.sid.rqvae import RQVAE, RQVAEConfig, kmeans, rotate_to
+from workbench.sid.rqvae import RQVAE, kmeans, rotate_to
 from workbench.sid.store import load_model, load_sids, workspace_data
 from workbench.workspace import ReplaceError
 

@@ -12,10 +12,10 @@ from tests.conftest import TINY
 from workbench import Workspace
 from workbench.gen import stages as st
 from workbench.gen import store
+from workbench.gen.config import TrainConfig
 from workbench.gen.context import UserContext
 from workbench.gen.data import Pairs
 from workbench.gen.retrieve import Retriever
-from workbench.gen.train import TrainConfig
 
 
 def test_history_is_strictly_before_the_event_and_newest_first():

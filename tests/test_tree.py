@@ -9,7 +9,8 @@ from workbench import Workspace
 from workbench.checkpoint import load, load_into, save
 from workbench.gen import stages as st
 from workbench.gen.beam import beam_search, greedy
-from workbench.gen.model import GenConfig, Generator
+from workbench.gen.config import GenConfig
+from workbench.gen.model import Generator
 from workbench.gen.retrieve import Retriever
 from workbench.gen.tree import MAX_TABLE, TreeHead, tree_nodes, tree_tables
 from workbench.gen.trie import compile_trie

@@ -29,12 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from workbench.config import to_dict
-from workbench.eval.harness import EvalConfig
-from workbench.eval.width import SweepConfig
-from workbench.gen.stages import StagesConfig
-from workbench.rl.train import RLConfig
-from workbench.sid.cqsid import CQSIDConfig
-from workbench.sid.rqvae import RQVAEConfig
+from workbench.eval.config import EvalConfig, SweepConfig
+from workbench.gen.config import StagesConfig
+from workbench.rl.config import RLConfig
+from workbench.sid.config import CQSIDConfig, RQVAEConfig
 
 
 @dataclass(frozen=True)

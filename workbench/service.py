@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from workbench.baselines import BM25, Dense
 from workbench.embed import check_dtype, embed_workspace, get_embedder, product_texts
 from workbench.engine import MAX_QUERY, MAX_WIDTH, Engine, open_workspace
-from workbench.gen.retrieve import ChannelConfig
+from workbench.gen.config import ChannelConfig
 from workbench.logbook import now
 from workbench.sid.store import workspace_embedder
 from workbench.workspace import Workspace

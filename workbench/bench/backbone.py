@@ -14,10 +14,11 @@ import time
 import numpy as np
 import torch
 
+from workbench.gen.config import GenConfig, TrainConfig
 from workbench.gen.data import Pairs, item_pairs
-from workbench.gen.model import GenConfig, Generator
+from workbench.gen.model import Generator
 from workbench.gen.stages import make_tokenizer
-from workbench.gen.train import TrainConfig, fit, tokenize
+from workbench.gen.train import fit, tokenize
 from workbench.sid.index import SIDIndex
 from workbench.sid.store import load_sids, sid_dir
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from workbench.gen.beam import beam_search
-from workbench.gen.model import GenConfig, Generator
+from workbench.gen.config import GenConfig
+from workbench.gen.model import Generator
 from workbench.gen.trie import compile_trie
 from workbench.sid.index import SIDIndex
 

@@ -11,7 +11,8 @@ from dataclasses import replace
 
 import pandas as pd
 
-from workbench.rl.train import RLConfig, train_rl
+from workbench.rl.config import RLConfig
+from workbench.rl.train import train_rl
 
 DIAGNOSTICS = ["reward", "reward_click", "reward_purchase", "reward_exposure", "reward_gt", "equal_groups",
                "sid_entropy_bits", "distinct_sids", "cluster_size", "clickbait_clusters", "kl"]
@@ -19,7 +20,8 @@ DIAGNOSTICS = ["reward", "reward_click", "reward_purchase", "reward_exposure", "
 
 def compare(ws, cfg: RLConfig, algos=("grpo", "eg-grpo"), name: str = "generator", device: str = "cpu",
             tail: int = 10, tag: str = "", progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    from workbench.eval.harness import EvalConfig, evaluate
+    from workbench.eval.config import EvalConfig
+    from workbench.eval.harness import evaluate
 
     curves, diags, models = [], [], {"stage 3": f"{name}-stage3"}
     for algo in algos:

@@ -23,12 +23,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.gen.config import GenConfig, TrainConfig
 from workbench.gen.data import Pairs, item_text
-from workbench.gen.model import GenConfig, Generator
+from workbench.gen.model import Generator
 from workbench.gen.retrieve import ProductLookup, Retriever, ranked_products
 from workbench.gen.stages import replay, with_context
 from workbench.gen.tokenizer import TextTokenizer
-from workbench.gen.train import TrainConfig, fit
+from workbench.gen.train import fit
 from workbench.metrics import per_query
 from workbench.sid.index import SIDIndex
 

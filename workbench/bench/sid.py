@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from workbench.sid import metrics
-from workbench.sid.cqsid import CQSIDConfig, SIDData, assign, evaluate, flat_stats, train, variant
-from workbench.sid.rqvae import RQVAEConfig
+from workbench.sid.config import CQSIDConfig, RQVAEConfig
+from workbench.sid.cqsid import SIDData, assign, evaluate, flat_stats, train, variant
 
 COLUMNS = ["sids", "unique_rate", "collision_rate", "size_max", "size_median", "size_p99", "purity_l1_d1", "purity_l1_d2",
            "purity_l1_dfull", "purity_l2_dfull", "coherence_l1", "coherence_l2", "coherence_l3"]

@@ -17,8 +17,10 @@ from dataclasses import replace
 
 import pandas as pd
 
-from workbench.eval.ab import ABConfig, run_ab
-from workbench.rl.train import RLConfig, train_rl
+from workbench.eval.ab import run_ab
+from workbench.eval.config import ABConfig
+from workbench.rl.config import RLConfig
+from workbench.rl.train import train_rl
 
 COLLAPSE = ("distinct_sids", "cluster_size", "equal_groups")  # stage 4's last 10 steps: the collapse diagnostics
 KEEP = ("purchases", "purchases_lo", "purchases_hi", "d_purchases", "d_purchases_lo", "d_purchases_hi", "gmv", "d_gmv",

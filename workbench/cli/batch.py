@@ -8,7 +8,7 @@ import click
 
 from workbench.cli.options import apply, config_options, device_option, embedder_option, ws_of
 from workbench.eval.width import served_width
-from workbench.gen.retrieve import ORDERS, ChannelConfig
+from workbench.gen.config import ORDERS, ChannelConfig
 
 IO = [click.argument("src", type=click.Path(path_type=Path)), click.argument("dst", type=click.Path(path_type=Path)),
       click.option("--chunk", type=click.IntRange(min=1), default=65_536, show_default=True, help="Rows in memory at a time."),

@@ -12,8 +12,8 @@ from workbench.bench.dist import JOBS as DIST_JOBS
 from workbench.cli.options import apply, config_options, device_option, embedder_option, given, ints, names, set_fields, ws_of
 from workbench.cli.rl import ensure_ranker, rl_config, rl_options
 from workbench.embed import DTYPES
-from workbench.eval.ab import ABConfig
-from workbench.eval.width import SweepConfig, served_width
+from workbench.eval.config import ABConfig, SweepConfig
+from workbench.eval.width import served_width
 from workbench.report import device_name, report
 from workbench.service import ServeConfig
 
@@ -161,7 +161,7 @@ def bench_seqrec(ctx, datasets_dir, indexes, codebook_sizes, epochs, d_model, la
     the published TIGER-style (RQ-VAE) and LETTER indexes."""
     from workbench.bench.seqrec import run_case, sequences, sid_table
     from workbench.bench.sid import lcrec_index
-    from workbench.gen.train import TrainConfig
+    from workbench.gen.config import TrainConfig
     from workbench.sid.store import load_sids, sid_dir
 
     ws = bench_workspace("scientific", datasets_dir)
@@ -169,8 +169,7 @@ def bench_seqrec(ctx, datasets_dir, indexes, codebook_sizes, epochs, d_model, la
     names = [n.strip() for n in indexes.split(",")]
     if "cq-sid" in names and not (sid_dir(ws) / "sids.parquet").exists():
         from workbench.embed import get_embedder
-        from workbench.sid.cqsid import CQSIDConfig
-        from workbench.sid.rqvae import RQVAEConfig
+        from workbench.sid.config import CQSIDConfig, RQVAEConfig
         from workbench.sid.store import train_workspace
 
         e = get_embedder(embedder, device)

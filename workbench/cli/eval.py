@@ -5,10 +5,9 @@ from __future__ import annotations
 import click
 
 from workbench.cli.options import apply, config_options, device_option, embedder_option, ws_of
-from workbench.eval.ab import ORDERS as AB_ORDERS
-from workbench.eval.ab import RANKERS, ABConfig
-from workbench.eval.harness import EvalConfig
-from workbench.gen.retrieve import ORDERS
+from workbench.eval.config import PAGE_ORDERS as AB_ORDERS
+from workbench.eval.config import RANKERS, ABConfig, EvalConfig
+from workbench.gen.config import ORDERS
 
 
 @click.command(name="eval")

@@ -8,11 +8,8 @@ import pandas as pd
 from workbench.cli.options import apply, config_options, device_option, embedder_option, given, recipe_option, ws_of
 from workbench.engine import MAX_WIDTH
 from workbench.eval.width import DEFAULT_WIDTH, served
-from workbench.gen.model import BACKBONES, GenConfig
-from workbench.gen.retrieve import ORDERS, ChannelConfig
-from workbench.gen.stages import StagesConfig
-from workbench.rl.grpo import ALGOS
-from workbench.rl.train import RLConfig
+from workbench.gen.config import BACKBONES, ORDERS, ChannelConfig, GenConfig, StagesConfig
+from workbench.rl.config import ALGOS, RLConfig
 
 MODEL = ("d_model", "n_heads", "dec_layers", "d_ff", "dropout")  # GenConfig fields `train` sets; --layers sets both stacks
 

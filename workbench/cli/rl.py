@@ -6,8 +6,7 @@ import click
 import pandas as pd
 
 from workbench.cli.options import apply, config_options, device_option, embedder_option, recipe_option, ws_of
-from workbench.rl.grpo import ALGOS, SHAPINGS
-from workbench.rl.train import JUDGES, RLConfig
+from workbench.rl.config import ALGOS, JUDGES, SHAPINGS, RLConfig
 
 
 def rl_options(name_help: str):

@@ -8,7 +8,8 @@ import click
 import pandas as pd
 
 from workbench.cli.options import apply, config_options, device_option, embedder_option, recipe_option, ws_of
-from workbench.sid.cqsid import MODES, CQSIDConfig, variant
+from workbench.sid.config import MODES, CQSIDConfig
+from workbench.sid.cqsid import variant
 from workbench.sid.map import POINTS
 
 

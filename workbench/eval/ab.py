@@ -21,43 +21,17 @@ resampled sessions, so an arm's difference from control (`d_*`, in %) has its ow
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 import torch
 
 from workbench.data.market import Market
 from workbench.data.relevance import held_out
+from workbench.eval.config import ABConfig
 
-ORDERS = ("ctcvr", "ctr")
-RANKERS = ("model", "oracle")
 BASELINES = ("bm25", "dense")
 PER_SESSION = ("clicks", "purchases", "gmv")
 RATIOS = {"ctr": ("clicks", "impressions"), "cvr": ("purchases", "clicks")}
-
-
-@dataclass(frozen=True)
-class ABConfig:
-    arms: tuple[str, ...] = ("generator",)  # channels added to the legacy recall set: generator checkpoints (by name), bm25 or dense
-    recall: int = 100  # the legacy engine's recall set: its top this many products per query
-    supplement: int = 100  # each channel's top this many products, merged into the recall set
-    width: int = 32  # beam width of generator channels
-    order: str = "ctcvr"  # the ranker's page order: pCTR x pCVR (ctcvr) or pCTR (ctr)
-    ranker: str = "model"  # who orders the pages: the workspace's ranker (model), or the simulator's truth (oracle: an upper bound)
-    personal: bool = True  # decode with the session's user when the generator was trained with users (stage 3)
-    share: float = 0.2  # held-out query share: the sessions replayed (the generator's evaluation split)
-    bootstrap: int = 1000  # bootstrap resamples for the intervals
-    seed: int = 0  # bootstrap seed
-
-    def __post_init__(self):
-        if not self.arms or len(set(self.arms)) != len(self.arms) or {"logged", "control"} & set(self.arms):
-            raise ValueError(f"arms must be distinct channel names (logged and control are always run), got {self.arms}")
-        if min(self.recall, self.supplement, self.width, self.bootstrap) < 1:
-            raise ValueError(f"recall, supplement, width and bootstrap must be >= 1, got {self.recall}, {self.supplement}, "
-                             f"{self.width}, {self.bootstrap}")
-        if self.order not in ORDERS or self.ranker not in RANKERS:
-            raise ValueError(f"order must be one of {ORDERS} and ranker one of {RANKERS}, got {self.order!r}, {self.ranker!r}")
 
 
 def dedupe(rows: np.ndarray) -> np.ndarray:
@@ -131,7 +105,8 @@ def channel_rows(ws, market: Market, name: str, sessions: np.ndarray, cfg: ABCon
         vecs = embed_workspace(ws, e, ("products",), progress=False)["products"]
         lists = Dense(products["product_id"].tolist(), vecs, e, device).search(texts, cfg.supplement)
     else:
-        from workbench.gen.retrieve import Channel, ChannelConfig, Retriever
+        from workbench.gen.config import ChannelConfig
+        from workbench.gen.retrieve import Channel, Retriever
 
         name, _, mode = name.partition("@")
         if mode not in ("", "anonymous"):

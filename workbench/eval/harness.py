@@ -36,7 +36,6 @@ size of the candidate set at the channel's budget. Union recall, the two channel
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,30 +43,7 @@ import pandas as pd
 
 from workbench import metrics
 from workbench.baselines import BM25, Dense, rrf, supplement
-from workbench.eval import METHODS
-from workbench.gen.retrieve import ChannelConfig
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    ks: tuple[int, ...] = (10, 50)  # cut-offs
-    width: int = 32  # beam width of the generator
-    channel: ChannelConfig = field(default_factory=ChannelConfig)  # the generator's candidate set and its order
-    budgets: tuple[int, ...] = (100, 300, 1000)  # channel and unique recall at these candidate budgets
-    share: float = 0.3  # share of the k slots a supplement gives to generation
-    methods: tuple[str, ...] = METHODS
-    generator: str = "generator"  # which generator checkpoint
-    embedder: str = "minilm"
-    device: str = "cpu"
-
-    def __post_init__(self):
-        bad = set(self.methods) - set(METHODS)
-        if bad:
-            raise ValueError(f"unknown methods {sorted(bad)}; choose from {', '.join(METHODS)}")
-        if not self.ks or min(self.ks) < 1:
-            raise ValueError(f"ks must be positive, got {self.ks}")
-        if self.width < 1 or not self.budgets or min(self.budgets) < 1:
-            raise ValueError(f"width and budgets must be >= 1, got {self.width}, {self.budgets}")
+from workbench.eval.config import METHODS, EvalConfig
 
 
 def judgments_file(ws, path: str | Path, threshold: float | None = None) -> pd.DataFrame:
@@ -114,12 +90,13 @@ def click_events(ws, query_ids) -> pd.DataFrame:
     return log[["query_id", "product_id"]]
 
 
-def evaluate(ws, cfg: EvalConfig = EvalConfig(), queries: pd.DataFrame | None = None, run=None,
+def evaluate(ws, cfg: EvalConfig | None = None, queries: pd.DataFrame | None = None, run=None,
              progress: bool = True) -> pd.DataFrame:
     from workbench.embed import embed_workspace, get_embedder, product_texts
     from workbench.gen.data import eval_set
     from workbench.gen.retrieve import Channel, Retriever, candidates
 
+    cfg = cfg or EvalConfig()
     queries_given = queries is not None
     queries = eval_set(ws) if queries is None else queries
     texts, relevant = queries["query"].tolist(), queries["relevant"].tolist()

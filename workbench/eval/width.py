@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from workbench import lineage
+from workbench.eval.config import SweepConfig
 from workbench.gen.data import eval_set
 from workbench.gen.retrieve import Retriever, ranked_products
 from workbench.gen.store import checkpoint_path, gen_dir
@@ -32,21 +32,6 @@ from workbench.report import device_name, report
 from workbench.workspace import Workspace, atomic_write
 
 DEFAULT_WIDTH = 16  # the beam width a workspace serves before its sweep has chosen one
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    widths: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # beam widths to measure
-    batch_sizes: tuple[int, ...] = (1, 32)  # queries decoded together
-    k: int = 50  # Recall@K over the retrieved products
-    tolerance: float = 0.02  # pick the smallest width whose Recall@K is within this share of the widest width's
-    rounds: int = 3  # timed passes over the queries per (batch size, width)
-
-    def __post_init__(self):
-        if not self.widths or not self.batch_sizes or min(*self.widths, *self.batch_sizes, self.k, self.rounds) < 1:
-            raise ValueError("widths, batch sizes, k and rounds must be >= 1")
-        if not 0 <= self.tolerance < 1:
-            raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
 
 
 def sweep(retriever: Retriever, evalset: pd.DataFrame, widths: list[int], batch_sizes: list[int], k: int = 50,

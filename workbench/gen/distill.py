@@ -22,9 +22,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from workbench.gen.config import TEACHERS
 from workbench.gen.data import Pairs, sid_matrix
-
-TEACHERS = ("bm25", "dense", "hybrid")
 
 
 def soft_targets(texts: list[str], ranked: list[list[str]], sids: pd.DataFrame) -> Pairs:

@@ -32,45 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.gen.config import GenConfig
 from workbench.gen.tree import TreeHead
-
-BACKBONES = ("scratch", "minilm", "sentence")
-
-
-@dataclass(frozen=True)
-class GenConfig:
-    sid_vocab: tuple[int, ...]  # codes per SID position (the SID index's vocab)
-    text_vocab: int  # tokenizer size
-    tokenizer: str = ""  # tokenizer key, checked when the model meets a tokenizer
-    backbone: str = "scratch"  # scratch | minilm | sentence
-    d_model: int = 128  # model width (1.4M parameters at the demo's vocabularies, most in embeddings)
-    n_heads: int = 4  # attention heads
-    enc_layers: int = 2  # encoder layers (scratch only; minilm brings its own 6)
-    dec_layers: int = 2  # decoder layers
-    d_ff: int = 512  # feed-forward width
-    dropout: float = 0.1  # on residual branches (attention weights are not dropped: slow on CPU, little gain)
-    max_len: int = 32  # text tokens kept per input
-    context_vocab: int = 0  # ids of optional context tokens (users, history); 0 = none
-    embed_dim: int = 384  # sentence backbone: width of the frozen sentence embedding
-    slots: int = 4  # sentence backbone: memory vectors the embedding is projected into
-    tree: tuple[int, ...] = ()  # sentence backbone: nodes per SID level of the tree head (gen/tree.py); empty: none
-
-    def __post_init__(self):
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.embed_dim < 1 or self.slots < 1:
-            raise ValueError(f"embed_dim and slots must be >= 1, got {self.embed_dim}, {self.slots}")
-        if not self.sid_vocab or min(self.sid_vocab) < 1:
-            raise ValueError(f"sid_vocab must list codes per level (all >= 1), got {self.sid_vocab}")
-        if self.tree and (self.backbone != "sentence" or len(self.tree) != len(self.sid_vocab) or min(self.tree) < 1):
-            raise ValueError(f"the tree head needs the sentence backbone and a node count per SID level, got "
-                             f"{self.backbone!r}, {self.tree} for {len(self.sid_vocab)} levels")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-
-    @property
-    def levels(self) -> int:
-        return len(self.sid_vocab)
 
 
 @dataclass

@@ -22,33 +22,13 @@ import torch
 from workbench.data.relevance import held_out, relevance
 from workbench.gen import store
 from workbench.gen.beam import Beams, beam_search
+from workbench.gen.config import ChannelConfig
 from workbench.gen.data import sid_matrix
 from workbench.gen.model import Generator
 from workbench.gen.tokenizer import TextTokenizer
 from workbench.gen.trie import compile_trie
 from workbench.sid.index import SIDIndex
 from workbench.sid.store import load_sids, sid_dir
-
-ORDERS = ("cosine", "popularity")
-
-
-@dataclass(frozen=True)
-class ChannelConfig:
-    """The generator as a recall channel: the product list it hands the ranker."""
-
-    budget: int = 300  # candidate set: the decoded SIDs' products in beam order, cut at this many
-    order: str = "cosine"  # products of the candidate set: cosine (to the query) or popularity (within each SID)
-    logp_weight: float = 0.0  # cosine order: + this x the SID's log-probability
-    query_dtype: str = "float32"  # cosine order: the query encoder computes in this (bfloat16: faster on CPUs with AVX512-BF16)
-
-    def __post_init__(self):
-        from workbench.embed import check_dtype
-
-        if self.budget < 1:
-            raise ValueError(f"the channel's budget must be >= 1 product, got {self.budget}")
-        if self.order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
-        check_dtype(self.query_dtype)
 
 
 @dataclass(frozen=True)

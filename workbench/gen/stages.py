@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -36,61 +36,20 @@ import torch
 from workbench import checkpoint, dist, lineage
 from workbench.data.relevance import held_out
 from workbench.gen import store
+from workbench.gen.config import STAGES, GenConfig, StagesConfig
 from workbench.gen.context import UserContext
 from workbench.gen.data import Pairs, eval_set, item_pairs, item_text, pseudo_pairs, query_pairs, sid_matrix
-from workbench.gen.distill import TEACHERS, distill_pairs, teacher
-from workbench.gen.model import GenConfig, Generator
+from workbench.gen.distill import distill_pairs, teacher
+from workbench.gen.model import Generator
 from workbench.gen.retrieve import ProductLookup, Retriever, popularity, ranked_products
 from workbench.gen.tokenizer import SentenceTokenizer, TextTokenizer
-from workbench.gen.train import TrainConfig, fit
+from workbench.gen.train import fit
 from workbench.gen.tree import tree_nodes
 from workbench.metrics import recall_at_k
 from workbench.sid.index import SIDIndex
 from workbench.sid.store import load_sids, sid_dir, workspace_embedder
 
-STAGES = {1: "items", 2: "queries", 3: "personal"}
 EVAL_KS = (10, 50)
-
-
-@dataclass(frozen=True)
-class StagesConfig:
-    """A curriculum: which stages, how long each, the model they train and how they train it."""
-
-    stages: tuple[int, ...] = (1, 2, 3)  # 1 items, 2 queries, 3 personal (user + history + query); each starts from the previous one
-    epochs: tuple[int, ...] = (20, 12, 6)  # epochs per stage planned, or per stage 1-3, or one number for all; the small items stage needs more passes
-    backbone: str = "scratch"  # encoder: scratch, all-MiniLM-L6-v2's BERT fine-tuned (minilm), or its frozen sentence embedding (sentence)
-    tree: bool = False  # sentence backbone: level heads start as a search of the SID tree by cosine to each cluster's mean embedding (gen/tree.py)
-    model: dict = field(default_factory=dict)  # GenConfig fields to override (d_model, n_heads, enc_layers, ...); empty: its defaults
-    train: TrainConfig = field(default_factory=TrainConfig)
-    replay: float = 0.2  # examples replayed from earlier stages, as a share of the stage's own
-    pseudo: int = 0  # stage 1 also learns this many pseudo-queries per product -> its SID (0: none)
-    distill: str = ""  # stage 2 also learns a teacher's ranking (bm25, dense or hybrid) of the training queries and pseudo-queries
-    distill_k: int = 10  # the teacher's top products per pseudo-query
-    distill_query_k: int = 10  # the teacher's top products per training query (the text held-out queries resemble; deeper lists teach the beam's tail)
-    history: int = 5  # a user's latest clicks before the search, given to stage 3 as context
-    eval_width: int = 32  # beam width of the per-epoch held-out Recall@K
-
-    def __post_init__(self):
-        st = tuple(self.stages)
-        if not st or any(s not in STAGES for s in st) or list(st) != sorted(set(st)):
-            raise ValueError(f"stages must be increasing and among {sorted(STAGES)} (stage 4 is `workbench rl`), got {st}")
-        ep = tuple(self.epochs)
-        if len(ep) == 1:
-            ep = ep * len(st)
-        elif len(ep) == len(STAGES) and len(st) < len(STAGES):  # one per stage 1-3: take the planned stages'
-            ep = tuple(ep[s - 1] for s in st)
-        if len(ep) != len(st):
-            raise ValueError(f"{len(ep)} epoch counts for {len(st)} stages")
-        if self.distill not in ("", *TEACHERS) or min(self.distill_k, self.distill_query_k) < 1:
-            raise ValueError(f"distill must be one of {TEACHERS} (or empty: none) with distill_k and distill_query_k >= 1, got "
-                             f"{self.distill!r}, {self.distill_k}, {self.distill_query_k}")
-        if self.tree and self.backbone != "sentence":
-            raise ValueError(f"the tree head needs the sentence backbone, got {self.backbone!r}")
-        if min(ep) < 1 or self.pseudo < 0 or self.replay < 0 or self.history < 1 or self.eval_width < 1:
-            raise ValueError(f"epochs >= 1, pseudo >= 0, replay >= 0, history >= 1 and eval_width >= 1 needed, got {ep}, "
-                             f"{self.pseudo}, {self.replay}, {self.history}, {self.eval_width}")
-        object.__setattr__(self, "stages", st)
-        object.__setattr__(self, "epochs", ep)
 
 
 def make_tokenizer(ws, backbone: str, vocab_size: int = 8000, device: str = "cpu"):

@@ -21,7 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench import checkpoint, lineage
-from workbench.gen.model import GenConfig, Generator
+from workbench.gen.config import GenConfig
+from workbench.gen.model import Generator
 from workbench.gen.tokenizer import TextTokenizer, load_tokenizer
 from workbench.sid.store import sid_dir
 from workbench.workspace import Workspace

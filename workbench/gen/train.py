@@ -13,36 +13,16 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from workbench import dist
-from workbench.config import positive
+from workbench.gen.config import TrainConfig
 from workbench.gen.data import Pairs
 from workbench.gen.model import Generator, loss
 from workbench.gen.tokenizer import TextTokenizer
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 256  # examples per step (the global batch under torchrun)
-    lr: float = 1e-3  # AdamW learning rate (peak, after warm-up)
-    encoder_lr: float = 1e-4  # for a pretrained encoder (and the tree head's centroids); a scratch encoder uses lr
-    weight_decay: float = 0.01
-    warmup: float = 0.05  # share of all steps
-    label_smoothing: float = 0.1
-    clip: float = 1.0
-    seed: int = 0  # random seed
-
-    def __post_init__(self):
-        positive(self, "epochs", "batch_size", "lr", "encoder_lr", "clip")
-        if not (0 <= self.warmup < 1 and 0 <= self.label_smoothing < 1 and 0 <= self.weight_decay < math.inf):
-            raise ValueError(f"TrainConfig: warmup and label_smoothing must be in [0, 1) and weight_decay a finite number >= 0, "
-                             f"got {self.warmup!r}, {self.label_smoothing!r}, {self.weight_decay!r}")
 
 
 def tokenize(tok: TextTokenizer, texts: list[str], max_len: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:

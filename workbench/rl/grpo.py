@@ -41,31 +41,11 @@ union is the paper's EG-GRPO as its abstract describes it; the exact formulas ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from workbench.gen.model import Generator, Memory
 from workbench.gen.trie import Trie
-
-ALGOS = ("grpo", "eg-grpo")
-SHAPINGS = ("luffy", "none")
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    clip: float = 0.2  # PPO clip range of the sampled members' ratio
-    kl: float = 0.02  # weight of the KL to the stage-3 model
-    ref_weight: float = 1.0  # weight of the reference members' surrogate
-    shaping: str = "luffy"  # reference members' weight: LUFFY's pi / (pi + gamma), or none (ratio 1)
-    gamma: float = 0.1  # LUFFY's gamma
-    ref_floor: float | None = None  # EG-GRPO: a reference member's advantage is at least this (0: never pushed down; 1: always pulled up)
-
-    def __post_init__(self):
-        if self.shaping not in SHAPINGS:
-            raise ValueError(f"shaping must be one of {SHAPINGS}, got {self.shaping!r}")
-        if self.clip <= 0 or self.kl < 0 or self.gamma <= 0 or self.ref_weight < 0:
-            raise ValueError("clip > 0, kl >= 0, gamma > 0 and ref_weight >= 0 needed")
+from workbench.rl.config import LossConfig
 
 
 @torch.no_grad()

@@ -18,8 +18,6 @@ everywhere) give the AUC of each head, logged every epoch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 import torch
@@ -28,31 +26,9 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from workbench import checkpoint, lineage
-from workbench.config import positive
 from workbench.data.relevance import held_out
 from workbench.metrics import auc
-
-
-@dataclass(frozen=True)
-class RankerConfig:
-    text_dim: int
-    users: int
-    products: int
-    categories: int
-    age_bands: int = 1
-    regions: int = 1
-    positions: int = 50
-    d: int = 32
-    hidden: int = 128
-    embedder: str = "minilm"
-    epochs: int = 4
-    batch_size: int = 2048
-    lr: float = 3e-3
-    weight_decay: float = 1e-5
-    seed: int = 0
-
-    def __post_init__(self):
-        positive(self, "epochs", "batch_size", "lr")
+from workbench.rl.config import RankerConfig
 
 
 class Ranker(nn.Module):

@@ -24,29 +24,15 @@ impressions).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from workbench.rl.config import RewardConfig
 from workbench.rl.ranker import Features, Ranker
 from workbench.sid.index import SIDIndex
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    click: float = 1.0
-    purchase: float = 4.0
-    exposure: float = 0.2
-    valid: float = 1.0
-    gt: float = 1.0
-    slots: int = 3
-    cap: int = 8
-    max_products: int = 32  # products of a cluster the ranker scores (popular first)
-
-    def weights(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in REWARDS}
 
 
 @dataclass

@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,6 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench import dist
-from workbench.config import positive
 from workbench.data.market import Market
 from workbench.data.relevance import held_out
 from workbench.gen import store
@@ -48,37 +47,9 @@ from workbench.gen.data import eval_set
 from workbench.gen.retrieve import Retriever, ranked_products
 from workbench.gen.stages import recall_eval
 from workbench.rl import grpo, rewards
+from workbench.rl.config import RLConfig
 from workbench.rl.ranker import from_workspace as load_ranker
 from workbench.rl.ranker import impressions
-
-JUDGES = ("ranker", "oracle")
-
-
-@dataclass(frozen=True)
-class RLConfig:
-    algo: str = "eg-grpo"  # grpo, or eg-grpo (ground-truth reference members in every group)
-    steps: int = 100  # optimisation steps
-    prompts: int = 32  # searches per step (the global number under torchrun)
-    group: int = 8  # SIDs sampled per search (G)
-    refs: int = 1  # EG-GRPO: ground-truth members per group (R)
-    temperature: float = 1.0  # sampling temperature of the groups
-    inner: int = 2  # clipped updates per step on the same samples
-    lr: float = 1e-4  # AdamW learning rate
-    eval_every: int = 20  # steps between held-out evaluations
-    eval_width: int = 32  # beam width of the held-out evaluations
-    seed: int = 0  # random seed
-    judge: str = "ranker"  # who scores a SID's cluster: the workspace's ranker, or (synthetic workspaces) the simulator's truth (oracle)
-    loss: grpo.LossConfig = field(default_factory=grpo.LossConfig)
-    rewards: rewards.RewardConfig = field(default_factory=rewards.RewardConfig)
-
-    def __post_init__(self):
-        if self.algo not in grpo.ALGOS:
-            raise ValueError(f"algo must be one of {grpo.ALGOS}, got {self.algo!r}")
-        if self.judge not in JUDGES:
-            raise ValueError(f"judge must be one of {JUDGES}, got {self.judge!r}")
-        if min(self.steps, self.prompts, self.group, self.inner) < 1 or self.refs < 0:
-            raise ValueError("steps, prompts, group and inner must be >= 1 and refs >= 0")
-        positive(self, "lr", "temperature")
 
 
 def searches(ws, held: bool) -> pd.DataFrame:

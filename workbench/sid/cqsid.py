@@ -25,7 +25,7 @@ Two ID modes: `cluster` (the paper's: a SID is the L codes, many products share 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -35,48 +35,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from workbench import dist
-from workbench.config import positive
 from workbench.sid import metrics
-from workbench.sid.rqvae import RQVAE, RQVAEConfig, sq_dist
-
-MODES = ("cluster", "unique")
-
-
-@dataclass(frozen=True)
-class CQSIDConfig:
-    model: RQVAEConfig = field(default_factory=RQVAEConfig)
-    epochs: int = 80  # passes over the products
-    batch_size: int = 512  # products per step (the global batch under torchrun)
-    lr: float = 1e-3  # Adam learning rate
-    category_weight: float = 1.0  # 0 turns the category constraint off
-    category_levels: tuple[int, ...] = (1, 2)  # prefix lengths the constraint applies to
-    category_depth: int | None = None  # categories cut at this depth (None: the full path)
-    query_weight: float = 1.0  # 0 turns the query constraint off
-    query_batch: int = 256
-    tau_code: float = 0.1
-    tau_query: float = 0.1
-    restart_until: float = 0.8  # restart dead codes after each epoch until this share of epochs
-    eval_every: int = 1  # epochs between full evaluations (unique rate, purity, coherence) in the logbook
-    mode: str = "cluster"  # cluster IDs (the paper's), or unique IDs with a dedup token (TIGER's)
-    seed: int = 0  # random seed
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        positive(self, "lr", "tau_code", "tau_query")
-        if self.epochs < 1 or self.batch_size < 2 or self.query_batch < 2:
-            raise ValueError(f"epochs >= 1, batch_size >= 2 and query_batch >= 2 needed, got {self.epochs}, "
-                             f"{self.batch_size}, {self.query_batch}")
-        if self.category_weight < 0 or self.query_weight < 0:
-            raise ValueError("constraint weights must be >= 0")
-        bad = [lvl for lvl in self.category_levels if not 1 <= lvl <= self.model.levels]
-        if bad:
-            raise ValueError(f"category_levels {bad} outside 1..{self.model.levels}")
-
-    @property
-    def variant(self) -> str:
-        c, q = self.category_weight > 0, self.query_weight > 0
-        return {(False, False): "plain", (True, False): "+category", (False, True): "+query", (True, True): "cq-sid"}[(c, q)]
+from workbench.sid.config import CQSIDConfig
+from workbench.sid.rqvae import RQVAE, sq_dist
 
 
 @dataclass

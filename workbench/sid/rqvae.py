@@ -20,35 +20,11 @@ What public reimplementations get wrong, and what this file does about it:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class RQVAEConfig:
-    input_dim: int = 384
-    hidden: tuple[int, ...] = (512, 256)
-    latent_dim: int = 64  # width of the latent the codebooks quantise
-    codebook_sizes: tuple[int, ...] = (256, 256, 256)  # K per level; L = len
-    beta: float = 0.25  # commitment weight
-    rotation_trick: bool = False  # rotation trick instead of straight-through gradients
-
-    def __post_init__(self):
-        if not 1 <= self.levels <= 8:
-            raise ValueError(f"levels (L) must be in 1..8, got {self.levels}")
-        if not all(2 <= k <= 65536 for k in self.codebook_sizes):
-            raise ValueError(f"codebook sizes (K) must be in 2..65536, got {self.codebook_sizes}")
-        if self.input_dim < 1 or self.latent_dim < 1 or any(h < 1 for h in self.hidden):
-            raise ValueError(f"dimensions must be >= 1: input_dim={self.input_dim}, hidden={self.hidden}, latent_dim={self.latent_dim}")
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
-
-    @property
-    def levels(self) -> int:
-        return len(self.codebook_sizes)
+from workbench.sid.config import RQVAEConfig
 
 
 def mlp(dims: list[int]) -> nn.Sequential:

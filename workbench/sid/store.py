@@ -26,7 +26,8 @@ from workbench import checkpoint, dist, lineage
 from workbench.data.relevance import held_out, relevance
 from workbench.sid import labels, metrics
 from workbench.sid import map as smap
-from workbench.sid.cqsid import CQSIDConfig, SIDData, dedup, evaluate, flat_stats, train
+from workbench.sid.config import CQSIDConfig
+from workbench.sid.cqsid import SIDData, dedup, evaluate, flat_stats, train
 from workbench.sid.cqsid import assign as assign_codes
 from workbench.sid.index import SIDIndex
 from workbench.sid.rqvae import RQVAE

@@ -1,0 +1,74 @@
+"""Evaluation's settings: the harness (`EvalConfig`, `eval/harness.py`), the beam-width sweep
+(`SweepConfig`, `eval/width.py`) and the simulated A/B (`ABConfig`, `eval/ab.py`). Frozen dataclasses
+without torch, so a recipe or a CLI option can name them without loading a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workbench.gen.config import ChannelConfig
+
+METHODS = ("generative", "oracle-sids", "bm25", "dense", "hybrid", "bm25+gen", "dense+gen", "hybrid+gen")  # what eval compares
+PAGE_ORDERS = ("ctcvr", "ctr")  # the A/B ranker's page order
+RANKERS = ("model", "oracle")  # who orders the A/B's pages
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: tuple[int, ...] = (10, 50)  # cut-offs
+    width: int = 32  # beam width of the generator
+    channel: ChannelConfig = field(default_factory=ChannelConfig)  # the generator's candidate set and its order
+    budgets: tuple[int, ...] = (100, 300, 1000)  # channel and unique recall at these candidate budgets
+    share: float = 0.3  # share of the k slots a supplement gives to generation
+    methods: tuple[str, ...] = METHODS
+    generator: str = "generator"  # which generator checkpoint
+    embedder: str = "minilm"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        bad = set(self.methods) - set(METHODS)
+        if bad:
+            raise ValueError(f"unknown methods {sorted(bad)}; choose from {', '.join(METHODS)}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be positive, got {self.ks}")
+        if self.width < 1 or not self.budgets or min(self.budgets) < 1:
+            raise ValueError(f"width and budgets must be >= 1, got {self.width}, {self.budgets}")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    widths: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # beam widths to measure
+    batch_sizes: tuple[int, ...] = (1, 32)  # queries decoded together
+    k: int = 50  # Recall@K over the retrieved products
+    tolerance: float = 0.02  # pick the smallest width whose Recall@K is within this share of the widest width's
+    rounds: int = 3  # timed passes over the queries per (batch size, width)
+
+    def __post_init__(self):
+        if not self.widths or not self.batch_sizes or min(*self.widths, *self.batch_sizes, self.k, self.rounds) < 1:
+            raise ValueError("widths, batch sizes, k and rounds must be >= 1")
+        if not 0 <= self.tolerance < 1:
+            raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
+
+
+@dataclass(frozen=True)
+class ABConfig:
+    arms: tuple[str, ...] = ("generator",)  # channels added to the legacy recall set: generator checkpoints (by name), bm25 or dense
+    recall: int = 100  # the legacy engine's recall set: its top this many products per query
+    supplement: int = 100  # each channel's top this many products, merged into the recall set
+    width: int = 32  # beam width of generator channels
+    order: str = "ctcvr"  # the ranker's page order: pCTR x pCVR (ctcvr) or pCTR (ctr)
+    ranker: str = "model"  # who orders the pages: the workspace's ranker (model), or the simulator's truth (oracle: an upper bound)
+    personal: bool = True  # decode with the session's user when the generator was trained with users (stage 3)
+    share: float = 0.2  # held-out query share: the sessions replayed (the generator's evaluation split)
+    bootstrap: int = 1000  # bootstrap resamples for the intervals
+    seed: int = 0  # bootstrap seed
+
+    def __post_init__(self):
+        if not self.arms or len(set(self.arms)) != len(self.arms) or {"logged", "control"} & set(self.arms):
+            raise ValueError(f"arms must be distinct channel names (logged and control are always run), got {self.arms}")
+        if min(self.recall, self.supplement, self.width, self.bootstrap) < 1:
+            raise ValueError(f"recall, supplement, width and bootstrap must be >= 1, got {self.recall}, {self.supplement}, "
+                             f"{self.width}, {self.bootstrap}")
+        if self.order not in PAGE_ORDERS or self.ranker not in RANKERS:
+            raise ValueError(f"order must be one of {PAGE_ORDERS} and ranker one of {RANKERS}, got {self.order!r}, {self.ranker!r}")
