@@ -4,6 +4,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 
@@ -57,6 +58,14 @@ def assert_same_training(a: dict, b: dict, lr: float, steps: int, rtol: float = 
             free[s] = True
         assert np.allclose(x[~free], y[~free], rtol=rtol, atol=atol), (k, np.abs(x[~free] - y[~free]).max())
         assert np.abs(x[free] - y[free]).max(initial=0) <= 2 * 8 * lr * steps, (k, "key bias", np.abs(x[free] - y[free]).max())
+
+
+def subcommands(cmd) -> dict:
+    """A click group's subcommands by name, loading lazily registered ones (the CLI's `VERBS`)."""
+    if not hasattr(cmd, "list_commands"):
+        return {}
+    ctx = click.Context(cmd)
+    return {name: cmd.get_command(ctx, name) for name in cmd.list_commands(ctx)}
 
 
 def need_dataset(name: str) -> Path:

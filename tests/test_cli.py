@@ -16,13 +16,13 @@ from workbench.gen.config import StagesConfig
 from workbench.recipes import RECIPES, get
 from workbench.rl.config import RLConfig
 
-from .conftest import ROOT, SAMPLE
+from .conftest import ROOT, SAMPLE, subcommands
 
 
 def surface(cmd, path=("workbench",)) -> dict[str, list[str]]:
     out = {" ".join(path): sorted(o for p in cmd.params for o in (p.opts + p.secondary_opts if isinstance(p, click.Option)
                                                                     else [p.name.upper()]))}
-    for name, sub in getattr(cmd, "commands", {}).items():
+    for name, sub in subcommands(cmd).items():
         out.update(surface(sub, (*path, name)))
     return out
 
@@ -224,3 +224,34 @@ def test_counts_given_on_the_command_line_start_at_1(sample_ws, args, msg):
     """--top, --limit, --width, --n, --chunk, --epochs...: a count of 0 or -1 is an error naming it, not rows."""
     r = CliRunner().invoke(main, ["-w", str(sample_ws.path), *args])
     assert r.exit_code in (1, 2) and msg in r.output, r.output
+
+
+@pytest.mark.parametrize("args", [["--help"], ["sql", "SELECT count(*) FROM runs"], ["runs"], ["recipes"], ["recipes", "demo"],
+                                  ["data", "stats"]])
+def test_the_light_verbs_answer_without_importing_torch(args, tmp_path):
+    """`python -X importtime` lists every module the command imported: torch is not among them."""
+    import subprocess
+    import sys
+
+    from workbench.logbook import Logbook
+
+    shutil.copytree(SAMPLE, tmp_path / "ws")
+    with Logbook(tmp_path / "ws" / "logbook.duckdb").run("x"):  # a run for sql and runs to read
+        pass
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "workbench", "-w", str(tmp_path / "ws"), *args],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "workbench" in imported and "click" in imported  # the listing is real
+    assert not {"torch", "sentence_transformers", "transformers"} & imported, sorted(imported & {"torch", "transformers"})
+
+
+def test_a_verb_runs_the_command_it_lazily_loads_and_its_summary_is_clicks():
+    from workbench.cli import VERBS, summary
+
+    verbs = subcommands(main)
+    assert sorted(verbs) == sorted(VERBS) and all(isinstance(c, click.Command) for c in verbs.values())
+    for verb, cmd in verbs.items():
+        assert summary(verb) == cmd.get_short_help_str(), verb  # --help's line, read without importing, is click's own
+    r = CliRunner().invoke(main, ["nope"])
+    assert r.exit_code == 2 and "No such command 'nope'" in r.output

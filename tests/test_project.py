@@ -15,7 +15,7 @@ from workbench.engine import Engine
 from workbench.eval import width
 from workbench.pipeline import missing, open_or_build
 
-from .conftest import ROOT
+from .conftest import ROOT, subcommands
 
 
 def readme_commands() -> list[str]:
@@ -52,7 +52,7 @@ def test_python_m_workbench_and_help_on_every_verb():
     runner = CliRunner()
 
     def walk(group, path):
-        for name, cmd in group.commands.items():
+        for name, cmd in subcommands(group).items():
             r = runner.invoke(main, [*path, name, "--help"])
             assert r.exit_code == 0 and "Usage:" in r.output, (path, name, r.output)
             if hasattr(cmd, "commands"):

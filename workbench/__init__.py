@@ -1,7 +1,9 @@
 """workbench: generative e-commerce search with semantic cluster IDs (CQ-SID) and EG-GRPO."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
 
-from workbench.workspace import Workspace  # noqa: E402
+from workbench.workspace import Workspace
+
+__version__ = version("workbench")  # pyproject.toml's
 
 __all__ = ["Workspace", "__version__"]

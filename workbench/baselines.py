@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from workbench.embed import check_dtype
+
 TOKEN = r"(?u)\b\w+\b"
 
 
@@ -63,8 +65,6 @@ class Dense:
     name = "dense"
 
     def __init__(self, ids: list[str], vectors: np.ndarray, embedder, device: str = "cpu", query_dtype: str = "float32"):
-        from workbench.embed import check_dtype
-
         if len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} product ids for {len(vectors)} vectors")
         check_dtype(query_dtype)

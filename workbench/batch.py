@@ -31,6 +31,8 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from workbench import dist
+from workbench.embed import product_texts
+from workbench.sid.cqsid import assign
 from workbench.workspace import atomic_write, clean_temps
 
 
@@ -134,8 +136,6 @@ def product_columns(path: str | Path) -> list[str]:
 
 
 def embed_fn(embedder) -> Callable[[pa.RecordBatch], pa.Table]:
-    from workbench.embed import product_texts
-
     def fn(rb: pa.RecordBatch) -> pa.Table:
         df = rb.to_pandas()
         x = np.ascontiguousarray(embedder.encode(product_texts(df)), dtype=np.float32)  # (B, D)
@@ -154,9 +154,6 @@ def vectors_of(rb: pa.RecordBatch | pa.Table) -> np.ndarray:
 
 def sids_fn(model, embedder=None, device: str = "cpu") -> Callable[[pa.RecordBatch], pa.Table]:
     """Codes of each chunk: from its `vector` column, or from its text when an embedder is given."""
-    from workbench.embed import product_texts
-    from workbench.sid.cqsid import assign
-
     def fn(rb: pa.RecordBatch) -> pa.Table:
         if embedder is None:
             x = vectors_of(rb)

@@ -44,6 +44,7 @@ from contextvars import ContextVar
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
 from functools import cache
+from importlib.metadata import version
 from pathlib import Path
 
 import duckdb
@@ -94,17 +95,16 @@ def now() -> datetime:
 @cache
 def code_version() -> str:
     """Package version plus the git commit (with +dirty) when run from a checkout."""
-    from workbench import __version__
-
+    release = version("workbench")
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
-            return __version__
+            return release
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
-        return f"{__version__}+g{sha.stdout.strip()}" + (".dirty" if dirty.stdout.strip() else "")
+        return f"{release}+g{sha.stdout.strip()}" + (".dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return __version__
+        return release
 
 
 def _jsonable(x):

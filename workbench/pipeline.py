@@ -16,6 +16,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from workbench.data.synth import PRESETS, generate, synth_meta
+from workbench.embed import embed_workspace, get_embedder
+from workbench.logbook import tagged
 from workbench.recipes import Recipe, get
 from workbench.workspace import Workspace
 
@@ -41,7 +44,6 @@ def _data(ws: Workspace, source: Path, run, recipe: Recipe, **_) -> str:
     if source.exists():
         counts = copy_tables(Workspace(source), ws)
     else:  # an installed package without the repo's sample_data/: generate the same marketplace
-        from workbench.data.synth import PRESETS, generate, synth_meta
 
         counts = {t: len(d) for t, d in ws.write_tables(generate(PRESETS["sample"]), meta=synth_meta(PRESETS["sample"])).items()}
     run.log(0, stage="data", **{f"rows_{t}": n for t, n in counts.items()})
@@ -49,8 +51,6 @@ def _data(ws: Workspace, source: Path, run, recipe: Recipe, **_) -> str:
 
 
 def _embed(ws: Workspace, run, embedder: str, device: str, **_) -> str:
-    from workbench.embed import embed_workspace, get_embedder
-
     t0 = time.perf_counter()
     vecs = embed_workspace(ws, get_embedder(embedder, device))
     run.log(0, stage="embed", seconds=time.perf_counter() - t0, **{f"n_{k}": len(v) for k, v in vecs.items()})
@@ -75,7 +75,6 @@ def _has_sids(ws: Workspace) -> bool:
 
 
 def _sid(ws: Workspace, run, recipe: Recipe, embedder: str, device: str, **_) -> str:
-    from workbench.embed import get_embedder
     from workbench.sid.store import train_workspace
 
     if _has_sids(ws):
@@ -94,7 +93,6 @@ def _has_map(ws: Workspace) -> bool:
 
 
 def _map(ws: Workspace, run, embedder: str, device: str, **_) -> str:
-    from workbench.embed import get_embedder
     from workbench.sid.store import write_map
 
     if _has_map(ws):
@@ -197,8 +195,6 @@ def build(ws: Workspace, source: str | Path = SAMPLE_DATA, embedder: str = "mini
           echo=print, recipe: str = "demo") -> Workspace:
     """Run every step of the pipeline on `ws` (from `source`, a workspace of tables) with the named
     recipe; log it as one run, and tag every run it starts with the recipe."""
-    from workbench.logbook import tagged
-
     r = get(recipe)
     config = {"workspace": str(ws.path), "source": str(source), "embedder": embedder, "device": device, "recipe": r.to_dict()}
     ws.path.mkdir(parents=True, exist_ok=True)

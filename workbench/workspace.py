@@ -29,7 +29,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workbench.data.loaders import csv_tables, lcrec_tables
 from workbench.data.schema import TABLES, DataError, validate
+from workbench.logbook import Logbook
 
 DEFAULT_WORKSPACE = Path("workspaces/default")
 ARTIFACT_DIRS = {"sid": "SIDs", "gen": "generator checkpoints", "rl": "ranker"}  # what is built from the tables
@@ -311,15 +313,11 @@ class Workspace:
 
     def import_csv(self, files: dict, columns: dict[str, str] | None = None, **kw) -> dict[str, int]:
         """`data.loaders.csv_tables(files, columns, **kw)` written into this workspace."""
-        from workbench.data.loaders import csv_tables
-
         replace = kw.pop("replace", False)
         return self.write_import(csv_tables(files, columns, present=tuple(self.tables()), **kw), replace)
 
     def import_lcrec(self, items, inter=None, name: str | None = None, replace: bool = False) -> dict[str, int]:
         """`data.loaders.lcrec_tables(items, inter)` written into this workspace."""
-        from workbench.data.loaders import lcrec_tables
-
         return self.write_import(lcrec_tables(items, inter, name), replace)
 
     def validate_all(self) -> dict[str, int]:
@@ -335,8 +333,6 @@ class Workspace:
         return self.path / "logbook.duckdb"
 
     def logbook(self, **kw):
-        from workbench.logbook import Logbook
-
         return Logbook(self.logbook_path, **kw)
 
     @property

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench.bench import launch
+from workbench.workspace import Workspace
 
 APP = Path(__file__).resolve().parent.parent.parent / "app.py"
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -74,8 +75,6 @@ async def _session(browser, url: str, queries: list[str], until: float, seed: in
 def load(workspace: Path, sessions: int = 20, seconds: float = 60, seed: int = 0) -> dict:
     """Run the load; returns searches, errors, p50/p95/max seconds, searches per second."""
     from playwright.async_api import async_playwright
-
-    from workbench import Workspace
 
     queries = Workspace(workspace).table("queries")["query"].astype(str).tolist()
     proc, url = start_app(workspace)

@@ -16,11 +16,19 @@ import time
 import numpy as np
 import torch
 
+from workbench.embed import get_embedder
 from workbench.gen.beam import beam_search
 from workbench.gen.config import GenConfig
 from workbench.gen.model import Generator
+from workbench.gen.stages import train_stages
+from workbench.gen.store import gen_dir
 from workbench.gen.trie import compile_trie
+from workbench.pipeline import copy_tables
+from workbench.recipes import get
 from workbench.sid.index import SIDIndex
+from workbench.sid.store import sid_dir
+from workbench.sid.store import train_workspace as train_sids
+from workbench.workspace import Workspace
 
 
 def random_index(n: int, vocab: tuple[int, ...], seed: int = 0) -> SIDIndex:
@@ -179,14 +187,6 @@ def mode_workspace(src, mode: str, embedder: str = "minilm", device: str = "cpu"
     from dataclasses import replace
     from pathlib import Path
 
-    from workbench.embed import get_embedder
-    from workbench.gen.stages import train_stages
-    from workbench.gen.store import gen_dir
-    from workbench.pipeline import copy_tables
-    from workbench.recipes import get
-    from workbench.sid.store import sid_dir
-    from workbench.sid.store import train_workspace as train_sids
-    from workbench.workspace import Workspace
 
     r = get(recipe)
     ws = Workspace(Path(root or "workspaces") / f"bench-beam-{mode}")

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from workbench.embed import get_embedder
+from workbench.pipeline import copy_tables
 from workbench.recipes import Recipe
 from workbench.workspace import Workspace
 
 
 def recipe_workspace(base: Workspace, recipe: str, root: str | Path = "workspaces") -> Workspace:
     """`<root>/<base name>-<recipe>`: `base`'s tables, its embedding cache linked, its own artifacts."""
-    from workbench.pipeline import copy_tables
-
     ws = Workspace(Path(root) / f"{base.path.name.removeprefix('bench-')}-{recipe}")
     if not ws.has("products"):
         copy_tables(base, ws)
@@ -41,7 +41,6 @@ def recipe_workspace(base: Workspace, recipe: str, root: str | Path = "workspace
 def measure(ws: Workspace, recipe: Recipe, embedder: str = "minilm", device: str = "cpu", run=None,
             echo=print) -> pd.DataFrame:
     """SIDs and generator of `recipe` in `ws` (kept where present), then the harness; one row per method."""
-    from workbench.embed import get_embedder
     from workbench.eval.harness import evaluate
     from workbench.gen.stages import train_stages
     from workbench.sid.store import sid_dir, train_workspace

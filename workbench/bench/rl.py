@@ -11,6 +11,8 @@ from dataclasses import replace
 
 import pandas as pd
 
+from workbench.eval.config import EvalConfig
+from workbench.eval.harness import evaluate
 from workbench.rl.config import RLConfig
 from workbench.rl.train import train_rl
 
@@ -20,9 +22,6 @@ DIAGNOSTICS = ["reward", "reward_click", "reward_purchase", "reward_exposure", "
 
 def compare(ws, cfg: RLConfig, algos=("grpo", "eg-grpo"), name: str = "generator", device: str = "cpu",
             tail: int = 10, tag: str = "", progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    from workbench.eval.config import EvalConfig
-    from workbench.eval.harness import evaluate
-
     curves, diags, models = [], [], {"stage 3": f"{name}-stage3"}
     for algo in algos:
         out = f"{name}-{algo}{tag}"

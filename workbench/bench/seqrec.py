@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from workbench.gen.config import GenConfig, TrainConfig
-from workbench.gen.data import Pairs, item_text
+from workbench.gen.data import Pairs, item_text, sid_matrix
 from workbench.gen.model import Generator
 from workbench.gen.retrieve import ProductLookup, Retriever, ranked_products
 from workbench.gen.stages import replay, with_context
@@ -94,8 +94,6 @@ def run_case(products: pd.DataFrame, seqs: pd.Series, sids: pd.DataFrame, model:
              label: str = "", valid_users: int = 1000, progress: bool = True, titles: int = 1) -> dict:
     """Train the generator on one SID table (stage 1 items, stage 2 next item) and evaluate the test
     targets. `run`: a logbook run for the per-epoch curves (validation Recall@10 on `valid_users`)."""
-    from workbench.gen.data import sid_matrix
-
     codes = sid_matrix(sids)
     vocab = tuple(int(c) + 1 for c in codes.max(0))
     index = SIDIndex.from_codes(codes, vocab)

@@ -30,8 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench import Workspace
 from workbench.bench import launch
+from workbench.embed import get_embedder
+from workbench.gen.data import eval_set
+from workbench.logbook import now
 from workbench.service import ServeConfig
+from workbench.sid.store import assign_new, workspace_embedder
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -96,9 +101,6 @@ def grow(ws, n: int, dst: Path, progress: bool = True):
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from workbench import Workspace
-    from workbench.embed import get_embedder
-    from workbench.sid.store import assign_new, workspace_embedder
 
     own = ws.table("products")
     if n <= len(own):
@@ -128,9 +130,6 @@ def load(ws, channels: tuple[str, ...], widths: tuple[int, ...], users: tuple[in
          query_dtype: str = ServeConfig.query_dtype, queries: int = 500, warm: int = 20,
          progress=print) -> tuple[list[dict], list[dict]]:
     """The load points (one row each) and, per server, its logbook check (answered, logged, lost_rows)."""
-    from workbench.gen.data import eval_set
-    from workbench.logbook import now
-
     qs = list(dict.fromkeys(eval_set(ws)["query"].astype(str)))[:queries] if ws.has("queries") else []
     if not qs:
         raise ValueError(f"workspace {ws.path} has no held-out queries to send")

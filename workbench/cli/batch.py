@@ -6,9 +6,14 @@ from pathlib import Path
 
 import click
 
+from workbench import batch as b
+from workbench import dist
 from workbench.cli.options import apply, config_options, device_option, embedder_option, ws_of
+from workbench.embed import get_embedder
 from workbench.eval.width import served_width
 from workbench.gen.config import ORDERS, ChannelConfig
+from workbench.gen.retrieve import Channel, Retriever
+from workbench.sid.store import load_model, workspace_embedder
 
 IO = [click.argument("src", type=click.Path(path_type=Path)), click.argument("dst", type=click.Path(path_type=Path)),
       click.option("--chunk", type=click.IntRange(min=1), default=65_536, show_default=True, help="Rows in memory at a time."),
@@ -22,17 +27,15 @@ def io_options(f):
 
 
 def _run(ctx, job: str, src: Path, dst: Path, columns: list[str], fn, chunk: int, config: dict) -> None:
-    from workbench import batch, dist
-
     ws = ws_of(ctx).require()
     if src.resolve() == dst.resolve():
         raise click.UsageError("the output would overwrite the input; give another path")
     if not dist.is_main():  # under torchrun: rank 0 logs and reports
-        batch.stream(src, dst, columns, fn, chunk, desc=job)
+        b.stream(src, dst, columns, fn, chunk, desc=job)
         return
     with ws.logbook().run("batch", {"job": job, "src": str(src), "dst": str(dst), "chunk": chunk, "processes": dist.world(),
                                     **config}, name=f"batch {job}") as run:
-        stats = batch.stream(src, dst, columns, fn, chunk, desc=job)
+        stats = b.stream(src, dst, columns, fn, chunk, desc=job)
         run.log(0, stage=job, **{k: float(v) for k, v in stats.items()})
     click.echo(f"{job}: {stats['rows']:,} rows in {stats['seconds']:.1f} s ({stats['rows_per_s']:,.0f}/s), "
                f"peak memory {stats['peak_rss_mib']:,.0f} MiB -> {dst}")
@@ -51,10 +54,6 @@ def batch() -> None:
 @embedder_option()
 def embed(ctx, src, dst, chunk, device, embedder) -> None:
     """Embed products: SRC (product_id, title, [brand, category, description]) -> DST (product_id, vector)."""
-    from workbench import batch as b
-    from workbench import dist
-    from workbench.embed import get_embedder
-
     device = dist.setup(device)
     e = get_embedder(embedder, device)
     _run(ctx, "embed", src, dst, b.product_columns(src), b.embed_fn(e), chunk, {"embedder": embedder})
@@ -65,11 +64,6 @@ def embed(ctx, src, dst, chunk, device, embedder) -> None:
 @click.option("--vectors", is_flag=True, help="SRC holds vectors (the output of `batch embed`), not product text.")
 def sids(ctx, src, dst, chunk, device, vectors) -> None:
     """Assign SIDs with the workspace's SID model: products (or their vectors) -> product_id, sid_1..sid_L."""
-    from workbench import batch as b
-    from workbench import dist
-    from workbench.embed import get_embedder
-    from workbench.sid.store import load_model, workspace_embedder
-
     device = dist.setup(device)
     ws = ws_of(ctx).require()
     model, cfg, _ = load_model(ws, device)
@@ -90,10 +84,6 @@ def sids(ctx, src, dst, chunk, device, vectors) -> None:
 @config_options(ChannelConfig, "budget", "order", "logp_weight", choices={"order": ORDERS})
 def decode(ctx, src, dst, chunk, device, column, width, top, name, products, **kw) -> None:
     """Decode every row's text into its top SIDs with the generator (offline, batched beam search)."""
-    from workbench import batch as b
-    from workbench import dist
-    from workbench.gen.retrieve import Channel, Retriever
-
     device = dist.setup(device)
     ws = ws_of(ctx).require()
     retriever = Retriever.from_workspace(ws, name, device)
@@ -103,6 +93,3 @@ def decode(ctx, src, dst, chunk, device, column, width, top, name, products, **k
     cols = list(dict.fromkeys(["product_id", column])) if column == "title" else [column]
     _run(ctx, "decode", src, dst, cols, b.decode_fn(retriever, column, width, top, channel=channel, products=products), chunk,
          {"column": column, "width": width, "top": top, "model": name, "products": products, "channel": cfg})
-
-
-COMMANDS = [batch]

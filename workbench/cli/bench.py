@@ -7,15 +7,34 @@ from pathlib import Path
 
 import click
 
-from workbench.bench.data import DATASETS, bench_workspace
+from workbench import recipes
+from workbench.bench import beam as bb
+from workbench.bench.app import load as browser_load
+from workbench.bench.backbone import throughput as backbone_throughput
+from workbench.bench.batch import scale
+from workbench.bench.catalog import measure, recipe_workspace
+from workbench.bench.data import DATASETS, bench_workspace, embed_speed, synth_scale
 from workbench.bench.dist import JOBS as DIST_JOBS
+from workbench.bench.dist import throughput as dist_throughput
+from workbench.bench.pages import tour
+from workbench.bench.rl import compare
+from workbench.bench.seqrec import run_case, sequences, sid_table
+from workbench.bench.serve import batching_gain, capacity, grow
+from workbench.bench.serve import load as serve_load
+from workbench.bench.sid import ablation, assign_scale, base_config, code_stats, lcrec_index
+from workbench.bench.stage4 import study
 from workbench.cli.options import apply, config_options, device_option, embedder_option, given, ints, names, set_fields, ws_of
 from workbench.cli.rl import ensure_ranker, rl_config, rl_options
-from workbench.embed import DTYPES
+from workbench.data.market import Market
+from workbench.embed import DTYPES, get_embedder, product_texts
 from workbench.eval.config import ABConfig, SweepConfig
-from workbench.eval.width import served_width
+from workbench.eval.width import run_sweep, served_width, width_for_recall
+from workbench.gen.config import TrainConfig
+from workbench.logbook import tagged
 from workbench.report import device_name, report
-from workbench.service import ServeConfig
+from workbench.service import CHANNELS, ServeConfig
+from workbench.sid.config import CQSIDConfig, RQVAEConfig
+from workbench.sid.store import load_sids, sid_dir, train_workspace, workspace_data, workspace_embedder
 
 
 # benchmarks ------------------------------------------------------------------------------------
@@ -30,8 +49,6 @@ def bench() -> None:
 @click.pass_context
 def bench_synth(ctx, sizes, sessions_per_product) -> None:
     """Time and peak memory of generating, validating and writing a synthetic marketplace."""
-    from workbench.bench.data import synth_scale
-
     ns = [int(s) for s in sizes.split(",")]
     ws = ws_of(ctx)
     with ws.logbook().run("bench", {"bench": "synth", "sizes": ns, "sessions_per_product": sessions_per_product}) as run:
@@ -47,9 +64,6 @@ def bench_synth(ctx, sizes, sessions_per_product) -> None:
 @click.pass_context
 def bench_embed(ctx, n, embedders, device, batch_size) -> None:
     """Embedding throughput (titles per second) of each embedder, on the workspace's product titles."""
-    from workbench.bench.data import embed_speed
-    from workbench.embed import product_texts
-
     ws = ws_of(ctx).require()
     titles = product_texts(ws.table("products"))
     titles = (titles * (n // max(len(titles), 1) + 1))[:n]
@@ -73,10 +87,6 @@ def bench_embed(ctx, n, embedders, device, batch_size) -> None:
 @click.pass_context
 def bench_sid(ctx, dataset, datasets_dir, codebook_sizes, epochs, variants, embedder, device, seed, rotation_trick) -> None:
     """CQ-SID ablation (plain, +category, +query, both) with the same seed and budget; published indexes too."""
-    from workbench.bench.sid import ablation, base_config, code_stats, lcrec_index
-    from workbench.embed import get_embedder
-    from workbench.sid.store import workspace_data
-
     ws = ws_of(ctx) if dataset == "workspace" else bench_workspace(dataset, datasets_dir)
     e = get_embedder(embedder, device)
     data = workspace_data(ws.require(), e)
@@ -114,9 +124,6 @@ def bench_sid(ctx, dataset, datasets_dir, codebook_sizes, epochs, variants, embe
 @click.pass_context
 def bench_beam(ctx, modes, speed, speed_batches, embedder, device, **kw) -> None:
     """Beam width vs latency and Recall@K (cluster vs unique IDs); speed against Hugging Face generate."""
-    from workbench.bench import beam as bb
-    from workbench.eval.width import run_sweep, width_for_recall
-
     ws = ws_of(ctx).require()
     cfg = apply(ctx, SweepConfig(), kw)
     k, tolerance = cfg.k, cfg.tolerance
@@ -159,19 +166,10 @@ def bench_seqrec(ctx, datasets_dir, indexes, codebook_sizes, epochs, d_model, la
                  seed) -> None:
     """Next-item prediction on Amazon Scientific (leave-last-item-out): the same generator on our CQ-SID vs
     the published TIGER-style (RQ-VAE) and LETTER indexes."""
-    from workbench.bench.seqrec import run_case, sequences, sid_table
-    from workbench.bench.sid import lcrec_index
-    from workbench.gen.config import TrainConfig
-    from workbench.sid.store import load_sids, sid_dir
-
     ws = bench_workspace("scientific", datasets_dir)
     e1, e2 = ints(epochs)
     names = [n.strip() for n in indexes.split(",")]
     if "cq-sid" in names and not (sid_dir(ws) / "sids.parquet").exists():
-        from workbench.embed import get_embedder
-        from workbench.sid.config import CQSIDConfig, RQVAEConfig
-        from workbench.sid.store import train_workspace
-
         e = get_embedder(embedder, device)
         train_workspace(ws, CQSIDConfig(model=RQVAEConfig(input_dim=e.dim, codebook_sizes=ints(codebook_sizes)), seed=seed),
                         e, device)
@@ -205,12 +203,10 @@ def bench_seqrec(ctx, datasets_dir, indexes, codebook_sizes, epochs, d_model, la
 @click.pass_context
 def bench_backbone(ctx, backbones, n, epochs, device) -> None:
     """Training examples per second of each encoder backbone on the workspace's titles, one run."""
-    from workbench.bench.backbone import throughput
-
     ws = ws_of(ctx).require()
     params = {"backbones": backbones, "n": n, "epochs": epochs}
     with ws.logbook().run("bench", {"bench": "backbone", **params}) as run:
-        report("backbone-throughput", throughput(ws, list(names(backbones)), n, epochs, device), run, params=params,
+        report("backbone-throughput", backbone_throughput(ws, list(names(backbones)), n, epochs, device), run, params=params,
                units={"tokenize_s": "s", "wall_s": "s", "first_epoch_per_s": "1/s", "later_epochs_per_s": "1/s"},
                device=device_name(device))
 
@@ -227,10 +223,6 @@ def bench_backbone(ctx, backbones, n, epochs, device) -> None:
 @device_option()
 def bench_homedepot(recipe, sets, datasets_dir, embedder, device) -> None:
     """Home Depot end to end (import, SIDs, generator, evaluation on the held-out queries) with a recipe."""
-    from workbench import recipes
-    from workbench.bench.catalog import measure, recipe_workspace
-    from workbench.logbook import tagged
-
     r = set_fields(recipes.get(recipe), sets)
     name = r.name + "".join(f"+{s}" for s in sets)
     ws = recipe_workspace(bench_workspace("homedepot", datasets_dir), name)
@@ -250,11 +242,9 @@ def bench_homedepot(recipe, sets, datasets_dir, embedder, device) -> None:
 @click.pass_context
 def bench_app(ctx, sessions, seconds, seed) -> None:
     """Load on the app: concurrent browser sessions (headless chromium) searching; p50/p95 per search."""
-    from workbench.bench.app import load
-
     ws = ws_of(ctx).require()
     with ws.logbook().run("bench", {"bench": "app", "sessions": sessions, "seconds": seconds}, seed=seed) as run:
-        row = load(ws.path.resolve(), sessions, seconds, seed)
+        row = browser_load(ws.path.resolve(), sessions, seconds, seed)
         report("app-load", [row], run, units={"p50_s": "s", "p95_s": "s", "max_s": "s", "searches_per_s": "1/s"},
                params={"sessions": sessions, "seconds": seconds})
 
@@ -270,8 +260,6 @@ def bench_app(ctx, sessions, seconds, seed) -> None:
 @click.pass_context
 def bench_pages(ctx, out, prefix, passes, dwell) -> None:
     """Each app page's time to usable in a real browser (headless chromium), first visit and after; screenshots."""
-    from workbench.bench.pages import tour
-
     ws = ws_of(ctx).require()
     with ws.logbook().run("bench", {"bench": "pages", "passes": passes, "dwell_s": dwell}) as run:
         rows = tour(ws.path.resolve(), out, prefix, passes, dwell_s=dwell)
@@ -304,9 +292,6 @@ def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, q
     """Throughput and p50/p95/p99 of `workbench serve` under locust's load (127.0.0.1): per channel,
     beam width, concurrency, with and without dynamic batching; the logbook's served rows checked
     against the requests answered; machines needed for --target-qps at --p99-ms."""
-    from workbench.bench.serve import batching_gain, capacity, grow, load
-    from workbench.service import CHANNELS
-
     bad = set(channels) - set(CHANNELS)
     if bad or not channels:
         raise click.BadParameter(f"channels must be some of {CHANNELS}, got {channels}", param_hint="--channels")
@@ -325,7 +310,7 @@ def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, q
     params = {"widths": list(widths), "users": list(users), "seconds": seconds, "batches": list(batches),
               "batch_wait_ms": batch_wait_ms, "query_dtype": query_dtype, "products": len(ws.table("products"))}
     with ws.logbook().run("bench", {"bench": "serve", "channels": list(channels), **params}) as run:
-        rows, checks = load(ws, channels, widths, users, seconds, batches, batch_wait_ms, query_dtype=query_dtype, progress=click.echo)
+        rows, checks = serve_load(ws, channels, widths, users, seconds, batches, batch_wait_ms, query_dtype=query_dtype, progress=click.echo)
         report("serve-load", [{k: v for k, v in r.items() if k != "first_failure"} for r in rows], run,
                units={"p50_ms": "ms", "p95_ms": "ms", "p99_ms": "ms", "queries_per_s": "1/s"}, params=params,
                device=device_name())
@@ -354,8 +339,6 @@ def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, q
 @click.pass_context
 def bench_sid_assign(ctx, n, dim, codebook_sizes, chunk, device) -> None:
     """Time and peak memory of assigning SIDs to N products with a trained model (target: 1M x 384-d <= 30 s)."""
-    from workbench.bench.sid import assign_scale
-    
     params = {"n": n, "dim": dim, "codebook_sizes": codebook_sizes, "chunk": chunk}
     with ws_of(ctx).logbook().run("bench", {"bench": "sid-assign", **params}) as run:
         report("sid-assign", [assign_scale(n, dim, ints(codebook_sizes), chunk, device)], run, params=params,
@@ -376,13 +359,12 @@ def bench_dist(ctx, job, procs, epochs, device, job_args) -> None:
     Runs in a scratch copy of the workspace (links, its own logbook): the workspace is not changed."""
     import shlex
 
-    from workbench.bench.dist import throughput
 
     ws = ws_of(ctx).require()
     extra = ["--device", device, *shlex.split(job_args)]
     params = {"job": job, "procs": procs, "epochs": epochs, "args": job_args}
     with ws.logbook().run("bench", {"bench": "dist", **params}) as run:
-        report("dist-throughput", throughput(ws, ints(procs), job, epochs, extra), run, params=params,
+        report("dist-throughput", dist_throughput(ws, ints(procs), job, epochs, extra), run, params=params,
                units={"examples_per_s": "1/s", "wall_s": "s"}, device=device_name(device))
 
 
@@ -396,9 +378,6 @@ def bench_dist(ctx, job, procs, epochs, device, job_args) -> None:
 @click.pass_context
 def bench_batch(ctx, sizes, jobs, chunk, embedder, width, device) -> None:
     """Batch jobs at scale: embed, assign SIDs and decode N products in chunks; time and peak memory."""
-    from workbench.bench.batch import scale
-    from workbench.sid.store import workspace_embedder
-
     ws = ws_of(ctx).require()
     embedder = embedder or workspace_embedder(ws)
     width = width or served_width(ws)
@@ -424,8 +403,6 @@ def model_tag(ctx, cfg, reward_weights: str) -> str:
 @click.pass_context
 def bench_rl(ctx, recipe, reward_weights, name, embedder, device, **kw):
     """GRPO vs EG-GRPO with the same seed, prompts and budget: curves, collapse diagnostics, stage 3 vs 4."""
-    from workbench.bench.rl import compare
-
     ws = ws_of(ctx).require()
     cfg = rl_config(ctx, recipe, reward_weights, kw)
     ensure_ranker(ws, embedder, device)
@@ -455,9 +432,6 @@ def bench_stage4(ctx, recipe, reward_weights, name, embedder, device, seeds, jud
     """Stage 4 judged in simulated purchases (synthetic workspaces): GRPO and EG-GRPO over seeds, with the
     ranker's and the oracle's rewards, each model an A/B arm beside stage 3 (pages ordered by the ranker
     and by the oracle); differences from stage 3 with paired intervals."""
-    from workbench.bench.stage4 import study
-    from workbench.data.market import Market
-
     ws = ws_of(ctx).require()
     Market.from_workspace(ws)  # a clear error before any training when the workspace has no simulator
     cfg = rl_config(ctx, recipe, reward_weights, kw)
@@ -475,6 +449,3 @@ def bench_stage4(ctx, recipe, reward_weights, name, embedder, device, seeds, jud
         mean["case"] = mean["pages"] + " pages, " + mean["judge"] + " judge, " + mean["algo"]
         report("stage4-ab (mean over seeds)", mean.drop(columns=["pages", "judge", "algo"]).to_dict("records"), run,
                params=params, device=device_name(device))
-
-
-COMMANDS = [bench]

@@ -8,9 +8,13 @@ from pathlib import Path
 import click
 
 from workbench.cli.options import apply, config_options, device_option, embedder_option, path_option, ws_of
+from workbench.data.funnel import funnel
 from workbench.data.pseudo import PseudoConfig
-from workbench.data.synth import PRESETS, SynthConfig
-from workbench.workspace import Workspace
+from workbench.data.schema import describe
+from workbench.data.synth import PRESETS, SynthConfig, generate, synth_meta
+from workbench.embed import embed_workspace, get_embedder
+from workbench.pipeline import report
+from workbench.workspace import Workspace, clean_temps
 
 
 @click.group()
@@ -31,7 +35,6 @@ def _stale_after(ws: Workspace, had: list[str]) -> None:
             click.echo(f"  dropped {t}: drawn from the replaced rows (`workbench data pseudo` draws them again)")
     if not ws.artifacts():
         return
-    from workbench.pipeline import report
 
     bad = [r for r in report(ws) if r["status"] != "ok"]
     for r in bad:
@@ -48,8 +51,6 @@ def _stale_after(ws: Workspace, had: list[str]) -> None:
 def synth(ctx, out, preset, replace, **kw) -> None:
     """Generate a synthetic marketplace (catalog, users, queries, search log, judgments, truth); options
     given override the preset."""
-    from workbench.data.synth import generate, synth_meta
-
     cfg = apply(ctx, PRESETS[preset], kw)
     ws = Workspace(out) if out else ws_of(ctx)
     t0, had = time.perf_counter(), ws.tables()
@@ -123,9 +124,6 @@ def import_lcrec_cmd(ctx, items, inter, replace) -> None:
 def validate(ctx) -> None:
     """Re-check every table (types, keys, values, references), then load every artifact and check its
     lineage (workbench.lineage): exits 1 when an artifact is stale or broken, naming the rebuild."""
-    from workbench.pipeline import report
-    from workbench.workspace import clean_temps
-
     ws = ws_of(ctx).require()
     counts = ws.validate_all()
     click.echo("valid: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
@@ -147,8 +145,6 @@ def stats(ctx) -> None:
     for t in ws.tables():
         click.echo(f"{t:<16} {len(ws.table(t)):>10,} rows")
     if ws.has("search_log"):
-        from workbench.data.funnel import funnel
-
         f = funnel(ws.table("search_log")).to_dict("records")[0]
         click.echo(f"\nsearch log: {f['sessions']:,} sessions, {f['impressions']:,} impressions, {f['clicks']:,} clicks "
                    f"(CTR {f['ctr']:.3f}), {f['purchases']:,} purchases (CVR {f['cvr']:.3f})")
@@ -173,8 +169,6 @@ def pseudo(ctx, **kw) -> None:
 @data.command()
 def schema() -> None:
     """Print the data model: every table's columns and their meaning."""
-    from workbench.data.schema import describe
-
     click.echo(describe())
 
 
@@ -184,12 +178,7 @@ def schema() -> None:
 @click.pass_context
 def embed(ctx, embedder, device) -> None:
     """Embed the workspace's product titles and queries (cached: a rerun costs nothing)."""
-    from workbench.embed import embed_workspace, get_embedder
-
     ws = ws_of(ctx).require()
     t0 = time.perf_counter()
     vecs = embed_workspace(ws, get_embedder(embedder, device))
     click.echo(f"{', '.join(f'{k} {v.shape}' for k, v in vecs.items())} in {time.perf_counter() - t0:.1f} s")
-
-
-COMMANDS = [data, embed]

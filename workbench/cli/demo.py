@@ -11,7 +11,10 @@ from pathlib import Path
 
 import click
 
+from workbench.bench.data import import_real
 from workbench.cli.options import device_option, embedder_option, ws_of
+from workbench.pipeline import SAMPLE_DATA, build
+from workbench.workspace import Workspace
 
 
 @click.command()
@@ -35,9 +38,6 @@ def demo(ctx: click.Context, rebuild: bool, source: Path | None, catalog: str, d
          embedder: str, device: str, app: bool, port: int) -> None:
     """Build the default workspace from sample_data/ (steps already done are skipped), then open the app;
     `--catalog homedepot` does the same on a real catalog."""
-    from workbench.pipeline import SAMPLE_DATA, build
-    from workbench.workspace import Workspace
-
     ws = ws_of(ctx)
     if catalog != "sample":
         if source is not None:
@@ -51,8 +51,6 @@ def demo(ctx: click.Context, rebuild: bool, source: Path | None, catalog: str, d
     click.echo(f"building workspace {ws.path}")
     t0 = time.perf_counter()
     if catalog != "sample" and not ws.has("products"):
-        from workbench.bench.data import import_real
-
         click.echo(f"importing {catalog} from {datasets_dir or 'the shared data sets'}")
         import_real(ws, catalog, datasets_dir)
     build(ws, source or SAMPLE_DATA, embedder, device, echo=click.echo, recipe=recipe)
@@ -68,6 +66,3 @@ def demo(ctx: click.Context, rebuild: bool, source: Path | None, catalog: str, d
     sys.exit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(script), "--server.address=127.0.0.1",
                               f"--server.port={port}", "--server.headless=true", "--browser.gatherUsageStats=false"],
                              env=env))
-
-
-COMMANDS = [demo]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from workbench.cli.options import apply, config_options, device_option, embedder_option, ws_of
+from workbench.data.market import Market
 from workbench.eval.config import PAGE_ORDERS as AB_ORDERS
 from workbench.eval.config import RANKERS, ABConfig, EvalConfig
 from workbench.gen.config import ORDERS
@@ -49,7 +50,6 @@ def ab(ctx, device, as_json, **kw) -> None:
     that made the log, with the legacy engine's recall set (control) and with each --arms channel merged
     into it, one ranker ordering every page. Clicks, purchases, GMV, CTR, CVR with paired bootstrap
     intervals, and the share of exposures, clicks and purchases the channel added."""
-    from workbench.data.market import Market
     from workbench.eval.ab import run_ab, table
 
     ws = ws_of(ctx).require()
@@ -60,6 +60,3 @@ def ab(ctx, device, as_json, **kw) -> None:
     click.echo(df.to_json(orient="records", indent=1) if as_json else
                f"\n{len(df)} arms x {int(df['sessions'][0]):,} held-out sessions; pages ordered by the {cfg.ranker} ranker "
                f"({cfg.order}); 95% paired bootstrap intervals, differences from control in %\n" + table(df))
-
-
-COMMANDS = [eval_, ab]

@@ -5,11 +5,19 @@ from __future__ import annotations
 import click
 import pandas as pd
 
+from workbench import dist, recipes
 from workbench.cli.options import apply, config_options, device_option, embedder_option, given, recipe_option, ws_of
+from workbench.cli.rl import ensure_ranker
 from workbench.engine import MAX_WIDTH
 from workbench.eval.width import DEFAULT_WIDTH, served
+from workbench.gen import store
 from workbench.gen.config import BACKBONES, ORDERS, ChannelConfig, GenConfig, StagesConfig
+from workbench.gen.retrieve import Channel, Retriever
+from workbench.gen.stages import train_stages
+from workbench.logbook import tagged
 from workbench.rl.config import ALGOS, RLConfig
+from workbench.rl.train import train_rl
+from workbench.sid.store import load_labels
 
 MODEL = ("d_model", "n_heads", "dec_layers", "d_ff", "dropout")  # GenConfig fields `train` sets; --layers sets both stacks
 
@@ -41,9 +49,6 @@ def train(ctx, recipe, embedder, name, fresh, device, **kw):
     --batch-size is the global batch, split over the processes; only rank 0 writes."""
     from dataclasses import replace
 
-    from workbench import dist, recipes
-    from workbench.gen.stages import train_stages
-    from workbench.logbook import tagged
 
     ws = ws_of(ctx).require()
     r = recipes.get(recipe)
@@ -76,11 +81,6 @@ def train(ctx, recipe, embedder, name, fresh, device, **kw):
 def _stage4(ws, cfg: RLConfig, name: str, embedder: str, device: str, fresh: bool) -> None:
     """Stage 4 after stages 1-3: `<name>-stage4` (trained again when stage 3 changed since), then deployed
     as `<name>` when it was trained now or nothing is deployed."""
-    from workbench import dist
-    from workbench.cli.rl import ensure_ranker
-    from workbench.gen import store
-    from workbench.rl.train import train_rl
-
     out = f"{name}-stage4"
     why = "--fresh" if fresh else "" if store.checkpoint_path(ws, out).exists() else "none yet"
     if not why:
@@ -120,8 +120,6 @@ def gen() -> None:
 def search(ctx, queries, width, top, user, name, device, **kw):
     """Decode QUERIES into SIDs and their products (constrained beam search), and the channel's list:
     the decoded SIDs' products cut at --budget, ranked inside (--order)."""
-    from workbench.gen.retrieve import Channel, Retriever
-
     ws = ws_of(ctx).require()
     width, why = (width, "--width") if width is not None else served(ws)
     r = Retriever.from_workspace(ws, name, device)
@@ -132,7 +130,6 @@ def search(ctx, queries, width, top, user, name, device, **kw):
         context, known = r.user_context(ws, [user] * len(queries))
         if not known[0]:
             click.echo(f"unknown user {user!r}: results are not personalised")
-    from workbench.sid.store import load_labels
 
     titles = ws.table("products").set_index("product_id")["title"]
     labels = load_labels(ws)["label"]
@@ -145,6 +142,3 @@ def search(ctx, queries, width, top, user, name, device, **kw):
                        + "; ".join(titles.get(p, p) for p in h.products[:3]))
         click.echo(f"  channel ({channel.cfg.order} order, {len(ranked)} candidates): "
                    + "; ".join(titles.get(p, p) for p in ranked[:top]))
-
-
-COMMANDS = [train, gen]

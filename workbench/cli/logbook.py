@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
+from workbench import recipes as r
 from workbench.cli.options import ws_of
+from workbench.logbook import INTERACTIVE
 
 
 @click.command()
@@ -21,7 +23,6 @@ def sql(ctx, query, max_rows, as_json) -> None:
     import duckdb
     import pandas as pd
 
-    from workbench.logbook import INTERACTIVE
 
     if not query.strip():
         raise click.UsageError('empty SQL: give a query, e.g. workbench sql "SELECT * FROM runs"')
@@ -61,13 +62,8 @@ def merge(ctx, other: Path) -> None:
 @click.argument("name", required=False)
 def recipes(name: str | None) -> None:
     """List the named recipes, or print one's every setting as JSON (diff two with `diff <(...) <(...)`)."""
-    from workbench import recipes as r
-
     if name is None:
         for rec in r.RECIPES.values():
             click.echo(f"{rec.name:<12} {rec.about}")
         return
     click.echo(json.dumps(r.get(name).to_dict(), indent=1, sort_keys=True))
-
-
-COMMANDS = [sql, runs, merge, recipes]

@@ -20,6 +20,7 @@ import click
 from click.core import ParameterSource
 
 from workbench.config import field_default, field_doc, field_type, replace_path
+from workbench.recipes import RECIPES
 from workbench.workspace import Workspace
 
 
@@ -76,8 +77,6 @@ def embedder_option(help: str = "minilm or hashing[-DIM].", default: str | None 
 
 
 def recipe_option(what: str):
-    from workbench.recipes import RECIPES
-
     return click.option("--recipe", type=click.Choice(list(RECIPES)), default="default", show_default=True,
                         help=f"Named settings for {what} (`workbench recipes` lists them); options given here override it.")
 

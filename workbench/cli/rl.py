@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 import pandas as pd
 
+from workbench import recipes
 from workbench.cli.options import apply, config_options, device_option, embedder_option, recipe_option, ws_of
+from workbench.logbook import tagged
 from workbench.rl.config import ALGOS, JUDGES, SHAPINGS, RLConfig
 
 
@@ -32,7 +34,6 @@ def rl_config(ctx, recipe: str, reward_weights: str, kw: dict) -> RLConfig:
     """The recipe's RLConfig with the options given and the --reward weights."""
     from dataclasses import replace
 
-    from workbench import recipes
     from workbench.rl.rewards import REWARDS
 
     cfg = apply(ctx, recipes.get(recipe).rl, kw)
@@ -82,7 +83,6 @@ def rl(ctx, recipe, reward_weights, name, embedder, device, **kw):
     Data-parallel under torchrun, e.g. `torchrun --nproc_per_node 2 -m workbench rl`: --prompts is the
     global number per step, split over the processes; only rank 0 evaluates and writes."""
     from workbench import dist
-    from workbench.logbook import tagged
     from workbench.rl.train import train_rl
 
     ws = ws_of(ctx).require()
@@ -95,6 +95,3 @@ def rl(ctx, recipe, reward_weights, name, embedder, device, **kw):
         return
     df = pd.DataFrame([h for h in history if "click_hit@10" in h])
     click.echo(f"\n{cfg.algo}: wrote {name}-{cfg.algo}\n" + df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-
-
-COMMANDS = [ranker, rl]

@@ -8,7 +8,7 @@ import click
 
 from workbench.cli.options import apply, config_options, ws_of
 from workbench.embed import DTYPES
-from workbench.service import ServeConfig
+from workbench.service import ServeConfig, build
 
 
 @click.command()
@@ -23,8 +23,6 @@ def serve(ctx, host, port, **kw) -> None:
     """Serve the generative channel, BM25 and dense over HTTP: POST /generative, /bm25, /dense with
     {"query", "k"} (and "width", "user" for /generative); GET /health. Ctrl+C or SIGTERM stops it,
     writing the served queries still buffered to the logbook."""
-    from workbench.service import build
-
     ws = ws_of(ctx).require()
     try:
         cfg = apply(ctx, ServeConfig(), kw)
@@ -40,6 +38,3 @@ def serve(ctx, host, port, **kw) -> None:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-COMMANDS = [serve]

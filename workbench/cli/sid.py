@@ -7,10 +7,22 @@ import time
 import click
 import pandas as pd
 
+from workbench import dist, recipes
 from workbench.cli.options import apply, config_options, device_option, embedder_option, recipe_option, ws_of
+from workbench.embed import get_embedder
+from workbench.logbook import tagged
 from workbench.sid.config import MODES, CQSIDConfig
 from workbench.sid.cqsid import variant
 from workbench.sid.map import POINTS
+from workbench.sid.store import (
+    assign_new,
+    load_labels,
+    log_stats,
+    train_workspace,
+    workspace_embedder,
+    workspace_stats,
+    write_map,
+)
 
 
 def print_stats(stats: dict) -> None:
@@ -51,11 +63,6 @@ def train(ctx, recipe, which, embedder, device, **kw):
 
     Data-parallel under torchrun, e.g. `torchrun --nproc_per_node 2 -m workbench sid train`:
     --batch-size is the global batch, split over the processes; only rank 0 writes."""
-    from workbench import dist, recipes
-    from workbench.embed import get_embedder
-    from workbench.logbook import tagged
-    from workbench.sid.store import train_workspace
-
     device = dist.setup(device)
     e = get_embedder(embedder, device)
     r = recipes.get(recipe)
@@ -78,9 +85,6 @@ def train(ctx, recipe, which, embedder, device, **kw):
 @click.pass_context
 def assign(ctx, embedder, device):
     """Give products without a SID one from the trained model (no retraining); update table and index."""
-    from workbench.embed import get_embedder
-    from workbench.sid.store import assign_new
-
     c = assign_new(ws_of(ctx).require(), get_embedder(embedder, device), device)
     share = c["into_existing"] / c["new"] if c["new"] else 0.0
     click.echo(f"{c['new']:,} new products: {c['into_existing']:,} ({share:.1%}) into existing clusters; "
@@ -91,8 +95,6 @@ def assign(ctx, embedder, device):
 @click.pass_context
 def stats(ctx):
     """Usage, cluster sizes, category purity and query coherence of the workspace's SIDs."""
-    from workbench.sid.store import log_stats, workspace_stats
-
     ws = ws_of(ctx).require()
     s = workspace_stats(ws)
     with ws.logbook().run("sid-stats") as run:
@@ -106,8 +108,6 @@ def stats(ctx):
 @click.pass_context
 def labels(ctx, level, top):
     """The clusters' labels: dominant category (with its share) and distinctive title words per SID prefix."""
-    from workbench.sid.store import load_labels
-
     lab = load_labels(ws_of(ctx).require()).reset_index()
     if level is not None:
         if level > lab["level"].max():
@@ -126,13 +126,7 @@ def labels(ctx, level, top):
 @click.pass_context
 def map_(ctx, points, seed, device):
     """Draw the Codebooks page's 2-D map (UMAP of the product embeddings) and store it with the SIDs."""
-    from workbench.embed import get_embedder
-    from workbench.sid.store import workspace_embedder, write_map
-
     ws = ws_of(ctx).require()
     t0 = time.perf_counter()
     df = write_map(ws, get_embedder(workspace_embedder(ws), device), points, seed)
     click.echo(f"drew a map of {len(df):,} products in {time.perf_counter() - t0:.1f} s; wrote {ws.path / 'sid' / 'map.parquet'}")
-
-
-COMMANDS = [sid]

@@ -25,9 +25,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.baselines import BM25, Dense
 from workbench.data.market import Market
 from workbench.data.relevance import held_out
+from workbench.embed import embed_workspace, get_embedder, product_texts
 from workbench.eval.config import ABConfig
+from workbench.gen.config import ChannelConfig
+from workbench.gen.retrieve import Channel, Retriever
+from workbench.rl.ranker import from_workspace
+from workbench.sid.store import workspace_embedder
 
 BASELINES = ("bm25", "dense")
 PER_SESSION = ("clicks", "purchases", "gmv")
@@ -61,8 +67,6 @@ class Pager:
         self.market, self.sessions, self.order, self.k, self.device = market, sessions, cfg.order, market.cfg.page_size, device
         self.oracle = cfg.ranker == "oracle"
         if not self.oracle:
-            from workbench.rl.ranker import from_workspace
-
             self.model, self.feats, qvecs = from_workspace(ws, device, progress=False)
             qrows = pd.Index(ws.table("queries")["query_id"]).get_indexer(market.sess["qid"][sessions] + 1)
             self.qvecs = torch.as_tensor(qvecs[qrows], dtype=torch.float32)  # (S, D)
@@ -92,10 +96,6 @@ class Pager:
 
 def channel_rows(ws, market: Market, name: str, sessions: np.ndarray, cfg: ABConfig, device: str) -> np.ndarray:
     """Channel `name`'s top `cfg.supplement` product rows for each session's query (-1 pads). (S, supplement)"""
-    from workbench.baselines import BM25, Dense
-    from workbench.embed import embed_workspace, get_embedder, product_texts
-    from workbench.sid.store import workspace_embedder
-
     texts = [market.sess["qtexts"][q] for q in market.sess["qid"][sessions]]
     products = ws.table("products")
     if name == "bm25":
@@ -105,9 +105,6 @@ def channel_rows(ws, market: Market, name: str, sessions: np.ndarray, cfg: ABCon
         vecs = embed_workspace(ws, e, ("products",), progress=False)["products"]
         lists = Dense(products["product_id"].tolist(), vecs, e, device).search(texts, cfg.supplement)
     else:
-        from workbench.gen.config import ChannelConfig
-        from workbench.gen.retrieve import Channel, Retriever
-
         name, _, mode = name.partition("@")
         if mode not in ("", "anonymous"):
             raise ValueError(f"arm {name}@{mode}: the only variant is @anonymous (decode without the user)")

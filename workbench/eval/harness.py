@@ -43,14 +43,17 @@ import pandas as pd
 
 from workbench import metrics
 from workbench.baselines import BM25, Dense, rrf, supplement
+from workbench.data.relevance import threshold as relevance_threshold
+from workbench.embed import embed_workspace, get_embedder, product_texts
 from workbench.eval.config import METHODS, EvalConfig
+from workbench.gen.beam import beam_search
+from workbench.gen.data import eval_set, gains_by_query
+from workbench.gen.retrieve import Channel, Hit, Retriever, candidates
+from workbench.gen.stages import personal_eval, personal_events
 
 
 def judgments_file(ws, path: str | Path, threshold: float | None = None) -> pd.DataFrame:
     """A judgments CSV (query, product_id, relevance) -> query, relevant {product id: grade}."""
-    from workbench.data.relevance import threshold as relevance_threshold
-    from workbench.gen.data import gains_by_query
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no judgments file at {path}")
@@ -92,10 +95,6 @@ def click_events(ws, query_ids) -> pd.DataFrame:
 
 def evaluate(ws, cfg: EvalConfig | None = None, queries: pd.DataFrame | None = None, run=None,
              progress: bool = True) -> pd.DataFrame:
-    from workbench.embed import embed_workspace, get_embedder, product_texts
-    from workbench.gen.data import eval_set
-    from workbench.gen.retrieve import Channel, Retriever, candidates
-
     cfg = cfg or EvalConfig()
     queries_given = queries is not None
     queries = eval_set(ws) if queries is None else queries
@@ -128,8 +127,6 @@ def evaluate(ws, cfg: EvalConfig | None = None, queries: pd.DataFrame | None = N
                                "width": float(cfg.width), "candidates": float(np.mean([len(g) for g in lists["generative"]])),
                                "valid_sid_rate_unconstrained": unconstrained_valid_rate(r, texts, cfg.width)}
         if r.model.cfg.context_vocab and not queries_given and ws.has("users") and ws.has("search_log"):
-            from workbench.gen.stages import personal_eval, personal_events
-
             extra["generative"].update(personal_eval(r, personal_events(ws), r.users(ws), cfg.width, cfg.ks))
         if "oracle-sids" in need:
             channels["oracle-sids"] = oracle_hits(r.lookup, r.index, relevant)
@@ -187,8 +184,6 @@ def evaluate(ws, cfg: EvalConfig | None = None, queries: pd.DataFrame | None = N
 
 def oracle_hits(lookup, index, relevant: list) -> list[list]:
     """Per query the Hits of exactly the SIDs of its relevant products (first seen first, log-prob 0)."""
-    from workbench.gen.retrieve import Hit
-
     row_of = lookup.rows()
     out = []
     for rel in relevant:
@@ -201,7 +196,6 @@ def unconstrained_valid_rate(retriever, texts: list[str], width: int) -> float:
     """Share of SIDs that exist among those the same beam decodes without the trie."""
     import torch
 
-    from workbench.gen.beam import beam_search
 
     ids, mask = retriever.tok.encode(texts, retriever.model.cfg.max_len, retriever.device)
     with torch.no_grad():

@@ -22,8 +22,11 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from workbench.baselines import BM25, Dense, rrf
+from workbench.embed import embed, embed_workspace, get_embedder, product_texts
 from workbench.gen.config import TEACHERS
 from workbench.gen.data import Pairs, sid_matrix
+from workbench.sid.store import workspace_embedder
 
 
 def soft_targets(texts: list[str], ranked: list[list[str]], sids: pd.DataFrame) -> Pairs:
@@ -55,10 +58,6 @@ def soft_targets(texts: list[str], ranked: list[list[str]], sids: pd.DataFrame) 
 def teacher(ws, name: str, device: str = "cpu") -> Callable[[list[str], int], list[list[str]]]:
     """The workspace's `name` retriever as texts, k -> ranked product ids (dense reads the embedding
     cache for the texts, so pseudo-queries the sentence backbone embedded cost nothing more)."""
-    from workbench.baselines import BM25, Dense, rrf
-    from workbench.embed import embed, embed_workspace, get_embedder, product_texts
-    from workbench.sid.store import workspace_embedder
-
     if name not in TEACHERS:
         raise ValueError(f"unknown teacher {name!r}; teachers: {', '.join(TEACHERS)}")
     products = ws.table("products")

@@ -20,15 +20,17 @@ import pandas as pd
 import torch
 
 from workbench.data.relevance import held_out, relevance
+from workbench.embed import embed_workspace, get_embedder
 from workbench.gen import store
 from workbench.gen.beam import Beams, beam_search
 from workbench.gen.config import ChannelConfig
+from workbench.gen.context import UserContext
 from workbench.gen.data import sid_matrix
 from workbench.gen.model import Generator
 from workbench.gen.tokenizer import TextTokenizer
 from workbench.gen.trie import compile_trie
 from workbench.sid.index import SIDIndex
-from workbench.sid.store import load_sids, sid_dir
+from workbench.sid.store import load_sids, sid_dir, workspace_embedder
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,6 @@ class Retriever:
     def users(self, ws, history: int = 5):
         """The workspace's UserContext for this generator (built once). A generator trained without
         users (no stage 3) refuses."""
-        from workbench.gen.context import UserContext
-
         if self.model.cfg.context_vocab == 0:
             raise ValueError("this generator was trained without users (stage 3); train with `workbench train --stages 1,2,3`")
         if self._context is None:
@@ -164,9 +164,6 @@ class CosineOrder:
 
     @classmethod
     def from_workspace(cls, ws, device: str = "cpu", logp_weight: float = 0.0, query_dtype: str = "float32") -> CosineOrder:
-        from workbench.embed import embed_workspace, get_embedder
-        from workbench.sid.store import workspace_embedder
-
         e = get_embedder(workspace_embedder(ws), device)
         vecs = embed_workspace(ws, e, ("products",), progress=False)["products"]  # stored: always float32
         return cls(e, ws.table("products")["product_id"].tolist(), vecs, logp_weight, query_dtype)

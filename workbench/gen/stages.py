@@ -35,6 +35,7 @@ import torch
 
 from workbench import checkpoint, dist, lineage
 from workbench.data.relevance import held_out
+from workbench.embed import embed_workspace, get_embedder
 from workbench.gen import store
 from workbench.gen.config import STAGES, GenConfig, StagesConfig
 from workbench.gen.context import UserContext
@@ -63,8 +64,6 @@ def make_tokenizer(ws, backbone: str, vocab_size: int = 8000, device: str = "cpu
 
 def init_tree(gen: Generator, ws, sids: pd.DataFrame, device: str = "cpu") -> None:
     """The tree head's centroids from the products' embeddings (the workspace's embedder, cached)."""
-    from workbench.embed import embed_workspace, get_embedder
-
     products = ws.table("products")
     vecs = embed_workspace(ws, get_embedder(workspace_embedder(ws), device), ("products",), progress=False)["products"]
     row = pd.Series(np.arange(len(products)), index=products["product_id"].to_numpy())

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from workbench.embed import embed, get_embedder
 from workbench.workspace import atomic_write
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
@@ -121,8 +122,6 @@ class SentenceTokenizer:
     encode_chunk = 1 << 62  # training encodes all its texts in one call (embed() chunks them itself)
 
     def __init__(self, embedder_name: str, device: str = "cpu", cache_dir: str | Path | None = None):
-        from workbench.embed import get_embedder
-
         self.embedder_name, self.cache_dir = embedder_name, cache_dir
         self.embedder = get_embedder(embedder_name, device)
         self.key = f"sentence-{self.embedder.key}"
@@ -132,8 +131,6 @@ class SentenceTokenizer:
         return self.embedder.dim
 
     def encode(self, texts: list[str], max_len: int = 32, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        from workbench.embed import embed
-
         texts = checked(texts)
         texts = [t[: max_len * 32] for t in texts]  # cut absurd texts first, as TextTokenizer does
         bulk = len(texts) >= self.BULK

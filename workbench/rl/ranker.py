@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from workbench import checkpoint, lineage
 from workbench.data.relevance import held_out
+from workbench.embed import embed_workspace, get_embedder
 from workbench.metrics import auc
 from workbench.rl.config import RankerConfig
 
@@ -189,8 +190,6 @@ def ranker_path(ws):
 
 def workspace_inputs(ws, embedder_name: str, device: str = "cpu", progress: bool = True) -> tuple[Features, np.ndarray]:
     """The ranker's features and the queries table's vectors, embedded with `embedder_name` (cached)."""
-    from workbench.embed import embed_workspace, get_embedder
-
     e = get_embedder(embedder_name, device)
     vecs = embed_workspace(ws, e, ("products", "queries"), progress=progress)
     return Features(ws, embedder_name, vecs["products"]), vecs["queries"]

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from workbench import checkpoint, dist, lineage
 from workbench.data.relevance import held_out, relevance
+from workbench.embed import embed, embed_workspace, product_texts
 from workbench.sid import labels, metrics
 from workbench.sid import map as smap
 from workbench.sid.config import CQSIDConfig
@@ -49,8 +50,6 @@ def relevance_pairs(ws: Workspace, product_ids: pd.Index, query_ids: pd.Index) -
 
 def workspace_data(ws: Workspace, embedder, progress: bool = True, products: pd.DataFrame | None = None) -> SIDData:
     """SIDData for the workspace's products (or `products`), with categories and query pairs when present."""
-    from workbench.embed import embed, embed_workspace, product_texts
-
     ws.require()
     if products is None:
         vecs = embed_workspace(ws, embedder, progress=progress)
@@ -119,8 +118,6 @@ def load_labels(ws: Workspace) -> pd.DataFrame:
 
 def write_map(ws: Workspace, embedder, points: int = smap.POINTS, seed: int = 0, progress: bool = True) -> pd.DataFrame:
     """Fit and store the Codebooks map of the current SID table (`workbench.sid.map`)."""
-    from workbench.embed import embed_workspace
-
     load_sids(ws)  # the map is of these SIDs: refuse to draw one for a stale table
     fp = lineage.fingerprint(sid_dir(ws) / "sids.parquet")
     products = ws.table("products")
