@@ -17,6 +17,7 @@ import streamlit as st
 from workbench import app_data
 from workbench.engine import MAX_WIDTH, AppError, Engine, compare, generators, open_workspace
 from workbench.eval.width import rule, served
+from workbench.gen import names
 from workbench.gen.config import ChannelConfig
 from workbench.workspace import default_path
 
@@ -24,7 +25,7 @@ st.set_page_config(page_title="workbench: generative search", layout="wide")
 
 
 @st.cache_resource(show_spinner="loading the generator ...")
-def engine(path: str, name: str = "generator") -> Engine:
+def engine(path: str, name: str = names.DEPLOYED) -> Engine:
     return Engine(open_workspace(path), name=name)
 
 
@@ -133,13 +134,14 @@ def search_page(path: str) -> None:
 
 
 def compare_page(path: str) -> None:
-    names = generators(open_workspace(path))
+    models = generators(open_workspace(path))
     c1, c2 = st.columns(2)
-    a = c1.selectbox("Generator A", names, key="cmp_a",
-                     index=names.index("generator-stage3") if "generator-stage3" in names else 0)
+    a = c1.selectbox("Generator A", models, key="cmp_a",
+                     index=models.index(names.stage(names.DEPLOYED, 3)) if names.stage(names.DEPLOYED, 3) in models else 0)
     path_b = c2.text_input("Workspace of B (another workspace compares across catalogs or SIDs)", path, key="cmp_ws_b")
     names_b = generators(open_workspace(path_b))
-    pick = next((n for n in ("generator-stage4", "generator-eg-grpo", "generator-grpo", "generator") if n in names_b and n != a), names_b[0])
+    later = [names.refined(names.DEPLOYED, h) for h in ("stage4", "eg-grpo", "grpo")] + [names.DEPLOYED]
+    pick = next((n for n in later if n in names_b and n != a), names_b[0])
     b = c2.selectbox("Generator B", names_b, key="cmp_b", index=names_b.index(pick))
     q1, q2 = st.columns([4, 1])
     query = q1.text_input("Query", key="cmp_query", placeholder="e.g. cordless drill")

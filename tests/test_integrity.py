@@ -57,7 +57,7 @@ def test_new_data_into_a_trained_workspace_needs_replace_then_stale_artifacts_ar
     assert len(ws.logbook().query("SELECT * FROM evals")) == evals  # no recall of 0.000 logged as a result
     r = invoke(ws, "data", "validate")
     assert r.exit_code == 1 and "stale    sid/sids.parquet" in r.output
-    assert not pipeline._has_sids(ws) and "sid" in pipeline.missing(ws)  # the pipeline would rebuild them
+    assert "stale" in pipeline.check(ws, "sid") and "sid" in pipeline.missing(ws)  # the pipeline would rebuild them
 
 
 def test_tables_left_in_place_must_still_fit_a_new_catalog(sample_ws, tmp_path):

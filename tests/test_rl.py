@@ -344,3 +344,24 @@ def test_torchrun_rl_two_processes_match_one(rl_ws, tmp_path):
 
 def test_reward_terms_are_the_reward_functions():
     assert tuple(rewards.REWARDS) == REWARD_TERMS  # RewardConfig weighs exactly the terms rewards.py computes
+
+
+def test_a_damaged_ranker_is_trained_again_not_only_a_missing_one(rl_ws, tmp_path):
+    """Stage 4's ranker is ensured with the pipeline's own test (`pipeline.check`): it must load and be
+    current, so a damaged file is replaced before any reward is computed from it."""
+    from tests.conftest import garbage
+    from workbench.cli.rl import ensure_ranker
+    from workbench.pipeline import check
+    from workbench.rl.ranker import ranker_path
+
+    shutil.copytree(rl_ws[0].path, tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws")
+    assert check(ws, "ranker") == ""
+    garbage(ranker_path(ws))
+    assert check(ws, "ranker").startswith("CheckpointError") and check(ws, "rl")
+    ensure_ranker(ws, "hashing-64", "cpu")
+    assert check(ws, "ranker") == ""
+    ranker_path(ws).unlink()
+    assert check(ws, "ranker").startswith("FileNotFoundError")
+    with pytest.raises(ValueError, match="unknown step 'nope'"):
+        check(ws, "nope")

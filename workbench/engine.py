@@ -26,6 +26,7 @@ import pandas as pd
 from workbench.baselines import BM25, Dense, rrf, supplement
 from workbench.embed import embed_workspace, get_embedder, product_texts
 from workbench.eval.width import served_width
+from workbench.gen import names
 from workbench.gen.retrieve import Channel, Retriever
 from workbench.gen.store import checkpoint_path, gen_dir
 from workbench.logbook import INTERACTIVE
@@ -51,7 +52,7 @@ def open_workspace(path: str | Path) -> Workspace:
     ws = Workspace(Path(str(path).strip() or "."))
     if not ws.exists():
         raise AppError(f"no workspace at {ws.path}: build one with `workbench demo` (or pick another path)")
-    if not checkpoint_path(ws, "generator").exists():
+    if not checkpoint_path(ws, names.DEPLOYED).exists():
         raise AppError(f"workspace {ws.path} has no trained generator yet: run `workbench train` (or `workbench demo`)")
     return ws
 
@@ -108,7 +109,7 @@ class Engine:
     """A workspace loaded for serving: the generator's retriever, product titles, users, and (built on
     first use) BM25 and dense retrieval for the side-by-side comparison."""
 
-    def __init__(self, ws: Workspace, device: str = "cpu", name: str = "generator", channel=None, width: int | None = None):
+    def __init__(self, ws: Workspace, device: str = "cpu", name: str = names.DEPLOYED, channel=None, width: int | None = None):
         self.ws, self.device = ws, device
         self.width = served_width(ws) if width is None else check_width(width)  # what a search decodes at unless told
         self.retriever = Retriever.from_workspace(ws, name, device)
@@ -182,8 +183,8 @@ class Engine:
 
 def generators(ws: Workspace) -> list[str]:
     """The generator checkpoints in the workspace (deployed first), for pickers."""
-    names = sorted(p.stem for p in gen_dir(ws).glob("*.safetensors") if not p.stem.endswith(".partial"))
-    return sorted(names, key=lambda n: n != "generator")
+    found = sorted(p.stem for p in gen_dir(ws).glob("*.safetensors") if not names.is_partial(p.stem))
+    return sorted(found, key=lambda n: n != names.DEPLOYED)
 
 
 def compare(a: Served, b: Served, k: int = 10) -> dict[str, pd.DataFrame]:

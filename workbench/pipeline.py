@@ -3,8 +3,8 @@ artifacts exist.
 
 `build(ws)` is what `workbench demo` (the README's first command) runs, with the `demo` recipe
 (`workbench.recipes`); the notebooks call `open_or_build`, which builds only when a step is missing.
-A step counts as done when its artifacts load and are current (`_usable`): a damaged or stale
-artifact is rebuilt, not served. `report(ws)` checks every artifact (`workbench data validate`).
+A step counts as done when its artifacts load and are current (`check`, the same test the
+benchmarks and stage 4's ranker make): a damaged or stale artifact is rebuilt, not served. `report(ws)` checks every artifact (`workbench data validate`).
 Each step reads the workspace and writes its artifacts there, so a rerun only does what is missing and
 an interrupted build resumes: data, embeddings, SIDs, the generator's stages, the beam-width sweep,
 then stage 4 (ranker, GRPO and EG-GRPO).
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from workbench.data.synth import PRESETS, generate, synth_meta
 from workbench.embed import embed_workspace, get_embedder
+from workbench.gen import names
 from workbench.logbook import tagged
 from workbench.recipes import Recipe, get
 from workbench.workspace import Workspace
@@ -34,17 +35,84 @@ def copy_tables(src: Workspace, dst: Workspace) -> dict[str, int]:
     return {t: len(d) for t, d in done.items()}
 
 
-def _has_data(ws: Workspace) -> bool:
-    return ws.exists() and ws.has("products")
+# what each step leaves behind, loaded with every check its readers make (checksums, finite weights,
+# lineage): a loader raises FileNotFoundError, CheckpointError (StaleError among them) or ValueError when
+# the step's artifacts are missing, damaged or stale. Embeddings are a cache, recomputed on demand, so
+# they never count as missing.
+def _tables(ws: Workspace) -> None:
+    if not (ws.exists() and ws.has("products")):
+        raise FileNotFoundError(f"workspace {ws.path} has no products table")
+
+
+def _sids(ws: Workspace) -> None:
+    from workbench.sid.store import load_model, load_sids
+
+    load_model(ws)
+    load_sids(ws)
+
+
+def _the_map(ws: Workspace) -> None:
+    from workbench.sid.store import load_map
+
+    load_map(ws)
+
+
+def _generator(ws: Workspace) -> None:
+    from workbench.gen.store import load
+
+    load(ws, names.DEPLOYED)
+
+
+def _width(ws: Workspace) -> None:
+    """The width the workspace serves was chosen by a sweep of its current generator."""
+    from workbench.eval import width
+    from workbench.lineage import StaleError
+
+    if why := width.outdated(ws):
+        raise StaleError(f"{width.choice_path(ws)} is stale: {why}")
+
+
+def _ranker(ws: Workspace) -> None:
+    from workbench.rl.ranker import load_checked
+
+    load_checked(ws)
+
+
+def _refined(ws: Workspace) -> None:
+    """Stage 4's models (with the ranker that rewarded them), unless the workspace cannot have them: without
+    a search log there is no ranker to reward them."""
+    from workbench.gen.store import load
+
+    if ws.has("products") and not ws.has("search_log"):
+        return
+    _ranker(ws)
+    load(ws, names.refined(names.DEPLOYED, "eg-grpo"))
+
+
+CHECKS = {"data": _tables, "sid": _sids, "map": _the_map, "gen": _generator, "sweep": _width, "ranker": _ranker, "rl": _refined}
+
+
+def check(ws: Workspace, step: str) -> str:
+    """Why `step`'s artifacts cannot be used as they are: "" when they exist, load and are current, else
+    the loader's words (missing, damaged, stale). The one test of "is this step done?" that the demo's
+    build, the benchmarks' workspaces and stage 4's ranker all make."""
+    from workbench.checkpoint import CheckpointError
+
+    if step not in CHECKS:
+        raise ValueError(f"unknown step {step!r}; steps: {', '.join(CHECKS)}")
+    try:
+        CHECKS[step](ws)
+    except (FileNotFoundError, CheckpointError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return ""
 
 
 def _data(ws: Workspace, source: Path, run, recipe: Recipe, **_) -> str:
-    if _has_data(ws):
+    if not check(ws, "data"):
         return "tables present"
     if source.exists():
         counts = copy_tables(Workspace(source), ws)
     else:  # an installed package without the repo's sample_data/: generate the same marketplace
-
         counts = {t: len(d) for t, d in ws.write_tables(generate(PRESETS["sample"]), meta=synth_meta(PRESETS["sample"])).items()}
     run.log(0, stage="data", **{f"rows_{t}": n for t, n in counts.items()})
     return ", ".join(f"{t} {n:,}" for t, n in counts.items())
@@ -57,27 +125,10 @@ def _embed(ws: Workspace, run, embedder: str, device: str, **_) -> str:
     return f"{embedder}: " + ", ".join(f"{k} {v.shape[0]:,}x{v.shape[1]}" for k, v in vecs.items())
 
 
-def _usable(load) -> bool:
-    """Whether an artifact loads and is current (missing, damaged or stale: rebuild it)."""
-    from workbench.checkpoint import CheckpointError
-
-    try:
-        load()
-    except (FileNotFoundError, CheckpointError, ValueError):  # StaleError is a ValueError
-        return False
-    return True
-
-
-def _has_sids(ws: Workspace) -> bool:
-    from workbench.sid.store import load_model, load_sids
-
-    return _usable(lambda: (load_model(ws), load_sids(ws)))
-
-
 def _sid(ws: Workspace, run, recipe: Recipe, embedder: str, device: str, **_) -> str:
     from workbench.sid.store import train_workspace
 
-    if _has_sids(ws):
+    if not check(ws, "sid"):
         return "SIDs present"
     e = get_embedder(embedder, device)
     cfg = recipe.sid_for(e.dim)
@@ -86,30 +137,18 @@ def _sid(ws: Workspace, run, recipe: Recipe, embedder: str, device: str, **_) ->
     return f"CQ-SID {cfg.model.codebook_sizes}: {c['sids']:,} SIDs, cluster size median {c['size_median']:g}, max {c['size_max']}"
 
 
-def _has_map(ws: Workspace) -> bool:
-    from workbench.sid.store import load_map
-
-    return _usable(lambda: load_map(ws))
-
-
 def _map(ws: Workspace, run, embedder: str, device: str, **_) -> str:
     from workbench.sid.store import write_map
 
-    if _has_map(ws):
+    if not check(ws, "map"):
         return "map present"
     return f"Codebooks map of {len(write_map(ws, get_embedder(embedder, device), progress=False)):,} products"
-
-
-def _has_generator(ws: Workspace) -> bool:
-    from workbench.gen.store import load
-
-    return _usable(lambda: load(ws, "generator"))
 
 
 def _gen(ws: Workspace, run, recipe: Recipe, device: str, **_) -> str:
     from workbench.gen.stages import train_stages
 
-    if _has_generator(ws):
+    if not check(ws, "gen"):
         return "generator present"
     rows = train_stages(ws, recipe.gen, device=device)
     last = rows[-1]
@@ -118,27 +157,17 @@ def _gen(ws: Workspace, run, recipe: Recipe, device: str, **_) -> str:
             + ", ".join(f"{k} {v:.3f}" for k, v in last.items() if "@" in k))
 
 
-def _has_rl(ws: Workspace) -> bool:
-    """Stage 4's models are present, or cannot be: without a search log there is no ranker to reward them."""
-    from workbench.gen.store import load
-    from workbench.rl.ranker import load_checked
-
-    if ws.has("products") and not ws.has("search_log"):
-        return True
-    return _usable(lambda: (load_checked(ws), load(ws, "generator-eg-grpo")))
-
-
 def _rl(ws: Workspace, run, recipe: Recipe, embedder: str, device: str, **_) -> str:
     """Stage 4, both algorithms, for their curves; `generator` stays the stage-3 model (on the sample,
-    RL against this ranker lowers hit rates: see the README)."""
-    from workbench.rl.ranker import load_checked, train_workspace
+    RL against this ranker lowers hit rates: see the docs' results)."""
+    from workbench.rl.ranker import train_workspace
     from workbench.rl.train import train_rl
 
     if not ws.has("search_log"):
         return "skipped: stage 4 rewards the generator with a ranker fitted on a search log, and this catalog has none"
-    if _has_rl(ws):
+    if not check(ws, "rl"):
         return "stage-4 models present"
-    if not _usable(lambda: load_checked(ws)):
+    if check(ws, "ranker"):
         train_workspace(ws, embedder, device, progress=False)
     out = []
     for algo in ("grpo", "eg-grpo"):
@@ -147,21 +176,11 @@ def _rl(ws: Workspace, run, recipe: Recipe, embedder: str, device: str, **_) -> 
     return f"ranker; {recipe.rl.steps} steps each: " + ", ".join(out)
 
 
-def _has_sweep(ws: Workspace) -> bool:
-    """The width the workspace serves was chosen by a sweep of its current generator."""
-    from workbench.eval import width
-
-    try:
-        return width.outdated(ws) == ""
-    except (FileNotFoundError, ValueError):  # no sweep yet, or a damaged choice
-        return False
-
-
 def _sweep(ws: Workspace, run, recipe: Recipe, device: str, **_) -> str:
     from workbench.eval.width import run_sweep
     from workbench.report import report
 
-    if _has_sweep(ws):
+    if not check(ws, "sweep"):
         return "width sweep present"
     rows, pick = run_sweep(ws, "workspace", recipe.sweep, run, device)
     report("beam-width-choice", [{"case": "workspace", **pick}], run)
@@ -169,13 +188,11 @@ def _sweep(ws: Workspace, run, recipe: Recipe, device: str, **_) -> str:
 
 
 STEPS = [("data", _data), ("embed", _embed), ("sid", _sid), ("map", _map), ("gen", _gen), ("sweep", _sweep), ("rl", _rl)]
-# what each step leaves behind (embeddings are a cache, recomputed on demand, so they never count as missing)
-DONE = {"data": _has_data, "sid": _has_sids, "map": _has_map, "gen": _has_generator, "sweep": _has_sweep, "rl": _has_rl}
 
 
 def missing(ws: Workspace) -> list[str]:
     """The pipeline steps whose artifacts `ws` lacks, in order (empty: fully built)."""
-    return [name for name, _ in STEPS if name in DONE and not DONE[name](ws)]
+    return [name for name, _ in STEPS if name in CHECKS and check(ws, name)]
 
 
 def open_or_build(path: str | Path, embedder: str = "minilm", device: str = "cpu", echo=print, recipe: str = "demo") -> Workspace:
@@ -238,7 +255,7 @@ def report(ws) -> list[dict]:
         add("rl/ranker.safetensors", lambda: ranker.load_checked(ws) and "")
     gdir = gen_store.gen_dir(ws)
     for path in sorted(gdir.glob("*.safetensors")) if gdir.is_dir() else []:
-        if path.stem.endswith(".partial"):  # an interrupted stage: weights + optimizer state
+        if names.is_partial(path.stem):  # an interrupted stage: weights + optimizer state
             add(f"gen/{path.name}", lambda name=path.stem: f"epoch {gen_store.load_partial(ws, name)[1]['epoch']} of an "
                 "interrupted stage (`workbench train` resumes it)", noted="partial")
         else:

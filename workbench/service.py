@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from workbench.baselines import BM25, Dense
 from workbench.embed import check_dtype, embed_workspace, get_embedder, product_texts
 from workbench.engine import MAX_QUERY, MAX_WIDTH, Engine, open_workspace
+from workbench.gen import names
 from workbench.gen.config import ChannelConfig
 from workbench.logbook import now
 from workbench.sid.store import workspace_embedder
@@ -75,7 +76,7 @@ class ServeConfig:
     flush_s: float = 0.5  # the logger writes its rows at least this often
     flush_rows: int = 512  # ... or as soon as it holds this many
     log: bool = True  # record served queries in the logbook
-    name: str = "generator"  # the generator checkpoint (gen/<name>.safetensors)
+    name: str = names.DEPLOYED  # the generator checkpoint (gen/<name>.safetensors)
     width: int = 0  # beam width of a request that names none (0: the width the workspace's sweep chose)
     query_dtype: str = ChannelConfig.query_dtype  # generative and dense: the query encoder computes in this (bfloat16: see README)
 

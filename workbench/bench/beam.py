@@ -21,12 +21,10 @@ from workbench.gen.beam import beam_search
 from workbench.gen.config import GenConfig
 from workbench.gen.model import Generator
 from workbench.gen.stages import train_stages
-from workbench.gen.store import gen_dir
 from workbench.gen.trie import compile_trie
-from workbench.pipeline import copy_tables
+from workbench.pipeline import check, copy_tables
 from workbench.recipes import get
 from workbench.sid.index import SIDIndex
-from workbench.sid.store import sid_dir
 from workbench.sid.store import train_workspace as train_sids
 from workbench.workspace import Workspace
 
@@ -187,14 +185,13 @@ def mode_workspace(src, mode: str, embedder: str = "minilm", device: str = "cpu"
     from dataclasses import replace
     from pathlib import Path
 
-
     r = get(recipe)
     ws = Workspace(Path(root or "workspaces") / f"bench-beam-{mode}")
     if not ws.has("products"):
         copy_tables(src, ws)
-    if not (sid_dir(ws) / "sids.parquet").exists():
+    if check(ws, "sid"):
         e = get_embedder(embedder, device)
         train_sids(ws, replace(r.sid_for(e.dim), mode=mode), e, device)
-    if not (gen_dir(ws) / "generator.safetensors").exists():
+    if check(ws, "gen"):
         train_stages(ws, r.gen, device=device)
     return ws

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.embed import get_embedder
-from workbench.pipeline import copy_tables
+from workbench.pipeline import check, copy_tables
 from workbench.recipes import Recipe
 from workbench.workspace import Workspace
 
@@ -43,10 +43,10 @@ def measure(ws: Workspace, recipe: Recipe, embedder: str = "minilm", device: str
     """SIDs and generator of `recipe` in `ws` (kept where present), then the harness; one row per method."""
     from workbench.eval.harness import evaluate
     from workbench.gen.stages import train_stages
-    from workbench.sid.store import sid_dir, train_workspace
+    from workbench.sid.store import train_workspace
 
     t0 = time.perf_counter()
-    if not (sid_dir(ws) / "sids.parquet").exists():
+    if check(ws, "sid"):
         e = get_embedder(embedder, device)
         c = train_workspace(ws, recipe.sid_for(e.dim), e, device)["clusters"]
         echo(f"SIDs {recipe.sid.model.codebook_sizes}: {c['sids']:,} for {c['products']:,} products "

@@ -13,6 +13,7 @@ import pandas as pd
 
 from workbench.eval.config import EvalConfig
 from workbench.eval.harness import evaluate
+from workbench.gen import names
 from workbench.rl.config import RLConfig
 from workbench.rl.train import train_rl
 
@@ -20,11 +21,11 @@ DIAGNOSTICS = ["reward", "reward_click", "reward_purchase", "reward_exposure", "
                "sid_entropy_bits", "distinct_sids", "cluster_size", "clickbait_clusters", "kl"]
 
 
-def compare(ws, cfg: RLConfig, algos=("grpo", "eg-grpo"), name: str = "generator", device: str = "cpu",
+def compare(ws, cfg: RLConfig, algos=("grpo", "eg-grpo"), name: str = names.DEPLOYED, device: str = "cpu",
             tail: int = 10, tag: str = "", progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    curves, diags, models = [], [], {"stage 3": f"{name}-stage3"}
+    curves, diags, models = [], [], {"stage 3": names.stage(name, 3)}
     for algo in algos:
-        out = f"{name}-{algo}{tag}"
+        out = names.refined(name, algo, tag)
         history = train_rl(ws, replace(cfg, algo=algo), name, out=out, device=device, progress=progress)
         models[f"stage 4 {algo}"] = out
         curves += [{"case": algo, **{k: v for k, v in h.items() if k == "step" or "@" in k}} for h in history if "click_hit@10" in h]

@@ -101,7 +101,6 @@ def grow(ws, n: int, dst: Path, progress: bool = True):
     import pandas as pd
     import pyarrow.parquet as pq
 
-
     own = ws.table("products")
     if n <= len(own):
         raise ValueError(f"the catalog already has {len(own):,} products; grow it to more than that, not {n:,}")

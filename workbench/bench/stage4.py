@@ -19,6 +19,7 @@ import pandas as pd
 
 from workbench.eval.ab import run_ab
 from workbench.eval.config import ABConfig
+from workbench.gen import names
 from workbench.rl.config import RLConfig
 from workbench.rl.train import train_rl
 
@@ -28,19 +29,19 @@ KEEP = ("purchases", "purchases_lo", "purchases_hi", "d_purchases", "d_purchases
 
 
 def study(ws, cfg: RLConfig, ab: ABConfig, seeds=(0, 1, 2), judges=("ranker", "oracle"), algos=("grpo", "eg-grpo"),
-          name: str = "generator", device: str = "cpu", progress: bool = True, tag: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+          name: str = names.DEPLOYED, device: str = "cpu", progress: bool = True, tag: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
     models, hits = {}, {}
     for judge in judges:
         for algo in algos:
             for seed in seeds:
-                out = f"{name}-{algo}-{judge}{tag}-s{seed}"
+                out = names.refined(name, algo, f"-{judge}{tag}-s{seed}")
                 history = train_rl(ws, replace(cfg, algo=algo, judge=judge, seed=seed), name, out=out, device=device,
                                    progress=progress)
                 models[out] = (judge, algo, seed)
                 last = pd.DataFrame([h for h in history if "loss" in h][-10:])
                 hits[out] = {**{k: v for k, v in history[-1].items() if "@" in k},
                              **{k: float(last[k].mean()) for k in COLLAPSE if k in last}}
-    stage3 = f"{name}-stage3"
+    stage3 = names.stage(name, 3)
     rows = []
     for ranker in ("model", "oracle"):
         df = run_ab(ws, replace(ab, arms=(stage3, *models), ranker=ranker), device, echo=lambda *_: None,

@@ -31,10 +31,11 @@ from workbench.eval.config import ABConfig, SweepConfig
 from workbench.eval.width import run_sweep, served_width, width_for_recall
 from workbench.gen.config import TrainConfig
 from workbench.logbook import tagged
+from workbench.pipeline import check
 from workbench.report import device_name, report
 from workbench.service import CHANNELS, ServeConfig
 from workbench.sid.config import CQSIDConfig, RQVAEConfig
-from workbench.sid.store import load_sids, sid_dir, train_workspace, workspace_data, workspace_embedder
+from workbench.sid.store import load_sids, train_workspace, workspace_data, workspace_embedder
 
 
 # benchmarks ------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ def bench_seqrec(ctx, datasets_dir, indexes, codebook_sizes, epochs, d_model, la
     ws = bench_workspace("scientific", datasets_dir)
     e1, e2 = ints(epochs)
     names = [n.strip() for n in indexes.split(",")]
-    if "cq-sid" in names and not (sid_dir(ws) / "sids.parquet").exists():
+    if "cq-sid" in names and check(ws, "sid"):
         e = get_embedder(embedder, device)
         train_workspace(ws, CQSIDConfig(model=RQVAEConfig(input_dim=e.dim, codebook_sizes=ints(codebook_sizes)), seed=seed),
                         e, device)
@@ -358,7 +359,6 @@ def bench_dist(ctx, job, procs, epochs, device, job_args) -> None:
 
     Runs in a scratch copy of the workspace (links, its own logbook): the workspace is not changed."""
     import shlex
-
 
     ws = ws_of(ctx).require()
     extra = ["--device", device, *shlex.split(job_args)]

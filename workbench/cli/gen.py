@@ -10,7 +10,7 @@ from workbench.cli.options import apply, config_options, device_option, embedder
 from workbench.cli.rl import ensure_ranker
 from workbench.engine import MAX_WIDTH
 from workbench.eval.width import DEFAULT_WIDTH, served
-from workbench.gen import store
+from workbench.gen import names, store
 from workbench.gen.config import BACKBONES, ORDERS, ChannelConfig, GenConfig, StagesConfig
 from workbench.gen.retrieve import Channel, Retriever
 from workbench.gen.stages import train_stages
@@ -35,7 +35,7 @@ MODEL = ("d_model", "n_heads", "dec_layers", "d_ff", "dropout")  # GenConfig fie
 @config_options(GenConfig, *MODEL, flags={"n_heads": "--heads", "dec_layers": "--layers"},
                 help={"dec_layers": "Decoder layers (and scratch encoder layers)."})
 @config_options(StagesConfig, "train.batch_size", "train.lr", "replay", "pseudo", "distill", "distill_k", "distill_query_k")
-@click.option("--name", default="generator", show_default=True, help="Checkpoint name in <workspace>/gen/.")
+@click.option("--name", default=names.DEPLOYED, show_default=True, help="Checkpoint name in <workspace>/gen/.")
 @config_options(StagesConfig, "eval_width")
 @click.option("--fresh", is_flag=True, help="Ignore finished and interrupted stages' checkpoints (default: resume).")
 @config_options(StagesConfig, "train.seed")
@@ -48,7 +48,6 @@ def train(ctx, recipe, embedder, name, fresh, device, **kw):
     Every stage is data-parallel under torchrun, e.g. `torchrun --nproc_per_node 2 -m workbench train`:
     --batch-size is the global batch, split over the processes; only rank 0 writes."""
     from dataclasses import replace
-
 
     ws = ws_of(ctx).require()
     r = recipes.get(recipe)
@@ -81,7 +80,7 @@ def train(ctx, recipe, embedder, name, fresh, device, **kw):
 def _stage4(ws, cfg: RLConfig, name: str, embedder: str, device: str, fresh: bool) -> None:
     """Stage 4 after stages 1-3: `<name>-stage4` (trained again when stage 3 changed since), then deployed
     as `<name>` when it was trained now or nothing is deployed."""
-    out = f"{name}-stage4"
+    out = names.refined(name, "stage4")
     why = "--fresh" if fresh else "" if store.checkpoint_path(ws, out).exists() else "none yet"
     if not why:
         try:
@@ -114,7 +113,7 @@ def gen() -> None:
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="SIDs (and channel products) to show per query.")
 @config_options(ChannelConfig, "budget", "order", "logp_weight", choices={"order": ORDERS})
 @click.option("--user", default=None, help="Personalise for this user id (a generator trained with stage 3).")
-@click.option("--name", default="generator", show_default=True)
+@click.option("--name", default=names.DEPLOYED, show_default=True)
 @device_option()
 @click.pass_context
 def search(ctx, queries, width, top, user, name, device, **kw):

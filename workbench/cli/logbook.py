@@ -23,7 +23,6 @@ def sql(ctx, query, max_rows, as_json) -> None:
     import duckdb
     import pandas as pd
 
-
     if not query.strip():
         raise click.UsageError('empty SQL: give a query, e.g. workbench sql "SELECT * FROM runs"')
     try:

@@ -7,7 +7,9 @@ import pandas as pd
 
 from workbench import recipes
 from workbench.cli.options import apply, config_options, device_option, embedder_option, recipe_option, ws_of
+from workbench.gen import names
 from workbench.logbook import tagged
+from workbench.pipeline import check
 from workbench.rl.config import ALGOS, JUDGES, SHAPINGS, RLConfig
 
 
@@ -17,7 +19,7 @@ def rl_options(name_help: str):
     def deco(f):
         f = device_option()(f)
         f = embedder_option("For the ranker, if it has to be trained.")(f)
-        f = click.option("--name", default="generator", show_default=True, help=name_help)(f)
+        f = click.option("--name", default=names.DEPLOYED, show_default=True, help=name_help)(f)
         return _rl_fields(f)
     return deco
 
@@ -50,13 +52,14 @@ def rl_config(ctx, recipe: str, reward_weights: str, kw: dict) -> RLConfig:
 
 
 def ensure_ranker(ws, embedder: str, device: str) -> None:
-    """Train the ranker if the workspace has none (under torchrun rank 0 does; the others wait for it)."""
+    """Train the ranker unless the workspace has a current one (`pipeline.check`: missing, damaged or
+    trained on another catalog all count as none); under torchrun rank 0 does, the others wait for it."""
     from workbench import dist
-    from workbench.rl.ranker import ranker_path, train_workspace
+    from workbench.rl.ranker import train_workspace
 
     with dist.main_first():
-        if not ranker_path(ws).exists():
-            click.echo(f"no ranker in {ws.path}: training one on the search log first")
+        if why := check(ws, "ranker"):
+            click.echo(f"training the ranker on the search log first ({why})")
             train_workspace(ws, embedder, device)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from workbench.gen import names
 from workbench.gen.config import ChannelConfig
 
 METHODS = ("generative", "oracle-sids", "bm25", "dense", "hybrid", "bm25+gen", "dense+gen", "hybrid+gen")  # what eval compares
@@ -22,7 +23,7 @@ class EvalConfig:
     budgets: tuple[int, ...] = (100, 300, 1000)  # channel and unique recall at these candidate budgets
     share: float = 0.3  # share of the k slots a supplement gives to generation
     methods: tuple[str, ...] = METHODS
-    generator: str = "generator"  # which generator checkpoint
+    generator: str = names.DEPLOYED  # which generator checkpoint
     embedder: str = "minilm"
     device: str = "cpu"
 
@@ -53,7 +54,7 @@ class SweepConfig:
 
 @dataclass(frozen=True)
 class ABConfig:
-    arms: tuple[str, ...] = ("generator",)  # channels added to the legacy recall set: generator checkpoints (by name), bm25 or dense
+    arms: tuple[str, ...] = (names.DEPLOYED,)  # channels added to the legacy recall set: generator checkpoints (by name), bm25 or dense
     recall: int = 100  # the legacy engine's recall set: its top this many products per query
     supplement: int = 100  # each channel's top this many products, merged into the recall set
     width: int = 32  # beam width of generator channels

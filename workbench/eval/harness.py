@@ -196,7 +196,6 @@ def unconstrained_valid_rate(retriever, texts: list[str], width: int) -> float:
     """Share of SIDs that exist among those the same beam decodes without the trie."""
     import torch
 
-
     ids, mask = retriever.tok.encode(texts, retriever.model.cfg.max_len, retriever.device)
     with torch.no_grad():
         b = beam_search(retriever.model, retriever.model.memory(ids, mask), None, width, constrained=False)

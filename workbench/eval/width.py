@@ -24,6 +24,7 @@ import pandas as pd
 
 from workbench import lineage
 from workbench.eval.config import SweepConfig
+from workbench.gen import names
 from workbench.gen.data import eval_set
 from workbench.gen.retrieve import Retriever, ranked_products
 from workbench.gen.store import checkpoint_path, gen_dir
@@ -109,7 +110,7 @@ def choice_path(ws: Workspace) -> Path:
     return gen_dir(ws) / "width.json"
 
 
-def save_choice(ws: Workspace, pick: dict, run_id: str | None = None, generator: str = "generator") -> Path:
+def save_choice(ws: Workspace, pick: dict, run_id: str | None = None, generator: str = names.DEPLOYED) -> Path:
     """Store `pick` (a `pick_width` result) as the width `ws` serves, with its rule and the fingerprint of
     the generator it was measured on."""
     doc = {"width": int(pick["width"]), "rule": rule(pick), "pick": {k: (v.item() if hasattr(v, "item") else v) for k, v in pick.items()},

@@ -21,7 +21,7 @@ import torch
 
 from workbench.data.relevance import held_out, relevance
 from workbench.embed import embed_workspace, get_embedder
-from workbench.gen import store
+from workbench.gen import names, store
 from workbench.gen.beam import Beams, beam_search
 from workbench.gen.config import ChannelConfig
 from workbench.gen.context import UserContext
@@ -81,7 +81,7 @@ class Retriever:
         self._context = None
 
     @classmethod
-    def from_workspace(cls, ws, name: str = "generator", device: str = "cpu") -> Retriever:
+    def from_workspace(cls, ws, name: str = names.DEPLOYED, device: str = "cpu") -> Retriever:
         model, tok, _ = store.load(ws, name, device)
         index = SIDIndex.load(sid_dir(ws) / "index.parquet")
         return cls(model, tok, index, ProductLookup(index, load_sids(ws), popularity(ws)), device)

@@ -36,7 +36,7 @@ import torch
 from workbench import checkpoint, dist, lineage
 from workbench.data.relevance import held_out
 from workbench.embed import embed_workspace, get_embedder
-from workbench.gen import store
+from workbench.gen import names, store
 from workbench.gen.config import STAGES, GenConfig, StagesConfig
 from workbench.gen.context import UserContext
 from workbench.gen.data import Pairs, eval_set, item_pairs, item_text, pseudo_pairs, query_pairs, sid_matrix
@@ -134,7 +134,7 @@ def personal_eval(retriever: Retriever, events: pd.DataFrame, ctx: UserContext, 
 
 
 def _partial(ws, name: str, stage: int):
-    return store.gen_dir(ws) / f"{name}-stage{stage}.partial.safetensors"
+    return store.checkpoint_path(ws, names.partial(names.stage(name, stage)))
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, str]:
@@ -151,7 +151,7 @@ def _optimizer_state(state: dict, groups: str) -> dict:
     return {"state": out, "param_groups": json.loads(groups)}
 
 
-def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", device: str = "cpu", resume: bool = True,
+def train_stages(ws, cfg: StagesConfig | None = None, name: str = names.DEPLOYED, device: str = "cpu", resume: bool = True,
                  progress: bool = True, echo=print) -> list[dict]:
     """Run `cfg.stages` in order; returns one result row per stage (loss, recall@K, ...). `echo` gets
     what happened to earlier checkpoints (kept, trained again, removed)."""
@@ -167,7 +167,7 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
     # the model: from the checkpoint of the stage before the first one asked for, or new
     first = stages[0]
     if first > 1:
-        prev = f"{name}-stage{first - 1}"
+        prev = names.stage(name, first - 1)
         gen, tok, _ = store.load(ws, prev, device)
         if personal and gen.cfg.context_vocab != ctx.vocab_size:
             raise ValueError(f"checkpoint {prev} was built without (or with other) context slots; start again from stage 1 "
@@ -208,8 +208,8 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
     for s in stages:
         stage = f"{s}-{STAGES[s]}"
         own = data[s]()
-        parent = f"{name}-stage{s - 1}" if s > 1 else None
-        if resume and (got := _finished(ws, f"{name}-stage{s}", device, echo)):
+        parent = names.stage(name, s - 1) if s > 1 else None
+        if resume and (got := _finished(ws, names.stage(name, s), device, echo)):
             gen, tok, meta = got
             run_id = meta.get("run_id")
             retriever.model, retriever.tok = gen, tok
@@ -226,7 +226,7 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
             _remove(part, "--fresh", echo)
         elif part.exists():
             try:
-                st, meta = store.load_partial(ws, f"{name}-stage{s}.partial", device)
+                st, meta = store.load_partial(ws, names.partial(names.stage(name, s)), device)
             except checkpoint.CheckpointError as e:  # damaged, or stale (a StaleError)
                 _remove(part, str(e), echo)
             else:
@@ -238,7 +238,7 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
 
         def save_partial(epoch, opt, s=s, gen=gen, tok=tok, parent=parent):
             tensors, groups = _optimizer_tensors(opt)
-            store.save(ws, gen, tok, f"{name}-stage{s}.partial", extra=tensors, parent=parent, epoch=epoch, param_groups=groups)
+            store.save(ws, gen, tok, names.partial(names.stage(name, s)), extra=tensors, parent=parent, epoch=epoch, param_groups=groups)
 
         main = dist.is_main()  # under torchrun only rank 0 evaluates and writes (logbook rows, checkpoints)
         logged = ws.logbook().run("gen-train", {"generator": gen.cfg, "train": train, "stage": stage, "replay": replay_share,
@@ -263,13 +263,13 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = "generator", d
                     run.log_eval(metric, value, k=int(k), dataset="held-out queries", method=f"generator/{gen.cfg.backbone}",
                                  stage=stage)
             run_id = run.run_id
-            store.save(ws, gen.cpu(), tok, f"{name}-stage{s}", parent=parent, run_id=run_id, stage=stage, examples=len(pairs))
+            store.save(ws, gen.cpu(), tok, names.stage(name, s), parent=parent, run_id=run_id, stage=stage, examples=len(pairs))
             gen.to(device)
         part.unlink(missing_ok=True)
         results.append(row)
         done.append(own)
     if dist.is_main():
-        last = f"{name}-stage{stages[-1]}"
+        last = names.stage(name, stages[-1])
         if trained or not store.checkpoint_path(ws, name).exists():
             store.deploy(ws, last, name, why=f"train stages {','.join(map(str, stages))}")
         else:

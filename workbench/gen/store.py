@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench import checkpoint, lineage
+from workbench.gen import names
 from workbench.gen.config import GenConfig
 from workbench.gen.model import Generator
 from workbench.gen.tokenizer import TextTokenizer, load_tokenizer
@@ -50,7 +51,7 @@ def checkpoint_path(ws: Workspace, name: str) -> Path:
     return gen_dir(ws) / f"{name}.safetensors"
 
 
-def save(ws: Workspace, model: Generator, tok: TextTokenizer, name: str = "generator", extra: dict | None = None,
+def save(ws: Workspace, model: Generator, tok: TextTokenizer, name: str = names.DEPLOYED, extra: dict | None = None,
          parent: str | None = None, **meta) -> Path:
     """Write `<name>`; `parent`: the checkpoint it was trained from (recorded with its fingerprint)."""
     tok.save(tokenizer_path(ws, tok.key))
@@ -95,7 +96,7 @@ def load_partial(ws: Workspace, name: str, device: str = "cpu") -> tuple[dict, d
     return state, meta
 
 
-def deploy(ws: Workspace, source: str, name: str = "generator", why: str = "") -> Path:
+def deploy(ws: Workspace, source: str, name: str = names.DEPLOYED, why: str = "") -> Path:
     """Copy checkpoint `source` to `<name>` (the deployed generator) inside a logbook run."""
     model, tok, meta = load(ws, source)
     with ws.logbook().run("gen-deploy", {"source": source, "name": name, "why": why}, name=f"deploy {source} as {name}") as run:
@@ -105,8 +106,8 @@ def deploy(ws: Workspace, source: str, name: str = "generator", why: str = "") -
     return path
 
 
-def load(ws: Workspace, name: str = "generator", device: str = "cpu") -> tuple[Generator, TextTokenizer, dict]:
-    path = gen_dir(ws) / f"{name}.safetensors"
+def load(ws: Workspace, name: str = names.DEPLOYED, device: str = "cpu") -> tuple[Generator, TextTokenizer, dict]:
+    path = checkpoint_path(ws, name)
     if not path.exists():
         have = sorted(p.stem for p in gen_dir(ws).glob("*.safetensors"))
         raise FileNotFoundError(f"workspace {ws.path} has no generator {name!r} ({path}); "

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from workbench import dist
 from workbench.data.market import Market
 from workbench.data.relevance import held_out
-from workbench.gen import store
+from workbench.gen import names, store
 from workbench.gen.context import UserContext
 from workbench.gen.data import eval_set
 from workbench.gen.retrieve import Retriever, ranked_products
@@ -227,13 +227,13 @@ def diagnostics(members: torch.Tensor, present: torch.Tensor, s: Scores, G: int,
     return out
 
 
-def train_rl(ws, cfg: RLConfig, name: str = "generator", source: str | None = None, out: str | None = None,
+def train_rl(ws, cfg: RLConfig, name: str = names.DEPLOYED, source: str | None = None, out: str | None = None,
              device: str = "cpu", progress: bool = True) -> list[dict]:
     """Refine `source` (default <name>-stage3) with `cfg.algo`; save as `out` (default <name>-<algo>)."""
     if cfg.prompts < dist.world():
         raise ValueError(f"{cfg.prompts} prompts per step cannot be split over {dist.world()} processes; "
                          f"use --prompts >= {dist.world()}")
-    source, out = source or f"{name}-stage3", out or f"{name}-{cfg.algo}"
+    source, out = source or names.stage(name, 3), out or names.refined(name, cfg.algo)
     env = environment(ws, source, cfg, device, progress)
     retriever, policy = env.retriever, env.retriever.model
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
