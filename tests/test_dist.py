@@ -208,7 +208,7 @@ def test_torchrun_the_whole_curriculum_through_stage_4(sid_workspace, tmp_path):
                                         "--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64", "--eval-width", "4",
                                         "--embedder", "hashing-64", "--fresh"]), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert r.stdout.count("wrote generator-stage4 and deployed it as generator") == 1 and r.stdout.count("training one on the search log") == 1
+    assert r.stdout.count("wrote generator-stage4 and deployed it as generator") == 1 and r.stdout.count("training the ranker on the search log first") == 1
     _, _, meta = store.load(Workspace(tmp_path / "ws"), "generator")
     assert meta["stage"] == "4-eg-grpo"
     runs = Workspace(tmp_path / "ws").logbook().query("SELECT config->>'$.processes' AS p FROM runs WHERE kind = 'rl'")

@@ -26,8 +26,9 @@ stage-by-stage curves are one SQL query.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -151,129 +152,162 @@ def _optimizer_state(state: dict, groups: str) -> dict:
     return {"state": out, "param_groups": json.loads(groups)}
 
 
-def train_stages(ws, cfg: StagesConfig | None = None, name: str = names.DEPLOYED, device: str = "cpu", resume: bool = True,
-                 progress: bool = True, echo=print) -> list[dict]:
-    """Run `cfg.stages` in order; returns one result row per stage (loss, recall@K, ...). `echo` gets
-    what happened to earlier checkpoints (kept, trained again, removed)."""
-    cfg = cfg or StagesConfig()
-    stages, backbone, model, train, replay_share, history, eval_width, n_pseudo = (
-        cfg.stages, cfg.backbone, cfg.model, cfg.train, cfg.replay, cfg.history, cfg.eval_width, cfg.pseudo)
-    per_stage = dict(zip(stages, cfg.epochs))
+@dataclass(frozen=True)
+class Curriculum:
+    """What every stage of one `train_stages` call shares: its SIDs and inputs, built once."""
+
+    sids: pd.DataFrame  # the SID table: product_id, sid_1..sid_L
+    index: SIDIndex  # every valid SID: the decoder's trie
+    ctx: UserContext | None  # users' context slots, when stage 3 is planned
+    evalset: pd.DataFrame  # the held-out queries and their relevant products
+    events: pd.DataFrame | None  # the held-out queries' clicks and purchases (stage 3's personal hit rate)
+    items: Pairs  # stage 1's titles (and the forgetting check's)
+    examples: dict[int, Callable[[], Pairs]]  # stage -> its own examples, built when asked for
+
+
+def curriculum(ws, cfg: StagesConfig, device: str = "cpu") -> Curriculum:
+    """The SIDs, the users' context, the held-out sets and each stage's examples of `cfg`."""
     sids = load_sids(ws)
     index = SIDIndex.load(sid_dir(ws) / "index.parquet")
-    personal = 3 in stages
-    ctx = UserContext.from_workspace(ws, sids, index.vocab, history) if personal else None
+    personal = 3 in cfg.stages
+    ctx = UserContext.from_workspace(ws, sids, index.vocab, cfg.history) if personal else None
+    items = item_pairs(ws, sids, embedded_text=cfg.backbone == "sentence")
+    pseudo = (lambda: [pseudo_pairs(ws, sids, cfg.pseudo, cfg.train.seed)]) if cfg.pseudo else list
+    examples = {1: lambda: Pairs.concat([items, *pseudo()]), 2: lambda: query_examples(ws, sids, cfg, pseudo, device),
+                3: lambda: personal_pairs(ws, sids, ctx)}
+    return Curriculum(sids, index, ctx, eval_set(ws), personal_events(ws) if personal else None, items, examples)
 
-    # the model: from the checkpoint of the stage before the first one asked for, or new
-    first = stages[0]
-    if first > 1:
-        prev = names.stage(name, first - 1)
+
+def query_examples(ws, sids: pd.DataFrame, cfg: StagesConfig, pseudo: Callable[[], list[Pairs]], device: str) -> Pairs:
+    """Stage 2: the training queries' logged and judged products, and with `cfg.distill` a teacher's ranking
+    of the training queries and of stage 1's pseudo-queries (one teacher index for both)."""
+    own = query_pairs(ws, sids)
+    if not cfg.distill:
+        return own
+    q = ws.table("queries")
+    queries = list(dict.fromkeys(q.loc[~held_out(q["query_id"]), "query"].astype(str)))
+    seen = set(queries)
+    texts = [t for t in dict.fromkeys(p for x in pseudo() for p in x.text) if t not in seen]
+    search = teacher(ws, cfg.distill, device)
+    return Pairs.concat([own, distill_pairs(ws, sids, queries, cfg.distill, cfg.distill_query_k, search=search),
+                         *([distill_pairs(ws, sids, texts, cfg.distill, cfg.distill_k, search=search)] if texts else [])])
+
+
+def first_model(ws, cfg: StagesConfig, cur: Curriculum, name: str, device: str) -> tuple[Generator, TextTokenizer]:
+    """The model the first planned stage starts from: the checkpoint of the stage before it, or a new one
+    (with context slots when stage 3 is planned, and the tree head's centroids with `cfg.tree`)."""
+    if cfg.stages[0] > 1:
+        prev = names.stage(name, cfg.stages[0] - 1)
         gen, tok, _ = store.load(ws, prev, device)
-        if personal and gen.cfg.context_vocab != ctx.vocab_size:
+        if cur.ctx is not None and gen.cfg.context_vocab != cur.ctx.vocab_size:
             raise ValueError(f"checkpoint {prev} was built without (or with other) context slots; start again from stage 1 "
                              "with stage 3 in the plan: --stages 1,2,3")
-    else:
-        tok = make_tokenizer(ws, backbone, device=device)
-        dims = {"embed_dim": tok.dim} if backbone == "sentence" else {}
-        dims.update({"tree": tree_nodes(sid_matrix(sids))} if cfg.tree else {})
-        gen_cfg = GenConfig(sid_vocab=tuple(index.vocab), text_vocab=tok.vocab_size, tokenizer=tok.key, backbone=backbone,
-                            context_vocab=ctx.vocab_size if personal else 0, **{**(model or {}), **dims})
-        torch.manual_seed(train.seed)
-        gen = Generator(gen_cfg)
-        if cfg.tree:
-            init_tree(gen, ws, sids, device)
+        return gen, tok
+    tok = make_tokenizer(ws, cfg.backbone, device=device)
+    dims = {"embed_dim": tok.dim} if cfg.backbone == "sentence" else {}
+    dims.update({"tree": tree_nodes(sid_matrix(cur.sids))} if cfg.tree else {})
+    gen_cfg = GenConfig(sid_vocab=tuple(cur.index.vocab), text_vocab=tok.vocab_size, tokenizer=tok.key, backbone=cfg.backbone,
+                        context_vocab=cur.ctx.vocab_size if cur.ctx is not None else 0, **{**(cfg.model or {}), **dims})
+    torch.manual_seed(cfg.train.seed)
+    gen = Generator(gen_cfg)
+    if cfg.tree:
+        init_tree(gen, ws, cur.sids, device)
+    return gen, tok
 
-    evalset = eval_set(ws)
-    retriever = Retriever(gen, tok, index, ProductLookup(index, sids, popularity(ws)), device)
-    events = personal_events(ws) if personal else None
-    items = item_pairs(ws, sids, embedded_text=backbone == "sentence")  # stage 1's examples, and item_eval's
-    pseudo = (lambda: [pseudo_pairs(ws, sids, n_pseudo, train.seed)]) if n_pseudo else list
 
-    def stage_2() -> Pairs:
-        own = query_pairs(ws, sids)
-        if not cfg.distill:
-            return own
-        q = ws.table("queries")
-        queries = list(dict.fromkeys(q.loc[~held_out(q["query_id"]), "query"].astype(str)))
-        seen = set(queries)
-        texts = [t for t in dict.fromkeys(p for x in pseudo() for p in x.text) if t not in seen]
-        search = teacher(ws, cfg.distill, device)  # one index for both kinds of text
-        return Pairs.concat([own, distill_pairs(ws, sids, queries, cfg.distill, cfg.distill_query_k, search=search),
-                             *([distill_pairs(ws, sids, texts, cfg.distill, cfg.distill_k, search=search)] if texts else [])])
+def training_set(cur: Curriculum, own: Pairs, earlier: list[Pairs], cfg: StagesConfig, s: int) -> Pairs:
+    """Stage `s`'s examples with the earlier stages' replayed (empty context slots beside stage 3's)."""
+    if cur.ctx is not None:
+        own, earlier = with_context(own, cur.ctx.width), [with_context(p, cur.ctx.width) for p in earlier]
+    return replay(own, earlier, cfg.replay, cfg.train.seed + s)
 
-    data = {1: lambda: Pairs.concat([items, *pseudo()]), 2: stage_2, 3: lambda: personal_pairs(ws, sids, ctx)}
-    done: list[Pairs] = [data[s]() for s in range(1, first)]  # earlier stages' examples, for replay
-    results, run_id, trained = [], None, False
+
+def resume_state(ws, gen: Generator, name: str, s: int, resume: bool, device: str, echo) -> dict | None:
+    """The interrupted run of stage `s` to continue (its weights loaded into `gen`): {"epoch", "optimizer"};
+    None to start the stage afresh, removing a partial checkpoint that cannot be resumed (`resume` off,
+    damaged, or stale)."""
+    part = _partial(ws, name, s)
+    if not part.exists():
+        return None
+    if not resume:
+        _remove(part, "--fresh", echo)
+        return None
+    try:
+        st, meta = store.load_partial(ws, names.partial(names.stage(name, s)), device)
+    except checkpoint.CheckpointError as e:  # damaged, or stale (a StaleError)
+        _remove(part, str(e), echo)
+        return None
+    checkpoint.load_into(gen, {k: v for k, v in st.items() if not k.startswith("optimizer.")}, part)
+    echo(f"resuming stage {s}-{STAGES[s]} after epoch {meta['epoch']} from {part.name}")
+    return {"epoch": meta["epoch"], "optimizer": _optimizer_state({k: v for k, v in st.items() if k.startswith("optimizer.")},
+                                                                  meta["param_groups"])}
+
+
+def train_stage(ws, cur: Curriculum, retriever: Retriever, pairs: Pairs, s: int, cfg: StagesConfig, name: str, device: str,
+                state: dict | None, progress: bool) -> dict:
+    """Train stage `s` on `pairs` (continuing `state`), a resumable checkpoint after every epoch; then
+    evaluate it on the held-out queries (and stage 1's task, and the personal hit rate after stage 3), log
+    the figures and save `<name>-stage<s>`. Its result row. Under torchrun only rank 0 evaluates and writes."""
+    gen, tok, stage, main = retriever.model, retriever.tok, f"{s}-{STAGES[s]}", dist.is_main()
+    parent = names.stage(name, s - 1) if s > 1 else None
+
+    def save_partial(epoch: int, opt) -> None:
+        tensors, groups = _optimizer_tensors(opt)
+        store.save(ws, gen, tok, names.partial(names.stage(name, s)), extra=tensors, parent=parent, epoch=epoch, param_groups=groups)
+
+    logged = ws.logbook().run("gen-train", {"generator": gen.cfg, "train": cfg.train, "stage": stage, "replay": cfg.replay,
+                                            "examples": pairs.source, "device": device, "processes": dist.world()},
+                              seed=cfg.train.seed, name=f"gen-train {name} stage {stage}") if main else nullcontext(None)
+    with logged as run:
+        history = fit(gen, tok, pairs, replace(cfg.train, epochs=dict(zip(cfg.stages, cfg.epochs))[s]), device, run=run,
+                      stage=stage, progress=progress and main, evaluate=lambda m: recall_eval(retriever, cur.evalset, cfg.eval_width),
+                      on_epoch=save_partial if main else None, resume=state)
+        if not main:
+            return {"stage": stage, "examples": len(pairs), **(history[-1] if history else {})}
+        last = history[-1] if history else recall_eval(retriever, cur.evalset, cfg.eval_width)  # killed after its last epoch
+        row = {"stage": stage, "examples": len(pairs), **last, **item_eval(retriever, cur.items)}
+        if cur.ctx is not None and s >= 3:
+            row.update(personal_eval(retriever, cur.events, cur.ctx, cfg.eval_width))
+        for key, value in row.items():
+            if "@" in key:
+                metric, _, k = key.partition("@")
+                run.log_eval(metric, value, k=int(k), dataset="held-out queries", method=f"generator/{gen.cfg.backbone}", stage=stage)
+        store.save(ws, gen.cpu(), tok, names.stage(name, s), parent=parent, run_id=run.run_id, stage=stage, examples=len(pairs))
+        gen.to(device)
+    _partial(ws, name, s).unlink(missing_ok=True)
+    return row
+
+
+def train_stages(ws, cfg: StagesConfig | None = None, name: str = names.DEPLOYED, device: str = "cpu", resume: bool = True,
+                 progress: bool = True, echo=print) -> list[dict]:
+    """Run `cfg.stages` in order, each `curriculum -> first_model -> (keep | training_set -> resume_state ->
+    train_stage)`, then deploy the last stage as `name` when this call trained one (or none is deployed).
+    One result row per stage (loss, recall@K, ...); `echo` gets what happened to earlier checkpoints
+    (kept, trained again, removed)."""
+    cfg = cfg or StagesConfig()
     echo = echo if dist.is_main() else (lambda *_: None)
-    for s in stages:
-        stage = f"{s}-{STAGES[s]}"
-        own = data[s]()
-        parent = names.stage(name, s - 1) if s > 1 else None
+    cur = curriculum(ws, cfg, device)
+    gen, tok = first_model(ws, cfg, cur, name, device)
+    retriever = Retriever(gen, tok, cur.index, ProductLookup(cur.index, cur.sids, popularity(ws)), device)
+    done = [cur.examples[s]() for s in range(1, cfg.stages[0])]  # the earlier stages' examples, for replay
+    results, trained = [], False
+    for s in cfg.stages:
+        own = cur.examples[s]()
         if resume and (got := _finished(ws, names.stage(name, s), device, echo)):
-            gen, tok, meta = got
-            run_id = meta.get("run_id")
-            retriever.model, retriever.tok = gen, tok
-            results.append({"stage": stage, "resumed": "done"})
-            done.append(own)
-            continue
-        if personal:
-            pairs = replay(with_context(own, ctx.width), [with_context(p, ctx.width) for p in done], replay_share, train.seed + s)
+            retriever.model, retriever.tok, _ = got
+            results.append({"stage": f"{s}-{STAGES[s]}", "resumed": "done"})
         else:
-            pairs = replay(own, done, replay_share, train.seed + s)
-        state = None
-        part = _partial(ws, name, s)
-        if part.exists() and not resume:
-            _remove(part, "--fresh", echo)
-        elif part.exists():
-            try:
-                st, meta = store.load_partial(ws, names.partial(names.stage(name, s)), device)
-            except checkpoint.CheckpointError as e:  # damaged, or stale (a StaleError)
-                _remove(part, str(e), echo)
-            else:
-                opt_state = {k: v for k, v in st.items() if k.startswith("optimizer.")}
-                checkpoint.load_into(gen, {k: v for k, v in st.items() if not k.startswith("optimizer.")}, part)
-                state = {"epoch": meta["epoch"], "optimizer": _optimizer_state(opt_state, meta["param_groups"])}
-                echo(f"resuming stage {stage} after epoch {meta['epoch']} from {part.name}")
-        trained = True
-
-        def save_partial(epoch, opt, s=s, gen=gen, tok=tok, parent=parent):
-            tensors, groups = _optimizer_tensors(opt)
-            store.save(ws, gen, tok, names.partial(names.stage(name, s)), extra=tensors, parent=parent, epoch=epoch, param_groups=groups)
-
-        main = dist.is_main()  # under torchrun only rank 0 evaluates and writes (logbook rows, checkpoints)
-        logged = ws.logbook().run("gen-train", {"generator": gen.cfg, "train": train, "stage": stage, "replay": replay_share,
-                                                "examples": pairs.source, "device": device, "processes": dist.world()},
-                                  seed=train.seed, name=f"gen-train {name} stage {stage}") if main else nullcontext(None)
-        with logged as run:
-            history_ = fit(gen, tok, pairs, replace(train, epochs=per_stage[s]), device, run=run, stage=stage, progress=progress and main,
-                           evaluate=lambda m: recall_eval(retriever, evalset, eval_width),
-                           on_epoch=save_partial if main else None, resume=state)
-            if not main:
-                results.append({"stage": stage, "examples": len(pairs), **(history_[-1] if history_ else {})})
-                done.append(own)
-                continue
-            last = history_[-1] if history_ else recall_eval(retriever, evalset, eval_width)  # killed after its last epoch
-            row = {"stage": stage, "examples": len(pairs), **last}
-            row.update(item_eval(retriever, items))
-            if personal and s >= 3:
-                row.update(personal_eval(retriever, events, ctx, eval_width))
-            for key, value in row.items():
-                if "@" in key:
-                    metric, _, k = key.partition("@")
-                    run.log_eval(metric, value, k=int(k), dataset="held-out queries", method=f"generator/{gen.cfg.backbone}",
-                                 stage=stage)
-            run_id = run.run_id
-            store.save(ws, gen.cpu(), tok, names.stage(name, s), parent=parent, run_id=run_id, stage=stage, examples=len(pairs))
-            gen.to(device)
-        part.unlink(missing_ok=True)
-        results.append(row)
+            state = resume_state(ws, retriever.model, name, s, resume, device, echo)
+            results.append(train_stage(ws, cur, retriever, training_set(cur, own, done, cfg, s), s, cfg, name, device, state,
+                                       progress))
+            trained = True
         done.append(own)
     if dist.is_main():
-        last = names.stage(name, stages[-1])
+        last = names.stage(name, cfg.stages[-1])
         if trained or not store.checkpoint_path(ws, name).exists():
-            store.deploy(ws, last, name, why=f"train stages {','.join(map(str, stages))}")
+            store.deploy(ws, last, name, why=f"train stages {','.join(map(str, cfg.stages))}")
         else:
-            echo(f"stages {','.join(map(str, stages))} were already trained: {name} left as it is (--fresh trains them again)")
+            echo(f"stages {','.join(map(str, cfg.stages))} were already trained: {name} left as it is (--fresh trains them again)")
     dist.barrier()  # every rank returns once rank 0 has written
     return results
 

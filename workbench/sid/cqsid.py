@@ -119,17 +119,34 @@ def query_loss(zq: torch.Tensor, zp: torch.Tensor, positive: torch.Tensor, tau: 
 
 
 # training --------------------------------------------------------------------------------------------
-def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progress: bool = True) -> RQVAE:
-    """Train CQ-SID on `data`; every epoch's losses and code usage (and every `eval_every` epochs the
-    unique rate, purity and coherence) go to `run` (a logbook Run) when given.
+@dataclass(frozen=True)
+class Inputs:
+    """What every step of one training reads, on the device: the products and what constrains them."""
 
-    Data-parallel under torchrun (`workbench.dist`): every rank draws the same global batches and
-    query pairs and encodes its slice; the whole-batch constraint losses see every rank's rows
-    through `dist.gather_batch`; gradients are averaged (`dist.average_grads`, DDP's arithmetic: the
-    gathers need collectives of their own inside the backward pass). Each rank holds every logged loss
-    as N x its part of the global value, so their mean over ranks is the global value
-    (`dist.mean_over_ranks`); code usage is summed over ranks (`dist.all_sum_many_`) before dead codes
-    restart. Rank 0 alone evaluates; `run` is only given there."""
+    x: torch.Tensor  # (N, D) product vectors
+    cat: torch.Tensor | None  # (N,) category labels (-1: none); None when the category constraint is off
+    qx: torch.Tensor | None = None  # (Q, D) query vectors; None when the query constraint is off
+    relevant: sp.csr_matrix | None = None  # (Q, N) query -> its relevant products
+    pair_q: np.ndarray | None = None  # (P,) the (query, product) pairs the query constraint draws from ...
+    pair_p: np.ndarray | None = None  # (P,)
+    pair_w: torch.Tensor | None = None  # (P,) ... by weight (purchase 2, click 1, judged relevant 1)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One global batch's losses on this rank. Under torchrun each rank holds its part of a global mean
+    (`weight` x its term; the anchors' share for the category loss), so averaging over ranks gives the
+    one-process value (1 on one process)."""
+
+    loss: torch.Tensor  # what this rank backpropagates
+    parts: dict[str, torch.Tensor]  # recon, codebook, commit, category, query: each loss term
+    weight: dict[str, float]  # the factor that makes each term this rank's part of the global mean
+    codes: torch.Tensor  # (B_rank, L) the codes this rank's products took
+
+
+def prepare(data: SIDData, cfg: CQSIDConfig, device: str, g: torch.Generator) -> tuple[RQVAE, Inputs]:
+    """The RQ-VAE, standardised on the products and its codebooks k-means initialised (the same on every
+    rank), and the training inputs on the device."""
     m = cfg.model
     check_vectors(data.x, dim=m.input_dim)
     n = len(data.x)
@@ -137,24 +154,99 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
         raise ValueError(f"{n} products but K={max(m.codebook_sizes)} codes at a level: k-means initialisation needs at "
                          f"least K products; use smaller codebooks (at most {n} codes per level)")
     torch.manual_seed(cfg.seed)
-    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
     model = RQVAE(m).to(device)
     x = torch.as_tensor(data.x, dtype=torch.float32, device=device)
     model.set_standardisation(x)
     model.init_codebooks(x[torch.randperm(n, generator=g)[:20_000].to(device)])
     dist.sync_params(model)
-    N = dist.world()
-
     cat = torch.as_tensor(data.category_codes(cfg.category_depth), device=device)
-    use_cat = cfg.category_weight > 0 and bool((cat >= 0).any())
+    inputs = Inputs(x, cat if cfg.category_weight > 0 and bool((cat >= 0).any()) else None)
     pairs = data.pairs if cfg.query_weight > 0 and data.pairs is not None and len(data.pairs) else None
-    if pairs is not None:
-        check_vectors(data.qx, "query vectors", m.input_dim)
-        qx = torch.as_tensor(data.qx, dtype=torch.float32, device=device)
-        rel = sp.csr_matrix((np.ones(len(pairs)), (pairs["query"], pairs["product"])), shape=(len(qx), n))
-        pw = torch.tensor(pairs["weight"].to_numpy(), dtype=torch.float)
-        pair_q, pair_p = pairs["query"].to_numpy(), pairs["product"].to_numpy()
+    if pairs is None:
+        return model, inputs
+    check_vectors(data.qx, "query vectors", m.input_dim)
+    qx = torch.as_tensor(data.qx, dtype=torch.float32, device=device)
+    relevant = sp.csr_matrix((np.ones(len(pairs)), (pairs["query"], pairs["product"])), shape=(len(qx), n))
+    return model, replace(inputs, qx=qx, relevant=relevant, pair_q=pairs["query"].to_numpy(), pair_p=pairs["product"].to_numpy(),
+                          pair_w=torch.tensor(pairs["weight"].to_numpy(), dtype=torch.float))
 
+
+def losses(model: RQVAE, inp: Inputs, b: torch.Tensor, cfg: CQSIDConfig, g: torch.Generator) -> Step:
+    """The losses of global batch `b` (product rows, the same on every rank) on this rank: the RQ-VAE's on
+    its slice, the category constraint over every rank's rows (its own anchors' terms), and the query
+    constraint over a batch of pairs drawn by weight (every rank draws the same, encodes its part)."""
+    N = dist.world()
+    mine = dist.shard(b)
+    k_mine = len(mine)
+    share = k_mine / (len(b) / N)  # local means -> this rank's part of the global mean (1 on one process)
+    out = model(inp.x[mine if k_mine else b[:1]])  # an empty slice runs one row at weight 0
+    parts = {"recon": out["recon"], "codebook": out["codebook"], "commit": out["commit"]}
+    weight = dict.fromkeys(parts, share)
+    loss = out["loss"] * share
+    if inp.cat is not None:
+        res = dist.gather_batch(out["residuals"][:k_mine], len(b))  # (B, L, d), every rank's rows
+        # each rank sums its anchors' terms: N x its share, which the gradient averaging divides back
+        parts["category"] = N * category_loss(res, model.codebooks, inp.cat[b], cfg.category_levels, cfg.tau_code,
+                                              anchors=dist.my_rows())
+        weight["category"] = 1.0
+        loss = loss + cfg.category_weight * parts["category"]
+    if inp.qx is not None:
+        pick = torch.multinomial(inp.pair_w, min(cfg.query_batch, len(inp.pair_w)), replacement=True, generator=g).numpy()
+        qi, pi = inp.pair_q[pick], inp.pair_p[pick]
+        positive = torch.as_tensor(inp.relevant[qi][:, pi].toarray() > 0, device=inp.x.device)  # (Bq, Bq)
+        r = dist.my_rows()  # this rank's pairs
+        z = dist.gather_batch(torch.cat([model.encode(inp.qx[qi[r]]), model.encode(inp.x[pi[r]])], 1), len(qi))  # (Bq, 2d)
+        parts["query"] = query_loss(*z.chunk(2, dim=1), positive, cfg.tau_query)
+        weight["query"] = 1.0
+        loss = loss + cfg.query_weight * parts["query"]
+    return Step(loss, parts, weight, out["codes"][:k_mine])
+
+
+def update(model: RQVAE, opt, sched, loss: torch.Tensor) -> None:
+    """One optimiser step on the gradients averaged over ranks (DDP's arithmetic, done by hand: the
+    constraints' gathers need collectives of their own inside the backward pass)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    dist.average_grads(model.parameters())
+    opt.step()
+    sched.step()
+
+
+def restart(model: RQVAE, inp: Inputs, counts: list[torch.Tensor], g: torch.Generator) -> int:
+    """Re-seed the codes no product took this epoch from live residuals of a product sample; how many."""
+    model.eval()
+    with torch.no_grad():
+        sample = inp.x[torch.randperm(len(inp.x), generator=g)[:8192].to(inp.x.device)]
+        res = model.quantize(model.encode(sample))[1]
+    return model.restart_dead(counts, res, generator=g)
+
+
+def epoch_row(model: RQVAE, data: SIDData, inp: Inputs, cfg: CQSIDConfig, epoch: int, sums: dict, counts: list[torch.Tensor],
+              **extra) -> dict:
+    """What one epoch logs: mean losses, code usage and perplexity per level, and every `eval_every` epochs
+    (rank 0) the unique rate, purity and coherence of the codes."""
+    ppl = [float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())) for p in (c / c.sum() for c in counts)]
+    row = {**sums, **extra, **{f"used_l{i + 1}": float((c > 0).float().mean()) for i, c in enumerate(counts)},
+           **{f"perplexity_l{i + 1}": p for i, p in enumerate(ppl)}}
+    if dist.is_main() and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+        with torch.no_grad():  # x is checked and on the device already: code it in chunks, no round trip
+            codes = torch.cat([model.codes(xb) for xb in inp.x.split(65_536)]).cpu().numpy()
+        row.update(flat_stats(evaluate(model, data, cfg, inp.x.device, codes=codes)))
+    return row
+
+
+def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progress: bool = True) -> RQVAE:
+    """Train CQ-SID on `data`: `prepare`, then per global batch `losses -> update`, and per epoch the dead
+    codes' `restart` and the `epoch_row` that goes to `run` (a logbook Run, given on rank 0 only).
+
+    Data-parallel under torchrun (`workbench.dist`): every rank draws the same global batches and query
+    pairs and encodes its slice; the whole-batch constraint losses see every rank's rows through
+    `dist.gather_batch`; gradients are averaged (`update`). Each rank holds every logged loss as N x its
+    part of the global value, so their mean over ranks is the global value (`dist.mean_over_ranks`);
+    code usage is summed over ranks (`dist.all_sum_many_`) before dead codes restart."""
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    model, inp = prepare(data, cfg, device, g)
+    n, sizes = len(inp.x), cfg.model.codebook_sizes
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * -(-n // cfg.batch_size), eta_min=cfg.lr * 0.05)
     bar = tqdm(range(cfg.epochs), desc=f"cq-sid ({cfg.variant})", disable=not progress or not dist.is_main())
@@ -162,63 +254,25 @@ def train(data: SIDData, cfg: CQSIDConfig, device: str = "cpu", run=None, progre
         model.train()
         t0 = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
-        counts = [torch.zeros(k, device=device) for k in m.codebook_sizes]
+        counts = [torch.zeros(k, device=device) for k in sizes]
         batches = torch.randperm(n, generator=g).to(device).split(cfg.batch_size)
         for b in batches:  # the same global batches on every rank
-            mine = dist.shard(b)
-            k_mine = len(mine)
-            share = k_mine / (len(b) / N)  # local means -> this rank's part of the global mean (1 on one process)
-            out = model(x[mine if k_mine else b[:1]])  # an empty slice runs one row at weight 0
-            parts = {"recon": out["recon"], "codebook": out["codebook"], "commit": out["commit"]}
-            weight = dict.fromkeys(parts, share)
-            loss = out["loss"] * share
-            if use_cat:
-                res = dist.gather_batch(out["residuals"][:k_mine], len(b))  # (B, L, d), every rank's rows
-                # each rank sums its anchors' terms: N x its share, which the gradient averaging divides back
-                parts["category"] = N * category_loss(res, model.codebooks, cat[b], cfg.category_levels, cfg.tau_code,
-                                                      anchors=dist.my_rows())
-                weight["category"] = 1.0
-                loss = loss + cfg.category_weight * parts["category"]
-            if pairs is not None:
-                pick = torch.multinomial(pw, min(cfg.query_batch, len(pw)), replacement=True, generator=g).numpy()
-                qi, pi = pair_q[pick], pair_p[pick]
-                positive = torch.as_tensor(rel[qi][:, pi].toarray() > 0, device=device)  # (Bq, Bq)
-                r = dist.my_rows()  # this rank's pairs
-                z = dist.gather_batch(torch.cat([model.encode(qx[qi[r]]), model.encode(x[pi[r]])], 1), len(qi))  # (Bq, 2d)
-                parts["query"] = query_loss(*z.chunk(2, dim=1), positive, cfg.tau_query)
-                weight["query"] = 1.0
-                loss = loss + cfg.query_weight * parts["query"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            dist.average_grads(model.parameters())
-            opt.step()
-            sched.step()
-            for k, v in parts.items():  # N x this rank's part of the epoch's mean (local parts by their share)
-                sums[k] = sums.get(k, 0.0) + v.detach() * weight[k] / len(batches)
-            for lvl, c in enumerate(out["codes"][:k_mine].T):
-                counts[lvl] += torch.bincount(c, minlength=m.codebook_sizes[lvl])
+            step = losses(model, inp, b, cfg, g)
+            update(model, opt, sched, step.loss)
+            for k, v in step.parts.items():  # N x this rank's part of the epoch's mean
+                sums[k] = sums.get(k, 0.0) + v.detach() * step.weight[k] / len(batches)
+            for lvl, c in enumerate(step.codes.T):
+                counts[lvl] += torch.bincount(c, minlength=sizes[lvl])
         sums = dist.mean_over_ranks(sums)  # the epoch's mean losses over the global batches
         counts = dist.all_sum_many_(counts)  # every rank's code usage
-        # dead codes: re-seed from live residuals while there is time left to train them
-        restarted = 0
-        if epoch < cfg.restart_until * cfg.epochs and any((c == 0).any() for c in counts):
-            model.eval()
-            with torch.no_grad():
-                sample = x[torch.randperm(n, generator=g)[:8192].to(device)]
-                res = model.quantize(model.encode(sample))[1]
-            restarted = model.restart_dead(counts, res, generator=g)
-        ppl = [float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())) for p in (c / c.sum() for c in counts)]
+        dead = epoch < cfg.restart_until * cfg.epochs and any((c == 0).any() for c in counts)  # while there is time to train them
+        restarted = restart(model, inp, counts, g) if dead else 0
         secs = time.perf_counter() - t0
-        row = {**sums, "lr": sched.get_last_lr()[0], "restarted": restarted, "seconds": secs, "examples_per_s": n / secs,
-               **{f"used_l{i + 1}": float((counts[i] > 0).float().mean()) for i in range(m.levels)},
-               **{f"perplexity_l{i + 1}": ppl[i] for i in range(m.levels)}}
-        if dist.is_main() and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            with torch.no_grad():  # x is checked and on the device already: code it in chunks, no round trip
-                codes = torch.cat([model.codes(xb) for xb in x.split(65_536)]).cpu().numpy()
-            row.update(flat_stats(evaluate(model, data, cfg, device, codes=codes)))
+        row = epoch_row(model, data, inp, cfg, epoch, sums, counts, lr=sched.get_last_lr()[0], restarted=restarted, seconds=secs,
+                        examples_per_s=n / secs)
         if run is not None:
             run.log(epoch + 1, stage="sid", **row)
-        bar.set_postfix(recon=f"{sums['recon']:.3f}", ppl1=f"{ppl[0]:.0f}")
+        bar.set_postfix(recon=f"{sums['recon']:.3f}", ppl1=f"{row['perplexity_l1']:.0f}")
     model.eval()
     return model
 
