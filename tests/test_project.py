@@ -26,9 +26,11 @@ def readme_commands() -> list[str]:
 
 def test_readme_has_two_commands_and_ci_runs_them():
     setup, test = readme_commands()
-    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
     assert ci[0] == setup.split(" && ")[0] and ci[-1] == test  # CI installs as the README does, then runs its test command
-    extra = "\n".join(ci[1:-1])  # in between, only the system browser the browser test needs (the README says so)
+    docs = [line for line in ci[1:-1] if "mkdocs build --strict" in line]
+    assert len(docs) == 1  # the documentation site is built, strictly
+    extra = "\n".join(line for line in ci[1:-1] if line not in docs)  # else only the system browser the browser test needs
     assert not extra or ("apt-get install" in extra and "chromium" in extra and "pip" not in extra and "pytest" not in extra)
     assert not extra or "apt-get install chromium" in (ROOT / "README.md").read_text().split("## Two commands", 1)[1]
 
@@ -126,3 +128,20 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.exit_code != 0 and "unknown embedder 'nope'" in r.output
     r = runner.invoke(main, ["-w", str(tmp_path / "w"), "data", "import", "csv", "--map", "oops"])
     assert r.exit_code != 0
+
+
+def layout_block() -> dict[str, str]:
+    """The Architecture page's Layout block: path -> what it holds."""
+    text = (ROOT / "docs" / "contributing" / "architecture.md").read_text()
+    block = re.search(r"```text\n(.+?)\n```", text.split("## Layout", 1)[1], re.S).group(1)
+    return dict(re.match(r"(\S+)\s{2,}(.+)", line).groups() for line in block.splitlines())
+
+
+def test_the_layout_block_is_the_package_tree():
+    """Every module and package of workbench/ has its line, in order, and every line names a real path."""
+    listed = layout_block()
+    tree = {"workbench/"} | {str(p.relative_to(ROOT)) for p in (ROOT / "workbench").rglob("*.py") if "__pycache__" not in p.parts}
+    tree |= {f"{p.relative_to(ROOT)}/" for p in (ROOT / "workbench").rglob("*") if p.is_dir() and p.name != "__pycache__"}
+    assert not tree - set(listed), f"modules missing from the Layout block: {sorted(tree - set(listed))}"
+    assert not set(listed) - tree, f"the Layout block lists paths that do not exist: {sorted(set(listed) - tree)}"
+    assert list(listed) == sorted(listed) and all(what.strip() for what in listed.values())

@@ -12,8 +12,8 @@ the command line overrides it; every run a command starts records the recipe (`r
                 max ~70), 40 SID epochs, 40 RL steps per algorithm, 2 rounds per width
     market      a 30,000-product synthetic marketplace (`data synth --products 30000 --users 5000
                 --sessions 40000`), the simulated A/B's larger case: SIDs 128,32,8, otherwise demo's
-    homedepot   the README's Home Depot measurement (54,667 products, titles only, judged queries
-                and no search log): SIDs 128,32,8, 40 SID epochs, stages 1,2 for 6,12 epochs
+    homedepot   the Home Depot measurement of docs/results/homedepot.md (54,667 products, titles only,
+                judged queries and no search log): SIDs 128,32,8, 40 SID epochs, stages 1,2 for 6,12 epochs
     few-logs    a catalog with few logged queries (the usual case before launch): the same SIDs, the
                 frozen sentence backbone (MiniLM's embedding, cached) with the tree head (level
                 heads that start as a cosine search of the SID tree), 4 pseudo-queries per product

@@ -78,7 +78,7 @@ class ServeConfig:
     log: bool = True  # record served queries in the logbook
     name: str = names.DEPLOYED  # the generator checkpoint (gen/<name>.safetensors)
     width: int = 0  # beam width of a request that names none (0: the width the workspace's sweep chose)
-    query_dtype: str = ChannelConfig.query_dtype  # generative and dense: the query encoder computes in this (bfloat16: see README)
+    query_dtype: str = ChannelConfig.query_dtype  # generative and dense: the query encoder computes in this (bfloat16: docs/tutorials/serving.md)
 
     def __post_init__(self):
         check_dtype(self.query_dtype)

@@ -7,7 +7,7 @@ for afterwards. A page's time runs from the click in the sidebar until its own c
 and the script has finished (Streamlit's "notRunning" marker); for Search it is the first query: one of
 the overview's held-out example queries (another each pass), typed and run. Readiness is checked
 every animation frame in the page (Playwright's locator waits back off to every 500 ms). The screenshots of the last pass are written as
-`<out>/<prefix>-<page>.png` (the README's pictures come from here, not from a hand-made capture).
+`<out>/<prefix>-<page>.png` (the README's and the docs' pictures come from here, not from a hand-made capture).
 """
 
 from __future__ import annotations

@@ -252,7 +252,7 @@ def bench_app(ctx, sessions, seconds, seed) -> None:
 
 @bench.command(name="pages")
 @click.option("--screenshots", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write each page's screenshot here (e.g. docs/: the README's pictures).")
+              help="Write each page's screenshot here (e.g. docs/: the README's and the docs' pictures).")
 @click.option("--prefix", default="app", show_default=True, help="Screenshot names: <prefix>-<page>.png.")
 @click.option("--passes", type=click.IntRange(min=1), default=2, show_default=True,
               help="Walks through the pages; the first includes what each page loads once per server.")

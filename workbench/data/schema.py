@@ -346,7 +346,7 @@ def _bad_attributes(v: str) -> bool:
 
 
 def describe() -> str:
-    """The data model as Markdown (the README's table reference is made from this)."""
+    """The data model as Markdown (docs/data_model.md is made from this)."""
     out = []
     for t in TABLES.values():
         key = f" Key: ({', '.join(t.key)})." if t.key else ""
