@@ -58,12 +58,12 @@ def overview_page(path: str) -> None:
     left, right = st.columns([2, 3])
     left.dataframe(ov.facts, hide_index=True, key="ov_facts")
     with right:
-        st.markdown("**Try a held-out query** (the generator never trained on these): click one to search it.")
+        st.markdown("**Try a test query** (the generator never trained on these): click one to search it.")
         cols = st.columns(4)
         for i, q in enumerate(ov.examples):
             cols[i % 4].button(q, key=f"example_{i}", on_click=_search_for, args=(q,), width="stretch")
         if not ov.examples:
-            st.caption("No held-out queries with relevant products in this workspace.")
+            st.caption("No test queries with relevant products in this workspace.")
     st.subheader("Evaluation")
     st.caption(f"From {ov.evaluation_source}.")
     st.dataframe(ov.evaluation, hide_index=True, key="ov_eval")
@@ -301,7 +301,7 @@ def ab_page(path: str) -> None:
         st.info("No simulated A/B yet (synthetic workspaces): `workbench ab --arms generator,bm25,dense` "
                 "(add `--ranker oracle` to order the pages by the simulator's truth).")
         return
-    st.caption(f"{run['name']} ({run['run_id']}): {int(df['sessions'].iloc[0]):,} held-out sessions, 95% paired bootstrap intervals")
+    st.caption(f"{run['name']} ({run['run_id']}): {int(df['sessions'].iloc[0]):,} test sessions, 95% paired bootstrap intervals")
     metric = st.radio("Per session", ["purchases", "gmv", "clicks", "ctr", "cvr"], horizontal=True, key="ab_metric")
     fig = px.bar(df, x="arm", y=metric, error_y=df[f"{metric}_hi"] - df[metric], error_y_minus=df[metric] - df[f"{metric}_lo"],
                  height=380)

@@ -153,7 +153,7 @@ def test_the_oracle_judge_scores_clusters_with_the_truth_and_stage4_is_judged_by
 
     ws = ranked
     env = environment(ws, "generator-stage3", RLConfig(judge="oracle"), progress=False)
-    s = searches(ws, False).head(3)
+    s = searches(ws, "train").head(3)
     sids = torch.as_tensor(env.retriever.index.sids[:2], dtype=torch.long)[None].expand(3, 2, -1)  # (3, 2, L)
     scored = env.judge.score(sids, env.judge.feats.users(s["user_id"]), env.qvecs[:3], torch.full((3, 1), -1),
                              torch.full((3, 1), -1), s["session_id"].to_numpy() - 1)

@@ -180,8 +180,8 @@ def test_app_overview_page_and_an_example_query(app_ws):
     assert set(ov.evaluation["method"]) == {"1-items", "2-queries", "3-personal"} and "recall@10" in ov.evaluation
     from workbench.gen.data import eval_set
 
-    held = set(eval_set(app_ws)["query"])
-    assert len(ov.examples) == 8 and set(ov.examples) <= held  # held-out queries only
+    held = set(eval_set(app_ws, "test")["query"])
+    assert len(ov.examples) == 8 and set(ov.examples) <= held  # test queries only
     at = _app(app_ws.path)
     assert at.radio(key="page").value == "Overview"
     _ok(at)

@@ -113,7 +113,7 @@ def test_torchrun_two_processes_match_one(sid_workspace):
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(dist.command(2, ["-w", str(ws.path), *ARGS, "--name", "two"]), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
-    assert two.stdout.count("held-out queries, beam width") == 1  # rank 0 reports, rank 1 stays quiet
+    assert two.stdout.count("validation queries, beam width") == 1  # rank 0 reports, rank 1 stays quiet
 
     # the same global batches, the same weights (up to float summation order)
     a, b = load_file(ws.path / "gen" / "one.safetensors"), load_file(ws.path / "gen" / "two.safetensors")

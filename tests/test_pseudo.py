@@ -5,8 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 from workbench.cli import main
+from workbench.data import splits
 from workbench.data.pseudo import ABBREVIATIONS, KINDS, PseudoConfig, pseudo_queries, words
-from workbench.data.relevance import held_out
 
 PRODUCTS = pd.DataFrame({"product_id": ["a", "b", "c"],
                          "title": ["DEWALT 20-Volt MAX Cordless Drill (Tool Only)", "Stainless Steel 5 Gallon Bucket", "Mop"],
@@ -47,14 +47,14 @@ def test_excluded_texts_never_come_out_and_bad_inputs_are_named():
     assert pseudo_queries(PRODUCTS, PseudoConfig(per_product=0)).empty
 
 
-def test_data_pseudo_writes_a_table_without_held_out_queries(sample_ws):
+def test_data_pseudo_writes_a_table_without_validation_or_test_queries(sample_ws):
     r = CliRunner().invoke(main, ["-w", str(sample_ws.path), "data", "pseudo", "--per-product", "3", "--seed", "1"])
     assert r.exit_code == 0, r.output
     assert "pseudo-queries for 3,000 products" in r.output
     pq = sample_ws.table("pseudo_queries")
     assert len(pq) > 8_000 and set(pq["product_id"]) == set(sample_ws.table("products")["product_id"])
     q = sample_ws.table("queries")
-    held = {" ".join(words(t)) for t in q.loc[held_out(q["query_id"]), "query"]}
+    held = {" ".join(words(t)) for t in q.loc[splits.mask(sample_ws, q["query_id"], "validation", "test"), "query"]}
     assert not held & set(pq["query"])
     assert sample_ws.validate_all()["pseudo_queries"] == len(pq)
     bad = CliRunner().invoke(main, ["-w", str(sample_ws.path), "data", "pseudo", "--per-product", "-1"])

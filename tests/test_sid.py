@@ -201,12 +201,11 @@ def test_query_loss_is_low_when_queries_sit_with_their_products():
 
 def test_constraints_raise_purity_and_coherence_on_the_sample_marketplace(hashed):
     _, data = hashed
-    got = {}
-    for v in ("plain", "+category", "+query"):
-        cfg = variant(HASHED, v)
-        got[v] = flat_stats(evaluate(train(data, cfg, progress=False), data, cfg))
-    assert got["+category"]["purity_l1_dfull"] > got["plain"]["purity_l1_dfull"] + 0.1
-    assert got["+query"]["coherence_l1"] > got["plain"]["coherence_l1"] + 0.05
+    got = {(v, seed): flat_stats(evaluate(train(data, cfg := replace(variant(HASHED, v), seed=seed), progress=False), data, cfg))
+           for v, seed in [("plain", 0), ("+category", 0), ("+query", 0), ("plain", 1), ("+query", 1), ("plain", 2), ("+query", 2)]}
+    assert got["+category", 0]["purity_l1_dfull"] > got["plain", 0]["purity_l1_dfull"] + 0.1
+    gain = [got["+query", s]["coherence_l1"] - got["plain", s]["coherence_l1"] for s in (0, 1, 2)]
+    assert min(gain) > 0.02 and np.mean(gain) > 0.03, gain  # the training queries' pairs (70% of queries) pull together
 
 
 # IDs, metrics, index ------------------------------------------------------------------------------------

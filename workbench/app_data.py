@@ -43,10 +43,10 @@ def page_error(e: Exception) -> str:
 class Overview:
     facts: pd.DataFrame  # what, value: catalog, users, log, SIDs, label quality
     models: pd.DataFrame  # the generators in gen/: model, stage, trained (time), size_mib
-    evaluation: pd.DataFrame  # the latest `workbench eval` (method x metric), else the stages' held-out figures
+    evaluation: pd.DataFrame  # the latest `workbench eval` (method x metric), else the stages' validation figures
     evaluation_source: str  # which of the two, in words
     runs: pd.DataFrame  # the last runs: kind, name, status, started_at
-    examples: list[str]  # held-out queries to try (never trained on)
+    examples: list[str]  # test queries to try (never trained on)
 
 
 def overview(ws: Workspace, examples: int = 8, seed: int = 0) -> Overview:
@@ -77,19 +77,19 @@ def overview(ws: Workspace, examples: int = 8, seed: int = 0) -> Overview:
         "SELECT e.method, e.metric || coalesce('@' || e.k, '') AS metric, e.value FROM evals e "
         "WHERE e.run_id = (SELECT e2.run_id FROM evals e2 JOIN runs r USING (run_id) WHERE r.kind = 'eval' "
         "ORDER BY e2.time DESC LIMIT 1)", timeout=INTERACTIVE)
-    source = "the latest `workbench eval` (held-out queries)"
+    source = "the latest `workbench eval`"
     if ev.empty:
         ev = book.query(
             "SELECT stage AS method, metric || coalesce('@' || k, '') AS metric, value FROM (SELECT e.*, row_number() "
             "OVER (PARTITION BY e.stage, e.metric, e.k ORDER BY e.time DESC) AS latest FROM evals e JOIN runs r USING (run_id) "
             "WHERE r.kind = 'gen-train') WHERE latest = 1 ORDER BY stage", timeout=INTERACTIVE)
-        source = "each generator stage's last held-out evaluation (`workbench eval` adds the baselines)"
+        source = "each generator stage's last validation evaluation (`workbench eval` adds the baselines)"
     table = ev.pivot_table(index="method", columns="metric", values="value", sort=False).reset_index() if len(ev) else ev
     runs = book.query("SELECT kind, name, status, started_at FROM runs ORDER BY started_at DESC LIMIT 8", timeout=INTERACTIVE)
     try:
-        held = eval_set(ws)["query"].drop_duplicates()
+        held = eval_set(ws, "test")["query"].drop_duplicates()
         picks = held.sample(min(examples, len(held)), random_state=seed).tolist()
-    except ValueError:  # no held-out queries with relevant products
+    except ValueError:  # no test queries with relevant products
         picks = []
     return Overview(pd.DataFrame(facts, columns=["what", "value"]), pd.DataFrame(models), table, source, runs, picks)
 
@@ -205,9 +205,9 @@ def draw_map(ws: Workspace, device: str = "cpu") -> int:
 SQL_EXAMPLES = {  # the SQL console's starting points, one per logbook table
     "latest runs": ("SELECT kind, name, status, started_at, round(epoch(ended_at) - epoch(started_at), 1) AS seconds "
                     "FROM runs ORDER BY started_at DESC LIMIT 20"),
-    "held-out evaluation (latest run)": (
+    "test-split evaluation (latest run)": (
         "SELECT method, metric, k, round(value, 4) AS value FROM evals WHERE run_id = (SELECT run_id FROM evals "
-        "WHERE dataset = 'held-out' ORDER BY time DESC LIMIT 1) ORDER BY metric, k, value DESC"),
+        "WHERE dataset LIKE '% test queries' ORDER BY time DESC LIMIT 1) ORDER BY metric, k, value DESC"),
     "generator training curves": (
         "SELECT r.name AS run, m.stage, m.step, m.value AS recall_at_50 FROM metrics m JOIN runs r USING (run_id) "
         "WHERE r.kind = 'gen-train' AND m.name = 'recall@50' ORDER BY r.started_at, m.step"),

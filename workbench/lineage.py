@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 
 from workbench.checkpoint import CheckpointError
+from workbench.data.splits import SPLIT
 
 _CACHE: dict[tuple, str] = {}
 
@@ -72,3 +73,13 @@ def check(artifact: str, recorded: dict, current: dict, rebuild: str) -> None:
     if changed:
         raise StaleError(f"{artifact} is stale: {' and '.join(changed)} changed since it was built "
                          f"({', '.join(f'{k} {recorded[k]} then, {current[k]} now' for k in changed)}); {rebuild}")
+
+
+def check_split(recorded: dict, artifact: str, rebuild: str) -> None:
+    """Raise StaleError when an artifact trained on queries records another train/validation/test split
+    than the current one (`data.splits.SPLIT`), or none (trained before it existed): its validation and
+    test queries may then have been training queries."""
+    got = recorded.get("split")
+    if got != SPLIT:
+        raise StaleError(f"{artifact} is stale: it was trained on {'the split ' + got if got else 'the query-id split of before'}, "
+                         f"not {SPLIT}, so today's validation and test queries may have been its training queries; {rebuild}")

@@ -153,7 +153,7 @@ def _gen(ws: Workspace, run, recipe: Recipe, device: str, **_) -> str:
     rows = train_stages(ws, recipe.gen, device=device)
     last = rows[-1]
     run.log(0, stage="gen", **{k: v for k, v in last.items() if "@" in k})
-    return (f"generator, stages {', '.join(r['stage'] for r in rows)}: held-out "
+    return (f"generator, stages {', '.join(r['stage'] for r in rows)}: validation "
             + ", ".join(f"{k} {v:.3f}" for k, v in last.items() if "@" in k))
 
 

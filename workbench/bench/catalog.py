@@ -6,7 +6,7 @@ Each recipe gets its own workspace, `workspaces/<dataset>-<recipe>`, holding a c
 tables and sharing the imported workspace's embedding cache (content-addressed by text, so no text is
 embedded twice), so recipes never overwrite each other's SIDs or generators. Steps whose artifacts
 exist are kept, so a rerun (or a killed run) continues where it stopped. The evaluation is the
-recipe's `EvalConfig` on the project's own held-out 20% of the queries: every method of the harness
+recipe's `EvalConfig` on the test split's queries (`data.splits`): every method of the harness
 (the generative channel, the oracle-SID ceiling, BM25, dense, hybrid, the supplements) with the
 channel metrics at the recipe's budgets.
 """

@@ -3,7 +3,7 @@ its own process (locust patches the standard library with gevent, so nothing of 
 imported here).
 
 Each simulated user sends its next request as soon as the last one is answered (a closed loop:
-`--users` is the concurrency), a held-out query drawn at random, to $WB_CHANNEL with beam width
+`--users` is the concurrency), a test query drawn at random, to $WB_CHANNEL with beam width
 $WB_WIDTH (generative; unset: the width the server serves) and $WB_K products. Anything but a 200 with a product list is a failure.
 """
 

@@ -5,7 +5,7 @@ walk the app's pages from the sidebar twice: the first pass includes what a page
 server (the generator, the BM25 and dense indexes, the stored map), the second is what a user waits
 for afterwards. A page's time runs from the click in the sidebar until its own content is on the page
 and the script has finished (Streamlit's "notRunning" marker); for Search it is the first query: one of
-the overview's held-out example queries (another each pass), typed and run. Readiness is checked
+the overview's example test queries (another each pass), typed and run. Readiness is checked
 every animation frame in the page (Playwright's locator waits back off to every 500 ms). The screenshots of the last pass are written as
 `<out>/<prefix>-<page>.png` (the README's and the docs' pictures come from here, not from a hand-made capture).
 """
@@ -27,7 +27,7 @@ READY = {  # alternatives: a page's content, or the message it shows when there 
     "Codebooks": ("Colour by", "no map yet", "its map is of older SIDs"),
     "Training": ("Stage 4: GRPO vs EG-GRPO",),
     "Beam width": ("The sweep's numbers", "No width sweep yet"),
-    "A/B": ("held-out sessions, 95% paired bootstrap intervals", "No simulated A/B yet"),
+    "A/B": ("test sessions, 95% paired bootstrap intervals", "No simulated A/B yet"),
     "SQL": ("Start from an example",),
 }
 
@@ -60,7 +60,7 @@ def tour(workspace: Path, out: Path | None = None, prefix: str = "app", passes: 
             try:
                 buttons.first.wait_for(timeout=15_000)
                 examples = [b.strip() for b in buttons.all_inner_texts()]
-            except PlaywrightTimeout:  # a workspace without held-out queries
+            except PlaywrightTimeout:  # a workspace without test queries
                 examples = ["drill", "cordless drill"]
             page.wait_for_timeout(dwell_s * 1e3)
             for n in range(passes):
@@ -69,7 +69,7 @@ def tour(workspace: Path, out: Path | None = None, prefix: str = "app", passes: 
                         continue
                     t = time.perf_counter()
                     page.locator('[data-testid="stSidebar"]').get_by_text(name, exact=True).click()
-                    if name == "Search":  # the first query: another held-out example each pass, so nothing is cached
+                    if name == "Search":  # the first query: another test example each pass, so nothing is cached
                         page.wait_for_function(_BOX_JS, arg=DONE, polling="raf", timeout=timeout_s * 1e3)
                         box = page.get_by_label("Query")
                         query = examples[n % len(examples)]

@@ -3,7 +3,7 @@
 For each server setting (a channel, dynamic batching on or off) it starts `workbench serve` on a free
 port of 127.0.0.1 serving that channel alone (so it has the machine's cores to itself), warms it, and
 puts locust's closed-loop load on it (`bench/locustfile.py`, in locust's own process): at each
-concurrency in turn, for `seconds`, every user sending its next held-out query as soon as the last
+concurrency in turn, for `seconds`, every user sending its next test query as soon as the last
 is answered; for the generative channel at each beam width. Per point: requests, failures, throughput
 and locust's p50/p95/p99 latency. Locust lets every user finish its request in flight when time is
 up (`--stop-timeout`), so every request it counts was answered: after the server stops (and its
@@ -129,9 +129,9 @@ def load(ws, channels: tuple[str, ...], widths: tuple[int, ...], users: tuple[in
          query_dtype: str = ServeConfig.query_dtype, queries: int = 500, warm: int = 20,
          progress=print) -> tuple[list[dict], list[dict]]:
     """The load points (one row each) and, per server, its logbook check (answered, logged, lost_rows)."""
-    qs = list(dict.fromkeys(eval_set(ws)["query"].astype(str)))[:queries] if ws.has("queries") else []
+    qs = list(dict.fromkeys(eval_set(ws, "test")["query"].astype(str)))[:queries] if ws.has("queries") else []
     if not qs:
-        raise ValueError(f"workspace {ws.path} has no held-out queries to send")
+        raise ValueError(f"workspace {ws.path} has no test queries to send")
     rows, checks = [], []
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(qs, f)

@@ -223,7 +223,7 @@ def bench_backbone(ctx, backbones, n, epochs, device) -> None:
 @embedder_option()
 @device_option()
 def bench_homedepot(recipe, sets, datasets_dir, embedder, device) -> None:
-    """Home Depot end to end (import, SIDs, generator, evaluation on the held-out queries) with a recipe."""
+    """Home Depot end to end (import, SIDs, generator, evaluation on the test queries) with a recipe."""
     r = set_fields(recipes.get(recipe), sets)
     name = r.name + "".join(f"+{s}" for s in sets)
     ws = recipe_workspace(bench_workspace("homedepot", datasets_dir), name)
@@ -416,7 +416,7 @@ def bench_rl(ctx, recipe, reward_weights, name, embedder, device, **kw):
         report("rl-curves", curves.drop(columns="step").to_dict("records"), run, params=params, device=device_name(device))
         report("rl-diagnostics (mean of the last 10 steps)", diags.to_dict("records"), run, params=params,
                device=device_name(device))
-        report("rl-harness (held-out queries, generative)", harness.to_dict("records"), run, params=params,
+        report("rl-harness (test queries, generative)", harness.to_dict("records"), run, params=params,
                device=device_name(device))
 
 

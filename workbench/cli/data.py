@@ -155,7 +155,7 @@ def stats(ctx) -> None:
 @click.pass_context
 def pseudo(ctx, **kw) -> None:
     """Draw pseudo-queries from the product text into the pseudo_queries table (never equal to a
-    held-out query); `workbench train --pseudo N` trains stage 1 on them."""
+    validation or test query); `workbench train --pseudo N` trains stage 1 on them."""
     from workbench.gen.data import write_pseudo_queries
 
     ws = ws_of(ctx).require()

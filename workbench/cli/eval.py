@@ -7,15 +7,15 @@ import click
 from workbench.cli.options import apply, config_options, device_option, embedder_option, ws_of
 from workbench.data.market import Market
 from workbench.eval.config import PAGE_ORDERS as AB_ORDERS
-from workbench.eval.config import RANKERS, ABConfig, EvalConfig
+from workbench.eval.config import RANKERS, SPLITS, ABConfig, EvalConfig
 from workbench.gen.config import ORDERS
 
 
 @click.command(name="eval")
-@config_options(EvalConfig, "ks", "width", "methods", "share", flags={"ks": "--k"})
+@config_options(EvalConfig, "ks", "width", "methods", "share", "split", flags={"ks": "--k"}, choices={"split": SPLITS})
 @config_options(EvalConfig, "channel.budget", "channel.order", "channel.logp_weight", "budgets", choices={"channel.order": ORDERS})
 @click.option("--judgments", "judgments_csv", type=click.Path(dir_okay=False), default=None,
-              help="Evaluate these judgments (CSV: query, product_id, relevance) instead of the held-out queries.")
+              help="Evaluate these judgments (CSV: query, product_id, relevance) instead of the workspace's --split queries.")
 @click.option("--threshold", type=float, default=None, help="Relevance threshold for --judgments (default: the workspace's).")
 @config_options(EvalConfig, "generator", flags={"generator": "--name"})
 @embedder_option()
@@ -40,13 +40,13 @@ def eval_(ctx, judgments_csv, threshold, embedder, device, as_json, **kw) -> Non
 
 
 @click.command()
-@config_options(ABConfig, "arms", "ranker", "order", "recall", "supplement", "width", "personal", "share", "bootstrap", "seed",
-                choices={"ranker": RANKERS, "order": AB_ORDERS})
+@config_options(ABConfig, "arms", "ranker", "order", "recall", "supplement", "width", "personal", "split", "bootstrap", "seed",
+                choices={"ranker": RANKERS, "order": AB_ORDERS, "split": SPLITS})
 @device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON records (every value and interval).")
 @click.pass_context
 def ab(ctx, device, as_json, **kw) -> None:
-    """A simulated online A/B on a synthetic marketplace: held-out sessions replayed through the funnel
+    """A simulated online A/B on a synthetic marketplace: the test queries' sessions replayed through the funnel
     that made the log, with the legacy engine's recall set (control) and with each --arms channel merged
     into it, one ranker ordering every page. Clicks, purchases, GMV, CTR, CVR with paired bootstrap
     intervals, and the share of exposures, clicks and purchases the channel added."""
@@ -58,5 +58,5 @@ def ab(ctx, device, as_json, **kw) -> None:
     with ws.logbook().run("ab", {"ab": cfg, "device": device}, seed=cfg.seed, name=f"ab {cfg.ranker} {','.join(cfg.arms)}") as run:
         df = run_ab(ws, cfg, device, run=run, echo=(lambda *_: None) if as_json else click.echo)
     click.echo(df.to_json(orient="records", indent=1) if as_json else
-               f"\n{len(df)} arms x {int(df['sessions'][0]):,} held-out sessions; pages ordered by the {cfg.ranker} ranker "
+               f"\n{len(df)} arms x {int(df['sessions'][0]):,} {cfg.split} sessions; pages ordered by the {cfg.ranker} ranker "
                f"({cfg.order}); 95% paired bootstrap intervals, differences from control in %\n" + table(df))

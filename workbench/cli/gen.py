@@ -71,7 +71,7 @@ def train(ctx, recipe, embedder, name, fresh, device, **kw):
             rows = train_stages(ws, cfg, name=name, device=device, resume=not fresh)
             if dist.is_main():  # the other ranks go on to stage 4, if asked, without a word
                 df = pd.DataFrame(rows).drop(columns=["epoch", "seconds"], errors="ignore")
-                click.echo(f"\ngenerator {name!r}, held-out queries, beam width {cfg.eval_width}\n"
+                click.echo(f"\ngenerator {name!r}, validation queries, beam width {cfg.eval_width}\n"
                            + df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         if 4 in plan:
             _stage4(ws, rl_cfg, name, embedder, device, fresh)

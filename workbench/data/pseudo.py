@@ -15,7 +15,7 @@ for each product, `per_product` pseudo-queries, each of one kind:
 Words are lowercased with punctuation trimmed, the way people type. Deterministic: each product's
 queries come from its own generator seeded by (seed, product id), so adding products or reordering
 the catalog changes no other product's queries. A pseudo-query is only ever built from product text;
-`exclude` drops any that happen to equal a text the caller names (e.g. the held-out queries), so the
+`exclude` drops any that happen to equal a text the caller names (the validation and test queries), so the
 evaluation text is never training text, even by coincidence.
 """
 

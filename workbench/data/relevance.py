@@ -1,17 +1,13 @@
-"""Which products are relevant to which query, and which queries are held out for evaluation.
+"""Which products are relevant to which query (which queries train, choose and report is
+`workbench.data.splits`).
 
     relevance(ws)          (query_id, product_id, weight): purchases 2, clicks 1, relevant judgments 1, summed
-    held_out(query_ids)    (N,) bool: the evaluation queries, a fixed share chosen by a hash of the id
 
-The split is a pure function of the query id (and the share and salt), so every tool that trains or
-evaluates on a workspace agrees on it without storing anything, and a query keeps its side when the
-log grows. A judgment counts as relevant at the workspace's `relevance_threshold` (meta) or, without
-one, at the highest grade in the table.
+A judgment counts as relevant at the workspace's `relevance_threshold` (meta) or, without one, at the
+highest grade in the table.
 """
 
 from __future__ import annotations
-
-import hashlib
 
 import numpy as np
 import pandas as pd
@@ -50,11 +46,3 @@ def judged(ws) -> pd.DataFrame:
     """The workspace's judgments at or above the relevance threshold (query_id, product_id, relevance)."""
     j = ws.table("judgments")
     return j[j["relevance"] >= threshold(ws, j["relevance"])]
-
-
-def held_out(query_ids, share: float = 0.2, salt: str = "eval") -> np.ndarray:
-    """(N,) True for the queries kept out of training."""
-    if not 0.0 <= share < 1.0:
-        raise ValueError(f"held-out share must be in [0, 1), got {share}")
-    h = [int.from_bytes(hashlib.blake2b(f"{salt}:{q}".encode(), digest_size=8).digest(), "little") for q in query_ids]
-    return np.asarray(h, dtype=np.uint64) < np.uint64(share * 2**64)

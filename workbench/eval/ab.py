@@ -1,6 +1,6 @@
 """A simulated online A/B of recall channels on the synthetic marketplace (`workbench.data.market`).
 
-The held-out sessions (their queries never trained the generator) are replayed through the funnel
+The test queries' sessions (their queries never trained anything) are replayed through the funnel
 that made the log. The arms differ only by their recall set; one ranker orders every page:
 
     logged   the page the legacy engine showed (its BM25 + popularity order): checks the simulator
@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 
 from workbench.baselines import BM25, Dense
+from workbench.data import splits
 from workbench.data.market import Market
-from workbench.data.relevance import held_out
 from workbench.embed import embed_workspace, get_embedder, product_texts
 from workbench.eval.config import ABConfig
 from workbench.gen.config import ChannelConfig
@@ -127,9 +127,9 @@ def run_ab(ws, cfg: ABConfig | None = None, device: str = "cpu", run=None, echo=
     differences from `baseline` (an arm)."""
     cfg = cfg or ABConfig()
     market = Market.from_workspace(ws)
-    sessions = np.flatnonzero(held_out(market.sess["qid"] + 1, cfg.share))
+    sessions = np.flatnonzero(splits.mask(ws, market.sess["qid"] + 1, cfg.split))
     if len(sessions) == 0:
-        raise ValueError(f"no held-out sessions at share {cfg.share}")
+        raise ValueError(f"workspace {ws.path} has no sessions on {cfg.split} queries to replay")
     qid = market.sess["qid"][sessions]
     legacy = market.legacy(max(cfg.recall, market.cfg.page_size))[qid]  # (S, R)
     pager = Pager(ws, market, sessions, cfg, device)

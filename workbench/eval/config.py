@@ -13,6 +13,7 @@ from workbench.gen.config import ChannelConfig
 METHODS = ("generative", "oracle-sids", "bm25", "dense", "hybrid", "bm25+gen", "dense+gen", "hybrid+gen")  # what eval compares
 PAGE_ORDERS = ("ctcvr", "ctr")  # the A/B ranker's page order
 RANKERS = ("model", "oracle")  # who orders the A/B's pages
+SPLITS = ("validation", "test")  # what an evaluation may run on (workbench.data.splits; never train)
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class EvalConfig:
     budgets: tuple[int, ...] = (100, 300, 1000)  # channel and unique recall at these candidate budgets
     share: float = 0.3  # share of the k slots a supplement gives to generation
     methods: tuple[str, ...] = METHODS
+    split: str = "test"  # the queries evaluated: test reports, validation chooses settings
     generator: str = names.DEPLOYED  # which generator checkpoint
     embedder: str = "minilm"
     device: str = "cpu"
@@ -35,6 +37,8 @@ class EvalConfig:
             raise ValueError(f"ks must be positive, got {self.ks}")
         if self.width < 1 or not self.budgets or min(self.budgets) < 1:
             raise ValueError(f"width and budgets must be >= 1, got {self.width}, {self.budgets}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class ABConfig:
     order: str = "ctcvr"  # the ranker's page order: pCTR x pCVR (ctcvr) or pCTR (ctr)
     ranker: str = "model"  # who orders the pages: the workspace's ranker (model), or the simulator's truth (oracle: an upper bound)
     personal: bool = True  # decode with the session's user when the generator was trained with users (stage 3)
-    share: float = 0.2  # held-out query share: the sessions replayed (the generator's evaluation split)
+    split: str = "test"  # the sessions replayed: those of this split's queries (test reports; validation chooses)
     bootstrap: int = 1000  # bootstrap resamples for the intervals
     seed: int = 0  # bootstrap seed
 
@@ -71,5 +75,7 @@ class ABConfig:
         if min(self.recall, self.supplement, self.width, self.bootstrap) < 1:
             raise ValueError(f"recall, supplement, width and bootstrap must be >= 1, got {self.recall}, {self.supplement}, "
                              f"{self.width}, {self.bootstrap}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.order not in PAGE_ORDERS or self.ranker not in RANKERS:
             raise ValueError(f"order must be one of {PAGE_ORDERS} and ranker one of {RANKERS}, got {self.order!r}, {self.ranker!r}")

@@ -2,7 +2,7 @@
 
     evaluate(ws, cfg) -> DataFrame, one row per method
 
-Queries and relevance: the workspace's held-out queries (workbench.gen.data.eval_set), or a
+Queries and relevance: the workspace's test (or validation) queries (workbench.gen.data.eval_set), or a
 judgments CSV (query, product_id, relevance) given with `judgments_csv`. Methods:
 
     generative        the workspace's generator as a recall channel (`gen.retrieve.Channel`):
@@ -18,12 +18,12 @@ judgments CSV (query, product_id, relevance) given with `judgments_csv`. Methods
     <base>+gen        generation as a supplement to <base> within the same k slots (share of slots)
 
 Metrics per method at each k: recall, ndcg, hit (any relevant product in the first k), coverage
-(share of the catalog retrieved by some query); mrr over the first max(k); click_hit@k over the held-out
+(share of the catalog retrieved by some query); mrr over the first max(k); click_hit@k over the evaluated
 queries' logged clicks (is the clicked product in the first k for that query). For generative also
 the SIDs decoded, the products per decoded SID (the cluster size retrieved), the valid-SID rate
 of the same beam decoded without the trie (constrained decoding is valid by construction) and, for a
 generator trained with users (stage 3), the personalised hit rate: hit@k of the product each user
-clicked or bought on a held-out query, decoded with that user's context (personal_hit) and without
+clicked or bought on an evaluated query, decoded with that user's context (personal_hit) and without
 (anonymous_hit, on the same events).
 
 Channel metrics (generative and oracle-sids) at each budget B of `budgets`: channel_recall@B, the
@@ -97,7 +97,7 @@ def evaluate(ws, cfg: EvalConfig | None = None, queries: pd.DataFrame | None = N
              progress: bool = True) -> pd.DataFrame:
     cfg = cfg or EvalConfig()
     queries_given = queries is not None
-    queries = eval_set(ws) if queries is None else queries
+    queries = eval_set(ws, cfg.split) if queries is None else queries
     texts, relevant = queries["query"].tolist(), queries["relevant"].tolist()
     products = ws.table("products")
     ids = products["product_id"].tolist()
@@ -127,7 +127,7 @@ def evaluate(ws, cfg: EvalConfig | None = None, queries: pd.DataFrame | None = N
                                "width": float(cfg.width), "candidates": float(np.mean([len(g) for g in lists["generative"]])),
                                "valid_sid_rate_unconstrained": unconstrained_valid_rate(r, texts, cfg.width)}
         if r.model.cfg.context_vocab and not queries_given and ws.has("users") and ws.has("search_log"):
-            extra["generative"].update(personal_eval(r, personal_events(ws), r.users(ws), cfg.width, cfg.ks))
+            extra["generative"].update(personal_eval(r, personal_events(ws, cfg.split), r.users(ws), cfg.width, cfg.ks))
         if "oracle-sids" in need:
             channels["oracle-sids"] = oracle_hits(r.lookup, r.index, relevant)
             lists["oracle-sids"] = channel(texts, channels["oracle-sids"])
@@ -177,7 +177,7 @@ def evaluate(ws, cfg: EvalConfig | None = None, queries: pd.DataFrame | None = N
             for key, v in r_.items():
                 if key != "method" and np.isfinite(v):
                     metric, _, k = key.partition("@")
-                    run.log_eval(metric, v, k=int(k) if k else None, dataset=f"{len(texts)} queries", method=r_["method"],
+                    run.log_eval(metric, v, k=int(k) if k else None, dataset=f"{len(texts)} {cfg.split if not queries_given else 'given'} queries", method=r_["method"],
                                  stage="eval")
     return df
 

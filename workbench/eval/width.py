@@ -1,6 +1,6 @@
 """Beam width as a decision: recall against latency over widths and batch sizes, and the width to serve.
 
-`sweep` decodes the held-out queries with a trained generator at every (batch size, width): latency
+`sweep` decodes the validation queries with a trained generator at every (batch size, width): latency
 p50/p95 per batch (a query's latency when it arrives in such a batch), throughput, Recall@K and the
 products retrieved. `pick_width` chooses the smallest width whose Recall@K is within `tolerance`
 (relative) of the widest width's, at the largest batch size measured; `width_for_recall` the smallest
@@ -67,7 +67,7 @@ def run_sweep(w: Workspace, mode: str, cfg: SweepConfig, run, device: str = "cpu
     """The sweep of workspace `w`'s deployed generator, reported as `beam-sweep (<mode> IDs)`; its choice
     (pick_width) stored as the width `w` serves. Returns the rows and the choice."""
     widths, sizes = list(cfg.widths), list(cfg.batch_sizes)
-    rows = sweep(Retriever.from_workspace(w, device=device), eval_set(w), widths, sizes, cfg.k, cfg.rounds, f"{mode} ")
+    rows = sweep(Retriever.from_workspace(w, device=device), eval_set(w, "validation"), widths, sizes, cfg.k, cfg.rounds, f"{mode} ")
     report(f"beam-sweep ({mode} IDs)", rows, run, units={"p50_ms": "ms", "p95_ms": "ms", "queries_per_s": "1/s"},
            params={"widths": widths, "batch_sizes": sizes, "k": cfg.k, "rounds": cfg.rounds, "workspace": str(w.path)},
            device=device_name(device))

@@ -87,9 +87,9 @@ class StagesConfig:
     pseudo: int = 0  # stage 1 also learns this many pseudo-queries per product -> its SID (0: none)
     distill: str = ""  # stage 2 also learns a teacher's ranking (bm25, dense or hybrid) of the training queries and pseudo-queries
     distill_k: int = 10  # the teacher's top products per pseudo-query
-    distill_query_k: int = 10  # the teacher's top products per training query (the text held-out queries resemble; deeper lists teach the beam's tail)
+    distill_query_k: int = 10  # the teacher's top products per training query (the text test queries resemble; deeper lists teach the beam's tail)
     history: int = 5  # a user's latest clicks before the search, given to stage 3 as context
-    eval_width: int = 32  # beam width of the per-epoch held-out Recall@K
+    eval_width: int = 32  # beam width of the per-epoch validation Recall@K
 
     def __post_init__(self):
         st = tuple(self.stages)

@@ -7,8 +7,8 @@
 - `pseudo_pairs`: pseudo-queries drawn from each product's text -> its SID (stage 1 too: query-like
                  text for every product, where the log has few queries; `workbench.data.pseudo`);
 - `query_pairs`: each training query -> the SIDs of the products relevant to it, weighted by
-                 purchases / clicks / judgments (stage 2); held-out queries are never used;
-- `eval_set`:    held-out queries and their relevant product ids, for Recall@K.
+                 purchases / clicks / judgments (stage 2); validation and test queries are never used;
+- `eval_set`:    a split's queries (validation or test) and their relevant product ids, for Recall@K.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from workbench.data.pseudo import PseudoConfig, pseudo_queries
-from workbench.data.relevance import held_out, judged, relevance
+from workbench.data import splits
+from workbench.data.pseudo import PseudoConfig, pseudo_queries, words
+from workbench.data.relevance import judged, relevance
 from workbench.embed import product_texts
 from workbench.sid.store import load_sids
 
@@ -67,47 +68,58 @@ def item_pairs(ws, sids: pd.DataFrame | None = None, embedded_text: bool = False
     return Pairs(text, sid_matrix(products), np.ones(len(products)), source="items")
 
 
+def unseen(ws) -> list[str]:
+    """The validation and test queries: texts nothing may train on."""
+    if not ws.has("queries"):
+        return []
+    q = ws.table("queries")
+    return q.loc[splits.mask(ws, q["query_id"], "validation", "test"), "query"].astype(str).tolist()
+
+
 def write_pseudo_queries(ws, cfg: PseudoConfig | None = None) -> pd.DataFrame:
-    """Draw the catalog's pseudo-queries (none equal to a held-out query) into the `pseudo_queries` table."""
-    cfg, held = cfg or PseudoConfig(), []
-    if ws.has("queries"):
-        q = ws.table("queries")
-        held = q.loc[held_out(q["query_id"]), "query"].tolist()
-    df = pseudo_queries(ws.table("products"), cfg, exclude=held)
+    """Draw the catalog's pseudo-queries (none equal to a validation or test query) into the
+    `pseudo_queries` table."""
+    cfg = cfg or PseudoConfig()
+    df = pseudo_queries(ws.table("products"), cfg, exclude=unseen(ws))
     ws.write_tables({"pseudo_queries": df})
     return df
 
 
 def pseudo_pairs(ws, sids: pd.DataFrame | None = None, per_product: int = 4, seed: int = 0) -> Pairs:
-    """Each product's first `per_product` pseudo-queries -> its SID (drawn into the table first if absent)."""
+    """Each product's first `per_product` pseudo-queries -> its SID (drawn into the table first if absent),
+    leaving out any that equals a validation or test query (a table drawn under another split may hold some)."""
     sids = load_sids(ws) if sids is None else sids
     if not ws.has("pseudo_queries"):
         write_pseudo_queries(ws, PseudoConfig(per_product=per_product, seed=seed))
-    pq = ws.table("pseudo_queries").groupby("product_id", sort=False).head(per_product).merge(sids, on="product_id")
+    pq = ws.table("pseudo_queries")
+    banned = {" ".join(words(t)) for t in unseen(ws)}  # compared as pseudo_queries compares them
+    pq = pq[~pq["query"].map(lambda t: " ".join(words(t))).isin(banned)]
+    pq = pq.groupby("product_id", sort=False).head(per_product).merge(sids, on="product_id")
     return Pairs(pq["query"].tolist(), sid_matrix(pq), np.ones(len(pq)), source="pseudo")
 
 
-def query_pairs(ws, sids: pd.DataFrame | None = None, share: float = 0.2) -> Pairs:
+def query_pairs(ws, sids: pd.DataFrame | None = None) -> Pairs:
+    """Each training query -> the SIDs of its relevant products, weighted (`data.relevance`)."""
     sids = load_sids(ws) if sids is None else sids
     rel = relevance(ws)
-    rel = rel[~held_out(rel["query_id"], share)]
+    rel = rel[splits.mask(ws, rel["query_id"], "train")]
     df = rel.merge(ws.table("queries"), on="query_id").merge(sids, on="product_id")
     return Pairs(df["query"].astype(str).tolist(), sid_matrix(df), df["weight"].to_numpy(float), source="queries")
 
 
-def eval_set(ws, share: float = 0.2, sources: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Held-out queries: query_id, query, relevant ({product id: gain}). With judgments in the
-    workspace, relevant = judged at or above the relevance threshold, gain = the grade; otherwise
-    purchases (gain 2) and clicks (1)."""
+def eval_set(ws, split: str = "test", sources: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The queries of `split` (validation chooses, test reports): query_id, query, relevant ({product id:
+    gain}). With judgments in the workspace, relevant = judged at or above the relevance threshold, gain
+    = the grade; otherwise purchases (gain 2) and clicks (1)."""
     if sources is None:
         sources = ("judged",) if ws.has("judgments") else ("purchased", "clicked")
     if sources == ("judged",):
         rel = judged(ws).rename(columns={"relevance": "weight"})
     else:
         rel = relevance(ws, sources)
-    rel = rel[held_out(rel["query_id"], share)]
+    rel = rel[splits.mask(ws, rel["query_id"], split)]
     if rel.empty:
-        raise ValueError(f"workspace {ws.path} has no held-out queries with relevant products ({', '.join(sources)})")
+        raise ValueError(f"workspace {ws.path} has no {split} queries with relevant products ({', '.join(sources)})")
     return gains_by_query(rel).merge(ws.table("queries"), on="query_id")[["query_id", "query", "relevant"]]
 
 

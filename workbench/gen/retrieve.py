@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.data.relevance import held_out, relevance
+from workbench.data import splits
+from workbench.data.relevance import relevance
 from workbench.embed import embed_workspace, get_embedder
 from workbench.gen import names, store
 from workbench.gen.beam import Beams, beam_search
@@ -67,7 +68,7 @@ class ProductLookup:
 def popularity(ws) -> pd.Series:
     """Purchases (2) and clicks (1) per product, on training queries only."""
     rel = relevance(ws, ("purchased", "clicked"))
-    rel = rel[~held_out(rel["query_id"])]
+    rel = rel[splits.mask(ws, rel["query_id"], "train")]
     return rel.groupby("product_id")["weight"].sum()
 
 

@@ -18,7 +18,7 @@ is kept only while it is current (its SIDs and the stage before it unchanged: wo
 it is trained again; a partial file that cannot be resumed (other SIDs, damaged, `fresh`) is removed
 with a message. `<name>` is written (`store.deploy`, a logbook run) only when this call trained a
 stage or there is none: rerunning finished stages never changes the deployed model. After each
-stage the held-out queries are evaluated (Recall@K; for stage 3 also the personalised hit rate), and
+stage the validation queries are evaluated (Recall@K; for stage 3 also the personalised hit rate), and
 stage 1's task (title -> own SID) to show forgetting; all logged to the logbook with the stage, so
 stage-by-stage curves are one SQL query.
 """
@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from workbench import checkpoint, dist, lineage
-from workbench.data.relevance import held_out
+from workbench.data import splits
 from workbench.embed import embed_workspace, get_embedder
 from workbench.gen import names, store
 from workbench.gen.config import STAGES, GenConfig, StagesConfig
@@ -59,7 +59,8 @@ def make_tokenizer(ws, backbone: str, vocab_size: int = 8000, device: str = "cpu
         return TextTokenizer.minilm()
     if backbone == "sentence":  # the embedder the workspace's SIDs were built on, frozen
         return SentenceTokenizer(workspace_embedder(ws), device, ws.cache_dir / "embeddings")
-    texts = item_text(ws.table("products")) + ws.table("queries")["query"].astype(str).tolist()
+    q = ws.table("queries")  # the training queries' words: a validation or test query must not shape the vocabulary
+    texts = item_text(ws.table("products")) + q.loc[splits.mask(ws, q["query_id"], "train"), "query"].astype(str).tolist()
     return TextTokenizer.train(texts, vocab_size=vocab_size)
 
 
@@ -71,19 +72,19 @@ def init_tree(gen: Generator, ws, sids: pd.DataFrame, device: str = "cpu") -> No
     gen.tree.init_from(sid_matrix(sids), vecs[row.loc[sids["product_id"].to_numpy()].to_numpy()])
 
 
-def personal_pairs(ws, sids: pd.DataFrame, ctx: UserContext, share: float = 0.2) -> Pairs:
+def personal_pairs(ws, sids: pd.DataFrame, ctx: UserContext) -> Pairs:
     """Stage 3: one example per click or purchase on a training query, with the user's context then."""
     log = ws.table("search_log")
-    ev = log[(log["clicked"] | log["purchased"]) & ~held_out(log["query_id"], share)]
+    ev = log[(log["clicked"] | log["purchased"]) & splits.mask(ws, log["query_id"], "train")]
     ev = ev.merge(ws.table("queries"), on="query_id").merge(sids, on="product_id")
     return Pairs(ev["query"].astype(str).tolist(), sid_matrix(ev), np.where(ev["purchased"], 2.0, 1.0),
                  ctx.ids(ev["user_id"], ev["time"]), source="personal")
 
 
-def personal_events(ws, share: float = 0.2) -> pd.DataFrame:
-    """Held-out queries' clicks and purchases: user_id, time, query, product_id."""
+def personal_events(ws, split: str = "validation") -> pd.DataFrame:
+    """The clicks and purchases of `split`'s queries: user_id, time, query, product_id."""
     log = ws.table("search_log")
-    ev = log[(log["clicked"] | log["purchased"]) & held_out(log["query_id"], share)]
+    ev = log[(log["clicked"] | log["purchased"]) & splits.mask(ws, log["query_id"], split)]
     return ev.merge(ws.table("queries"), on="query_id")[["user_id", "time", "query", "product_id"]]
 
 
@@ -105,7 +106,7 @@ def replay(current: Pairs, earlier: list[Pairs], share: float, seed: int) -> Pai
 
 
 def recall_eval(retriever: Retriever, evalset, width: int, ks=EVAL_KS) -> dict[str, float]:
-    """Recall@K of the products retrieved for the held-out queries (best SIDs' products first)."""
+    """Recall@K of the products retrieved for `evalset`'s queries (best SIDs' products first)."""
     got = [ranked_products(h) for h in retriever.search(evalset["query"].tolist(), width)]
     rel = evalset["relevant"].tolist()
     return {f"recall@{k}": recall_at_k(got, rel, k) for k in ks}
@@ -122,7 +123,7 @@ def item_eval(retriever: Retriever, items: Pairs, width: int = 10, n: int = 500,
 
 
 def personal_eval(retriever: Retriever, events: pd.DataFrame, ctx: UserContext, width: int, ks=(10,)) -> dict:
-    """Hit@k of the product each user clicked or bought on a held-out query, decoded with that user's
+    """Hit@k of the product each user clicked or bought on an evaluation query (`events`), decoded with that user's
     context (personal_hit) and without (anonymous_hit), on the same events."""
     texts, target = events["query"].tolist(), events["product_id"].tolist()
     c = torch.as_tensor(ctx.ids(events["user_id"], events["time"]))
@@ -159,14 +160,14 @@ class Curriculum:
     sids: pd.DataFrame  # the SID table: product_id, sid_1..sid_L
     index: SIDIndex  # every valid SID: the decoder's trie
     ctx: UserContext | None  # users' context slots, when stage 3 is planned
-    evalset: pd.DataFrame  # the held-out queries and their relevant products
-    events: pd.DataFrame | None  # the held-out queries' clicks and purchases (stage 3's personal hit rate)
+    evalset: pd.DataFrame  # the validation queries and their relevant products (each epoch's figures)
+    events: pd.DataFrame | None  # the validation queries' clicks and purchases (stage 3's personal hit rate)
     items: Pairs  # stage 1's titles (and the forgetting check's)
     examples: dict[int, Callable[[], Pairs]]  # stage -> its own examples, built when asked for
 
 
 def curriculum(ws, cfg: StagesConfig, device: str = "cpu") -> Curriculum:
-    """The SIDs, the users' context, the held-out sets and each stage's examples of `cfg`."""
+    """The SIDs, the users' context, the validation sets and each stage's examples of `cfg`."""
     sids = load_sids(ws)
     index = SIDIndex.load(sid_dir(ws) / "index.parquet")
     personal = 3 in cfg.stages
@@ -175,7 +176,7 @@ def curriculum(ws, cfg: StagesConfig, device: str = "cpu") -> Curriculum:
     pseudo = (lambda: [pseudo_pairs(ws, sids, cfg.pseudo, cfg.train.seed)]) if cfg.pseudo else list
     examples = {1: lambda: Pairs.concat([items, *pseudo()]), 2: lambda: query_examples(ws, sids, cfg, pseudo, device),
                 3: lambda: personal_pairs(ws, sids, ctx)}
-    return Curriculum(sids, index, ctx, eval_set(ws), personal_events(ws) if personal else None, items, examples)
+    return Curriculum(sids, index, ctx, eval_set(ws, "validation"), personal_events(ws) if personal else None, items, examples)
 
 
 def query_examples(ws, sids: pd.DataFrame, cfg: StagesConfig, pseudo: Callable[[], list[Pairs]], device: str) -> Pairs:
@@ -185,7 +186,7 @@ def query_examples(ws, sids: pd.DataFrame, cfg: StagesConfig, pseudo: Callable[[
     if not cfg.distill:
         return own
     q = ws.table("queries")
-    queries = list(dict.fromkeys(q.loc[~held_out(q["query_id"]), "query"].astype(str)))
+    queries = list(dict.fromkeys(q.loc[splits.mask(ws, q["query_id"], "train"), "query"].astype(str)))
     seen = set(queries)
     texts = [t for t in dict.fromkeys(p for x in pseudo() for p in x.text) if t not in seen]
     search = teacher(ws, cfg.distill, device)
@@ -246,7 +247,7 @@ def resume_state(ws, gen: Generator, name: str, s: int, resume: bool, device: st
 def train_stage(ws, cur: Curriculum, retriever: Retriever, pairs: Pairs, s: int, cfg: StagesConfig, name: str, device: str,
                 state: dict | None, progress: bool) -> dict:
     """Train stage `s` on `pairs` (continuing `state`), a resumable checkpoint after every epoch; then
-    evaluate it on the held-out queries (and stage 1's task, and the personal hit rate after stage 3), log
+    evaluate it on the validation queries (and stage 1's task, and the personal hit rate after stage 3), log
     the figures and save `<name>-stage<s>`. Its result row. Under torchrun only rank 0 evaluates and writes."""
     gen, tok, stage, main = retriever.model, retriever.tok, f"{s}-{STAGES[s]}", dist.is_main()
     parent = names.stage(name, s - 1) if s > 1 else None
@@ -271,7 +272,7 @@ def train_stage(ws, cur: Curriculum, retriever: Retriever, pairs: Pairs, s: int,
         for key, value in row.items():
             if "@" in key:
                 metric, _, k = key.partition("@")
-                run.log_eval(metric, value, k=int(k), dataset="held-out queries", method=f"generator/{gen.cfg.backbone}", stage=stage)
+                run.log_eval(metric, value, k=int(k), dataset="validation queries", method=f"generator/{gen.cfg.backbone}", stage=stage)
         store.save(ws, gen.cpu(), tok, names.stage(name, s), parent=parent, run_id=run.run_id, stage=stage, examples=len(pairs))
         gen.to(device)
     _partial(ws, name, s).unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench import checkpoint, lineage
+from workbench.data.splits import SPLIT
 from workbench.gen import names
 from workbench.gen.config import GenConfig
 from workbench.gen.model import Generator
@@ -45,6 +46,7 @@ def tokenizer_path(ws: Workspace, key: str) -> Path:
 
 
 TABLES_READ = ("queries", "search_log", "judgments", "pseudo_queries")  # what training reads besides the SIDs
+RETRAIN = "retrain it with `workbench train --fresh` (stage 4: `workbench rl`), or rebuild the workspace with `workbench demo`"
 
 
 def checkpoint_path(ws: Workspace, name: str) -> Path:
@@ -56,7 +58,7 @@ def save(ws: Workspace, model: Generator, tok: TextTokenizer, name: str = names.
     """Write `<name>`; `parent`: the checkpoint it was trained from (recorded with its fingerprint)."""
     tok.save(tokenizer_path(ws, tok.key))
     path = checkpoint_path(ws, name)
-    made_from = {"tables": lineage.tables(ws, TABLES_READ)}
+    made_from = {"tables": lineage.tables(ws, TABLES_READ), "split": SPLIT}
     if parent is not None:
         made_from["parent"] = {"name": parent, "fingerprint": lineage.fingerprint(checkpoint_path(ws, parent))}
     checkpoint.save(path, model, model.cfg, kind="generator", extra=extra, sid_fingerprint=sid_fingerprint(ws),
@@ -91,6 +93,7 @@ def load_partial(ws: Workspace, name: str, device: str = "cpu") -> tuple[dict, d
     state, _, meta = checkpoint.load(path, GenConfig, kind="generator", device=device)
     if meta.get("sid_fingerprint") != sid_fingerprint(ws):
         raise lineage.StaleError(f"{path} is stale: an interrupted stage on other SIDs")
+    lineage.check_split(lineage.decode(meta.get("lineage")), str(path), RETRAIN)
     if why := parent_changed(meta, ws):
         raise lineage.StaleError(f"{path} is stale: {why}")
     return state, meta
@@ -116,6 +119,7 @@ def load(ws: Workspace, name: str = names.DEPLOYED, device: str = "cpu") -> tupl
     if meta.get("sid_fingerprint") != sid_fingerprint(ws):
         raise lineage.StaleError(f"{path} is stale: trained on other SIDs than the workspace's current ones "
                                  "(the CQ-SID model changed since); retrain it with `workbench train`")
+    lineage.check_split(lineage.decode(meta.get("lineage")), str(path), RETRAIN)
     tok = load_tokenizer(tokenizer_path(ws, cfg.tokenizer), device, ws.cache_dir / "embeddings")
     if tok.key != cfg.tokenizer:
         raise checkpoint.CheckpointError(f"{path}: built for tokenizer {cfg.tokenizer!r}, the workspace has {tok.key!r}")

@@ -79,8 +79,8 @@ class RLConfig:
     temperature: float = 1.0  # sampling temperature of the groups
     inner: int = 2  # clipped updates per step on the same samples
     lr: float = 1e-4  # AdamW learning rate
-    eval_every: int = 20  # steps between held-out evaluations
-    eval_width: int = 32  # beam width of the held-out evaluations
+    eval_every: int = 20  # steps between validation evaluations
+    eval_width: int = 32  # beam width of the validation evaluations
     seed: int = 0  # random seed
     judge: str = "ranker"  # who scores a SID's cluster: the workspace's ranker, or (synthetic workspaces) the simulator's truth (oracle)
     loss: LossConfig = field(default_factory=LossConfig)

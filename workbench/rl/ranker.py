@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from workbench import checkpoint, lineage
-from workbench.data.relevance import held_out
+from workbench.data import splits
 from workbench.embed import embed_workspace, get_embedder
 from workbench.metrics import auc
 from workbench.rl.config import RankerConfig
@@ -101,7 +101,8 @@ def _codes(col: pd.Series | None, n: int) -> np.ndarray:
 
 
 def impressions(ws, query_vecs: np.ndarray, feats: Features) -> dict[str, torch.Tensor]:
-    """Every impressed row of the search log as tensors: features, position, clicked, purchased, held-out."""
+    """Every impressed row of the search log as tensors: features, position, clicked, purchased, and its
+    query's side (`train` True on training queries, `validation` True on validation queries)."""
     if not ws.has("search_log"):
         raise ValueError(f"workspace {ws.path} has no search log: the ranker learns pCTR and pCVR from one")
     log = ws.table("search_log")
@@ -116,7 +117,8 @@ def impressions(ws, query_vecs: np.ndarray, feats: Features) -> dict[str, torch.
             "position": torch.as_tensor(log["position"].to_numpy(np.int64) - 1),
             "clicked": torch.as_tensor(log["clicked"].to_numpy(np.float32)),
             "purchased": torch.as_tensor(log["purchased"].to_numpy(np.float32)),
-            "held_out": torch.as_tensor(held_out(log["query_id"]))}
+            "train": torch.as_tensor(splits.mask(ws, log["query_id"], "train")),
+            "validation": torch.as_tensor(splits.mask(ws, log["query_id"], "validation"))}
 
 
 def fit(ws, cfg: RankerConfig, feats: Features, query_vecs: np.ndarray, device: str = "cpu", run=None,
@@ -126,8 +128,8 @@ def fit(ws, cfg: RankerConfig, feats: Features, query_vecs: np.ndarray, device: 
     torch.manual_seed(cfg.seed)
     model = Ranker(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    train = torch.nonzero(~data["held_out"])[:, 0]
-    test = torch.nonzero(data["held_out"])[:, 0]
+    train = torch.nonzero(data["train"])[:, 0]
+    valid = torch.nonzero(data["validation"])[:, 0]  # test queries stay for the simulated A/B
     gen = torch.Generator().manual_seed(cfg.seed)
     history = []
     for epoch in tqdm(range(cfg.epochs), desc="ranker", disable=not progress):
@@ -144,7 +146,7 @@ def fit(ws, cfg: RankerConfig, feats: Features, query_vecs: np.ndarray, device: 
             lo.backward()
             opt.step()
             total += float(lo.detach()) * len(b)
-        row = {"epoch": epoch + 1, "loss": total / max(len(train), 1), **evaluate(model, feats, data, qv, test, device)}
+        row = {"epoch": epoch + 1, "loss": total / max(len(train), 1), **evaluate(model, feats, data, qv, valid, device)}
         history.append(row)
         if run is not None:
             run.log(epoch + 1, stage="ranker", **{k: v for k, v in row.items() if k != "epoch"})
@@ -158,7 +160,7 @@ def _batch(feats: Features, data: dict, qv: torch.Tensor, b: torch.Tensor, devic
 
 @torch.no_grad()
 def evaluate(model: Ranker, feats: Features, data: dict, qv: torch.Tensor, rows: torch.Tensor, device: str) -> dict:
-    """AUC of pCTR over held-out impressions and of pCVR over held-out clicks (with the logged position)."""
+    """AUC of pCTR over the impressions `rows` and of pCVR over their clicks (with the logged position)."""
     model.eval()
     ctr, cvr = [], []
     for b in rows.split(8192):
@@ -204,8 +206,8 @@ def train_workspace(ws, embedder_name: str = "minilm", device: str = "cpu", prog
         model, history = fit(ws, cfg, feats, qvecs, device, run=run, progress=progress)
         last = history[-1]
         for metric in ("ctr_auc", "cvr_auc"):
-            run.log_eval(metric, last[metric], dataset="held-out impressions", method="ranker")
-        save(ranker_path(ws), model.cpu(), run_id=run.run_id, lineage=lineage.tables(ws, ROWS_FROM),
+            run.log_eval(metric, last[metric], dataset="validation impressions", method="ranker")
+        save(ranker_path(ws), model.cpu(), run_id=run.run_id, lineage={**lineage.tables(ws, ROWS_FROM), "split": splits.SPLIT},
              **{k: v for k, v in last.items() if k != "epoch"})
     return model.to(device), history
 
@@ -220,8 +222,10 @@ def load_checked(ws, device: str = "cpu") -> Ranker:
         raise FileNotFoundError(f"workspace {ws.path} has no ranker ({path}); train one with `workbench ranker`")
     meta: dict = {}
     model = load(path, device, meta)
-    lineage.check(str(path), lineage.decode(meta.get("lineage")), lineage.tables(ws, ROWS_FROM),
+    made_from = lineage.decode(meta.get("lineage"))
+    lineage.check(str(path), {k: v for k, v in made_from.items() if k != "split"}, lineage.tables(ws, ROWS_FROM),
                   "retrain it with `workbench ranker`")
+    lineage.check_split(made_from, str(path), "retrain it with `workbench ranker`")
     return model
 
 

@@ -1,7 +1,7 @@
 """Stage 4: refine the stage-3 generator against the ranker with GRPO or EG-GRPO (`workbench rl`).
 
 Prompts are the training queries' searches that got a click (user context at that time + query);
-the held-out queries' searches measure click and purchase hit rates. Each step:
+the validation queries' searches measure click and purchase hit rates. Each step:
 
     1. draw `prompts` searches; sample `group` SIDs each from the current policy (constrained)   `rollout`
     2. EG-GRPO: add up to `refs` reference members, the SIDs of the products bought, then clicked
@@ -12,8 +12,8 @@ the held-out queries' searches measure click and purchase hit rates. Each step:
 and logs, per step, the collapse diagnostics: each reward component, the share of sampled SIDs that
 hold a product clicked (bought) in their search, the share of groups whose rewards are all equal, SID entropy (bits) and the share of distinct SIDs across the batch's samples,
 mean cluster size, the share of click-bait clusters (half or more of their products), KL to the
-reference. Every `eval_every` steps: click and purchase hit@10 on held-out searches (beam, with the
-user's context) and held-out Recall@10. Writes <workspace>/gen/<out>.safetensors.
+reference. Every `eval_every` steps: click and purchase hit@10 on validation searches (beam, with the
+user's context) and validation Recall@10. Writes <workspace>/gen/<out>.safetensors.
 
 A step's groups (`Group`) hold, per prompt, N = G + R members: `members` (B, N, L) SIDs, `present`
 (B, N) the members that exist (a search may have fewer than R references), `is_ref` (B, N).
@@ -39,8 +39,8 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench import dist
+from workbench.data import splits
 from workbench.data.market import Market
-from workbench.data.relevance import held_out
 from workbench.gen import names, store
 from workbench.gen.context import UserContext
 from workbench.gen.data import eval_set
@@ -52,12 +52,13 @@ from workbench.rl.ranker import from_workspace as load_ranker
 from workbench.rl.ranker import impressions
 
 
-def searches(ws, held: bool) -> pd.DataFrame:
-    """One row per search with a click: session_id, user_id, time, query_id, query, clicked, bought."""
+def searches(ws, split: str) -> pd.DataFrame:
+    """One row per search with a click on a query of `split`: session_id, user_id, time, query_id, query,
+    clicked, bought."""
     log = ws.table("search_log")
-    ev = log[(log["clicked"] | log["purchased"]) & (held_out(log["query_id"]) == held)]
+    ev = log[(log["clicked"] | log["purchased"]) & splits.mask(ws, log["query_id"], split)]
     if ev.empty:
-        raise ValueError(f"workspace {ws.path} has no {'held-out' if held else 'training'} searches with clicks")
+        raise ValueError(f"workspace {ws.path} has no {split} searches with clicks")
     g = ev.groupby("session_id", sort=True).agg(
         user_id=("user_id", "first"), time=("time", "first"), query_id=("query_id", "first"),
         clicked=("product_id", list), bought=("purchased", list))
@@ -237,9 +238,9 @@ def train_rl(ws, cfg: RLConfig, name: str = names.DEPLOYED, source: str | None =
     env = environment(ws, source, cfg, device, progress)
     retriever, policy = env.retriever, env.retriever.model
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    train_s, test_s = searches(ws, False), searches(ws, True)
+    train_s, test_s = searches(ws, "train"), searches(ws, "validation")
     test_ctx = torch.as_tensor(env.ctx.ids(test_s["user_id"], test_s["time"])) if env.ctx is not None else None
-    evalset = eval_set(ws)
+    evalset = eval_set(ws, "validation")
 
     def evaluate() -> dict:
         policy.eval()
@@ -278,7 +279,7 @@ def train_rl(ws, cfg: RLConfig, name: str = names.DEPLOYED, source: str | None =
             for key, value in history[-1].items():
                 if "@" in key:
                     metric, _, k = key.partition("@")
-                    run.log_eval(metric, value, k=int(k), dataset="held-out searches", method=f"generator/{cfg.algo}", stage=stage)
+                    run.log_eval(metric, value, k=int(k), dataset="validation searches", method=f"generator/{cfg.algo}", stage=stage)
             store.save(ws, policy.cpu(), retriever.tok, out, parent=source, run_id=run.run_id, stage=stage, source=source, rl=asdict(cfg))
             policy.to(device)
     dist.barrier()  # every rank returns once rank 0 has written

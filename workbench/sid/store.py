@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workbench import checkpoint, dist, lineage
-from workbench.data.relevance import held_out, relevance
+from workbench.data import splits
+from workbench.data.relevance import relevance
 from workbench.embed import embed, embed_workspace, product_texts
 from workbench.sid import labels, metrics
 from workbench.sid import map as smap
@@ -41,9 +42,9 @@ def sid_dir(ws: Workspace) -> Path:
 
 def relevance_pairs(ws: Workspace, product_ids: pd.Index, query_ids: pd.Index) -> pd.DataFrame:
     """(query row, product row, weight) of the workspace's relevance (see workbench.data.relevance), on
-    training queries only: the held-out queries evaluate the generator, so they must not shape the SIDs."""
+    training queries only: validation and test queries choose and evaluate, so they must not shape the SIDs."""
     df = relevance(ws)
-    df = df[~held_out(df["query_id"])]
+    df = df[splits.mask(ws, df["query_id"], "train")]
     df["query"], df["product"] = query_ids.get_indexer(df["query_id"]), product_ids.get_indexer(df["product_id"])
     return df[(df["query"] >= 0) & (df["product"] >= 0)][["query", "product", "weight"]].reset_index(drop=True)
 
@@ -147,6 +148,8 @@ def load_model(ws: Workspace, device: str = "cpu") -> tuple[RQVAE, CQSIDConfig, 
     if not path.exists():
         raise FileNotFoundError(f"workspace {ws.path} has no SID model ({path}); train one with `workbench sid train`")
     state, cfg, meta = checkpoint.load(path, CQSIDConfig, kind="cq-sid", device=device)
+    lineage.check_split(lineage.decode(meta.get("lineage")), str(path), "train the SIDs again with `workbench sid train` "
+                        "(then the generator: `workbench train --fresh`), or rebuild the workspace with `workbench demo`")
     model = RQVAE(cfg.model).to(device)
     checkpoint.load_into(model, state, path)
     model.eval()
@@ -206,7 +209,8 @@ def train_workspace(ws: Workspace, cfg: CQSIDConfig, embedder, device: str = "cp
         model = train(data, cfg, device, run=run, progress=progress)
         codes = assign_codes(model, data.x, device)
         sids = np.column_stack([codes, dedup(codes)]) if cfg.mode == "unique" else codes
-        quality = write_sids(ws, model, cfg, data.product_ids, sids, embedder=embedder.key, run_id=run.run_id)
+        quality = write_sids(ws, model, cfg, data.product_ids, sids, embedder=embedder.key, run_id=run.run_id,
+                             lineage={"split": splits.SPLIT})
         stats = {**evaluate(model, data, cfg, device, codes=codes), "labels": quality}
         log_stats(run, stats, cfg)
     dist.barrier()
