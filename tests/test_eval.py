@@ -1,8 +1,10 @@
 """Metrics, baselines and the evaluation harness."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -64,14 +66,17 @@ def test_harness_compares_every_method_on_the_same_queries(trained):
     assert gen["sids"] == 8 and gen["cluster_size"] >= 1 and 0 <= gen["valid_sid_rate_unconstrained"] <= 1
     assert 0 <= gen["personal_hit@20"] <= 1 and 0 <= gen["anonymous_hit@5"] <= 1  # the fixture trained stage 3
     assert (df["recall@20"] >= df["recall@5"] - 1e-9).all()
-    assert gen["width"] == 8 and 1 <= gen["candidates"] <= 300
+    assert gen["width"] == 8 and 1 <= gen["candidates@300"] <= 300
     oracle = df.set_index("method").loc["oracle-sids"]
     assert oracle["channel_recall@1000"] == pytest.approx(1.0)  # every relevant product's SID is decoded, all fit
     for b in (100, 300, 1000):
         for name in ("generative", "oracle-sids"):
             row = df.set_index("method").loc[name]
             assert 0 <= row[f"unique_recall@{b}"] <= row[f"channel_recall@{b}"] <= 1, (name, b)
-    assert np.isnan(df.set_index("method").loc["bm25"]["channel_recall@100"])  # a channel metric of channels only
+    by = df.set_index("method")
+    for b in (100, 300, 1000):  # every channel at the same budgets, none handing over more
+        assert by[f"channel_recall@{b}"].between(0, 1).all() and (by[f"candidates@{b}"] <= b).all(), b
+    assert np.isnan(by.loc["bm25", "unique_recall@100"]) and (by["channel_recall@1000"] >= by["channel_recall@100"] - 1e-9).all()
     with pytest.raises(ValueError, match="unknown methods"):
         EvalConfig(methods=("generative", "magic"))
     with pytest.raises(ValueError, match="budgets"):
@@ -167,3 +172,26 @@ def test_judgments_csv_via_the_cli_and_its_errors(trained, tmp_path):
         judgments_file(ws, good, threshold=float("nan"))
     logged = ws.logbook().query("SELECT DISTINCT method FROM evals WHERE stage = 'eval'")
     assert {"generative", "bm25"} <= set(logged["method"])
+
+
+def test_a_channel_at_a_budget_hands_over_at_most_that_many_and_the_hybrid_never_moves(trained):
+    """At a budget of 5 the generative channel returns at most 5 products per query, all from its decoded
+    SIDs; the hybrid's figures are the same whether or not the generative channel is evaluated beside it
+    (BM25 used to be searched deeper when it was)."""
+    from workbench.eval.channels import Channels
+    from workbench.gen.data import eval_set
+
+    ws, _ = trained
+    cfg = EvalConfig(ks=(5, 20), width=8, embedder="hashing-64")
+    texts = eval_set(ws)["query"].tolist()[:40]
+    gen = Channels(ws, cfg, progress=False)["generative"]
+    for (ids, scores), hits in zip(gen.scored(texts, 5), gen.hits(texts)):
+        decoded = {p for h in hits for p in h.products}
+        assert len(ids) <= 5 and set(ids) <= decoded and len(scores) == len(ids)
+        assert list(scores) == sorted(scores, reverse=True)
+    alone = evaluate(ws, replace(cfg, methods=("hybrid",)), progress=False)
+    beside = evaluate(ws, replace(cfg, methods=("generative", "oracle-sids", "hybrid", "hybrid+gen")), progress=False)
+    figures = [c for c in alone.columns if c not in ("method", "ms_per_query")]  # all but the clock
+    pd.testing.assert_series_equal(alone.set_index("method").loc["hybrid", figures], beside.set_index("method").loc["hybrid", figures])
+    with pytest.raises(ValueError, match="unknown channel 'magic'"):
+        Channels(ws, cfg)["magic"]

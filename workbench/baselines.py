@@ -1,15 +1,21 @@
-"""Baseline retrievers, and the ways to combine them with generation, in one interface:
-`search(queries, k) -> list of ranked product-id lists`. The evaluation compares the generator with
-them; distillation (`workbench.gen.distill`) teaches the generator to rank the way they do.
+"""Baseline recall channels, and the ways to combine channels, behind one interface:
 
-- `BM25`:  bm25s over product texts, English stemming and stop words, 1-character tokens kept
-           ("v", "x" and sizes matter in product search); products with score 0 are not returned.
-- `Dense`: exact cosine between query and product embeddings (all-MiniLM-L6-v2 by default), one
-           matrix product per chunk of queries.
-- `rrf`:   reciprocal-rank fusion of ranked lists (the hybrid), score sum_i 1 / (c + rank_i).
-- `supplement`: the paper's deployment, generation as a supplementary channel: the base list keeps
-           its first (1 - share) * k slots, generated products not already present fill the rest
-           (then the base list again if generation runs short).
+    scored(queries, budget) -> per query (product ids, scores), best first, at most `budget` of them
+    search(queries, k)      -> per query the ids alone
+
+The generative channel has it too (`gen.retrieve.Generative`), so the evaluation, distillation
+(`workbench.gen.distill` teaches the generator to rank the way these do) and the served engine treat
+every channel alike.
+
+- `BM25`:   bm25s over product texts, English stemming and stop words, 1-character tokens kept
+            ("v", "x" and sizes matter in product search); products with score 0 are not returned.
+- `Dense`:  exact cosine between query and product embeddings (all-MiniLM-L6-v2 by default), one
+            matrix product per chunk of queries.
+- `Hybrid`: reciprocal-rank fusion of channels (`rrf`, score sum_i 1 / (c + rank_i)), each asked at the
+            same budget: defined once, whatever else is evaluated.
+- `Supplement`: the paper's naive deployment, fixed slots: the base channel keeps its first
+            (1 - share) x budget slots, the other's products not already present fill the rest (then the
+            base again if it runs short). Its list depends on the number of slots (`slots` is True).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ TOKEN = r"(?u)\b\w+\b"
 
 class BM25:
     name = "bm25"
+    slots = False
 
     def __init__(self, ids: list[str], texts: list[str], stem: bool = True, backend: str = "numpy"):
         """`backend="numba"`: bm25s's compiled scorer, about 100x faster on many queries (a teacher
@@ -63,6 +70,7 @@ class BM25:
 
 class Dense:
     name = "dense"
+    slots = False
 
     def __init__(self, ids: list[str], vectors: np.ndarray, embedder, device: str = "cpu", query_dtype: str = "float32"):
         if len(ids) != len(vectors):
@@ -89,14 +97,55 @@ class Dense:
 
 def rrf(lists: list[list[list[str]]], k: int, c: float = 60.0) -> list[list[str]]:
     """Fuse several methods' ranked lists per query; ties keep the first method's order."""
+    return [ids for ids, _ in rrf_scored(lists, k, c)]
+
+
+def rrf_scored(lists: list[list[list[str]]], k: int, c: float = 60.0) -> list[tuple[list[str], np.ndarray]]:
+    """`rrf` with each product's fused score."""
     out = []
     for per_method in zip(*lists):
         score: dict[str, float] = {}
         for ranked in per_method:
             for r, p in enumerate(ranked):
                 score[p] = score.get(p, 0.0) + 1.0 / (c + r + 1)
-        out.append(sorted(score, key=lambda p: -score[p])[:k])
+        best = sorted(score, key=lambda p: -score[p])[:k]
+        out.append((best, np.array([score[p] for p in best], np.float32)))
     return out
+
+
+class Hybrid:
+    """Reciprocal-rank fusion of `channels`, each asked for `budget` products, cut at `budget`."""
+
+    name = "hybrid"
+    slots = False
+
+    def __init__(self, channels: list, c: float = 60.0):
+        if len(channels) < 2:
+            raise ValueError(f"a hybrid fuses two channels or more, got {len(channels)}")
+        self.channels, self.c = channels, c
+
+    def search(self, queries: list[str], k: int) -> list[list[str]]:
+        return [ids for ids, _ in self.scored(queries, k)]
+
+    def scored(self, queries: list[str], budget: int) -> list[tuple[list[str], np.ndarray]]:
+        return rrf_scored([[ids for ids, _ in ch.scored(queries, budget)] for ch in self.channels], budget, self.c)
+
+
+class Supplement:
+    """`base` with `share` of each list's slots given to `extra` (`supplement`); scores are the slot order."""
+
+    slots = True  # its list at k slots is not the first k of a longer one
+
+    def __init__(self, base, extra, share: float = 0.3, name: str = ""):
+        self.base, self.extra, self.share = base, extra, share
+        self.name = name or f"{base.name}+{extra.name}"
+
+    def search(self, queries: list[str], k: int) -> list[list[str]]:
+        return [ids for ids, _ in self.scored(queries, k)]
+
+    def scored(self, queries: list[str], budget: int) -> list[tuple[list[str], np.ndarray]]:
+        lists = supplement(self.base.search(queries, budget), self.extra.search(queries, budget), budget, self.share)
+        return [(ids, -np.arange(len(ids), dtype=np.float32)) for ids in lists]
 
 
 def supplement(base: list[list[str]], gen: list[list[str]], k: int, share: float = 0.3) -> list[list[str]]:

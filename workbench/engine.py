@@ -23,11 +23,11 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from workbench.baselines import BM25, Dense, rrf, supplement
+from workbench.baselines import BM25, Dense, Hybrid, supplement
 from workbench.embed import embed_workspace, get_embedder, product_texts
 from workbench.eval.width import served_width
 from workbench.gen import names
-from workbench.gen.retrieve import Channel, Retriever
+from workbench.gen.retrieve import Channel, Generative, Retriever
 from workbench.gen.store import checkpoint_path, gen_dir
 from workbench.logbook import INTERACTIVE
 from workbench.sid.store import load_labels, workspace_embedder
@@ -114,6 +114,7 @@ class Engine:
         self.width = served_width(ws) if width is None else check_width(width)  # what a search decodes at unless told
         self.retriever = Retriever.from_workspace(ws, name, device)
         self.channel = Channel.from_workspace(ws, channel, device)  # a ChannelConfig, or the default
+        self.generative = Generative(self.retriever, self.channel, self.width)  # the recall channel eval and ab judge
         self.products = ws.table("products").set_index("product_id")
         self.personal = self.retriever.model.cfg.context_vocab > 0
         self.user_ids = ws.table("users")["user_id"].astype(str).tolist() if ws.has("users") else []
@@ -156,7 +157,7 @@ class Engine:
         if self.personal and any(users):
             context, known = self.retriever.user_context(self.ws, [u or "" for u in users])
         t = time.perf_counter()
-        hits = self.retriever.search(queries, width, context=context)
+        hits = self.generative.hits(queries, context) if width == self.width else self.retriever.search(queries, width, context=context)
         ranked = self.channel.scored(queries, hits)
         ms = (time.perf_counter() - t) * 1000
         return [Served(q, u or None, bool(k) and bool(u), width, ms, h, ids, labels=self.labels, scores=sc)
@@ -177,7 +178,7 @@ class Engine:
                 self._dense = Dense(ids, vecs, e, self.device)
                 self._bm25 = BM25(ids, product_texts(self.products.reset_index()))
         bm, de = self._bm25.search([query], k)[0], self._dense.search([query], k)[0]
-        hy = rrf([[bm], [de]], k)[0]
+        hy = Hybrid([self._bm25, self._dense]).search([query], k)[0]
         return {"bm25": bm, "dense": de, "hybrid": hy, "hybrid+gen": supplement([hy], [gen], k, share)[0]}
 
 

@@ -231,7 +231,7 @@ def bench_homedepot(recipe, sets, datasets_dir, embedder, device) -> None:
     with tagged(recipe=name), ws.logbook().run("bench", {"bench": "homedepot", "recipe": r.to_dict()}) as run:
         df = measure(ws, r, embedder, device, run=run, echo=click.echo)
         keep = [c for c in df.columns if c == "method" or c.split("@")[0] in ("recall", "ndcg", "channel_recall", "unique_recall")
-                or c in ("width", "candidates", "sids")]
+                or c.split("@")[0] == "candidates" or c in ("width", "sids")]
         report("homedepot", df[keep].to_dict("records"), run, case_key="method", params={"recipe": name},
                device=device_name(device))
 

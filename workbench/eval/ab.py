@@ -31,7 +31,7 @@ from workbench.data.market import Market
 from workbench.embed import embed_workspace, get_embedder, product_texts
 from workbench.eval.config import ABConfig
 from workbench.gen.config import ChannelConfig
-from workbench.gen.retrieve import Channel, Retriever
+from workbench.gen.retrieve import Channel, Generative, Retriever
 from workbench.rl.ranker import from_workspace
 from workbench.sid.store import workspace_embedder
 
@@ -113,8 +113,8 @@ def channel_rows(ws, market: Market, name: str, sessions: np.ndarray, cfg: ABCon
         if cfg.personal and mode != "anonymous" and r.model.cfg.context_vocab:
             times = market.sess["time"][sessions]
             context = torch.as_tensor(r.users(ws).ids(market.user_ids(sessions), pd.Series(times)))  # each user's history before the session
-        hits = r.search(texts, cfg.width, context=context)
-        lists = Channel.from_workspace(ws, ChannelConfig(budget=cfg.supplement), device)(texts, hits)
+        channel = Generative(r, Channel.from_workspace(ws, ChannelConfig(), device), cfg.width)
+        lists = [ids for ids, _ in channel.scored(texts, cfg.supplement, context)]
     out = np.full((len(sessions), cfg.supplement), -1, np.int64)
     for i, ids in enumerate(lists):
         rows = market.rows(ids[: cfg.supplement])

@@ -1,36 +1,25 @@
-"""The evaluation harness: every method on the same queries, the same relevance, the same metrics.
+"""The evaluation harness: every channel on the same queries, the same relevance, the same budgets.
 
-    evaluate(ws, cfg) -> DataFrame, one row per method
+    evaluate(ws, cfg) -> DataFrame, one row per method (`eval/channels.py` builds them by name)
 
 Queries and relevance: the workspace's test (or validation) queries (workbench.gen.data.eval_set), or a
-judgments CSV (query, product_id, relevance) given with `judgments_csv`. Methods:
+judgments CSV (query, product_id, relevance) given with `judgments_csv`. Per method:
 
-    generative        the workspace's generator as a recall channel (`gen.retrieve.Channel`):
-                      constrained beam of `width`, the decoded SIDs' products in beam order cut at
-                      the channel's budget (the candidate set), then ranked inside by query-product
-                      cosine (+ logp_weight x the SID's log-prob; order "popularity": popular
-                      first within a SID, SIDs in beam order)
-    oracle-sids       the same channel had it decoded exactly the SIDs of each query's relevant
-                      products (in the order of their relevant products): the ceiling of the SIDs,
-                      so a shortfall splits into what the SIDs lose and what the generator loses
-    bm25, dense       workbench.baselines
-    hybrid            reciprocal-rank fusion of bm25 and dense
-    <base>+gen        generation as a supplement to <base> within the same k slots (share of slots)
+- ranked metrics on its list as served, at the generative channel's budget (`cfg.channel.budget`, the
+  same for every channel: BM25's first k of its first 300 are its first k): recall, ndcg, hit (any
+  relevant product in the first k), coverage (share of the catalog retrieved by some query) at each k,
+  mrr over the first max(k), click_hit@k over the evaluated queries' logged clicks. A fixed-slot
+  supplement fills its k slots anew for each k;
+- at every budget B of `cfg.budgets`, the same B for every channel: channel_recall@B, the recall of its
+  first B products as a set, candidates@B, how many it handed over, and unique_recall@B, the share of
+  relevant products in them that BM25's first B misses (`workbench.metrics`);
+- for the SID channels: SIDs decoded per query and products per decoded SID; for the generator its
+  width, the valid-SID rate of the same beam decoded without the trie (constrained decoding is valid by
+  construction) and, trained with users (stage 3), the personalised hit rate: hit@k of the product
+  each user clicked or bought on an evaluated query, decoded with that user's context (personal_hit)
+  and without (anonymous_hit, on the same events).
 
-Metrics per method at each k: recall, ndcg, hit (any relevant product in the first k), coverage
-(share of the catalog retrieved by some query); mrr over the first max(k); click_hit@k over the evaluated
-queries' logged clicks (is the clicked product in the first k for that query). For generative also
-the SIDs decoded, the products per decoded SID (the cluster size retrieved), the valid-SID rate
-of the same beam decoded without the trie (constrained decoding is valid by construction) and, for a
-generator trained with users (stage 3), the personalised hit rate: hit@k of the product each user
-clicked or bought on an evaluated query, decoded with that user's context (personal_hit) and without
-(anonymous_hit, on the same events).
-
-Channel metrics (generative and oracle-sids) at each budget B of `budgets`: channel_recall@B, the
-recall of the candidate set cut at B (a set: order does not matter), and unique_recall@B, the share
-of relevant products in it that BM25's first B misses (`workbench.metrics`); `candidates` is the mean
-size of the candidate set at the channel's budget. Union recall, the two channels sharing one budget, is what the
-<base>+gen rows measure.
+A channel's figures never depend on which other methods are evaluated.
 """
 
 from __future__ import annotations
@@ -40,15 +29,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from workbench import metrics
-from workbench.baselines import BM25, Dense, rrf, supplement
 from workbench.data.relevance import threshold as relevance_threshold
-from workbench.embed import embed_workspace, get_embedder, product_texts
+from workbench.eval.channels import Channels, Oracle
 from workbench.eval.config import METHODS, EvalConfig
 from workbench.gen.beam import beam_search
 from workbench.gen.data import eval_set, gains_by_query
-from workbench.gen.retrieve import Channel, Hit, Retriever, candidates
 from workbench.gen.stages import personal_eval, personal_events
 
 
@@ -93,109 +81,81 @@ def click_events(ws, query_ids) -> pd.DataFrame:
     return log[["query_id", "product_id"]]
 
 
+def ranked_metrics(ranked, relevant: list, ks, n_products: int, clicks: pd.DataFrame, query_ids) -> dict[str, float]:
+    """recall, ndcg, hit, coverage and click_hit at each k of `ranked(k)` (per query its first k), and mrr."""
+    row = {}
+    for k in ks:
+        got = ranked(k)
+        pq = metrics.per_query(got, relevant, k)
+        row.update({f"recall@{k}": np.nanmean(pq["recall"]), f"ndcg@{k}": np.nanmean(pq["ndcg"]),
+                    f"hit@{k}": np.nanmean(pq["hit"]), f"coverage@{k}": metrics.coverage(got, k, n_products)})
+        if len(clicks):
+            pos = {q: set(g[:k]) for q, g in zip(query_ids, got)}
+            row[f"click_hit@{k}"] = float(np.mean([p in pos[q] for q, p in zip(clicks["query_id"], clicks["product_id"])]))
+    row["mrr"] = metrics.mrr(ranked(max(ks)), relevant)
+    return row
+
+
 def evaluate(ws, cfg: EvalConfig | None = None, queries: pd.DataFrame | None = None, run=None,
              progress: bool = True) -> pd.DataFrame:
+    """One row per method of `cfg.methods` (in `METHODS` order) on the same queries: its ranked metrics on
+    its list as served (at `cfg.channel.budget`; a fixed-slot supplement fills k slots for each k), and
+    at every budget of `cfg.budgets` the recall of its first B products and what of that BM25's first B
+    misses; the generative channel's own figures beside."""
     cfg = cfg or EvalConfig()
-    queries_given = queries is not None
+    given = queries is not None
     queries = eval_set(ws, cfg.split) if queries is None else queries
     texts, relevant = queries["query"].tolist(), queries["relevant"].tolist()
-    products = ws.table("products")
-    ids = products["product_id"].tolist()
-    K = max(cfg.ks)
-    lists: dict[str, list[list[str]]] = {}
-    extra: dict[str, dict[str, float]] = {}
-    seconds: dict[str, float] = {}
-
-    def timed(name, fn):
-        t = time.perf_counter()
-        lists[name] = fn()
-        seconds[name] = time.perf_counter() - t
-
-    need = set(cfg.methods)
-    channels: dict[str, list[list]] = {}  # method -> per query its Hits (the candidate sets before ranking)
-    if need & {"generative", "oracle-sids", "bm25+gen", "dense+gen", "hybrid+gen"}:
-        r = Retriever.from_workspace(ws, cfg.generator, cfg.device)
-        channel = Channel.from_workspace(ws, cfg.channel, cfg.device)
-
-        t = time.perf_counter()
-        hits = r.search(texts, cfg.width)
-        lists["generative"] = channel(texts, hits)
-        seconds["generative"] = time.perf_counter() - t
-        channels["generative"] = hits
-        extra["generative"] = {"sids": float(np.mean([len(h) for h in hits])),
-                               "cluster_size": float(np.mean([len(x.products) for h in hits for x in h])),
-                               "width": float(cfg.width), "candidates": float(np.mean([len(g) for g in lists["generative"]])),
-                               "valid_sid_rate_unconstrained": unconstrained_valid_rate(r, texts, cfg.width)}
-        if r.model.cfg.context_vocab and not queries_given and ws.has("users") and ws.has("search_log"):
-            extra["generative"].update(personal_eval(r, personal_events(ws, cfg.split), r.users(ws), cfg.width, cfg.ks))
-        if "oracle-sids" in need:
-            channels["oracle-sids"] = oracle_hits(r.lookup, r.index, relevant)
-            lists["oracle-sids"] = channel(texts, channels["oracle-sids"])
-            extra["oracle-sids"] = {"sids": float(np.mean([len(h) for h in channels["oracle-sids"]])),
-                                    "candidates": float(np.mean([len(g) for g in lists["oracle-sids"]]))}
-    if need & {"bm25", "hybrid", "bm25+gen", "hybrid+gen"} or channels:
-        bm = BM25(ids, product_texts(products))
-        timed("bm25", lambda: bm.search(texts, max(K, *cfg.budgets) if channels else K))
-    if need & {"dense", "hybrid", "dense+gen", "hybrid+gen"}:
-        e = get_embedder(cfg.embedder, cfg.device)
-        dense = Dense(ids, embed_workspace(ws, e, ("products",), progress=progress)["products"], e, cfg.device)
-        e.encode(["warm up"])  # load the model before the clock starts
-        timed("dense", lambda: dense.search(texts, K))
-    if need & {"hybrid", "hybrid+gen"}:
-        lists["hybrid"] = rrf([lists["bm25"], lists["dense"]], K)
-
-    def ranked(name: str, k: int) -> list[list[str]]:
-        """The method's lists cut at k; a supplement fills its k slots anew for each k."""
-        if name.endswith("+gen"):
-            return supplement(lists[name[:-4]], lists["generative"], k, cfg.share)
-        return [g[:k] for g in lists[name]]
-
-    clicks = click_events(ws, queries["query_id"])
+    channels = Channels(ws, cfg, dict(zip(texts, relevant)), progress)
+    n_products, clicks, qids = len(ws.table("products")), click_events(ws, queries["query_id"]), queries["query_id"].tolist()
+    bm25_at = {b: channels["bm25"].search(texts, b) for b in cfg.budgets}  # unique recall is against BM25's first B
     rows = []
-    for name in [m for m in METHODS if m in need or m == "bm25" and channels]:
-        row = {"method": name}
-        for k in cfg.ks:
-            got = ranked(name, k)
-            pq = metrics.per_query(got, relevant, k)
-            row.update({f"recall@{k}": np.nanmean(pq["recall"]), f"ndcg@{k}": np.nanmean(pq["ndcg"]),
-                        f"hit@{k}": np.nanmean(pq["hit"]), f"coverage@{k}": metrics.coverage(got, k, len(ids))})
-            if len(clicks):
-                pos = {q: set(g[:k]) for q, g in zip(queries["query_id"], got)}
-                row[f"click_hit@{k}"] = float(np.mean([p in pos[q] for q, p in zip(clicks["query_id"], clicks["product_id"])]))
-        row["mrr"] = metrics.mrr(ranked(name, K), relevant)
-        for b in cfg.budgets if name in channels else ():
-            cands = [candidates(h, b)[0] for h in channels[name]]
-            row[f"channel_recall@{b}"] = metrics.recall_at_k(cands, relevant, b)
-            row[f"unique_recall@{b}"] = metrics.unique_recall(cands, lists["bm25"], relevant, b)
-        row.update(extra.get(name, {}))
-        if name in seconds:
-            row["ms_per_query"] = 1e3 * seconds[name] / len(texts)
+    for name in [m for m in METHODS if m in cfg.methods]:
+        ch = channels[name]
+        t = time.perf_counter()
+        served = None if ch.slots else [ids for ids, _ in ch.scored(texts, cfg.channel.budget)]
+        ms = 1e3 * (time.perf_counter() - t) / len(texts)
+        ranked = (lambda k, ch=ch: ch.search(texts, k)) if ch.slots else (lambda k, s=served: [ids[:k] for ids in s])
+        row = {"method": name, **ranked_metrics(ranked, relevant, cfg.ks, n_products, clicks, qids)}
+        for b in cfg.budgets:
+            got = bm25_at[b] if name == "bm25" else [ids for ids, _ in ch.scored(texts, b)]
+            row[f"channel_recall@{b}"] = metrics.recall_at_k(got, relevant, b)
+            row[f"candidates@{b}"] = float(np.mean([len(g) for g in got]))
+            if name != "bm25":
+                row[f"unique_recall@{b}"] = metrics.unique_recall(got, bm25_at[b], relevant, b)
+        if not ch.slots:
+            row["ms_per_query"] = ms
+        if name in ("generative", "oracle-sids"):
+            row.update(sid_figures(ch, texts, cfg, ws, personal=name == "generative" and not given))
         rows.append(row)
     df = pd.DataFrame(rows)
     if run is not None:
+        dataset = f"{len(texts)} {'given' if given else cfg.split} queries"
         for r_ in rows:
             for key, v in r_.items():
                 if key != "method" and np.isfinite(v):
                     metric, _, k = key.partition("@")
-                    run.log_eval(metric, v, k=int(k) if k else None, dataset=f"{len(texts)} {cfg.split if not queries_given else 'given'} queries", method=r_["method"],
-                                 stage="eval")
+                    run.log_eval(metric, v, k=int(k) if k else None, dataset=dataset, method=r_["method"], stage="eval")
     return df
 
 
-def oracle_hits(lookup, index, relevant: list) -> list[list]:
-    """Per query the Hits of exactly the SIDs of its relevant products (first seen first, log-prob 0)."""
-    row_of = lookup.rows()
-    out = []
-    for rel in relevant:
-        rows = dict.fromkeys(row_of[p] for p in rel if p in row_of)
-        out.append([Hit(tuple(int(c) for c in index.sids[row]), 0.0, lookup(row)) for row in rows])
+def sid_figures(ch, texts: list[str], cfg: EvalConfig, ws, personal: bool) -> dict[str, float]:
+    """What a SID channel decoded: SIDs per query, products per decoded SID, the width; for the generator
+    the valid-SID rate of its beam without the trie and, trained with users, the personalised hit rate."""
+    hits = ch.hits(texts)
+    out = {"sids": float(np.mean([len(h) for h in hits])),
+           "cluster_size": float(np.mean([len(x.products) for h in hits for x in h])) if any(hits) else float("nan")}
+    if isinstance(ch, Oracle):
+        return out
+    r = ch.retriever
+    out.update({"width": float(ch.width), "valid_sid_rate_unconstrained": unconstrained_valid_rate(r, texts, ch.width)})
+    if personal and r.model.cfg.context_vocab and ws.has("users") and ws.has("search_log"):
+        out.update(personal_eval(r, personal_events(ws, cfg.split), r.users(ws), ch.width, cfg.ks))
     return out
 
 
 def unconstrained_valid_rate(retriever, texts: list[str], width: int) -> float:
     """Share of SIDs that exist among those the same beam decodes without the trie."""
-    import torch
-
     ids, mask = retriever.tok.encode(texts, retriever.model.cfg.max_len, retriever.device)
     with torch.no_grad():
         b = beam_search(retriever.model, retriever.model.memory(ids, mask), None, width, constrained=False)

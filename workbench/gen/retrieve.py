@@ -208,13 +208,42 @@ class Channel:
         if self.cfg.order == "cosine" and self.order is None:
             raise ValueError("a cosine-ordered channel needs its CosineOrder (Channel.from_workspace builds it)")
 
-    def __call__(self, texts: list[str], hits: list[list[Hit]]) -> list[list[str]]:
-        if self.cfg.order == "cosine":
-            return self.order(texts, hits, self.cfg.budget)
-        return [candidates(h, self.cfg.budget)[0] for h in hits]
+    def __call__(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None) -> list[list[str]]:
+        return [ids for ids, _ in self.scored(texts, hits, budget)]
 
-    def scored(self, texts: list[str], hits: list[list[Hit]]) -> list[tuple[list[str], np.ndarray]]:
-        """The channel's lists with each product's score: the cosine order's, or its SID's log-probability."""
+    def scored(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None) -> list[tuple[list[str], np.ndarray]]:
+        """The channel's lists (candidates cut at `budget`, by default the config's) with each product's
+        score: the cosine order's, or its SID's log-probability."""
+        budget = self.cfg.budget if budget is None else budget
         if self.cfg.order == "cosine":
-            return self.order.scored(texts, hits, self.cfg.budget)
-        return [candidates(h, self.cfg.budget) for h in hits]
+            return self.order.scored(texts, hits, budget)
+        return [candidates(h, budget) for h in hits]
+
+
+class Generative:
+    """The generator as a recall channel: `scored(queries, budget)` decodes a constrained beam of `width`
+    SIDs per query and hands over the decoded SIDs' products in beam order, cut at `budget`, ordered
+    inside by `channel` (the interface of `baselines.BM25` and `baselines.Dense`). The last decode is
+    kept, so asking the same queries at several budgets decodes once."""
+
+    name = "generative"
+    slots = False
+
+    def __init__(self, retriever: Retriever, channel: Channel, width: int):
+        self.retriever, self.channel, self.width = retriever, channel, width
+        self._last: tuple | None = None  # (queries, their hits) of the last anonymous decode
+
+    def hits(self, queries: list[str], context: torch.Tensor | None = None) -> list[list[Hit]]:
+        """The decoded SIDs per query (users' `context` decodes afresh each time)."""
+        if context is not None:
+            return self.retriever.search(list(queries), self.width, context=context)
+        if self._last is None or self._last[0] != tuple(queries):
+            self._last = (tuple(queries), self.retriever.search(list(queries), self.width))
+        return self._last[1]
+
+    def scored(self, queries: list[str], budget: int, context: torch.Tensor | None = None) -> list[tuple[list[str], np.ndarray]]:
+        return self.channel.scored(list(queries), self.hits(queries, context), budget)
+
+    def search(self, queries: list[str], k: int) -> list[list[str]]:
+        """The first k products of the channel as served (at its configured budget)."""
+        return [ids[:k] for ids, _ in self.scored(queries, self.channel.cfg.budget)]

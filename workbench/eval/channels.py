@@ -1,0 +1,91 @@
+"""The channels an evaluation compares, built by name, each the same interface (`baselines`):
+`scored(queries, budget) -> per query (product ids, scores)`, best first, at most `budget`.
+
+    bm25, dense        workbench.baselines
+    hybrid             RRF of bm25 and dense, each at the budget (one definition, whatever else runs)
+    generative         the workspace's generator as a recall channel (gen.retrieve.Generative)
+    oracle-sids        the same channel had it decoded exactly the SIDs of each query's relevant products
+                       (`Oracle`): the ceiling of the SIDs, so a shortfall splits into what the SIDs lose
+                       and what the generator loses
+    <base>+gen         a fixed-slot supplement of <base> by the generative channel (the naive merge)
+
+`Channels(ws, cfg, relevant)` builds a channel on first use and keeps it, so one that others need
+(bm25 for the hybrid and for unique recall, generative for the supplements) is built once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from workbench.baselines import BM25, Dense, Hybrid, Supplement
+from workbench.embed import embed_workspace, get_embedder, product_texts
+from workbench.eval.config import METHODS, EvalConfig
+from workbench.gen.retrieve import Channel, Generative, Hit, Retriever
+
+
+def oracle_hits(lookup, index, relevant: list) -> list[list[Hit]]:
+    """Per query the Hits of exactly the SIDs of its relevant products (first seen first, log-prob 0)."""
+    row_of = lookup.rows()
+    out = []
+    for rel in relevant:
+        rows = dict.fromkeys(row_of[p] for p in rel if p in row_of)
+        out.append([Hit(tuple(int(c) for c in index.sids[row]), 0.0, lookup(row)) for row in rows])
+    return out
+
+
+class Oracle:
+    """The generative channel fed the relevant products' SIDs instead of the beam's: `relevant` maps a query
+    text to its relevant product ids (the evaluation's judgments)."""
+
+    name = "oracle-sids"
+    slots = False
+
+    def __init__(self, generative: Generative, relevant: dict[str, dict]):
+        self.generative, self.relevant = generative, relevant
+
+    def hits(self, queries: list[str]) -> list[list[Hit]]:
+        r = self.generative.retriever
+        return oracle_hits(r.lookup, r.index, [self.relevant.get(q, {}) for q in queries])
+
+    def scored(self, queries: list[str], budget: int) -> list[tuple[list[str], np.ndarray]]:
+        return self.generative.channel.scored(list(queries), self.hits(queries), budget)
+
+    def search(self, queries: list[str], k: int) -> list[list[str]]:
+        return [ids[:k] for ids, _ in self.scored(queries, self.generative.channel.cfg.budget)]
+
+
+SUPPLEMENTS = {"bm25+gen": "bm25", "dense+gen": "dense", "hybrid+gen": "hybrid"}  # supplement -> its base channel
+
+
+class Channels:
+    """The evaluation's channels by name (`METHODS`), each built once, on first use."""
+
+    def __init__(self, ws, cfg: EvalConfig, relevant: dict[str, dict] | None = None, progress: bool = True):
+        self.ws, self.cfg, self.relevant, self.progress = ws, cfg, relevant or {}, progress
+        self._built: dict[str, object] = {}
+        self._products = ws.table("products")
+
+    def __getitem__(self, name: str):
+        if name not in METHODS:
+            raise ValueError(f"unknown channel {name!r}; channels: {', '.join(METHODS)}")
+        if name not in self._built:
+            self._built[name] = self._build(name)
+        return self._built[name]
+
+    def _build(self, name: str):
+        ws, cfg, ids = self.ws, self.cfg, self._products["product_id"].tolist()
+        if name == "bm25":
+            return BM25(ids, product_texts(self._products))
+        if name == "dense":
+            e = get_embedder(cfg.embedder, cfg.device)
+            vectors = embed_workspace(ws, e, ("products",), progress=self.progress)["products"]
+            e.encode(["warm up"])  # load the model before any clock starts
+            return Dense(ids, vectors, e, cfg.device)
+        if name == "hybrid":
+            return Hybrid([self["bm25"], self["dense"]])
+        if name == "generative":
+            retriever = Retriever.from_workspace(ws, cfg.generator, cfg.device)
+            return Generative(retriever, Channel.from_workspace(ws, cfg.channel, cfg.device), cfg.width)
+        if name == "oracle-sids":
+            return Oracle(self["generative"], self.relevant)
+        return Supplement(self[SUPPLEMENTS[name]], self["generative"], cfg.share, name=name)
