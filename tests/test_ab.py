@@ -11,8 +11,9 @@ from click.testing import CliRunner
 from workbench import Workspace
 from workbench.cli import main
 from workbench.data.market import Market, MarketError
-from workbench.eval.ab import dedupe, member, paired_bootstrap, summarise
+from workbench.eval.ab import dedupe, member, summarise
 from workbench.eval.config import ABConfig
+from workbench.metrics import paired_bootstrap
 from workbench.pipeline import SAMPLE_DATA
 
 

@@ -195,3 +195,37 @@ def test_a_channel_at_a_budget_hands_over_at_most_that_many_and_the_hybrid_never
     pd.testing.assert_series_equal(alone.set_index("method").loc["hybrid", figures], beside.set_index("method").loc["hybrid", figures])
     with pytest.raises(ValueError, match="unknown channel 'magic'"):
         Channels(ws, cfg)["magic"]
+
+
+def test_a_learned_ranker_fuses_channels_at_one_budget_with_paired_intervals(trained):
+    """Each fusion set's union at one total budget, ordered by LambdaMART trained on training queries and
+    early-stopped on validation ones; differences from the reference set with paired intervals."""
+    from workbench.eval.channels import Channels
+    from workbench.eval.fusion import columns, frame
+    from workbench.gen.data import eval_set
+
+    ws, _ = trained
+    cfg = EvalConfig(ks=(10,), width=8, embedder="hashing-64", methods=("bm25",), fusion_budget=40,
+                     fusions=("bm25", "bm25+dense", "bm25+dense+generative"), fusion_reference="bm25+dense")
+    ch = Channels(ws, cfg, progress=False)
+    texts = eval_set(ws, "validation")["query"].tolist()[:30]
+    f = frame(ch, ("bm25", "dense", "generative"), texts, 40)
+    assert (f.groupby("q").size() <= 39).all() and not f.duplicated(["q", "product_id"]).any()  # 13 each, a union
+    assert set(columns(("bm25", "generative"))) >= {"rank_generative", "sid_logp", "cluster", "cosine"}
+    df = evaluate(ws, cfg, progress=False).set_index("method")
+    fused = df.loc[["fused bm25", "fused bm25+dense", "fused bm25+dense+generative"]]
+    assert fused["recall@10"].between(0, 1).all() and (fused["candidates"] <= 40).all() and (fused["trees"] >= 1).all()
+    full = fused.loc["fused bm25+dense+generative"]
+    assert full["d_recall@10_lo"] <= full["d_recall@10"] <= full["d_recall@10_hi"]
+    assert np.isnan(fused.loc["fused bm25+dense", "d_recall@10"])  # the reference has no difference from itself
+    for bad, msg in [(dict(fusions=("bm25+dense",)), "two or more"), (dict(fusions=("bm25", "bm25+magic")), "bm25\\+magic"),
+                     (dict(fusions=("bm25", "bm25+bm25")), "distinct"), (dict(fusions=("bm25", "dense")), "reference"),
+                     (dict(fusion_budget=1), "fusion_budget")]:
+        with pytest.raises(ValueError, match=msg):
+            EvalConfig(**bad)
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "eval", "--fusions", "bm25+dense"])
+    assert r.exit_code != 0 and "a fusion compares sets of channels" in r.output and "Traceback" not in r.output

@@ -108,3 +108,22 @@ def auc(labels, scores) -> float:
         return float("nan")
     r = rankdata(s)
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def paired_bootstrap(units: int, n: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n, units) resample weights: each row counts how often each unit (a query, a session) was drawn.
+    Paired: every method is weighed with the same rows, so each difference has its own interval."""
+    return np.random.default_rng(seed).multinomial(units, np.full(units, 1 / units), size=n).astype(np.float64)
+
+
+def paired_difference(a, b, n: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a - b over units where both are defined, and its 95% percentile-bootstrap interval (units
+    resampled together, so the two sides stay paired)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need one per unit on both sides, got {a.shape} and {b.shape}")
+    d = (a - b)[~(np.isnan(a) | np.isnan(b))]
+    if not len(d):
+        return float("nan"), float("nan"), float("nan")
+    boot = paired_bootstrap(len(d), n, seed) @ d / len(d)
+    return float(d.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))

@@ -18,12 +18,16 @@ from workbench.gen.config import ORDERS
               help="Evaluate these judgments (CSV: query, product_id, relevance) instead of the workspace's --split queries.")
 @click.option("--threshold", type=float, default=None, help="Relevance threshold for --judgments (default: the workspace's).")
 @config_options(EvalConfig, "generator", flags={"generator": "--name"})
+@config_options(EvalConfig, "fusions", "fusion_budget", "fusion_reference", "seed")
 @embedder_option()
 @device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON records.")
 @click.pass_context
 def eval_(ctx, judgments_csv, threshold, embedder, device, as_json, **kw) -> None:
-    """Generative retrieval against BM25, dense, hybrid and generation-as-supplement on the same queries."""
+    """Generative retrieval against BM25, dense, hybrid and generation-as-supplement on the same queries, every
+    channel at the same budgets; with --fusions, sets of channels merged by a learned ranker (LightGBM
+    LambdaMART, trained on the training queries) at one total budget, each compared with the reference
+    set with a paired 95% interval."""
     from dataclasses import replace
 
     from workbench.eval.harness import evaluate, judgments_file

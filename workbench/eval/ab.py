@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench import metrics
 from workbench.baselines import BM25, Dense
 from workbench.data import splits
 from workbench.data.market import Market
@@ -52,11 +53,6 @@ def dedupe(rows: np.ndarray) -> np.ndarray:
 def member(pages: np.ndarray, sets: np.ndarray) -> np.ndarray:
     """(S, K) rows, (S, C) rows -> (S, K): is pages[s, k] among sets[s] (ignoring -1)?"""
     return ((pages[:, :, None] == sets[:, None, :]) & (pages[:, :, None] >= 0)).any(-1)
-
-
-def paired_bootstrap(S: int, n: int, seed: int = 0) -> np.ndarray:
-    """(n, S) resample weights over S sessions: each row counts how often each session was drawn."""
-    return np.random.default_rng(seed).multinomial(S, np.full(S, 1 / S), size=n).astype(np.float64)
 
 
 class Pager:
@@ -158,7 +154,7 @@ def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cf
                     "added_exposures": (e["seen"] * a).sum(1), "added_clicks": (e["click"] * a).sum(1),
                     "added_purchases": (e["buy"] * a).sum(1),
                     "bait_exposures": (e["seen"] * np.where(page >= 0, bait[np.maximum(page, 0)], False)).sum(1)}
-    W = paired_bootstrap(len(sessions), cfg.bootstrap, cfg.seed)  # (B, S), the same resamples for every arm
+    W = metrics.paired_bootstrap(len(sessions), cfg.bootstrap, cfg.seed)  # (B, S), the same resamples for every arm
 
     def stat(v: dict, num: str, den: str | None = None) -> tuple[float, np.ndarray]:
         if den is None:

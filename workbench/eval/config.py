@@ -13,6 +13,7 @@ from workbench.gen.config import ChannelConfig
 METHODS = ("generative", "oracle-sids", "bm25", "dense", "hybrid", "bm25+gen", "dense+gen", "hybrid+gen")  # what eval compares
 PAGE_ORDERS = ("ctcvr", "ctr")  # the A/B ranker's page order
 RANKERS = ("model", "oracle")  # who orders the A/B's pages
+FUSABLE = ("bm25", "dense", "hybrid", "generative")  # the channels a fusion set may hold (eval/fusion.py)
 SPLITS = ("validation", "test")  # what an evaluation may run on (workbench.data.splits; never train)
 
 
@@ -25,6 +26,10 @@ class EvalConfig:
     share: float = 0.3  # share of the k slots a supplement gives to generation
     methods: tuple[str, ...] = METHODS
     split: str = "test"  # the queries evaluated: test reports, validation chooses settings
+    fusions: tuple[str, ...] = ()  # sets of channels a learned ranker merges, e.g. bm25+dense,bm25+dense+generative (eval/fusion.py)
+    fusion_budget: int = 300  # candidates each fusion set hands its ranker in all, an equal share per channel
+    fusion_reference: str = "bm25+dense"  # the fusion set every other one is compared with
+    seed: int = 0  # bootstrap seed of the fusion intervals
     generator: str = names.DEPLOYED  # which generator checkpoint
     embedder: str = "minilm"
     device: str = "cpu"
@@ -39,6 +44,12 @@ class EvalConfig:
             raise ValueError(f"width and budgets must be >= 1, got {self.width}, {self.budgets}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.fusion_budget < 2:
+            raise ValueError(f"fusion_budget must be >= 2, got {self.fusion_budget}")
+        if self.fusions:
+            sets = fusion_sets(self.fusions)
+            if tuple(self.fusion_reference.split("+")) not in sets:
+                raise ValueError(f"the fusion reference {self.fusion_reference!r} is not among the fusion sets {self.fusions}")
 
 
 @dataclass(frozen=True)
@@ -79,3 +90,17 @@ class ABConfig:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.order not in PAGE_ORDERS or self.ranker not in RANKERS:
             raise ValueError(f"order must be one of {PAGE_ORDERS} and ranker one of {RANKERS}, got {self.order!r}, {self.ranker!r}")
+
+
+def fusion_sets(sets) -> list[tuple[str, ...]]:
+    """"bm25+dense" -> ("bm25", "dense"); a clear error for an unknown channel, a repeat or fewer than two sets."""
+    out = []
+    for s in sets:
+        names = tuple(s.split("+")) if isinstance(s, str) else tuple(s)
+        bad = [n for n in names if n not in FUSABLE]
+        if not names or bad or len(set(names)) != len(names):
+            raise ValueError(f"fusion set {s!r}: channels must be distinct names among {', '.join(FUSABLE)}")
+        out.append(names)
+    if len(out) < 2:
+        raise ValueError(f"a fusion compares sets of channels: give two or more (e.g. bm25+dense,bm25+dense+generative), got {sets}")
+    return out

@@ -35,6 +35,7 @@ from workbench import metrics
 from workbench.data.relevance import threshold as relevance_threshold
 from workbench.eval.channels import Channels, Oracle
 from workbench.eval.config import METHODS, EvalConfig
+from workbench.eval.fusion import fuse
 from workbench.gen.beam import beam_search
 from workbench.gen.data import eval_set, gains_by_query
 from workbench.gen.stages import personal_eval, personal_events
@@ -128,6 +129,8 @@ def evaluate(ws, cfg: EvalConfig | None = None, queries: pd.DataFrame | None = N
         if name in ("generative", "oracle-sids"):
             row.update(sid_figures(ch, texts, cfg, ws, personal=name == "generative" and not given))
         rows.append(row)
+    if cfg.fusions:
+        rows += fuse(ws, channels, cfg, queries, cfg.device, echo=print if progress else (lambda *_: None)).to_dict("records")
     df = pd.DataFrame(rows)
     if run is not None:
         dataset = f"{len(texts)} {'given' if given else cfg.split} queries"

@@ -223,23 +223,27 @@ class Channel:
 class Generative:
     """The generator as a recall channel: `scored(queries, budget)` decodes a constrained beam of `width`
     SIDs per query and hands over the decoded SIDs' products in beam order, cut at `budget`, ordered
-    inside by `channel` (the interface of `baselines.BM25` and `baselines.Dense`). The last decode is
-    kept, so asking the same queries at several budgets decodes once."""
+    inside by `channel` (the interface of `baselines.BM25` and `baselines.Dense`). The last few decodes
+    are kept, so asking the same queries at several budgets decodes once."""
 
     name = "generative"
     slots = False
+    KEEP = 4  # decodes kept: an evaluation asks the same query lists (train, validation, test) at several budgets
 
     def __init__(self, retriever: Retriever, channel: Channel, width: int):
         self.retriever, self.channel, self.width = retriever, channel, width
-        self._last: tuple | None = None  # (queries, their hits) of the last anonymous decode
+        self._decoded: dict[tuple, list[list[Hit]]] = {}  # the last KEEP anonymous decodes, by their queries
 
     def hits(self, queries: list[str], context: torch.Tensor | None = None) -> list[list[Hit]]:
         """The decoded SIDs per query (users' `context` decodes afresh each time)."""
         if context is not None:
             return self.retriever.search(list(queries), self.width, context=context)
-        if self._last is None or self._last[0] != tuple(queries):
-            self._last = (tuple(queries), self.retriever.search(list(queries), self.width))
-        return self._last[1]
+        key = tuple(queries)
+        if key not in self._decoded:
+            if len(self._decoded) >= self.KEEP:
+                self._decoded.pop(next(iter(self._decoded)))
+            self._decoded[key] = self.retriever.search(list(queries), self.width)
+        return self._decoded[key]
 
     def scored(self, queries: list[str], budget: int, context: torch.Tensor | None = None) -> list[tuple[list[str], np.ndarray]]:
         return self.channel.scored(list(queries), self.hits(queries, context), budget)
