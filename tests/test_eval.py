@@ -59,7 +59,7 @@ def test_harness_compares_every_method_on_the_same_queries(trained):
     ws, _ = trained
     with ws.logbook().run("eval", {}) as run:
         df = evaluate(ws, EvalConfig(ks=(5, 20), width=8, embedder="hashing-64"), progress=False, run=run)
-    assert df["method"].tolist() == ["generative", "oracle-sids", "bm25", "dense", "hybrid", "bm25+gen", "dense+gen", "hybrid+gen"]
+    assert df["method"].tolist() == ["generative", "oracle-sids", "bm25", "dense", "dense-ann", "hybrid", "bm25+gen", "dense+gen", "hybrid+gen"]
     for col in ("recall@5", "ndcg@20", "hit@20", "coverage@20", "click_hit@20", "mrr"):
         assert df[col].between(0, 1).all(), col
     gen = df.set_index("method").loc["generative"]
@@ -74,6 +74,7 @@ def test_harness_compares_every_method_on_the_same_queries(trained):
             row = df.set_index("method").loc[name]
             assert 0 <= row[f"unique_recall@{b}"] <= row[f"channel_recall@{b}"] <= 1, (name, b)
     by = df.set_index("method")
+    assert (by.loc["dense-ann", [f"ann_recall@{b}" for b in (100, 300, 1000)]] >= 0.95).all()  # HNSW finds the exact scan's top B
     for b in (100, 300, 1000):  # every channel at the same budgets, none handing over more
         assert by[f"channel_recall@{b}"].between(0, 1).all() and (by[f"candidates@{b}"] <= b).all(), b
     assert np.isnan(by.loc["bm25", "unique_recall@100"]) and (by["channel_recall@1000"] >= by["channel_recall@100"] - 1e-9).all()
@@ -229,3 +230,27 @@ def test_a_learned_ranker_fuses_channels_at_one_budget_with_paired_intervals(tra
 
     r = CliRunner().invoke(main, ["-w", str(ws.path), "eval", "--fusions", "bm25+dense"])
     assert r.exit_code != 0 and "a fusion compares sets of channels" in r.output and "Traceback" not in r.output
+
+
+def test_the_faiss_channel_finds_the_exact_scans_neighbours_and_refuses_what_cannot_hold():
+    from workbench.ann import ANN, ANNConfig
+    from workbench.baselines import Dense
+
+    e = get_embedder("hashing-64")
+    titles = [f"{a} {b} {c}" for a in ("cordless", "corded", "red", "blue", "garden", "kitchen") for b in ("drill", "hose", "lamp", "chair")
+              for c in range(40)]
+    ids = [f"p{i}" for i in range(len(titles))]
+    vecs = e.encode(titles)
+    exact = Dense(ids, vecs, e)
+    queries = ["cordless drill 7", "blue lamp", "garden hose 12", "kitchen chair"]
+    for cfg in (ANNConfig(), ANNConfig(kind="ivf", nlist=16, nprobe=16)):  # ivf probing every cell is exact
+        ann = ANN(ids, vecs, e, cfg)
+        for (a, sa), (x, _) in zip(ann.scored(queries, 50), exact.scored(queries, 50)):
+            assert len(a) == 50 and len(set(a) & set(x)) >= 48 and list(sa) == sorted(sa, reverse=True)
+    for bad, msg in [(dict(kind="lsh"), "kind must be one of"), (dict(m=0), "must be >= 1")]:
+        with pytest.raises(ValueError, match=msg):
+            ANNConfig(**bad)
+    with pytest.raises(ValueError, match="cannot be trained on 960 products"):
+        ANN(ids, vecs, e, ANNConfig(kind="ivf", nlist=5000))
+    with pytest.raises(ValueError, match="one vector per product"):
+        ANN(ids[:3], vecs, e)

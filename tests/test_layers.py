@@ -27,7 +27,7 @@ LAYERS = [
     {"config", "dist", "logbook", "metrics", "report"},
     {"data"},
     {"workspace", "checkpoint", "lineage"},
-    {"embed", "baselines"},
+    {"embed", "baselines", "ann"},
     {"sid"},
     {"gen"},
     {"rl"},

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # real servers: worker processes load torch and t
 
 @pytest.fixture(scope="module")
 def server(trained, tmp_path_factory):
-    """All three channels, batches of up to 8 gathered for up to 50 ms."""
+    """Every channel, batches of up to 8 gathered for up to 50 ms."""
     import shutil
 
     from workbench import Workspace
@@ -32,7 +32,7 @@ def server(trained, tmp_path_factory):
     r = CliRunner().invoke(main, ["-w", str(path), "bench", "beam", "--no-speed", "--ids", "workspace", "--widths", "1,2",
                                   "--batch-sizes", "1", "--rounds", "1", "--k", "20"])  # the width this workspace serves
     assert r.exit_code == 0, r.output
-    proc, url, log = start_server(path, "generative,bm25,dense", max_batch=8, batch_wait_ms=50)
+    proc, url, log = start_server(path, "generative,bm25,dense,dense-ann", max_batch=8, batch_wait_ms=50)
     yield url, Workspace(path), proc
     launch.stop(proc)
     log.unlink()
@@ -79,7 +79,7 @@ def test_user_personalises_and_baselines_answer(server):
     user = str(ws.table("users")["user_id"].iloc[0])
     status, got = post(f"{url}/generative", {"query": "drill", "user": user, "width": 4})
     assert status == 200 and got["personalised"] is True and got["user"] == user
-    for channel in ("bm25", "dense"):
+    for channel in ("bm25", "dense", "dense-ann"):
         status, got = post(f"{url}/{channel}", {"query": "cordless drill", "k": 7})
         assert status == 200 and len(got["products"]) == 7, got
         scores = [p["score"] for p in got["products"]]

@@ -4,7 +4,7 @@
       -> {"query", "user", "personalised", "width", "latency_ms",
           "sids": [{"sid": "49-0-4", "p": 0.73, "label": "...", "products": 32}, ...],   best first
           "products": [{"product_id": "...", "score": 0.61}, ...]}                        the channel's top k
-    POST /bm25, POST /dense {"query": "cordless drill", "k": 100}
+    POST /bm25, POST /dense, POST /dense-ann {"query": "cordless drill", "k": 100}   (dense: the exact scan; dense-ann: FAISS)
       -> {"query", "latency_ms", "products": [{"product_id", "score"}, ...]}
     GET /health -> "ok" once every worker has loaded the workspace
 
@@ -38,7 +38,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing.util import Finalize
 from pathlib import Path
 
@@ -47,6 +47,7 @@ import torch
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from workbench.ann import ANN, ANNConfig
 from workbench.baselines import BM25, Dense
 from workbench.embed import check_dtype, embed_workspace, get_embedder, product_texts
 from workbench.engine import MAX_QUERY, MAX_WIDTH, Engine, open_workspace
@@ -56,7 +57,7 @@ from workbench.logbook import now
 from workbench.sid.store import workspace_embedder
 from workbench.workspace import Workspace
 
-CHANNELS = ("generative", "bm25", "dense")
+CHANNELS = ("generative", "bm25", "dense", "dense-ann")
 MAX_K = 1000  # products one HTTP request may ask for
 
 
@@ -78,6 +79,7 @@ class ServeConfig:
     log: bool = True  # record served queries in the logbook
     name: str = names.DEPLOYED  # the generator checkpoint (gen/<name>.safetensors)
     width: int = 0  # beam width of a request that names none (0: the width the workspace's sweep chose)
+    ann: ANNConfig = field(default_factory=ANNConfig)  # dense-ann: the FAISS index's kind and parameters
     query_dtype: str = ChannelConfig.query_dtype  # generative and dense: the query encoder computes in this (bfloat16: docs/tutorials/serving.md)
 
     def __post_init__(self):
@@ -209,7 +211,9 @@ class BaselineAPI(ChannelAPI):
             self.index = BM25(ids, product_texts(products), backend=self.cfg.bm25_backend)
         else:
             e = get_embedder(workspace_embedder(ws), device)
-            self.index = Dense(ids, embed_workspace(ws, e, ("products",), progress=False)["products"], e, device, self.cfg.query_dtype)
+            vectors = embed_workspace(ws, e, ("products",), progress=False)["products"]
+            self.index = (Dense(ids, vectors, e, device, self.cfg.query_dtype) if self.channel == "dense"
+                          else ANN(ids, vectors, e, self.cfg.ann, self.cfg.query_dtype))
         self.index.scored(["warm up"], 1)  # loads the query embedder, compiles numba's scorer, before /health says ready
 
     def answer(self, reqs: list[SearchRequest]) -> tuple[list, list[dict]]:
@@ -232,7 +236,11 @@ class DenseAPI(BaselineAPI):
     channel = "dense"
 
 
-APIS = {"generative": GenerativeAPI, "bm25": BM25API, "dense": DenseAPI}
+class DenseANNAPI(BaselineAPI):
+    channel = "dense-ann"
+
+
+APIS = {"generative": GenerativeAPI, "bm25": BM25API, "dense": DenseAPI, "dense-ann": DenseANNAPI}
 
 
 class ServedLogger(ls.Logger):

@@ -270,7 +270,8 @@ def bench_pages(ctx, out, prefix, passes, dwell) -> None:
 
 
 @bench.command(name="serve")
-@click.option("--channels", type=names, default="generative,bm25,dense", show_default=True)
+@click.option("--channels", type=names, default="generative,bm25,dense,dense-ann", show_default=True,
+              help="Channels to load: dense is the exact scan, dense-ann the FAISS index (serve's --ann-* settings: the defaults).")
 @click.option("--widths", type=ints, default=None,
               help="Beam widths of the generative channel, e.g. 4,16,64 [default: the width the workspace serves].")
 @click.option("--users", type=ints, default="1,8,32", show_default=True, help="Concurrency levels (closed-loop locust users).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from workbench.ann import KINDS
 from workbench.cli.options import apply, config_options, device_option, embedder_option, ws_of
 from workbench.data.market import Market
 from workbench.eval.config import PAGE_ORDERS as AB_ORDERS
@@ -19,6 +20,8 @@ from workbench.gen.config import ORDERS
 @click.option("--threshold", type=float, default=None, help="Relevance threshold for --judgments (default: the workspace's).")
 @config_options(EvalConfig, "generator", flags={"generator": "--name"})
 @config_options(EvalConfig, "fusions", "fusion_budget", "fusion_reference", "seed")
+@config_options(EvalConfig, "ann.kind", "ann.m", "ann.ef_search", "ann.nlist", "ann.nprobe", choices={"ann.kind": KINDS},
+                flags={f"ann.{f}": f"--ann-{f.replace('_', '-')}" for f in ("kind", "m", "ef_search", "nlist", "nprobe")})
 @embedder_option()
 @device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON records.")

@@ -6,6 +6,7 @@ import signal
 
 import click
 
+from workbench.ann import KINDS
 from workbench.cli.options import apply, config_options, ws_of
 from workbench.embed import DTYPES
 from workbench.service import ServeConfig, build
@@ -16,11 +17,13 @@ from workbench.service import ServeConfig, build
               help="Listen here (0.0.0.0 or :: to accept other machines).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @config_options(ServeConfig, "channels", "max_batch", "batch_wait_ms", "workers", "threads", "api_servers", "accelerator", "max_body",
-                "bm25_backend", "log", "name", "width", "query_dtype",
-                choices={"accelerator": ("cpu", "cuda", "auto"), "bm25_backend": ("numba", "numpy"), "query_dtype": DTYPES})
+                "bm25_backend", "log", "name", "width", "query_dtype", "ann.kind", "ann.m", "ann.ef_search", "ann.nlist", "ann.nprobe",
+                choices={"accelerator": ("cpu", "cuda", "auto"), "bm25_backend": ("numba", "numpy"), "query_dtype": DTYPES,
+                         "ann.kind": KINDS},
+                flags={f"ann.{f}": f"--ann-{f.replace('_', '-')}" for f in ("kind", "m", "ef_search", "nlist", "nprobe")})
 @click.pass_context
 def serve(ctx, host, port, **kw) -> None:
-    """Serve the generative channel, BM25 and dense over HTTP: POST /generative, /bm25, /dense with
+    """Serve the generative channel, BM25, dense (exact) and dense-ann (FAISS) over HTTP: POST /generative, /bm25, /dense, /dense-ann with
     {"query", "k"} (and "width", "user" for /generative); GET /health. Ctrl+C or SIGTERM stops it,
     writing the served queries still buffered to the logbook."""
     ws = ws_of(ctx).require()

@@ -1,7 +1,8 @@
 """The channels an evaluation compares, built by name, each the same interface (`baselines`):
 `scored(queries, budget) -> per query (product ids, scores)`, best first, at most `budget`.
 
-    bm25, dense        workbench.baselines
+    bm25, dense        workbench.baselines (dense: the exact scan)
+    dense-ann          the same vectors in a FAISS index (workbench.ann, EvalConfig.ann)
     hybrid             RRF of bm25 and dense, each at the budget (one definition, whatever else runs)
     generative         the workspace's generator as a recall channel (gen.retrieve.Generative)
     oracle-sids        the same channel had it decoded exactly the SIDs of each query's relevant products
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from workbench.ann import ANN
 from workbench.baselines import BM25, Dense, Hybrid, Supplement
 from workbench.embed import embed_workspace, get_embedder, product_texts
 from workbench.eval.config import METHODS, EvalConfig
@@ -76,11 +78,11 @@ class Channels:
         ws, cfg, ids = self.ws, self.cfg, self._products["product_id"].tolist()
         if name == "bm25":
             return BM25(ids, product_texts(self._products))
-        if name == "dense":
+        if name in ("dense", "dense-ann"):
             e = get_embedder(cfg.embedder, cfg.device)
             vectors = embed_workspace(ws, e, ("products",), progress=self.progress)["products"]
             e.encode(["warm up"])  # load the model before any clock starts
-            return Dense(ids, vectors, e, cfg.device)
+            return Dense(ids, vectors, e, cfg.device) if name == "dense" else ANN(ids, vectors, e, cfg.ann)
         if name == "hybrid":
             return Hybrid([self["bm25"], self["dense"]])
         if name == "generative":

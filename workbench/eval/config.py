@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from workbench.ann import ANNConfig
 from workbench.gen import names
 from workbench.gen.config import ChannelConfig
 
-METHODS = ("generative", "oracle-sids", "bm25", "dense", "hybrid", "bm25+gen", "dense+gen", "hybrid+gen")  # what eval compares
+METHODS = ("generative", "oracle-sids", "bm25", "dense", "dense-ann", "hybrid", "bm25+gen", "dense+gen", "hybrid+gen")  # what eval compares
 PAGE_ORDERS = ("ctcvr", "ctr")  # the A/B ranker's page order
 RANKERS = ("model", "oracle")  # who orders the A/B's pages
-FUSABLE = ("bm25", "dense", "hybrid", "generative")  # the channels a fusion set may hold (eval/fusion.py)
+FUSABLE = ("bm25", "dense", "dense-ann", "hybrid", "generative")  # the channels a fusion set may hold (eval/fusion.py)
 SPLITS = ("validation", "test")  # what an evaluation may run on (workbench.data.splits; never train)
 
 
@@ -26,6 +27,7 @@ class EvalConfig:
     share: float = 0.3  # share of the k slots a supplement gives to generation
     methods: tuple[str, ...] = METHODS
     split: str = "test"  # the queries evaluated: test reports, validation chooses settings
+    ann: ANNConfig = field(default_factory=ANNConfig)  # the dense-ann channel's FAISS index
     fusions: tuple[str, ...] = ()  # sets of channels a learned ranker merges, e.g. bm25+dense,bm25+dense+generative (eval/fusion.py)
     fusion_budget: int = 300  # candidates each fusion set hands its ranker in all, an equal share per channel
     fusion_reference: str = "bm25+dense"  # the fusion set every other one is compared with

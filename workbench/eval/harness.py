@@ -13,6 +13,7 @@ judgments CSV (query, product_id, relevance) given with `judgments_csv`. Per met
 - at every budget B of `cfg.budgets`, the same B for every channel: channel_recall@B, the recall of its
   first B products as a set, candidates@B, how many it handed over, and unique_recall@B, the share of
   relevant products in them that BM25's first B misses (`workbench.metrics`);
+- for the FAISS channel, ann_recall@B: the share of the exact scan's first B it returns;
 - for the SID channels: SIDs decoded per query and products per decoded SID; for the generator its
   width, the valid-SID rate of the same beam decoded without the trie (constrained decoding is valid by
   construction) and, trained with users (stage 3), the personalised hit rate: hit@k of the product
@@ -124,6 +125,9 @@ def evaluate(ws, cfg: EvalConfig | None = None, queries: pd.DataFrame | None = N
             row[f"candidates@{b}"] = float(np.mean([len(g) for g in got]))
             if name != "bm25":
                 row[f"unique_recall@{b}"] = metrics.unique_recall(got, bm25_at[b], relevant, b)
+            if name == "dense-ann":  # how much of the exact scan's first B the index returns
+                exact = channels["dense"].search(texts, b)
+                row[f"ann_recall@{b}"] = float(np.mean([len(set(a) & set(x)) / max(len(x), 1) for a, x in zip(got, exact)]))
         if not ch.slots:
             row["ms_per_query"] = ms
         if name in ("generative", "oracle-sids"):
