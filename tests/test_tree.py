@@ -111,3 +111,49 @@ def test_stages_train_a_tree_generator(trained, tmp_path):
     r = Retriever.from_workspace(ws, "tree")
     assert r.model.tree is not None and r.model.cfg.tree == tree_nodes(r.index.sids)
     assert [h.sid for h in r.search(["cordless drill"], 4)[0]]
+
+
+def test_a_step_sums_the_terms_asked_for_and_the_probe_records_both():
+    """`using("tree")` zeroes the decoder's own logits, `using("decoder")` the tree head's; the full step is
+    their sum; the probe logs each term's mean |logit| per level."""
+    rng = np.random.default_rng(2)
+    model, index = tree_model(rng)
+    q = torch.as_tensor(rng.normal(size=(3, 16)), dtype=torch.float32)
+    mem = model.memory(q, torch.ones(3, 1, dtype=torch.bool))
+    with torch.no_grad():
+        full, _ = model.step(mem, None, 0, None, 2)
+        with model.using("tree"):
+            tree, _ = model.step(mem, None, 0, None, 2)
+        with model.using("decoder"):
+            own, _ = model.step(mem, None, 0, None, 2)
+        torch.testing.assert_close(tree + own, full)
+        torch.testing.assert_close(tree[0, 0], model.tree.logits(mem.query, torch.zeros(3, 2, dtype=torch.long), 0)[0, 0])
+        model.probe = []
+        model.step(mem, None, 0, None, 2)
+        assert model.probe[0]["level"] == 1 and model.probe[0]["decoder"] > 0 and model.probe[0]["tree"] > 0
+    assert model.terms == ("decoder", "tree")  # restored after each block
+    with pytest.raises(ValueError, match="logit terms must be some of"):
+        with model.using("magic"):
+            pass
+
+
+def test_the_channel_decomposed_tree_decoder_and_the_equal_budget_oracle(trained, tmp_path):
+    from dataclasses import replace
+
+    from workbench.eval.config import EvalConfig
+    from workbench.eval.harness import evaluate
+
+    ws = Workspace(shutil.copytree(trained[0].path, tmp_path / "ws"))
+    st.train_stages(ws, st.StagesConfig(stages=(1,), epochs=(1,), backbone="sentence", tree=True, model=TINY, eval_width=4),
+                    name="tree", progress=False)
+    cfg = EvalConfig(ks=(10,), width=8, embedder="hashing-64", generator="tree",
+                     methods=("generative", "generative-tree", "generative-decoder", "oracle-sids", "oracle-sids+beam"))
+    df = evaluate(ws, cfg, progress=False).set_index("method")
+    assert list(df.index) == list(cfg.methods) and df["channel_recall@300"].between(0, 1).all()
+    full = df.loc["generative"]
+    assert np.isfinite(full["decoder_logit@1"]) and full["tree_logit@1"] > 0 and "decoder_logit@1" not in df.loc["generative-tree"].dropna()
+    for b in (100, 300, 1000):  # the relevant SIDs first, then the beam's: at least the oracle's recall, the beam's candidates
+        assert df.loc["oracle-sids+beam", f"channel_recall@{b}"] >= df.loc["oracle-sids", f"channel_recall@{b}"] - 1e-9
+        assert df.loc["oracle-sids+beam", f"candidates@{b}"] >= df.loc["generative", f"candidates@{b}"] - 1e-9
+    with pytest.raises(ValueError, match="no tree head"):
+        evaluate(ws, replace(cfg, generator="generator", methods=("generative-tree",)), progress=False)

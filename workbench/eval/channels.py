@@ -5,9 +5,13 @@
     dense-ann          the same vectors in a FAISS index (workbench.ann, EvalConfig.ann)
     hybrid             RRF of bm25 and dense, each at the budget (one definition, whatever else runs)
     generative         the workspace's generator as a recall channel (gen.retrieve.Generative)
+    generative-tree    the same checkpoint decoding with its tree head's logits alone (the decoder's zeroed):
+                       a nearest-centroid search of the SID tree
+    generative-decoder the same with the decoder's own logits alone (the tree term zeroed)
     oracle-sids        the same channel had it decoded exactly the SIDs of each query's relevant products
                        (`Oracle`): the ceiling of the SIDs, so a shortfall splits into what the SIDs lose
                        and what the generator loses
+    oracle-sids+beam   the relevant SIDs first, then the beam's own: the ceiling at the beam's budget
     <base>+gen         a fixed-slot supplement of <base> by the generative channel (the naive merge)
 
 `Channels(ws, cfg, relevant)` builds a channel on first use and keeps it, so one that others need
@@ -37,17 +41,22 @@ def oracle_hits(lookup, index, relevant: list) -> list[list[Hit]]:
 
 class Oracle:
     """The generative channel fed the relevant products' SIDs instead of the beam's: `relevant` maps a query
-    text to its relevant product ids (the evaluation's judgments)."""
+    text to its relevant product ids (the evaluation's judgments). With `fill`, the beam's own SIDs follow
+    the relevant ones, so the oracle hands over as many products as the beam at every budget: the
+    equal-budget ceiling."""
 
-    name = "oracle-sids"
     slots = False
 
-    def __init__(self, generative: Generative, relevant: dict[str, dict]):
-        self.generative, self.relevant = generative, relevant
+    def __init__(self, generative: Generative, relevant: dict[str, dict], fill: bool = False):
+        self.generative, self.relevant, self.fill = generative, relevant, fill
+        self.name = "oracle-sids+beam" if fill else "oracle-sids"
 
     def hits(self, queries: list[str]) -> list[list[Hit]]:
         r = self.generative.retriever
-        return oracle_hits(r.lookup, r.index, [self.relevant.get(q, {}) for q in queries])
+        best = oracle_hits(r.lookup, r.index, [self.relevant.get(q, {}) for q in queries])
+        if not self.fill:
+            return best
+        return [b + [h for h in beam if h.sid not in {x.sid for x in b}] for b, beam in zip(best, self.generative.hits(queries))]
 
     def scored(self, queries: list[str], budget: int) -> list[tuple[list[str], np.ndarray]]:
         return self.generative.channel.scored(list(queries), self.hits(queries), budget)
@@ -57,6 +66,7 @@ class Oracle:
 
 
 SUPPLEMENTS = {"bm25+gen": "bm25", "dense+gen": "dense", "hybrid+gen": "hybrid"}  # supplement -> its base channel
+TERMS = {"generative-tree": ("tree",), "generative-decoder": ("decoder",)}  # decomposition -> the logit terms decoded with
 
 
 class Channels:
@@ -88,6 +98,12 @@ class Channels:
         if name == "generative":
             retriever = Retriever.from_workspace(ws, cfg.generator, cfg.device)
             return Generative(retriever, Channel.from_workspace(ws, cfg.channel, cfg.device), cfg.width)
+        if name in TERMS:  # the same checkpoint decoding with one logit term
+            g = self["generative"]
+            g.retriever.model.check_terms(*TERMS[name])  # a tree term without a tree head: refused here and now
+            return Generative(g.retriever, g.channel, g.width, TERMS[name])
         if name == "oracle-sids":
             return Oracle(self["generative"], self.relevant)
+        if name == "oracle-sids+beam":
+            return Oracle(self["generative"], self.relevant, fill=True)
         return Supplement(self[SUPPLEMENTS[name]], self["generative"], cfg.share, name=name)

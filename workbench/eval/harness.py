@@ -130,7 +130,7 @@ def evaluate(ws, cfg: EvalConfig | None = None, queries: pd.DataFrame | None = N
                 row[f"ann_recall@{b}"] = float(np.mean([len(set(a) & set(x)) / max(len(x), 1) for a, x in zip(got, exact)]))
         if not ch.slots:
             row["ms_per_query"] = ms
-        if name in ("generative", "oracle-sids"):
+        if name in ("generative", "generative-tree", "generative-decoder", "oracle-sids", "oracle-sids+beam"):
             row.update(sid_figures(ch, texts, cfg, ws, personal=name == "generative" and not given))
         rows.append(row)
     if cfg.fusions:
@@ -156,6 +156,14 @@ def sid_figures(ch, texts: list[str], cfg: EvalConfig, ws, personal: bool) -> di
         return out
     r = ch.retriever
     out.update({"width": float(ch.width), "valid_sid_rate_unconstrained": unconstrained_valid_rate(r, texts, ch.width)})
+    if ch.terms is None:  # each logit term's mean |logit| per level, as the full model decodes
+        r.model.probe = []
+        try:
+            r.search(texts[:256], ch.width)
+            for level, m in pd.DataFrame(r.model.probe).groupby("level").mean().iterrows():
+                out |= {f"decoder_logit@{level}": m["decoder"], f"tree_logit@{level}": m["tree"]}
+        finally:
+            r.model.probe = None
     if personal and r.model.cfg.context_vocab and ws.has("users") and ws.has("search_log"):
         out.update(personal_eval(r, personal_events(ws, cfg.split), r.users(ws), ch.width, cfg.ks))
     return out

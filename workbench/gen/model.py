@@ -25,6 +25,7 @@ Self-attention keeps a KV cache per beam, (B*W, t, H, dh), reordered by the beam
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from torch import nn
 
 from workbench.gen.config import GenConfig
 from workbench.gen.tree import TreeHead
+
+TERMS = ("decoder", "tree")  # the logit terms a decoding step sums
 
 
 @dataclass
@@ -185,6 +188,8 @@ class Generator(nn.Module):
         self.out_slice = [(sum(K[:i]), sum(K[: i + 1])) for i in range(len(K))]
         self.apply(self._init)
         self.tree = TreeHead(K, cfg.tree, cfg.embed_dim) if cfg.tree else None  # after _init: set by tree.init_from
+        self.terms = TERMS  # what a decoding step's logits sum (`using`): the decoder's own, the tree head's
+        self.probe: list[dict] | None = None  # when a list, each step appends its terms' mean |logit| per level
         if cfg.backbone == "minilm" and pretrained:  # after _init, which must not overwrite BERT
             self.encoder.load_pretrained()
 
@@ -234,11 +239,34 @@ class Generator(nn.Module):
             c = cache[i] if cache is not None else _empty_cache(x, B * width, b.h)
             x, kv = b(x, mem.k[i], mem.v[i], mem.mask, c)
             new.append(kv)
-        logits = self.logits(x, level)
+        own = self.logits(x, level)  # (B, W, K)
+        tree = None
         if self.tree is not None:
             node = self.tree.walk(prefix) if prefix is not None else torch.zeros(B, width, dtype=torch.long, device=x.device)
-            logits = logits + self.tree.logits(mem.query, node, level)
-        return logits, new
+            tree = self.tree.logits(mem.query, node, level)  # (B, W, K)
+        if self.probe is not None:
+            self.probe.append({"level": level + 1, "decoder": float(own.abs().mean()),
+                               "tree": float(tree.abs().mean()) if tree is not None else float("nan")})
+        logits = own if "decoder" in self.terms else torch.zeros_like(own)
+        return (logits + tree if tree is not None and "tree" in self.terms else logits), new
+
+    def check_terms(self, *terms: str) -> None:
+        bad = set(terms) - set(TERMS)
+        if not terms or bad:
+            raise ValueError(f"logit terms must be some of {TERMS}, got {terms}")
+        if "tree" in terms and self.tree is None:
+            raise ValueError("this generator has no tree head (train with --backbone sentence and the tree: the few-logs recipe)")
+
+    @contextmanager
+    def using(self, *terms: str):
+        """Decode with only these logit terms ("decoder", "tree"): the decomposition of what the generator
+        learned from what its tree prior gives (training is unaffected)."""
+        self.check_terms(*terms)
+        old, self.terms = self.terms, tuple(terms)
+        try:
+            yield self
+        finally:
+            self.terms = old
 
     # -- training ------------------------------------------------------------------------------
     def forward(self, ids, mask, sids, context=None) -> list[torch.Tensor]:

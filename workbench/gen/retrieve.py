@@ -13,6 +13,7 @@ plus the SID's log-probability), which on a catalog without logs replaces an arb
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -230,20 +231,26 @@ class Generative:
     slots = False
     KEEP = 4  # decodes kept: an evaluation asks the same query lists (train, validation, test) at several budgets
 
-    def __init__(self, retriever: Retriever, channel: Channel, width: int):
-        self.retriever, self.channel, self.width = retriever, channel, width
+    def __init__(self, retriever: Retriever, channel: Channel, width: int, terms: tuple[str, ...] | None = None):
+        """`terms`: decode with only these logit terms of the generator (`Generator.using`), e.g. ("tree",)."""
+        self.retriever, self.channel, self.width, self.terms = retriever, channel, width, terms
         self._decoded: dict[tuple, list[list[Hit]]] = {}  # the last KEEP anonymous decodes, by their queries
 
     def hits(self, queries: list[str], context: torch.Tensor | None = None) -> list[list[Hit]]:
         """The decoded SIDs per query (users' `context` decodes afresh each time)."""
         if context is not None:
-            return self.retriever.search(list(queries), self.width, context=context)
+            return self._search(queries, context)
         key = tuple(queries)
         if key not in self._decoded:
             if len(self._decoded) >= self.KEEP:
                 self._decoded.pop(next(iter(self._decoded)))
-            self._decoded[key] = self.retriever.search(list(queries), self.width)
+            self._decoded[key] = self._search(queries)
         return self._decoded[key]
+
+    def _search(self, queries, context=None) -> list[list[Hit]]:
+        model = self.retriever.model
+        with model.using(*self.terms) if self.terms else nullcontext():
+            return self.retriever.search(list(queries), self.width, context=context)
 
     def scored(self, queries: list[str], budget: int, context: torch.Tensor | None = None) -> list[tuple[list[str], np.ndarray]]:
         return self.channel.scored(list(queries), self.hits(queries, context), budget)
