@@ -301,11 +301,23 @@ def ab_page(path: str) -> None:
         st.info("No simulated A/B yet (synthetic workspaces): `workbench ab --arms generator,bm25,dense` "
                 "(add `--ranker oracle` to order the pages by the simulator's truth).")
         return
-    st.caption(f"{run['name']} ({run['run_id']}): {int(df['sessions'].iloc[0]):,} test sessions, 95% paired bootstrap intervals")
+    aa = df["aa_false_positive_rate"].iloc[0] if "aa_false_positive_rate" in df else float("nan")
+    st.caption(f"{run['name']} ({run['run_id']}): {int(df['sessions'].iloc[0]):,} test sessions; 95% paired bootstrap intervals"
+               + (f" drawing whole queries; A/A false-positive rate of these intervals {aa:.1%} (nominal 5%)" if aa == aa else ""))
     metric = st.radio("Per session", ["purchases", "gmv", "clicks", "ctr", "cvr"], horizontal=True, key="ab_metric")
-    fig = px.bar(df, x="arm", y=metric, error_y=df[f"{metric}_hi"] - df[metric], error_y_minus=df[metric] - df[f"{metric}_lo"],
-                 height=380)
-    st.plotly_chart(fig, key="ab_bars")
+    if f"d_{metric}" not in df:  # a run with no differences recorded: its values alone
+        df[f"d_{metric}"] = np.nan
+    base = df.loc[df[f"d_{metric}"].isna(), "arm"].iloc[-1]
+    diff = df[df[f"d_{metric}"].notna()]
+    fig = px.scatter(diff, x=f"d_{metric}", y="arm", height=120 + 45 * len(diff),
+                     error_x=diff[f"d_{metric}_hi"] - diff[f"d_{metric}"], error_x_minus=diff[f"d_{metric}"] - diff[f"d_{metric}_lo"],
+                     labels={f"d_{metric}": f"{metric}: difference from {base} (%)", "arm": ""},
+                     title=f"Each arm against {base}: the difference and its 95% interval")
+    fig.add_vline(x=0, line_dash="dash", line_color="grey")
+    st.plotly_chart(fig, key="ab_forest")
+    with st.expander("Each arm's own value"):
+        st.plotly_chart(px.bar(df, x="arm", y=metric, error_y=df[f"{metric}_hi"] - df[metric],
+                               error_y_minus=df[metric] - df[f"{metric}_lo"], height=340), key="ab_bars")
     shares = df[df["arm"].str.startswith("+")].melt(id_vars="arm", value_vars=[f"added_{k}_share" for k in app_data.PAPER_SHARES],
                                                    var_name="of", value_name="share")
     paper = pd.DataFrame({"arm": "paper (online)", "of": [f"added_{k}_share" for k in app_data.PAPER_SHARES],

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from workbench import Workspace
 from workbench.cli import main
 from workbench.data.market import Market, MarketError
-from workbench.eval.ab import dedupe, member, summarise
+from workbench.eval.ab import aa_false_positives, dedupe, member, summarise
 from workbench.eval.config import ABConfig
-from workbench.metrics import paired_bootstrap
+from workbench.metrics import clustered_bootstrap, paired_bootstrap
 from workbench.pipeline import SAMPLE_DATA
 
 
@@ -80,8 +80,9 @@ class ToyMarket:
 
     clickbait = np.zeros(10, bool)
 
-    def __init__(self, outcomes):
+    def __init__(self, outcomes, qid=None):
         self.outcomes = outcomes
+        self.sess = {"qid": np.arange(len(next(iter(outcomes.values())))) if qid is None else qid}
 
     def expected(self, s, page):
         v = self.outcomes[int(page[0, 0])]
@@ -97,7 +98,7 @@ def test_paired_bootstrap_separates_a_small_shift_from_session_noise():
     market = ToyMarket({0: base, 1: base * 1.02})
     pages = {"control": np.zeros((500, 3), int), "+x": np.ones((500, 3), int)}
     added = {k: np.zeros((500, 3), bool) for k in pages}
-    df = summarise(market, np.arange(500), pages, added, ABConfig(bootstrap=400)).set_index("arm")
+    df = summarise(market, np.arange(500), pages, added, ABConfig(bootstrap=400, aa_splits=0)).set_index("arm")
     wide = df.loc["control", "clicks_hi"] - df.loc["control", "clicks_lo"]
     assert wide > 0.15 and df.loc["control", "clicks_lo"] < df.loc["+x", "clicks"] < df.loc["control", "clicks_hi"]
     assert df.loc["+x", "d_clicks"] == pytest.approx(2.0) and df.loc["+x", "d_clicks_lo"] == pytest.approx(2.0, abs=1e-6)
@@ -105,8 +106,28 @@ def test_paired_bootstrap_separates_a_small_shift_from_session_noise():
     assert paired_bootstrap(7, 3, seed=1).sum(1).tolist() == [7, 7, 7]
 
 
+def test_intervals_draw_whole_queries_and_the_a_a_check_holds_its_nominal_rate():
+    """200 queries x 8 sessions whose outcomes share a per-query effect: drawing whole queries widens the
+    interval against drawing sessions (which would treat 8 sessions as 8 independent draws), and the A/A
+    false-positive rate of the procedure stays near the nominal 5%."""
+    rng = np.random.default_rng(3)
+    qid = np.repeat(np.arange(200), 8)
+    v = np.repeat(rng.gamma(2.0, 0.5, 200), 8) + rng.normal(0, 0.1, len(qid))  # most variance between queries
+    pages = {"control": np.zeros((len(qid), 3), int)}
+    added = {"control": np.zeros((len(qid), 3), bool)}
+    clustered = summarise(ToyMarket({0: v}, qid), np.arange(len(qid)), pages, added, ABConfig(bootstrap=400, aa_splits=0))
+    flat = summarise(ToyMarket({0: v}), np.arange(len(qid)), pages, added, ABConfig(bootstrap=400, aa_splits=0))
+    width = {n: float(d["clicks_hi"].iloc[0] - d["clicks_lo"].iloc[0]) for n, d in (("clustered", clustered), ("flat", flat))}
+    assert width["clustered"] > 2 * width["flat"], width
+    assert aa_false_positives(v, qid, splits=100, n=300, seed=1) <= 0.10
+    w = clustered_bootstrap(qid, 5, seed=0)
+    assert w.shape == (5, len(qid)) and (w.reshape(5, 200, 8) == w.reshape(5, 200, 8)[:, :, :1]).all()  # a query's sessions together
+    assert (w.sum(1) == len(qid)).all()
+
+
 def test_bad_ab_settings():
-    for kw, msg in [({"arms": ()}, "distinct channel names"), ({"arms": ("control",)}, "always run"),
+    for kw, msg in [({"arms": ()}, "distinct channel names"), ({"arms": ("control",)}, "always run"), ({"arms": ("dense+",)}, "joined by"),
+                    ({"aa_splits": -1}, "aa_splits"),
                     ({"recall": 0}, ">= 1"), ({"ranker": "magic"}, "ranker one of")]:
         with pytest.raises(ValueError, match=msg):
             ABConfig(**kw)
@@ -143,6 +164,17 @@ def test_ab_end_to_end_with_the_ranker_and_the_oracle(ranked):
     # the oracle orders by the truth: on the same recall set it sells more than the learned ranker's order
     assert got["oracle"].loc["control", "purchases"] > got["model"].loc["control", "purchases"]
     assert got["oracle"].loc["logged", "purchases"] == got["model"].loc["logged", "purchases"]  # the log's pages: no ranker
+    # several channels in one arm, each compared with the arm that has one of them
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "ab", "--arms", "bm25,bm25+generator", "--baseline", "+bm25", "--ranker", "oracle",
+                                  "--bootstrap", "200", "--aa-splits", "40", "--json"])
+    assert r.exit_code == 0, r.output
+    df = pd.DataFrame(json.loads(r.output)).set_index("arm")
+    assert list(df.index) == ["logged", "control", "+bm25", "+bm25+generator"] and np.isnan(df.loc["+bm25", "d_purchases"])
+    assert df.loc["+bm25+generator", "purchases"] == pytest.approx(df.loc["+bm25", "purchases"] * (1 + df.loc["+bm25+generator", "d_purchases"] / 100))
+    assert df.loc["+bm25+generator", "added_exposures_share"] >= df.loc["+bm25", "added_exposures_share"] - 1e-9
+    assert 0 <= df["aa_false_positive_rate"].iloc[0] <= 0.15
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "ab", "--arms", "bm25", "--baseline", "+dense"])
+    assert r.exit_code != 0 and "baseline must be control, logged or an arm" in r.output
 
 
 @pytest.mark.slow

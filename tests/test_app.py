@@ -342,8 +342,11 @@ def test_app_ab_page_shows_the_latest_ab_beside_the_paper(spoilt):
     for name, scale in (("ab model generator", 1.0), ("ab oracle generator", 2.0)):  # the later run is the one shown
         with ws.logbook().run("ab", {}, name=name) as run:
             for arm, v in (("logged", 0.4), ("control", 0.5), ("+generator", 0.6)):
-                row = {"sessions": 100, **{f"added_{k}_share": 0.1 * (arm == "+generator") for k in app_data.PAPER_SHARES}}
+                row = {"sessions": 100, "aa_false_positive_rate": 0.04,
+                       **{f"added_{k}_share": 0.1 * (arm == "+generator") for k in app_data.PAPER_SHARES}}
                 row |= {f"{m}{x}": scale * v + d for m in metrics for x, d in (("", 0), ("_lo", -0.01), ("_hi", 0.01))}
+                if arm != "control":  # differences from control, in %
+                    row |= {f"d_{m}{x}": 100 * (v / 0.5 - 1) + d for m in metrics for x, d in (("", 0), ("_lo", -3), ("_hi", 3))}
                 for k, val in row.items():
                     run.log_bench("ab", k, val, case_name=arm)
     df, meta = app_data.ab_results(ws)
@@ -352,8 +355,10 @@ def test_app_ab_page_shows_the_latest_ab_beside_the_paper(spoilt):
     at = _app(ws.path)
     at.radio(key="page").set_value("A/B").run()
     _ok(at)
-    assert not at.error and "ab oracle generator" in at.caption[0].value
+    assert not at.error and "ab oracle generator" in at.caption[0].value and "A/A false-positive rate of these intervals 4.0%" in at.caption[0].value
     assert "+generator" in at.dataframe[0].value["arm"].tolist()
+    forest = at.get("plotly_chart")[0].proto.spec
+    assert "difference from control" in forest and "+generator" in forest and "logged" in forest
 
 
 @pytest.mark.parametrize("spoil,page,words", [

@@ -116,6 +116,14 @@ def paired_bootstrap(units: int, n: int = 1000, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).multinomial(units, np.full(units, 1 / units), size=n).astype(np.float64)
 
 
+def clustered_bootstrap(groups, n: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n, units) resample weights that draw whole groups (e.g. the sessions of one query) with replacement:
+    each unit weighs as often as its group was drawn. Units of one group move together, so the interval
+    holds what they share (a channel's output is per query, and a query has many sessions)."""
+    uniq, codes = np.unique(np.asarray(groups), return_inverse=True)
+    return paired_bootstrap(len(uniq), n, seed)[:, codes]
+
+
 def paired_difference(a, b, n: int = 1000, seed: int = 0) -> tuple[float, float, float]:
     """Mean of a - b over units where both are defined, and its 95% percentile-bootstrap interval (units
     resampled together, so the two sides stay paired)."""

@@ -44,8 +44,8 @@ def study(ws, cfg: RLConfig, ab: ABConfig, seeds=(0, 1, 2), judges=("ranker", "o
     stage3 = names.stage(name, 3)
     rows = []
     for ranker in ("model", "oracle"):
-        df = run_ab(ws, replace(ab, arms=(stage3, *models), ranker=ranker), device, echo=lambda *_: None,
-                    baseline=f"+{stage3}").set_index("arm")
+        df = run_ab(ws, replace(ab, arms=(stage3, *models), ranker=ranker, baseline=f"+{stage3}"), device,
+                    echo=lambda *_: None).set_index("arm")
         rows.append({"pages": ranker, "judge": "-", "algo": "stage 3", "seed": -1, **df.loc[f"+{stage3}", list(KEEP)].to_dict()})
         for out, (judge, algo, seed) in models.items():
             rows.append({"pages": ranker, "judge": judge, "algo": algo, "seed": seed, **df.loc[f"+{out}", list(KEEP)].to_dict(),

@@ -7,16 +7,23 @@ that made the log. The arms differ only by their recall set; one ranker orders e
              against the log's own clicks and purchases
     control  the legacy engine's top `recall` products, ordered by the ranker, cut at the page size
     +X       control's recall set plus channel X's top `supplement` products (X: a generator
-             checkpoint by name, `bm25` or `dense`), ordered by the same ranker, cut at the same length;
+             checkpoint by name, `bm25` or `dense`; `X+Y`: each one's top `supplement`), ordered by the same
+             ranker, cut at the same length;
              `<generator>@anonymous` decodes without the session's user (personalisation's own A/B)
 
 which is how the paper deploys generative retrieval: one more recall channel, merged before ranking.
 
+An arm may hold several channels (`dense+generator`: both merged into control's recall set), and the
+differences are taken from a baseline arm (`--baseline +dense` asks what the generator adds to a
+recall set that already has dense retrieval).
+
 Per arm, from the funnel's expectations (not one noisy draw): clicks, purchases and GMV per session,
 CTR (clicks per impression), CVR (purchases per click), the click-bait share of exposures, and the
-share of exposures, clicks and purchases that went to products only channel X retrieved (`added_*`).
-Intervals are 95% percentile bootstraps over sessions, paired: every arm is evaluated on the same
-resampled sessions, so an arm's difference from control (`d_*`, in %) has its own interval.
+share of exposures, clicks and purchases that went to products only the arm's channels retrieved
+(`added_*`). Intervals are 95% percentile bootstraps that draw whole queries (a channel's output is per
+query, and a query has many sessions), paired: every arm is evaluated on the same resamples, so an
+arm's difference from the baseline (`d_*`, in %) has its own interval. Beside the table, the A/A
+false-positive rate of that procedure (`aa_false_positives`).
 """
 
 from __future__ import annotations
@@ -118,9 +125,9 @@ def channel_rows(ws, market: Market, name: str, sessions: np.ndarray, cfg: ABCon
     return out
 
 
-def run_ab(ws, cfg: ABConfig | None = None, device: str = "cpu", run=None, echo=print, baseline: str = "control") -> pd.DataFrame:
-    """The A/B table: one row per arm (logged, control, +each channel) with values and intervals, and
-    differences from `baseline` (an arm)."""
+def run_ab(ws, cfg: ABConfig | None = None, device: str = "cpu", run=None, echo=print) -> pd.DataFrame:
+    """The A/B table: one row per arm (logged, control, +each arm's channels) with values and intervals,
+    differences from `cfg.baseline`, and the procedure's A/A false-positive rate."""
     cfg = cfg or ABConfig()
     market = Market.from_workspace(ws)
     sessions = np.flatnonzero(splits.mask(ws, market.sess["qid"] + 1, cfg.split))
@@ -132,12 +139,16 @@ def run_ab(ws, cfg: ABConfig | None = None, device: str = "cpu", run=None, echo=
     recall = legacy[:, : cfg.recall]
     pages = {"logged": legacy[:, : market.cfg.page_size], "control": pager(recall)}
     added = {"logged": np.zeros_like(pages["logged"], bool), "control": np.zeros_like(pages["control"], bool)}
-    for name in cfg.arms:
-        echo(f"arm +{name}: retrieving and ranking {len(sessions):,} sessions")
-        extra = channel_rows(ws, market, name, sessions, cfg, device)
-        pages[f"+{name}"] = pager(dedupe(np.concatenate([recall, extra], 1)))
-        added[f"+{name}"] = member(pages[f"+{name}"], extra) & ~member(pages[f"+{name}"], recall)
-    return summarise(market, sessions, pages, added, cfg, run, baseline)
+    rows: dict[str, np.ndarray] = {}  # each channel retrieved once, whatever the arms it is in
+    for arm in cfg.arms:
+        echo(f"arm +{arm}: retrieving and ranking {len(sessions):,} sessions")
+        for name in arm.split("+"):
+            if name not in rows:
+                rows[name] = channel_rows(ws, market, name, sessions, cfg, device)
+        extra = np.concatenate([rows[name] for name in arm.split("+")], 1)
+        pages[f"+{arm}"] = pager(dedupe(np.concatenate([recall, extra], 1)))
+        added[f"+{arm}"] = member(pages[f"+{arm}"], extra) & ~member(pages[f"+{arm}"], recall)
+    return summarise(market, sessions, pages, added, cfg, run, cfg.baseline)
 
 
 def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cfg: ABConfig, run=None,
@@ -154,7 +165,8 @@ def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cf
                     "added_exposures": (e["seen"] * a).sum(1), "added_clicks": (e["click"] * a).sum(1),
                     "added_purchases": (e["buy"] * a).sum(1),
                     "bait_exposures": (e["seen"] * np.where(page >= 0, bait[np.maximum(page, 0)], False)).sum(1)}
-    W = metrics.paired_bootstrap(len(sessions), cfg.bootstrap, cfg.seed)  # (B, S), the same resamples for every arm
+    qid = market.sess["qid"][sessions]
+    W = metrics.clustered_bootstrap(qid, cfg.bootstrap, cfg.seed)  # (B, S): whole queries drawn, the same for every arm
 
     def stat(v: dict, num: str, den: str | None = None) -> tuple[float, np.ndarray]:
         if den is None:
@@ -175,6 +187,9 @@ def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cf
                 for k in ("exposures", "clicks", "purchases")}
         row["clickbait_exposure_share"] = stat(v, "bait_exposures", "impressions")[0]
         rows.append(row)
+    fp = aa_false_positives(out["control"]["purchases"], qid, cfg.aa_splits, cfg.bootstrap, cfg.seed) if cfg.aa_splits else float("nan")
+    for row in rows:
+        row["aa_false_positive_rate"] = fp
     df = pd.DataFrame(rows)
     if run is not None:
         for r in rows:
@@ -184,8 +199,29 @@ def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cf
     return df
 
 
+def aa_false_positives(values: np.ndarray, groups: np.ndarray, splits: int = 200, n: int = 1000, seed: int = 0) -> float:
+    """The A/A check of the whole procedure: `splits` times, the queries are split at random into two
+    halves, each half's sessions are one arm (both control), and the difference of their means gets the
+    same query-clustered bootstrap interval as the table. The share of splits whose 95% interval leaves
+    out 0 is the false-positive rate: about 5% when the intervals are right."""
+    uniq, codes = np.unique(groups, return_inverse=True)
+    sums, counts = np.bincount(codes, values, len(uniq)), np.bincount(codes, minlength=len(uniq)).astype(float)
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(splits):
+        side = rng.random(len(uniq)) < 0.5
+        boot = []
+        for half in (side, ~side):
+            w = rng.multinomial(int(half.sum()), np.full(int(half.sum()), 1 / max(int(half.sum()), 1)), size=n)  # (n, Q_half)
+            boot.append((w @ sums[half]) / (w @ counts[half]))
+        d = boot[0] - boot[1]
+        lo, hi = np.percentile(d, [2.5, 97.5])
+        hits += not lo <= 0 <= hi
+    return hits / splits
+
+
 def table(df: pd.DataFrame) -> str:
-    """The A/B table as text: each metric with its interval, differences from control in %."""
+    """The A/B table as text: each metric with its interval, differences from the baseline arm in %."""
     cols = {"clicks": ".3f", "purchases": ".4f", "gmv": ".2f", "ctr": ".4f", "cvr": ".4f"}  # differences: from the baseline arm
     out = pd.DataFrame({"arm": df["arm"]})
     for c, f in cols.items():

@@ -73,7 +73,8 @@ class SweepConfig:
 
 @dataclass(frozen=True)
 class ABConfig:
-    arms: tuple[str, ...] = (names.DEPLOYED,)  # channels added to the legacy recall set: generator checkpoints (by name), bm25 or dense
+    arms: tuple[str, ...] = (names.DEPLOYED,)  # channels added to the legacy recall set: generator checkpoints (by name), bm25 or dense; a+b: several in one arm
+    baseline: str = "control"  # the arm every other one is compared with: control, or an arm such as +dense
     recall: int = 100  # the legacy engine's recall set: its top this many products per query
     supplement: int = 100  # each channel's top this many products, merged into the recall set
     width: int = 32  # beam width of generator channels
@@ -81,12 +82,19 @@ class ABConfig:
     ranker: str = "model"  # who orders the pages: the workspace's ranker (model), or the simulator's truth (oracle: an upper bound)
     personal: bool = True  # decode with the session's user when the generator was trained with users (stage 3)
     split: str = "test"  # the sessions replayed: those of this split's queries (test reports; validation chooses)
-    bootstrap: int = 1000  # bootstrap resamples for the intervals
+    bootstrap: int = 1000  # bootstrap resamples for the intervals (whole queries drawn: their sessions move together)
+    aa_splits: int = 200  # A/A: random halves of the queries, control against control, to count false positives (0: skip)
     seed: int = 0  # bootstrap seed
 
     def __post_init__(self):
         if not self.arms or len(set(self.arms)) != len(self.arms) or {"logged", "control"} & set(self.arms):
             raise ValueError(f"arms must be distinct channel names (logged and control are always run), got {self.arms}")
+        if any(not part for arm in self.arms for part in arm.split("+")):
+            raise ValueError(f"an arm is channel names joined by +, e.g. dense+generator; got {self.arms}")
+        if self.baseline not in ("control", "logged", *(f"+{a}" for a in self.arms)):
+            raise ValueError(f"baseline must be control, logged or an arm (+{', +'.join(self.arms)}), got {self.baseline!r}")
+        if self.aa_splits < 0:
+            raise ValueError(f"aa_splits must be >= 0, got {self.aa_splits}")
         if min(self.recall, self.supplement, self.width, self.bootstrap) < 1:
             raise ValueError(f"recall, supplement, width and bootstrap must be >= 1, got {self.recall}, {self.supplement}, "
                              f"{self.width}, {self.bootstrap}")
