@@ -27,7 +27,7 @@ LAYERS = [
     {"config", "dist", "logbook", "metrics", "report"},
     {"data"},
     {"workspace", "checkpoint", "lineage"},
-    {"embed", "baselines", "ann"},
+    {"embed", "baselines", "ann", "encoder"},
     {"sid"},
     {"gen"},
     {"rl"},

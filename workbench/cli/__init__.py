@@ -9,6 +9,7 @@ and prints what the library returns:
     rl.py        ranker, rl                   eval.py   eval, ab
     logbook.py   sql, runs, merge, recipes    bench.py  bench ... (every benchmark)
     batch.py     batch embed|sids|decode      serve.py  serve
+    dense.py     dense train
 
 Verbs load lazily (click's lazy group): `VERBS` names each verb's module and function, a verb's module
 is imported only when that verb runs (or shows its own --help), and `workbench --help` reads the verbs'
@@ -37,6 +38,7 @@ VERBS = {  # verb -> (module, function)
     "bench": ("workbench.cli.bench", "bench"),
     "data": ("workbench.cli.data", "data"),
     "demo": ("workbench.cli.demo", "demo"),
+    "dense": ("workbench.cli.dense", "dense"),
     "embed": ("workbench.cli.data", "embed"),
     "eval": ("workbench.cli.eval", "eval_"),
     "gen": ("workbench.cli.gen", "gen"),

@@ -3,6 +3,7 @@
 
     bm25, dense        workbench.baselines (dense: the exact scan)
     dense-ann          the same vectors in a FAISS index (workbench.ann, EvalConfig.ann)
+    dense-tuned        exact cosine with the workspace's fine-tuned bi-encoder (workbench.encoder)
     hybrid             RRF of bm25 and dense, each at the budget (one definition, whatever else runs)
     generative         the workspace's generator as a recall channel (gen.retrieve.Generative)
     generative-tree    the same checkpoint decoding with its tree head's logits alone (the decoder's zeroed):
@@ -25,6 +26,7 @@ import numpy as np
 from workbench.ann import ANN
 from workbench.baselines import BM25, Dense, Hybrid, Supplement
 from workbench.embed import embed_workspace, get_embedder, product_texts
+from workbench.encoder import Tuned, encoder_dir
 from workbench.eval.config import METHODS, EvalConfig
 from workbench.gen.retrieve import Channel, Generative, Hit, Retriever
 
@@ -88,6 +90,9 @@ class Channels:
         ws, cfg, ids = self.ws, self.cfg, self._products["product_id"].tolist()
         if name == "bm25":
             return BM25(ids, product_texts(self._products))
+        if name == "dense-tuned":
+            e = Tuned(encoder_dir(ws), cfg.device)
+            return Dense(ids, embed_workspace(ws, e, ("products",), progress=self.progress)["products"], e, cfg.device)
         if name in ("dense", "dense-ann"):
             e = get_embedder(cfg.embedder, cfg.device)
             vectors = embed_workspace(ws, e, ("products",), progress=self.progress)["products"]

@@ -12,11 +12,11 @@ from workbench.gen import names
 from workbench.gen.config import ChannelConfig
 
 METHODS = ("generative", "generative-tree", "generative-decoder", "oracle-sids", "oracle-sids+beam", "bm25", "dense", "dense-ann",
-           "hybrid", "bm25+gen", "dense+gen", "hybrid+gen")  # what eval can compare
-DECOMPOSITION = ("generative-tree", "generative-decoder", "oracle-sids+beam")  # asked for by name (the tree ones need a tree head)
+           "dense-tuned", "hybrid", "bm25+gen", "dense+gen", "hybrid+gen")  # what eval can compare
+ON_REQUEST = ("generative-tree", "generative-decoder", "oracle-sids+beam", "dense-tuned")  # asked for by name: they need a tree head or a fine-tuned encoder
 PAGE_ORDERS = ("ctcvr", "ctr")  # the A/B ranker's page order
 RANKERS = ("model", "oracle")  # who orders the A/B's pages
-FUSABLE = ("bm25", "dense", "dense-ann", "hybrid", "generative")  # the channels a fusion set may hold (eval/fusion.py)
+FUSABLE = ("bm25", "dense", "dense-ann", "dense-tuned", "hybrid", "generative")  # the channels a fusion set may hold (eval/fusion.py)
 SPLITS = ("validation", "test")  # what an evaluation may run on (workbench.data.splits; never train)
 
 
@@ -27,7 +27,7 @@ class EvalConfig:
     channel: ChannelConfig = field(default_factory=ChannelConfig)  # the generator's candidate set and its order
     budgets: tuple[int, ...] = (100, 300, 1000)  # channel and unique recall at these candidate budgets
     share: float = 0.3  # share of the k slots a supplement gives to generation
-    methods: tuple[str, ...] = tuple(m for m in METHODS if m not in DECOMPOSITION)  # every channel but the decomposition
+    methods: tuple[str, ...] = tuple(m for m in METHODS if m not in ON_REQUEST)  # every channel but those asked for by name
     split: str = "test"  # the queries evaluated: test reports, validation chooses settings
     ann: ANNConfig = field(default_factory=ANNConfig)  # the dense-ann channel's FAISS index
     fusions: tuple[str, ...] = ()  # sets of channels a learned ranker merges, e.g. bm25+dense,bm25+dense+generative (eval/fusion.py)
