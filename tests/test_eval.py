@@ -254,3 +254,22 @@ def test_the_faiss_channel_finds_the_exact_scans_neighbours_and_refuses_what_can
         ANN(ids, vecs, e, ANNConfig(kind="ivf", nlist=5000))
     with pytest.raises(ValueError, match="one vector per product"):
         ANN(ids[:3], vecs, e)
+
+
+def test_a_teachers_sids_hold_its_top_product_and_only_products_of_its_lists_clusters(trained):
+    """bm25-sids: the SIDs of BM25's ranked list, first seen first, through the generative channel: what a
+    generator that imitated BM25 perfectly would hand over (the distillation ceiling)."""
+    from workbench.eval.channels import Channels
+    from workbench.gen.data import eval_set
+
+    ws, _ = trained
+    cfg = EvalConfig(ks=(10,), width=8, embedder="hashing-64", methods=("bm25", "bm25-sids"))
+    ch = Channels(ws, cfg, progress=False)
+    texts = eval_set(ws)["query"].tolist()[:30]
+    rows = ch["generative"].retriever.lookup.rows()  # product -> its SID's row
+    for (ids, _), top in zip(ch["bm25-sids"].scored(texts, 20), ch["bm25"].search(texts, 20)):
+        assert len(ids) <= 20 and {rows[p] for p in ids} <= {rows[p] for p in top}  # only the list's clusters
+        if top and top[0] in rows and len(ch["generative"].retriever.lookup(rows[top[0]])) <= 20:
+            assert top[0] in ids  # its first product's cluster comes first
+    df = evaluate(ws, cfg, progress=False).set_index("method")
+    assert df.loc["bm25-sids", "sids"] >= 1 and df.loc["bm25-sids", "channel_recall@300"] <= 1

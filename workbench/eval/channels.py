@@ -13,6 +13,8 @@
                        (`Oracle`): the ceiling of the SIDs, so a shortfall splits into what the SIDs lose
                        and what the generator loses
     oracle-sids+beam   the relevant SIDs first, then the beam's own: the ceiling at the beam's budget
+    <teacher>-sids     bm25-sids, dense-sids, hybrid-sids: the SIDs of that channel's ranked list, first seen
+                       first, through the generative channel (what perfect distillation of it would decode)
     <base>+gen         a fixed-slot supplement of <base> by the generative channel (the naive merge)
 
 `Channels(ws, cfg, relevant)` builds a channel on first use and keeps it, so one that others need
@@ -31,12 +33,12 @@ from workbench.eval.config import METHODS, EvalConfig
 from workbench.gen.retrieve import Channel, Generative, Hit, Retriever
 
 
-def oracle_hits(lookup, index, relevant: list) -> list[list[Hit]]:
-    """Per query the Hits of exactly the SIDs of its relevant products (first seen first, log-prob 0)."""
+def sid_hits(lookup, index, products: list) -> list[list[Hit]]:
+    """Per query the Hits of the SIDs of its `products` (ids, in order; first seen first, log-prob 0)."""
     row_of = lookup.rows()
     out = []
-    for rel in relevant:
-        rows = dict.fromkeys(row_of[p] for p in rel if p in row_of)
+    for ids in products:
+        rows = dict.fromkeys(row_of[p] for p in ids if p in row_of)
         out.append([Hit(tuple(int(c) for c in index.sids[row]), 0.0, lookup(row)) for row in rows])
     return out
 
@@ -55,7 +57,7 @@ class Oracle:
 
     def hits(self, queries: list[str]) -> list[list[Hit]]:
         r = self.generative.retriever
-        best = oracle_hits(r.lookup, r.index, [self.relevant.get(q, {}) for q in queries])
+        best = sid_hits(r.lookup, r.index, [self.relevant.get(q, {}) for q in queries])
         if not self.fill:
             return best
         return [b + [h for h in beam if h.sid not in {x.sid for x in b}] for b, beam in zip(best, self.generative.hits(queries))]
@@ -69,6 +71,29 @@ class Oracle:
 
 SUPPLEMENTS = {"bm25+gen": "bm25", "dense+gen": "dense", "hybrid+gen": "hybrid"}  # supplement -> its base channel
 TERMS = {"generative-tree": ("tree",), "generative-decoder": ("decoder",)}  # decomposition -> the logit terms decoded with
+
+
+class TeacherSIDs:
+    """The SIDs of a teacher channel's ranked list, first seen first, through the generative channel: what a
+    generator that imitated that teacher perfectly would decode (the ceiling of distillation)."""
+
+    slots = False
+
+    def __init__(self, teacher, generative: Generative):
+        self.teacher, self.generative, self.name = teacher, generative, f"{teacher.name}-sids"
+
+    def hits(self, queries: list[str], budget: int | None = None) -> list[list[Hit]]:
+        r = self.generative.retriever
+        return sid_hits(r.lookup, r.index, self.teacher.search(queries, budget or self.generative.channel.cfg.budget))
+
+    def scored(self, queries: list[str], budget: int) -> list[tuple[list[str], np.ndarray]]:
+        return self.generative.channel.scored(list(queries), self.hits(queries, budget), budget)
+
+    def search(self, queries: list[str], k: int) -> list[list[str]]:
+        return [ids[:k] for ids, _ in self.scored(queries, self.generative.channel.cfg.budget)]
+
+
+TEACHERS = {"bm25-sids": "bm25", "dense-sids": "dense", "hybrid-sids": "hybrid"}  # teacher-SID channel -> its teacher
 
 
 class Channels:
@@ -111,4 +136,6 @@ class Channels:
             return Oracle(self["generative"], self.relevant)
         if name == "oracle-sids+beam":
             return Oracle(self["generative"], self.relevant, fill=True)
+        if name in TEACHERS:
+            return TeacherSIDs(self[TEACHERS[name]], self["generative"])
         return Supplement(self[SUPPLEMENTS[name]], self["generative"], cfg.share, name=name)

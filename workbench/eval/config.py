@@ -12,8 +12,9 @@ from workbench.gen import names
 from workbench.gen.config import ChannelConfig
 
 METHODS = ("generative", "generative-tree", "generative-decoder", "oracle-sids", "oracle-sids+beam", "bm25", "dense", "dense-ann",
-           "dense-tuned", "hybrid", "bm25+gen", "dense+gen", "hybrid+gen")  # what eval can compare
-ON_REQUEST = ("generative-tree", "generative-decoder", "oracle-sids+beam", "dense-tuned")  # asked for by name: they need a tree head or a fine-tuned encoder
+           "dense-tuned", "hybrid", "bm25+gen", "dense+gen", "hybrid+gen", "bm25-sids", "dense-sids", "hybrid-sids")  # what eval can compare
+ON_REQUEST = ("generative-tree", "generative-decoder", "oracle-sids+beam", "dense-tuned", "bm25-sids", "dense-sids",
+              "hybrid-sids")  # asked for by name: a tree head, a fine-tuned encoder, or studies of the SIDs' ceilings
 PAGE_ORDERS = ("ctcvr", "ctr")  # the A/B ranker's page order
 RANKERS = ("model", "oracle")  # who orders the A/B's pages
 FUSABLE = ("bm25", "dense", "dense-ann", "dense-tuned", "hybrid", "generative")  # the channels a fusion set may hold (eval/fusion.py)

@@ -34,7 +34,7 @@ import torch
 
 from workbench import metrics
 from workbench.data.relevance import threshold as relevance_threshold
-from workbench.eval.channels import Channels, Oracle
+from workbench.eval.channels import TEACHERS, Channels, Oracle, TeacherSIDs
 from workbench.eval.config import METHODS, EvalConfig
 from workbench.eval.fusion import fuse
 from workbench.gen.beam import beam_search
@@ -130,7 +130,7 @@ def evaluate(ws, cfg: EvalConfig | None = None, queries: pd.DataFrame | None = N
                 row[f"ann_recall@{b}"] = float(np.mean([len(set(a) & set(x)) / max(len(x), 1) for a, x in zip(got, exact)]))
         if not ch.slots:
             row["ms_per_query"] = ms
-        if name in ("generative", "generative-tree", "generative-decoder", "oracle-sids", "oracle-sids+beam"):
+        if name in ("generative", "generative-tree", "generative-decoder", "oracle-sids", "oracle-sids+beam", *TEACHERS):
             row.update(sid_figures(ch, texts, cfg, ws, personal=name == "generative" and not given))
         rows.append(row)
     if cfg.fusions:
@@ -152,7 +152,7 @@ def sid_figures(ch, texts: list[str], cfg: EvalConfig, ws, personal: bool) -> di
     hits = ch.hits(texts)
     out = {"sids": float(np.mean([len(h) for h in hits])),
            "cluster_size": float(np.mean([len(x.products) for h in hits for x in h])) if any(hits) else float("nan")}
-    if isinstance(ch, Oracle):
+    if isinstance(ch, Oracle | TeacherSIDs):
         return out
     r = ch.retriever
     out.update({"width": float(ch.width), "valid_sid_rate_unconstrained": unconstrained_valid_rate(r, texts, ch.width)})
