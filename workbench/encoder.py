@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from workbench import lineage
 from workbench.config import positive, to_dict
 from workbench.data import splits
 from workbench.data.pseudo import PseudoConfig, pseudo_queries, words
@@ -139,6 +138,8 @@ class Tuned(MiniLM):
     """The workspace's fine-tuned MiniLM as an embedder (unit vectors, 384-d)."""
 
     def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 128):
+        from workbench import lineage  # loads torch: only when a fine-tuned model is opened
+
         path = Path(path)
         meta = path / "workbench.json"
         if not meta.exists():

@@ -21,6 +21,10 @@ the command line overrides it; every run a command starts records the recipe (`r
                 hybrid (BM25 + dense) teacher's top 10 (top 100 for the training queries, chosen on a
                 validation slice of them); stages 1,2 for 3,1 epochs
 
+The two Home Depot recipes evaluate every channel at equal budgets, the decomposition and ceiling rows,
+FAISS beside the exact scan, the fine-tuned encoder (`encoder`, trained first) and the learned fusion
+of BM25 with dense, fine-tuned dense and generative (`HOMEDEPOT_EVAL`).
+
 Add a recipe by adding an entry to RECIPES; `workbench recipes` prints them all, diffable as JSON.
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from workbench.config import to_dict
+from workbench.encoder import EncoderConfig
 from workbench.eval.config import EvalConfig, SweepConfig
 from workbench.gen.config import StagesConfig
 from workbench.rl.config import RLConfig
@@ -44,6 +49,7 @@ class Recipe:
     rl: RLConfig = field(default_factory=RLConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # the fine-tuned dense channel, when eval asks for dense-tuned
 
     def sid_for(self, input_dim: int) -> CQSIDConfig:
         """The SID config for an embedder of `input_dim` dimensions."""
@@ -54,7 +60,11 @@ class Recipe:
 
 
 HOMEDEPOT_SIDS = CQSIDConfig(model=RQVAEConfig(codebook_sizes=(128, 32, 8)), epochs=40)  # ~55k products
-HOMEDEPOT_EVAL = EvalConfig(ks=(10, 100), width=128)  # ~3 products per SID: 128 SIDs fill the 300-product budget
+HOMEDEPOT_EVAL = EvalConfig(  # ~3 products per SID: width 128 fills the 300-product budget
+    ks=(10, 100), width=128,
+    methods=("generative", "generative-tree", "generative-decoder", "oracle-sids", "oracle-sids+beam", "bm25", "dense",
+             "dense-ann", "dense-tuned", "hybrid", "bm25+gen", "dense+gen", "hybrid+gen", "bm25-sids", "dense-sids", "hybrid-sids"),
+    fusions=("bm25", "bm25+dense", "bm25+generative", "bm25+dense+generative", "bm25+dense-tuned", "bm25+dense-tuned+generative"))
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("default", "the component configs' own defaults"),

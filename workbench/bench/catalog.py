@@ -1,14 +1,15 @@
 """A real catalog measured end to end with a named recipe: `workbench bench homedepot --recipe NAME`.
 
-    import (once) -> embeddings (cached) -> CQ-SIDs -> the generator's stages -> the harness
+    import (once) -> embeddings (cached) -> CQ-SIDs -> the generator's stages -> [the fine-tuned encoder]
+    -> the harness
 
 Each recipe gets its own workspace, `workspaces/<dataset>-<recipe>`, holding a copy of the imported
 tables and sharing the imported workspace's embedding cache (content-addressed by text, so no text is
 embedded twice), so recipes never overwrite each other's SIDs or generators. Steps whose artifacts
 exist are kept, so a rerun (or a killed run) continues where it stopped. The evaluation is the
-recipe's `EvalConfig` on the test split's queries (`data.splits`): every method of the harness
-(the generative channel, the oracle-SID ceiling, BM25, dense, hybrid, the supplements) with the
-channel metrics at the recipe's budgets.
+recipe's `EvalConfig` on the test split's queries (`data.splits`): the methods it names with the
+channel metrics at the recipe's budgets, and its fusion sets; when it names `dense-tuned`, the
+recipe's `EncoderConfig` fine-tunes the encoder first (kept where present).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.embed import get_embedder
+from workbench.encoder import encoder_dir
+from workbench.encoder import train as train_encoder
 from workbench.pipeline import check, copy_tables
 from workbench.recipes import Recipe
 from workbench.workspace import Workspace
@@ -57,4 +60,7 @@ def measure(ws: Workspace, recipe: Recipe, embedder: str = "minilm", device: str
          + ", ".join(f"{r['stage']} kept" if r.get("resumed") else f"{r['stage']} {r['examples_per_s']:,.0f} examples/s"
                      for r in rows)
          + f" ({time.perf_counter() - t1:.0f} s)")
+    if "dense-tuned" in recipe.eval.methods and not encoder_dir(ws).exists():
+        got = train_encoder(ws, recipe.encoder, device)
+        echo(f"fine-tuned encoder: {got['pairs']:,} pairs in {got['seconds']:.0f} s ({got['examples_per_s']:.0f} pairs/s)")
     return evaluate(ws, recipe.eval, run=run)

@@ -230,8 +230,8 @@ def bench_homedepot(recipe, sets, datasets_dir, embedder, device) -> None:
     click.echo(f"Home Depot with recipe {name!r} in {ws.path}")
     with tagged(recipe=name), ws.logbook().run("bench", {"bench": "homedepot", "recipe": r.to_dict()}) as run:
         df = measure(ws, r, embedder, device, run=run, echo=click.echo)
-        keep = [c for c in df.columns if c == "method" or c.split("@")[0] in ("recall", "ndcg", "channel_recall", "unique_recall")
-                or c.split("@")[0] == "candidates" or c in ("width", "sids")]
+        keep = [c for c in df.columns if c in ("method", "width", "sids") or c.startswith("d_")
+                or c.split("@")[0] in ("recall", "ndcg", "channel_recall", "unique_recall", "candidates", "ann_recall")]
         report("homedepot", df[keep].to_dict("records"), run, case_key="method", params={"recipe": name},
                device=device_name(device))
 
