@@ -213,7 +213,11 @@ def test_a_learned_ranker_fuses_channels_at_one_budget_with_paired_intervals(tra
     f = frame(ch, ("bm25", "dense", "generative"), texts, 40)
     assert (f.groupby("q").size() <= 39).all() and not f.duplicated(["q", "product_id"]).any()  # 13 each, a union
     assert set(columns(("bm25", "generative"))) >= {"rank_generative", "sid_logp", "cluster", "cosine"}
-    df = evaluate(ws, cfg, progress=False).set_index("method")
+    with ws.logbook().run("eval", {"test": "fusion"}) as run:
+        df = evaluate(ws, cfg, progress=False, run=run).set_index("method")
+    logged = ws.logbook().query(f"SELECT metric, k, value FROM evals WHERE run_id = '{run.run_id}' "
+                                "AND method = 'fused bm25+dense+generative' AND metric LIKE 'd_recall%'")
+    assert sorted(logged["metric"]) == ["d_recall", "d_recall_hi", "d_recall_lo"] and set(logged["k"]) == {10}  # every figure logged
     fused = df.loc[["fused bm25", "fused bm25+dense", "fused bm25+dense+generative"]]
     assert fused["recall@10"].between(0, 1).all() and (fused["candidates"] <= 40).all() and (fused["trees"] >= 1).all()
     full = fused.loc["fused bm25+dense+generative"]

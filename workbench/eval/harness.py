@@ -141,9 +141,20 @@ def evaluate(ws, cfg: EvalConfig | None = None, queries: pd.DataFrame | None = N
         for r_ in rows:
             for key, v in r_.items():
                 if key != "method" and np.isfinite(v):
-                    metric, _, k = key.partition("@")
-                    run.log_eval(metric, v, k=int(k) if k else None, dataset=dataset, method=r_["method"], stage="eval")
+                    metric, k = metric_at(key)
+                    run.log_eval(metric, v, k=k, dataset=dataset, method=r_["method"], stage="eval")
     return df
+
+
+def metric_at(key: str) -> tuple[str, int | None]:
+    """A result column as (metric, k): recall@10 -> (recall, 10); d_recall@10_lo -> (d_recall_lo, 10); sids -> (sids, None)."""
+    metric, at, rest = key.partition("@")
+    if not at:
+        return metric, None
+    digits = rest[:len(rest) - len(rest.lstrip("0123456789"))]
+    if not digits:
+        raise ValueError(f"result column {key!r} is not metric@k or metric@k_suffix")
+    return metric + rest[len(digits):], int(digits)
 
 
 def sid_figures(ch, texts: list[str], cfg: EvalConfig, ws, personal: bool) -> dict[str, float]:
