@@ -27,7 +27,7 @@ class ANNConfig:
     kind: str = "hnsw"  # the FAISS index: hnsw (a graph) or ivf (inverted lists)
     m: int = 32  # HNSW: links per node
     ef_construction: int = 200  # HNSW: candidates kept while building
-    ef_search: int = 256  # HNSW: candidates kept while searching (at least the budget asked for)
+    ef_search: int = 512  # HNSW: candidates kept while searching (at least the budget asked for)
     nlist: int = 0  # IVF: k-means cells (0: 4 x sqrt(products))
     nprobe: int = 32  # IVF: cells searched per query
 
