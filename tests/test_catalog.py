@@ -33,4 +33,4 @@ def test_a_recipe_measures_a_catalog_in_its_own_workspace(sample_ws, tmp_path):
     assert ws.has("pseudo_queries") and not sample_ws.has("pseudo_queries")
     again = []
     measure(Workspace(ws.path), tiny, "hashing-64", echo=again.append)  # a rerun keeps the SIDs and the stages
-    assert len(again) == 1 and again[0]  # ... and the encoder.startswith("generator (sentence, stages (1, 2)): 1-items kept, 2-queries kept (")
+    assert len(again) == 1 and again[0].startswith("generator (sentence, stages (1, 2)): 1-items kept, 2-queries kept (")  # ... and the encoder

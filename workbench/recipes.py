@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 
 from workbench.config import to_dict
 from workbench.encoder import EncoderConfig
-from workbench.eval.config import EvalConfig, SweepConfig
+from workbench.eval.config import METHODS, EvalConfig, SweepConfig
 from workbench.gen.config import StagesConfig
 from workbench.rl.config import RLConfig
 from workbench.sid.config import CQSIDConfig, RQVAEConfig
@@ -62,8 +62,7 @@ class Recipe:
 HOMEDEPOT_SIDS = CQSIDConfig(model=RQVAEConfig(codebook_sizes=(128, 32, 8)), epochs=40)  # ~55k products
 HOMEDEPOT_EVAL = EvalConfig(  # ~3 products per SID: width 128 fills the 300-product budget
     ks=(10, 100), width=128,
-    methods=("generative", "generative-tree", "generative-decoder", "oracle-sids", "oracle-sids+beam", "bm25", "dense",
-             "dense-ann", "dense-tuned", "hybrid", "bm25+gen", "dense+gen", "hybrid+gen", "bm25-sids", "dense-sids", "hybrid-sids"),
+    methods=METHODS,  # every channel, the ones asked for by name included
     fusions=("bm25", "bm25+dense", "bm25+generative", "bm25+dense+generative", "bm25+dense-tuned", "bm25+dense-tuned+generative"))
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
