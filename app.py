@@ -302,8 +302,8 @@ def ab_page(path: str) -> None:
                 "(add `--ranker oracle` to order the pages by the simulator's truth).")
         return
     aa = df["aa_false_positive_rate"].iloc[0] if "aa_false_positive_rate" in df else float("nan")
-    st.caption(f"{run['name']} ({run['run_id']}): {int(df['sessions'].iloc[0]):,} test sessions; 95% paired bootstrap intervals"
-               + (f" drawing whole queries; A/A false-positive rate of these intervals {aa:.1%} (nominal 5%)" if aa == aa else ""))
+    st.caption(f"{run['name']} ({run['run_id']}): {int(df['sessions'].iloc[0]):,} test sessions; 95% paired intervals"
+               + (f" over whole queries (jackknife t); A/A false-positive rate of these intervals {aa:.1%} (nominal 5%)" if aa == aa else ""))
     metric = st.radio("Per session", ["purchases", "gmv", "clicks", "ctr", "cvr"], horizontal=True, key="ab_metric")
     if f"d_{metric}" not in df:  # a run with no differences recorded: its values alone
         df[f"d_{metric}"] = np.nan

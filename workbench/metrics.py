@@ -116,12 +116,50 @@ def paired_bootstrap(units: int, n: int = 1000, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).multinomial(units, np.full(units, 1 / units), size=n).astype(np.float64)
 
 
-def clustered_bootstrap(groups, n: int = 1000, seed: int = 0) -> np.ndarray:
-    """(n, units) resample weights that draw whole groups (e.g. the sessions of one query) with replacement:
-    each unit weighs as often as its group was drawn. Units of one group move together, so the interval
-    holds what they share (a channel's output is per query, and a query has many sessions)."""
+def cluster_sums(groups, *values) -> tuple[np.ndarray, ...]:
+    """Per-unit values -> per-group sums (groups in sorted order), one array per value; the last is each
+    group's unit count. What a clustered statistic needs: a ratio of sums over groups."""
     uniq, codes = np.unique(np.asarray(groups), return_inverse=True)
-    return paired_bootstrap(len(uniq), n, seed)[:, codes]
+    return (*(np.bincount(codes, np.asarray(v, float), len(uniq)) for v in values),
+            np.bincount(codes, minlength=len(uniq)).astype(float))
+
+
+def leave_one_out_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """Per-group sums (G,) -> (G,) the ratio of sums with each group left out in turn."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (num.sum() - num) / (den.sum() - den)
+
+
+def jackknife_interval(estimate: float, replicates, sizes, level: float = 0.95) -> tuple[float, float]:
+    """A t interval from leave-one-cluster-out replicates: `replicates` holds, per independent sample,
+    the statistic with each of its clusters left out, and `sizes` each cluster's unit count (one array
+    per sample; bare arrays are one sample).
+
+    Per sample s with m clusters: v_s = (m-1)/m * sum_i (replicate_i - mean)^2, the jackknife variance,
+    which sees each cluster's own pull on the statistic. Its degrees of freedom are the effective number
+    of clusters, df_s = min(m-1, (sum n_i^2)^2 / sum n_i^4) for sizes n_i (Satterthwaite, when most of
+    the variance lies between clusters so that cluster i's term varies as n_i^2): a test set where a few
+    queries hold most sessions is estimated from few of them. Samples add: se^2 = sum v_s, df by
+    Welch-Satterthwaite. The interval is estimate -+ t(df, (1+level)/2) * se; NaN where a sample has
+    fewer than 2 clusters or a replicate is not finite, zero width when no cluster moves the statistic."""
+    from scipy.stats import t
+
+    def listed(x):
+        return [np.asarray(r, float) for r in (x if isinstance(x, (list, tuple)) else [x])]
+
+    reps, ns = listed(replicates), listed(sizes)
+    if [len(r) for r in reps] != [len(n) for n in ns]:
+        raise ValueError(f"one size per replicate, got {[len(r) for r in reps]} replicates and {[len(n) for n in ns]} sizes")
+    if any(len(r) < 2 or not np.isfinite(r).all() for r in reps) or not np.isfinite(estimate):
+        return float("nan"), float("nan")
+    v = [(len(r) - 1) / len(r) * ((r - r.mean()) ** 2).sum() for r in reps]
+    dfs = [min(len(n) - 1, (n ** 2).sum() ** 2 / (n ** 4).sum()) for n in ns]
+    var = sum(v)
+    if var <= 0:
+        return float(estimate), float(estimate)
+    df = var ** 2 / sum(vs ** 2 / d for vs, d in zip(v, dfs))
+    half = t.ppf((1 + level) / 2, df) * np.sqrt(var)
+    return float(estimate - half), float(estimate + half)
 
 
 def paired_difference(a, b, n: int = 1000, seed: int = 0) -> tuple[float, float, float]:

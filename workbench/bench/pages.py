@@ -27,7 +27,7 @@ READY = {  # alternatives: a page's content, or the message it shows when there 
     "Codebooks": ("Colour by", "no map yet", "its map is of older SIDs"),
     "Training": ("Stage 4: GRPO vs EG-GRPO",),
     "Beam width": ("The sweep's numbers", "No width sweep yet"),
-    "A/B": ("test sessions; 95% paired bootstrap intervals", "No simulated A/B yet"),
+    "A/B": ("test sessions; 95% paired intervals", "No simulated A/B yet"),
     "SQL": ("Start from an example",),
 }
 

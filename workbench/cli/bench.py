@@ -426,10 +426,9 @@ def bench_rl(ctx, recipe, reward_weights, name, embedder, device, **kw):
 @click.option("--seeds", default="0,1,2", show_default=True, help="Seeds of each (judge, algorithm).")
 @click.option("--judges", default="ranker,oracle", show_default=True, help="Who scores the rewards: ranker, oracle (the simulator).")
 @click.option("--algos", default="grpo,eg-grpo", show_default=True, help="Stage-4 algorithms.")
-@config_options(ABConfig, "recall", "supplement", "width", "bootstrap")
+@config_options(ABConfig, "recall", "supplement", "width")
 @click.pass_context
-def bench_stage4(ctx, recipe, reward_weights, name, embedder, device, seeds, judges, algos, recall, supplement, width, bootstrap,
-                 **kw):
+def bench_stage4(ctx, recipe, reward_weights, name, embedder, device, seeds, judges, algos, recall, supplement, width, **kw):
     """Stage 4 judged in simulated purchases (synthetic workspaces): GRPO and EG-GRPO over seeds, with the
     ranker's and the oracle's rewards, each model an A/B arm beside stage 3 (pages ordered by the ranker
     and by the oracle); differences from stage 3 with paired intervals."""
@@ -437,7 +436,7 @@ def bench_stage4(ctx, recipe, reward_weights, name, embedder, device, seeds, jud
     Market.from_workspace(ws)  # a clear error before any training when the workspace has no simulator
     cfg = rl_config(ctx, recipe, reward_weights, kw)
     ensure_ranker(ws, embedder, device)
-    ab = ABConfig(recall=recall, supplement=supplement, width=width, bootstrap=bootstrap)
+    ab = ABConfig(recall=recall, supplement=supplement, width=width)
     params = {"steps": cfg.steps, "prompts": cfg.prompts, "rewards": cfg.rewards.weights(), "lr": cfg.lr, "seeds": seeds,
               "temperature": cfg.temperature}
     with ws.logbook().run("bench", {"bench": "stage4", "rl": cfg, "ab": ab, "device": device}, seed=cfg.seed) as run:

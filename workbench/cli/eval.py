@@ -47,7 +47,7 @@ def eval_(ctx, judgments_csv, threshold, embedder, device, as_json, **kw) -> Non
 
 
 @click.command()
-@config_options(ABConfig, "arms", "baseline", "ranker", "order", "recall", "supplement", "width", "personal", "split", "bootstrap",
+@config_options(ABConfig, "arms", "baseline", "ranker", "order", "recall", "supplement", "width", "personal", "split",
                 "aa_splits", "seed",
                 choices={"ranker": RANKERS, "order": AB_ORDERS, "split": SPLITS})
 @device_option()
@@ -57,7 +57,7 @@ def ab(ctx, device, as_json, **kw) -> None:
     """A simulated online A/B on a synthetic marketplace: the test queries' sessions replayed through the funnel
     that made the log, with the legacy engine's recall set (control) and with each --arms arm's channels
     merged into it (dense+generator: both), one ranker ordering every page. Clicks, purchases, GMV, CTR,
-    CVR with paired bootstrap intervals over whole queries, differences from --baseline, the share of
+    CVR with paired intervals over whole queries (jackknife t), differences from --baseline, the share of
     exposures, clicks and purchases the arm's channels added, and the intervals' A/A false-positive rate."""
     from workbench.eval.ab import run_ab, table
 
@@ -68,6 +68,6 @@ def ab(ctx, device, as_json, **kw) -> None:
         df = run_ab(ws, cfg, device, run=run, echo=(lambda *_: None) if as_json else click.echo)
     click.echo(df.to_json(orient="records", indent=1) if as_json else
                f"\n{len(df)} arms x {int(df['sessions'][0]):,} {cfg.split} sessions; pages ordered by the {cfg.ranker} ranker "
-               f"({cfg.order}); 95% paired bootstrap intervals drawing whole queries, differences from {cfg.baseline} in %; "
+               f"({cfg.order}); 95% paired jackknife t intervals over whole queries, differences from {cfg.baseline} in %; "
                f"A/A false-positive rate of these intervals {df['aa_false_positive_rate'].iloc[0]:.1%} "
                f"({cfg.aa_splits} random halves of the queries, nominal 5%)\n" + table(df))

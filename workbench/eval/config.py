@@ -83,9 +83,8 @@ class ABConfig:
     ranker: str = "model"  # who orders the pages: the workspace's ranker (model), or the simulator's truth (oracle: an upper bound)
     personal: bool = True  # decode with the session's user when the generator was trained with users (stage 3)
     split: str = "test"  # the sessions replayed: those of this split's queries (test reports; validation chooses)
-    bootstrap: int = 1000  # bootstrap resamples for the intervals (whole queries drawn: their sessions move together)
-    aa_splits: int = 200  # A/A: random halves of the queries, control against control, to count false positives (0: skip)
-    seed: int = 0  # bootstrap seed
+    aa_splits: int = 2000  # A/A: random halves of the queries, control against control, to count false positives (0: skip)
+    seed: int = 0  # seed of the A/A splits
 
     def __post_init__(self):
         if not self.arms or len(set(self.arms)) != len(self.arms) or {"logged", "control"} & set(self.arms):
@@ -96,9 +95,8 @@ class ABConfig:
             raise ValueError(f"baseline must be control, logged or an arm (+{', +'.join(self.arms)}), got {self.baseline!r}")
         if self.aa_splits < 0:
             raise ValueError(f"aa_splits must be >= 0, got {self.aa_splits}")
-        if min(self.recall, self.supplement, self.width, self.bootstrap) < 1:
-            raise ValueError(f"recall, supplement, width and bootstrap must be >= 1, got {self.recall}, {self.supplement}, "
-                             f"{self.width}, {self.bootstrap}")
+        if min(self.recall, self.supplement, self.width) < 1:
+            raise ValueError(f"recall, supplement and width must be >= 1, got {self.recall}, {self.supplement}, {self.width}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.order not in PAGE_ORDERS or self.ranker not in RANKERS:
