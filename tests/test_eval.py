@@ -121,6 +121,11 @@ def test_candidates_are_cut_at_the_budget_and_ranked_inside_by_cosine():
     heavy = CosineOrder(e, IDS, e.encode(TITLES), logp_weight=10.0)  # the SID's probability dominates
     assert heavy(["drill bit set 20 pieces"], [hits])[0][:2] in (["p1", "p2"], ["p2", "p1"])
     assert order(["x"], [[]]) == [[]]
+    # a pool scores the beam's first pool x budget products and keeps the best budget: the beam's tail is not cut unseen
+    assert order(["drill bit set 20 pieces"], [hits], 1) == [["p2"]]  # p4 lies past the cut of one
+    pooled = CosineOrder(e, IDS, e.encode(TITLES), pool=4)
+    assert pooled(["drill bit set 20 pieces"], [hits], 1) == [["p4"]]
+    assert pooled(["drill bit set 20 pieces"], [hits], 2) == [order(["drill bit set 20 pieces"], [hits])[0][:2]]
     from workbench.baselines import Dense
 
     class Spy:  # records what the queries are computed in
@@ -141,6 +146,9 @@ def test_candidates_are_cut_at_the_budget_and_ranked_inside_by_cosine():
     from workbench.gen.retrieve import Channel
 
     assert Channel(ChannelConfig(budget=3), order)(["cordless drill"], [hits]) == [got]
+    for bad, msg in [({"pool": 0}, "pool must be >= 1"), ({"logp_weight": float("nan")}, "logp_weight must be a finite")]:
+        with pytest.raises(ValueError, match=msg):
+            ChannelConfig(**bad)
     assert Channel(ChannelConfig(order="popularity", budget=3))(["x"], [hits]) == [["p2", "p1", "p3"]]
     with pytest.raises(ValueError, match="needs its CosineOrder"):
         Channel(ChannelConfig())

@@ -41,7 +41,6 @@ from workbench.data import splits
 from workbench.data.market import Market
 from workbench.embed import embed_workspace, get_embedder, product_texts
 from workbench.eval.config import ABConfig
-from workbench.gen.config import ChannelConfig
 from workbench.gen.retrieve import Channel, Generative, Retriever
 from workbench.rl.ranker import from_workspace
 from workbench.sid.store import workspace_embedder
@@ -119,7 +118,7 @@ def channel_rows(ws, market: Market, name: str, sessions: np.ndarray, cfg: ABCon
         if cfg.personal and mode != "anonymous" and r.model.cfg.context_vocab:
             times = market.sess["time"][sessions]
             context = torch.as_tensor(r.users(ws).ids(market.user_ids(sessions), pd.Series(times)))  # each user's history before the session
-        channel = Generative(r, Channel.from_workspace(ws, ChannelConfig(), device), cfg.width)
+        channel = Generative(r, Channel.from_workspace(ws, cfg.channel, device), cfg.width)
         lists = [ids for ids, _ in channel.scored(texts, cfg.supplement, context)]
     out = np.full((len(sessions), cfg.supplement), -1, np.int64)
     for i, ids in enumerate(lists):

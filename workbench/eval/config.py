@@ -79,6 +79,7 @@ class ABConfig:
     recall: int = 100  # the legacy engine's recall set: its top this many products per query
     supplement: int = 100  # each channel's top this many products, merged into the recall set
     width: int = 32  # beam width of generator channels
+    channel: ChannelConfig = field(default_factory=ChannelConfig)  # generator channels' candidate order (their budget is `supplement`)
     order: str = "ctcvr"  # the ranker's page order: pCTR x pCVR (ctcvr) or pCTR (ctr)
     ranker: str = "model"  # who orders the pages: the workspace's ranker (model), or the simulator's truth (oracle: an upper bound)
     personal: bool = True  # decode with the session's user when the generator was trained with users (stage 3)

@@ -155,20 +155,24 @@ class CosineOrder:
         score(q, p) = cos(q, p) + logp_weight x log P(SID of p | q)
 
     with the workspace's embedder (the one its SIDs were built on); ties keep beam order. Products of
-    one SID otherwise come in popularity order, which on a catalog without logs is arbitrary."""
+    one SID otherwise come in popularity order, which on a catalog without logs is arbitrary. With
+    `pool` > 1 the first pool x budget products of the beam are scored and the best `budget` kept, so a
+    relevant product in the beam's tail is not lost to the cut before it is scored."""
 
-    def __init__(self, embedder, product_ids, vectors: np.ndarray, logp_weight: float = 0.0, query_dtype: str = "float32"):
+    def __init__(self, embedder, product_ids, vectors: np.ndarray, logp_weight: float = 0.0, query_dtype: str = "float32",
+                 pool: int = 1):
         if len(product_ids) != len(vectors):
             raise ValueError(f"{len(product_ids)} product ids for {len(vectors)} vectors")
-        self.embedder, self.logp_weight, self.query_dtype = embedder, logp_weight, query_dtype
+        self.embedder, self.logp_weight, self.query_dtype, self.pool = embedder, logp_weight, query_dtype, pool
         self.ids = pd.Index(np.asarray(product_ids, dtype=object))  # product id -> its row of `vectors`
         self.vectors = np.asarray(vectors, np.float32)  # (N, d), unit norm
 
     @classmethod
-    def from_workspace(cls, ws, device: str = "cpu", logp_weight: float = 0.0, query_dtype: str = "float32") -> CosineOrder:
+    def from_workspace(cls, ws, device: str = "cpu", logp_weight: float = 0.0, query_dtype: str = "float32",
+                       pool: int = 1) -> CosineOrder:
         e = get_embedder(workspace_embedder(ws), device)
         vecs = embed_workspace(ws, e, ("products",), progress=False)["products"]  # stored: always float32
-        return cls(e, ws.table("products")["product_id"].tolist(), vecs, logp_weight, query_dtype)
+        return cls(e, ws.table("products")["product_id"].tolist(), vecs, logp_weight, query_dtype, pool)
 
     def __call__(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None) -> list[list[str]]:
         return [ids for ids, _ in self.scored(texts, hits, budget)]
@@ -176,7 +180,7 @@ class CosineOrder:
     def scored(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None) -> list[tuple[list[str], np.ndarray]]:
         """Per query: its candidates best first, and each one's score."""
         q = self.embedder.encode(list(texts), dtype=self.query_dtype)  # (Q, d), unit norm
-        cands = [candidates(h, budget) for h in hits]
+        cands = [candidates(h, None if budget is None else budget * self.pool) for h in hits]
         flat = np.array([p for ids, _ in cands for p in ids], dtype=object)  # every query's candidates: one lookup
         rows = self.ids.get_indexer(flat) if len(flat) else np.zeros(0, np.intp)
         if (rows < 0).any():
@@ -188,7 +192,7 @@ class CosineOrder:
                 out.append(([], np.zeros(0, np.float32)))
                 continue
             score = self.vectors[mine] @ qv + self.logp_weight * logp  # (n,)
-            order = np.argsort(-score, kind="stable")
+            order = np.argsort(-score, kind="stable")[:budget]
             out.append(([ids[i] for i in order], score[order]))
         return out
 
@@ -203,7 +207,7 @@ class Channel:
     @classmethod
     def from_workspace(cls, ws, cfg: ChannelConfig | None = None, device: str = "cpu") -> Channel:
         cfg = cfg or ChannelConfig()
-        return cls(cfg, CosineOrder.from_workspace(ws, device, cfg.logp_weight, cfg.query_dtype) if cfg.order == "cosine" else None)
+        return cls(cfg, CosineOrder.from_workspace(ws, device, cfg.logp_weight, cfg.query_dtype, cfg.pool) if cfg.order == "cosine" else None)
 
     def __post_init__(self):
         if self.cfg.order == "cosine" and self.order is None:
