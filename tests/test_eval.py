@@ -228,6 +228,7 @@ def test_a_learned_ranker_fuses_channels_at_one_budget_with_paired_intervals(tra
     assert sorted(logged["metric"]) == ["d_recall", "d_recall_hi", "d_recall_lo"] and set(logged["k"]) == {10}  # every figure logged
     fused = df.loc[["fused bm25", "fused bm25+dense", "fused bm25+dense+generative"]]
     assert fused["recall@10"].between(0, 1).all() and (fused["candidates"] <= 40).all() and (fused["trees"] >= 1).all()
+    assert (fused["union_recall"] <= 1).all() and (fused["union_recall"] >= fused[[c for c in fused if c.startswith("recall@")]].max(1) - 1e-9).all()
     full = fused.loc["fused bm25+dense+generative"]
     assert full["d_recall@10_lo"] <= full["d_recall@10"] <= full["d_recall@10_hi"]
     assert np.isnan(fused.loc["fused bm25+dense", "d_recall@10"])  # the reference has no difference from itself

@@ -5,7 +5,8 @@ channels, and so how a channel earns its place.
 
 For a set of n channels at a total budget T, each channel hands over its first T // n products
 (`scored(queries, budget)`), their union is scored by a LambdaMART ranker (LightGBM, objective
-"lambdarank"), and the ranked union is measured: Recall@k and NDCG@k. Per (query, candidate) the
+"lambdarank"), and the ranked union is measured: Recall@k and NDCG@k, and `union_recall`, the share
+of relevant products anywhere in the union (what a perfect ranker's Recall@budget would be). Per (query, candidate) the
 ranker sees:
 
     rank_<c>, score_<c>   each channel of the set: the candidate's rank and score there (NaN: absent)
@@ -149,7 +150,8 @@ def fuse(ws, channels, cfg: EvalConfig, queries: pd.DataFrame, device: str = "cp
         name = "fused " + "+".join(names)
         per_query[names] = {f"{m}@{k}": metrics.per_query(got, rel["eval"], k)[m] for k in cfg.ks for m in ("recall", "ndcg")}
         row = {"method": name, **{key: float(np.nanmean(v)) for key, v in per_query[names].items()},
-               "candidates": float(np.mean([len(g) for g in got])), "trees": float(model.best_iteration_ or model.n_estimators)}
+               "candidates": float(np.mean([len(g) for g in got])), "trees": float(model.best_iteration_ or model.n_estimators),
+               "union_recall": metrics.recall_at_k(got, rel["eval"], cfg.fusion_budget)}  # the ceiling of any order of this union
         echo(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if "@" in k))
         rows.append(row)
     for row, names in zip(rows, sets):
