@@ -129,6 +129,31 @@ def test_validation_and_test_queries_never_reach_training(trained):
         relevance(ws, ("liked",))
 
 
+def test_target_weights_change_stage_two_targets_as_stated(trained):
+    """Clicks weighted 0 leave only purchased products as a query's targets, each at the purchase
+    weight; the defaults are data.relevance's; bad weights are refused by name."""
+    from workbench.gen.config import StagesConfig, TargetWeights
+
+    ws, _ = trained
+    from workbench.data.relevance import judged
+
+    log = ws.table("search_log")  # relevance() covers every query; query_pairs keeps the training ones
+    bought = set(zip(log.loc[log["purchased"], "query_id"], log.loc[log["purchased"], "product_id"]))
+    good = set(zip(judged(ws)["query_id"], judged(ws)["product_id"])) if ws.has("judgments") else set()
+    default, only_bought = relevance(ws), relevance(ws, weights={"clicked": 0.0, "purchased": 5.0})
+    assert set(zip(only_bought["query_id"], only_bought["product_id"])) == bought | good and len(only_bought) < len(default)
+    n_bought = log[log["purchased"]].groupby(["query_id", "product_id"]).size()
+    w = {(q, p): v for q, p, v in only_bought.itertuples(index=False)}
+    assert all(w[k] == 5.0 * n_bought.get(k, 0) + 1.0 * (k in good) for k in w)  # each purchase at 5, a judgment adds 1
+    assert StagesConfig().targets.asdict() == {"purchased": 2.0, "clicked": 1.0, "judged": 1.0}
+    assert len(query_pairs(ws, weights={"clicked": 0.0}).text) < len(query_pairs(ws).text)
+    for bad in ({"clicked": -1.0}, {"purchased": float("nan")}, {"purchased": 0.0, "clicked": 0.0, "judged": 0.0}):
+        with pytest.raises(ValueError, match="target weights must be finite"):
+            TargetWeights(**bad)
+    with pytest.raises(ValueError, match="unknown relevance sources"):
+        relevance(ws, weights={"liked": 1.0})
+
+
 def test_recall_and_hit_at_k():
     got = [["a", "b", "c"], ["x"], ["q"]]
     rel = [["a", "c", "z", "w"], ["y"], []]

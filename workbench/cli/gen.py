@@ -34,7 +34,8 @@ MODEL = ("d_model", "n_heads", "dec_layers", "d_ff", "dropout")  # GenConfig fie
 @config_options(StagesConfig, "backbone", choices={"backbone": BACKBONES})
 @config_options(GenConfig, *MODEL, flags={"n_heads": "--heads", "dec_layers": "--layers"},
                 help={"dec_layers": "Decoder layers (and scratch encoder layers)."})
-@config_options(StagesConfig, "train.batch_size", "train.lr", "replay", "pseudo", "distill", "distill_k", "distill_query_k")
+@config_options(StagesConfig, "train.batch_size", "train.lr", "replay", "pseudo", "targets.purchased", "targets.clicked", "targets.judged",
+                "distill", "distill_k", "distill_query_k", flags={f"targets.{s}": f"--target-{s}" for s in ("purchased", "clicked", "judged")})
 @click.option("--name", default=names.DEPLOYED, show_default=True, help="Checkpoint name in <workspace>/gen/.")
 @config_options(StagesConfig, "eval_width")
 @click.option("--fresh", is_flag=True, help="Ignore finished and interrupted stages' checkpoints (default: resume).")

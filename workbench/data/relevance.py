@@ -16,20 +16,22 @@ WEIGHTS = {"purchased": 2.0, "clicked": 1.0, "judged": 1.0}
 SOURCES = tuple(WEIGHTS)
 
 
-def relevance(ws, sources: tuple[str, ...] = SOURCES) -> pd.DataFrame:
-    unknown = set(sources) - set(SOURCES)
+def relevance(ws, sources: tuple[str, ...] = SOURCES, weights: dict[str, float] | None = None) -> pd.DataFrame:
+    """(query_id, product_id, weight) of every positive pair; `weights` overrides WEIGHTS per source."""
+    unknown = set(sources) - set(SOURCES) | set(weights or {}) - set(SOURCES)
     if unknown:
         raise ValueError(f"unknown relevance sources {sorted(unknown)}; choose from {SOURCES}")
+    w_of = {**WEIGHTS, **(weights or {})}
     parts = []
     if ws.has("search_log") and {"clicked", "purchased"} & set(sources):
         log = ws.table("search_log")
         log = log[log["clicked"] | log["purchased"]]
-        w = np.where(log["purchased"], WEIGHTS["purchased"] if "purchased" in sources else 0.0,
-                     WEIGHTS["clicked"] if "clicked" in sources else 0.0)
+        w = np.where(log["purchased"], w_of["purchased"] if "purchased" in sources else 0.0,
+                     w_of["clicked"] if "clicked" in sources else 0.0)
         parts.append(pd.DataFrame({"query_id": log["query_id"], "product_id": log["product_id"], "weight": w}))
     if ws.has("judgments") and "judged" in sources:
         j = judged(ws)
-        parts.append(pd.DataFrame({"query_id": j["query_id"], "product_id": j["product_id"], "weight": WEIGHTS["judged"]}))
+        parts.append(pd.DataFrame({"query_id": j["query_id"], "product_id": j["product_id"], "weight": w_of["judged"]}))
     if not parts:
         return pd.DataFrame({"query_id": pd.Series(dtype=object), "product_id": pd.Series(dtype=str), "weight": pd.Series(dtype=float)})
     df = pd.concat(parts).groupby(["query_id", "product_id"], as_index=False)["weight"].sum()

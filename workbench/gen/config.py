@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from workbench.config import positive
+from workbench.data.relevance import WEIGHTS
 from workbench.embed import check_dtype
 
 BACKBONES = ("scratch", "minilm", "sentence")  # the generator's encoders (gen/model.py)
@@ -74,6 +75,24 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TargetWeights:
+    """Stage 2's weight of each source that makes a training query's target SIDs (summed per product;
+    0 drops the source): what the generator is taught to retrieve."""
+
+    purchased: float = WEIGHTS["purchased"]  # stage 2: a logged purchase's weight as a target of its query
+    clicked: float = WEIGHTS["clicked"]  # stage 2: a logged click's weight (click-bait draws clicks without purchases)
+    judged: float = WEIGHTS["judged"]  # stage 2: the weight of a judgment at or above the relevance threshold
+
+    def __post_init__(self):
+        w = self.asdict()
+        if any(not math.isfinite(v) or v < 0 for v in w.values()) or not any(w.values()):
+            raise ValueError(f"target weights must be finite, >= 0 and not all 0, got {w}")
+
+    def asdict(self) -> dict[str, float]:
+        return {"purchased": self.purchased, "clicked": self.clicked, "judged": self.judged}
+
+
+@dataclass(frozen=True)
 class StagesConfig:
     """A curriculum: which stages, how long each, the model they train and how they train it."""
 
@@ -85,6 +104,7 @@ class StagesConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     replay: float = 0.2  # examples replayed from earlier stages, as a share of the stage's own
     pseudo: int = 0  # stage 1 also learns this many pseudo-queries per product -> its SID (0: none)
+    targets: TargetWeights = field(default_factory=TargetWeights)  # stage 2: the sources of a training query's target SIDs, weighted
     distill: str = ""  # stage 2 also learns a teacher's ranking (bm25, dense or hybrid) of the training queries and pseudo-queries
     distill_k: int = 10  # the teacher's top products per pseudo-query
     distill_query_k: int = 10  # the teacher's top products per training query (the text test queries resemble; deeper lists teach the beam's tail)

@@ -98,10 +98,11 @@ def pseudo_pairs(ws, sids: pd.DataFrame | None = None, per_product: int = 4, see
     return Pairs(pq["query"].tolist(), sid_matrix(pq), np.ones(len(pq)), source="pseudo")
 
 
-def query_pairs(ws, sids: pd.DataFrame | None = None) -> Pairs:
-    """Each training query -> the SIDs of its relevant products, weighted (`data.relevance`)."""
+def query_pairs(ws, sids: pd.DataFrame | None = None, weights: dict[str, float] | None = None) -> Pairs:
+    """Each training query -> the SIDs of its relevant products, weighted (`data.relevance`; `weights`
+    per source override its defaults)."""
     sids = load_sids(ws) if sids is None else sids
-    rel = relevance(ws)
+    rel = relevance(ws, weights=weights)
     rel = rel[splits.mask(ws, rel["query_id"], "train")]
     df = rel.merge(ws.table("queries"), on="query_id").merge(sids, on="product_id")
     return Pairs(df["query"].astype(str).tolist(), sid_matrix(df), df["weight"].to_numpy(float), source="queries")
