@@ -70,5 +70,6 @@ def ab(ctx, device, as_json, **kw) -> None:
     click.echo(df.to_json(orient="records", indent=1) if as_json else
                f"\n{len(df)} arms x {int(df['sessions'][0]):,} {cfg.split} sessions; pages ordered by the {cfg.ranker} ranker "
                f"({cfg.order}); 95% paired jackknife t intervals over whole queries, differences from {cfg.baseline} in %; "
-               f"A/A false-positive rate of these intervals {df['aa_false_positive_rate'].iloc[0]:.1%} "
-               f"({cfg.aa_splits} random halves of the queries, nominal 5%)\n" + table(df))
+               + (f"A/A false-positive rate of these intervals {df['aa_false_positive_rate'].iloc[0]:.1%} "
+                  f"({cfg.aa_splits} random halves of the queries, nominal 5%)" if cfg.aa_splits else "A/A check skipped (--aa-splits 0)")
+               + "\n" + table(df))
