@@ -138,6 +138,24 @@ def test_a_few_heavy_queries_widen_the_interval_and_keep_the_a_a_rate_nominal():
     assert 0.01 <= rate <= 0.045, rate
 
 
+def test_ranker_agreement_measures_rank_agreement_and_the_rating_of_added_products():
+    from workbench.eval.ab import ranker_agreement
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.01, 0.2, (50, 8))
+    added = np.zeros((50, 8), bool)
+    added[:, 6:] = True
+    same = ranker_agreement(truth.copy(), truth, added)
+    assert same["ranker_spearman"] == pytest.approx(1.0) and same["ranker_added_bias"] == pytest.approx(1.0)
+    doubled = ranker_agreement(np.where(added, 2 * truth, truth), truth, added)
+    assert doubled["ranker_added_bias"] == pytest.approx(2.0) and doubled["ranker_spearman"] < 1
+    score = np.where(added, truth, -truth)  # reversed on the legacy products, and empty slots ignored
+    score[:, 0] = -np.inf
+    assert ranker_agreement(score, truth, added)["ranker_spearman"] < 0
+    none = ranker_agreement(truth, truth, np.zeros((50, 8), bool))
+    assert np.isnan(none["ranker_added_bias"]) and none["ranker_spearman"] == pytest.approx(1.0)
+
+
 def test_jackknife_interval_on_known_cases():
     # 10 clusters of one unit, values 0 and 2 alternating: the jackknife se is the classic s/sqrt(n), t with n-1 df
     x = np.array([0.0, 2.0] * 5)
@@ -193,6 +211,10 @@ def test_ab_end_to_end_with_the_ranker_and_the_oracle(ranked):
         assert (df["purchases_lo"] <= df["purchases"]).all() and (df["purchases"] <= df["purchases_hi"]).all()
         assert df.loc["control", "added_exposures_share"] == 0 and 0 < df.loc["+generator", "added_exposures_share"] <= 1
         assert np.isnan(df.loc["control", "d_purchases"]) and not np.isnan(df.loc["+bm25", "d_purchases"])
+        if ranker == "model":  # the learned ranker against the truth, per arm
+            assert df.loc[["control", "+bm25"], "ranker_spearman"].between(-1, 1).all() and df.loc["+bm25", "ranker_added_bias"] > 0
+        else:
+            assert "ranker_spearman" not in df
     logged = ws.logbook().query("SELECT case_name, metric, value FROM bench WHERE bench = 'ab' AND metric = 'purchases'")
     assert set(logged["case_name"]) == {"logged", "control", "+generator", "+bm25", "+generator@anonymous"} and len(logged) == 10
     r = CliRunner().invoke(main, ["-w", str(ws.path), "ab", "--arms", "generator@nobody", "--ranker", "oracle"])

@@ -94,9 +94,35 @@ class Pager:
         return score
 
     def __call__(self, cands: np.ndarray) -> np.ndarray:
-        score = self.scores(cands)
+        return self.page(cands, self.scores(cands))
+
+    def page(self, cands: np.ndarray, score: np.ndarray) -> np.ndarray:
         top = np.argsort(-score, axis=1, kind="stable")[:, : self.k]  # (S, K)
         return np.where(np.take_along_axis(score, top, 1) > -np.inf, np.take_along_axis(cands, top, 1), -1)
+
+    def truth(self, cands: np.ndarray) -> np.ndarray:
+        """What the oracle would score each candidate: the simulator's P(click) (x P(buy | click))."""
+        ctr, cvr = self.market.value(self.sessions, cands)
+        return ctr * cvr if self.order == "ctcvr" else ctr
+
+
+def ranker_agreement(score: np.ndarray, truth: np.ndarray, added: np.ndarray) -> dict[str, float]:
+    """How the learned ranker's scores of one arm's candidates (S, C; -inf for empty slots) agree with
+    the truth (S, C): `ranker_spearman`, the mean over sessions of the rank correlation within the
+    session's candidates; `ranker_added_bias`, the ranker's score over the truth on the products the
+    arm's channels added, divided by the same on the legacy recall set (1: rated alike; 2: what the
+    channels added is rated twice as high as it is worth, against the legacy products)."""
+    from scipy.stats import rankdata
+
+    ok = np.isfinite(score)
+    rho = []
+    for s, t, m in zip(score, truth, ok):
+        if m.sum() > 2 and np.ptp(s[m]) > 0 and np.ptp(t[m]) > 0:
+            rho.append(np.corrcoef(rankdata(s[m]), rankdata(t[m]))[0, 1])
+    legacy, extra = ok & ~added, ok & added
+    bias = ((score[extra].sum() / truth[extra].sum()) / (score[legacy].sum() / truth[legacy].sum())
+            if extra.any() and legacy.any() and truth[extra].sum() > 0 and truth[legacy].sum() > 0 else float("nan"))
+    return {"ranker_spearman": float(np.mean(rho)) if rho else float("nan"), "ranker_added_bias": float(bias)}
 
 
 def channel_rows(ws, market: Market, name: str, sessions: np.ndarray, cfg: ABConfig, device: str) -> np.ndarray:
@@ -139,7 +165,9 @@ def run_ab(ws, cfg: ABConfig | None = None, device: str = "cpu", run=None, echo=
     legacy = market.legacy(max(cfg.recall, market.cfg.page_size))[qid]  # (S, R)
     pager = Pager(ws, market, sessions, cfg, device)
     recall = legacy[:, : cfg.recall]
-    pages = {"logged": legacy[:, : market.cfg.page_size], "control": pager(recall)}
+    score = pager.scores(recall)
+    pages = {"logged": legacy[:, : market.cfg.page_size], "control": pager.page(recall, score)}
+    agree = {} if pager.oracle else {"control": ranker_agreement(score, pager.truth(recall), np.zeros(recall.shape, bool))}
     added = {"logged": np.zeros_like(pages["logged"], bool), "control": np.zeros_like(pages["control"], bool)}
     rows: dict[str, np.ndarray] = {}  # each channel retrieved once, whatever the arms it is in
     for arm in cfg.arms:
@@ -148,14 +176,19 @@ def run_ab(ws, cfg: ABConfig | None = None, device: str = "cpu", run=None, echo=
             if name not in rows:
                 rows[name] = channel_rows(ws, market, name, sessions, cfg, device)
         extra = np.concatenate([rows[name] for name in arm.split("+")], 1)
-        pages[f"+{arm}"] = pager(dedupe(np.concatenate([recall, extra], 1)))
+        cands = dedupe(np.concatenate([recall, extra], 1))
+        score = pager.scores(cands)
+        pages[f"+{arm}"] = pager.page(cands, score)
         added[f"+{arm}"] = member(pages[f"+{arm}"], extra) & ~member(pages[f"+{arm}"], recall)
-    return summarise(market, sessions, pages, added, cfg, run, cfg.baseline)
+        if not pager.oracle:  # why the learned ranker's pages sell what they sell
+            agree[f"+{arm}"] = ranker_agreement(score, pager.truth(cands), ~member(cands, recall))
+    return summarise(market, sessions, pages, added, cfg, run, cfg.baseline, agree)
 
 
 def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cfg: ABConfig, run=None,
-              baseline: str = "control") -> pd.DataFrame:
-    """Expected outcomes per arm -> the table (values, intervals, differences from `baseline`, shares)."""
+              baseline: str = "control", agree: dict | None = None) -> pd.DataFrame:
+    """Expected outcomes per arm -> the table (values, intervals, differences from `baseline`, shares,
+    and per arm `agree`'s figures: the learned ranker against the truth)."""
     if baseline not in pages:
         raise ValueError(f"baseline {baseline!r} is not an arm: {', '.join(pages)}")
     bait = market.clickbait
@@ -193,6 +226,7 @@ def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cf
         row |= {f"added_{k}_share": stat(arm, f"added_{k}", {"exposures": "impressions", "clicks": "clicks", "purchases": "purchases"}[k])[0]
                 for k in ("exposures", "clicks", "purchases")}
         row["clickbait_exposure_share"] = stat(arm, "bait_exposures", "impressions")[0]
+        row |= (agree or {}).get(arm, {})
         rows.append(row)
     fp = (aa_false_positives(out["control"]["purchases"], market.sess["qid"][sessions], cfg.aa_splits, cfg.seed)
           if cfg.aa_splits else float("nan"))
@@ -238,4 +272,7 @@ def table(df: pd.DataFrame) -> str:
                            for _, r in df.iterrows()]
     for c in ("added_exposures_share", "added_clicks_share", "added_purchases_share", "clickbait_exposure_share"):
         out[c.replace("_share", " %")] = [f"{100 * v:.1f}" for v in df[c]]
+    for c, name in (("ranker_spearman", "ranker rho"), ("ranker_added_bias", "ranker added bias")):  # the learned ranker only
+        if c in df:
+            out[name] = ["" if pd.isna(v) else f"{v:.2f}" for v in df[c]]
     return out.to_string(index=False)
