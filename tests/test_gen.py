@@ -145,7 +145,7 @@ def test_target_weights_change_stage_two_targets_as_stated(trained):
     n_bought = log[log["purchased"]].groupby(["query_id", "product_id"]).size()
     w = {(q, p): v for q, p, v in only_bought.itertuples(index=False)}
     assert all(w[k] == 5.0 * n_bought.get(k, 0) + 1.0 * (k in good) for k in w)  # each purchase at 5, a judgment adds 1
-    assert StagesConfig().targets.asdict() == {"purchased": 2.0, "clicked": 1.0, "judged": 1.0}
+    assert StagesConfig().targets.weights() == {"purchased": 2.0, "clicked": 1.0, "judged": 1.0}
     assert len(query_pairs(ws, weights={"clicked": 0.0}).text) < len(query_pairs(ws).text)
     for bad in ({"clicked": -1.0}, {"purchased": float("nan")}, {"purchased": 0.0, "clicked": 0.0, "judged": 0.0}):
         with pytest.raises(ValueError, match="target weights must be finite"):

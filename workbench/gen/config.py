@@ -7,7 +7,7 @@ option can name them without loading a model; saved into every generator checkpo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from workbench.config import positive
 from workbench.data.relevance import WEIGHTS
@@ -84,12 +84,13 @@ class TargetWeights:
     judged: float = WEIGHTS["judged"]  # stage 2: the weight of a judgment at or above the relevance threshold
 
     def __post_init__(self):
-        w = self.asdict()
+        w = self.weights()
         if any(not math.isfinite(v) or v < 0 for v in w.values()) or not any(w.values()):
             raise ValueError(f"target weights must be finite, >= 0 and not all 0, got {w}")
 
-    def asdict(self) -> dict[str, float]:
-        return {"purchased": self.purchased, "clicked": self.clicked, "judged": self.judged}
+    def weights(self) -> dict[str, float]:
+        """Source -> weight, as `data.relevance` takes them."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class ChannelConfig:
             raise ValueError(f"the channel's budget must be >= 1 product, got {self.budget}")
         if self.pool < 1:
             raise ValueError(f"the channel's pool must be >= 1 (x budget), got {self.pool}")
-        if self.logp_weight != self.logp_weight or abs(self.logp_weight) == float("inf"):
+        if not math.isfinite(self.logp_weight):
             raise ValueError(f"logp_weight must be a finite number, got {self.logp_weight}")
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")

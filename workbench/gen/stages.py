@@ -182,7 +182,7 @@ def curriculum(ws, cfg: StagesConfig, device: str = "cpu") -> Curriculum:
 def query_examples(ws, sids: pd.DataFrame, cfg: StagesConfig, pseudo: Callable[[], list[Pairs]], device: str) -> Pairs:
     """Stage 2: the training queries' logged and judged products, and with `cfg.distill` a teacher's ranking
     of the training queries and of stage 1's pseudo-queries (one teacher index for both)."""
-    own = query_pairs(ws, sids, cfg.targets.asdict())
+    own = query_pairs(ws, sids, cfg.targets.weights())
     if not cfg.distill:
         return own
     q = ws.table("queries")
