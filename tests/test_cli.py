@@ -99,6 +99,20 @@ def test_set_changes_one_recipe_setting_by_its_dotted_name():
             set_fields(get("few-logs"), (bad,))
 
 
+def test_options_checked_against_each_other_are_set_together():
+    from workbench.config import replace_paths
+    from workbench.eval.config import EvalConfig
+
+    cfg = replace_paths(EvalConfig(), {"fusions": ("bm25+dense-tuned", "bm25+dense-tuned+generative"),
+                                       "fusion_reference": "bm25+dense-tuned", "channel.pool": 4})
+    assert cfg.fusion_reference == "bm25+dense-tuned" and cfg.channel.pool == 4 and EvalConfig().channel.pool == 1
+    with pytest.raises(ValueError, match="fusion reference 'bm25' is not among"):
+        replace_paths(EvalConfig(), {"fusions": ("bm25+dense", "bm25+dense-tuned"), "fusion_reference": "bm25"})
+    r = CliRunner().invoke(main, ["-w", "/nonexistent-ws", "eval", "--fusions", "bm25+dense-tuned,bm25+dense-tuned+generative",
+                                  "--fusion-reference", "bm25+dense-tuned"])
+    assert "fusion reference" not in r.output and "/nonexistent-ws" in r.output  # the config was accepted; the workspace is what is missing
+
+
 # -- the error boundary ---------------------------------------------------------------------------
 def _boundary(exc: BaseException) -> click.Group:
     """A group with the CLI's error boundary and one command that raises `exc`."""

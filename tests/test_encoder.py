@@ -9,9 +9,10 @@ from click.testing import CliRunner
 
 from workbench.cli import main
 from workbench.data import splits
-from workbench.embed import MiniLM
-from workbench.encoder import EncoderConfig, Tuned, encoder_dir, pairs
+from workbench.embed import MiniLM, Tuned, get_embedder
+from workbench.encoder import EncoderConfig, encoder_dir, pairs
 from workbench.lineage import StaleError
+from workbench.sid.store import workspace_embedder
 
 
 def test_the_pairs_hold_training_queries_and_pseudo_queries_only(sample_ws):
@@ -24,6 +25,15 @@ def test_the_pairs_hold_training_queries_and_pseudo_queries_only(sample_ws):
     for bad, msg in [(dict(batch_size=1), "in-batch negatives"), (dict(lr=0), "lr"), (dict(pseudo=-1), "pseudo >= 0")]:
         with pytest.raises(ValueError, match=msg):
             EncoderConfig(**bad)
+
+
+def test_the_tuned_embedder_is_named_by_its_workspace_or_directory(tmp_path):
+    with pytest.raises(ValueError, match="'tuned'"):  # `tuned` alone needs the workspace it belongs to
+        get_embedder("tuned")
+    with pytest.raises(FileNotFoundError, match="workbench dense train"):
+        get_embedder("tuned", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="workbench dense train"):
+        get_embedder(f"tuned:{tmp_path}")
 
 
 @pytest.mark.slow
@@ -47,6 +57,14 @@ def test_fine_tuning_writes_a_model_that_encodes_differently_and_is_evaluated(tr
     assert r.exit_code == 0, r.output
     rows = {row["method"]: row for row in json.loads(r.stdout)}
     assert set(rows) == {"dense", "dense-tuned"} and 0 <= rows["dense-tuned"]["channel_recall@300"] <= 1
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "sid", "train", "--embedder", "tuned", "--epochs", "1",
+                                  "--codebook-sizes", "8,4"])  # SIDs on the fine-tuned encoder's vectors
+    assert r.exit_code == 0, r.output
+    assert workspace_embedder(ws) == f"tuned:{encoder_dir(ws)}" and get_embedder(workspace_embedder(ws)).key == tuned.key
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "dense", "train", "--max-pairs", "64", "--batch-size", "32", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    with pytest.raises(StaleError, match="sid train --embedder tuned"):  # the encoder changed under its SIDs
+        workspace_embedder(ws)
     meta = encoder_dir(ws) / "workbench.json"  # a model fine-tuned before the split existed is refused
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "lineage": {}}))
     with pytest.raises(StaleError, match="workbench dense train"):

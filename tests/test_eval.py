@@ -125,6 +125,14 @@ def test_candidates_are_cut_at_the_budget_and_ranked_inside_by_cosine():
     assert order(["drill bit set 20 pieces"], [hits], 1) == [["p2"]]  # p4 lies past the cut of one
     pooled = CosineOrder(e, IDS, e.encode(TITLES), pool=4)
     assert pooled(["drill bit set 20 pieces"], [hits], 1) == [["p4"]]
+    # the behaviour prior adds w x log(1 + popularity) to each product's score, exactly
+    pop = np.array([0.0, 0.0, 0.0, 0.0]), np.array([0.0, 1e6, 0.0, 0.0])
+    (plain, s0), = CosineOrder(e, IDS, e.encode(TITLES), popularity=pop[0], popularity_weight=1.0).scored(["cordless drill"], [hits])
+    (lifted, s1), = CosineOrder(e, IDS, e.encode(TITLES), popularity=pop[1], popularity_weight=0.5).scored(["cordless drill"], [hits])
+    assert lifted[0] == "p2" and plain[0] == "p1"  # the doll sold a million times comes first
+    assert dict(zip(lifted, s1))["p2"] == pytest.approx(dict(zip(plain, s0))["p2"] + 0.5 * np.log1p(1e6), rel=1e-6)
+    with pytest.raises(ValueError, match="popularity of every product"):
+        CosineOrder(e, IDS, e.encode(TITLES), popularity_weight=1.0)
     assert pooled(["drill bit set 20 pieces"], [hits], 2) == [order(["drill bit set 20 pieces"], [hits])[0][:2]]
     from workbench.baselines import Dense
 
@@ -146,7 +154,8 @@ def test_candidates_are_cut_at_the_budget_and_ranked_inside_by_cosine():
     from workbench.gen.retrieve import Channel
 
     assert Channel(ChannelConfig(budget=3), order)(["cordless drill"], [hits]) == [got]
-    for bad, msg in [({"pool": 0}, "pool must be >= 1"), ({"logp_weight": float("nan")}, "logp_weight must be a finite")]:
+    for bad, msg in [({"pool": 0}, "pool must be >= 1"), ({"logp_weight": float("nan")}, "logp_weight must be a finite"),
+                     ({"popularity_weight": float("inf")}, "popularity_weight must be a finite")]:
         with pytest.raises(ValueError, match=msg):
             ChannelConfig(**bad)
     assert Channel(ChannelConfig(order="popularity", budget=3))(["x"], [hits]) == [["p2", "p1", "p3"]]

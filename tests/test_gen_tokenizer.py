@@ -46,3 +46,15 @@ def test_minilm_tokenizer_and_bad_files(tmp_path):
         TextTokenizer.load(tmp_path / "missing.json")
     with pytest.raises(ValueError, match="no texts"):
         tok.encode([])
+
+
+def test_training_tokenizes_each_distinct_text_once_and_every_example_finds_its_own():
+    from workbench.gen.train import tokenize
+
+    tok = TextTokenizer.train(TEXTS, vocab_size=200, min_frequency=1)
+    ids, lens, row = tokenize(tok, TEXTS, 16, chunk=4)  # TEXTS: 6 texts, 5 times each; chunks of 4 distinct texts
+    assert ids.shape[0] == lens.shape[0] == 6 and row.shape == (30,)
+    for i, text in enumerate(TEXTS):
+        one, mask = tok.encode([text], 16)
+        assert lens[row[i]] == mask.sum() and ids[row[i], : one.shape[1]].tolist() == one[0].tolist()
+        assert (ids[row[i], one.shape[1]:] == tok.pad_id).all()  # padded to the longest of all chunks

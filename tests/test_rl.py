@@ -202,6 +202,32 @@ def test_ranker_learns_clicks_and_purchases(rl_ws):
     assert unknown.item() == len(feats.user_index)  # a new user has a row of its own
 
 
+def test_id_dropout_scores_never_shown_products_by_one_learned_cold_vector(rl_ws, tmp_path):
+    from workbench.rl.config import RankerConfig
+    from workbench.rl.ranker import fit, impressions, save
+    from workbench.rl.ranker import load as load_file
+
+    ws, _ = rl_ws
+    _, feats, qvecs = load_ranker(ws, progress=False)
+    cfg = RankerConfig(**feats.sizes(), embedder="hashing-64", epochs=1, id_dropout=0.3)
+    model, _ = fit(ws, cfg, feats, qvecs, progress=False)
+    data = impressions(ws, qvecs, feats)
+    shown = set(data["product"][data["train"]].tolist())
+    assert set(torch.nonzero(model.shown)[:, 0].tolist()) == shown and 0 < len(shown) < cfg.products
+    cold = next(i for i in range(cfg.products) if i not in shown)
+    hot = next(iter(shown))
+    rows = feats.rows(torch.tensor([0, 0]), torch.as_tensor(qvecs[:1]).repeat(2, 1), torch.tensor([cold, hot]))
+    before = model(rows)[0]
+    with torch.no_grad():
+        model.prod.weight[[cold, hot]] += 5.0  # the cold product's own row is never read; the shown one's is
+    after = model(rows)[0]
+    assert after[0] == before[0] and after[1] != before[1]
+    save(tmp_path / "r.safetensors", model)  # the shown set travels with the weights
+    assert torch.equal(load_file(tmp_path / "r.safetensors").shown, model.shown)
+    with pytest.raises(ValueError, match="id_dropout must be in"):
+        RankerConfig(**feats.sizes(), id_dropout=1.0)
+
+
 def test_ranker_refuses_another_catalog_and_a_corrupt_file(rl_ws, tmp_path):
     from workbench.checkpoint import CheckpointError
     from workbench.rl.ranker import ranker_path

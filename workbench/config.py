@@ -88,10 +88,21 @@ def get_path(cfg, path: str):
 
 def replace_path(cfg, path: str, value):
     """A copy of `cfg` with the (nested) field at dotted `path` set to `value`."""
-    head, _, rest = path.partition(".")
-    if not rest:
-        return dataclasses.replace(cfg, **{head: value})
-    return dataclasses.replace(cfg, **{head: replace_path(getattr(cfg, head), rest, value)})
+    return replace_paths(cfg, {path: value})
+
+
+def replace_paths(cfg, changes: dict):
+    """A copy of `cfg` with every (nested) field at a dotted path of `changes` set to its value, each
+    config built once: a check across fields (`__post_init__`) sees all the new values together."""
+    top, nested = {}, {}
+    for path, value in changes.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    top.update({head: replace_paths(getattr(cfg, head), sub) for head, sub in nested.items()})
+    return dataclasses.replace(cfg, **top)
 
 
 def field_type(cls, path: str):

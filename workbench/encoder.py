@@ -8,8 +8,9 @@ own training queries and pseudo-queries with sentence-transformers' MultipleNega
                             products of the batch its negatives (in-batch softmax at scale 20); the model
                             written to <workspace>/dense/encoder/ (safetensors and its JSON configs), its
                             run, examples/s and seconds in the logbook
-    Tuned(path)             the fine-tuned model as an embedder (`embed.get_embedder("tuned:<path>")`): its
-                            key names the weights' fingerprint, so its cached vectors are its own
+    embed.Tuned(path)       the fine-tuned model as an embedder (`embed.get_embedder("tuned", root=ws.path)`):
+                            its key names the weights' fingerprint, so its cached vectors are its own;
+                            SIDs can be built on it (`workbench sid train --embedder tuned`)
 
 Invariants: no validation or test query is a training pair (the split is recorded in the model's
 lineage, `lineage.check_split`, and a model of another split is refused); the packaged MiniLM's
@@ -33,7 +34,7 @@ from workbench.config import positive, to_dict
 from workbench.data import splits
 from workbench.data.pseudo import PseudoConfig, pseudo_queries, words
 from workbench.data.relevance import relevance
-from workbench.embed import MiniLM, product_texts
+from workbench.embed import TUNED, MiniLM, product_texts
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class EncoderConfig:
 
 
 def encoder_dir(ws) -> Path:
-    return ws.path / "dense" / "encoder"
+    return ws.path / TUNED
 
 
 def pairs(ws, cfg: EncoderConfig) -> list[tuple[str, str]]:
@@ -132,30 +133,3 @@ def train(ws, cfg: EncoderConfig | None = None, device: str = "cpu", progress: b
         figures = {"pairs": len(data), "steps": step, "seconds": secs, "examples_per_s": len(data) * cfg.epochs / secs}
         run.log(cfg.epochs, stage="encoder", **figures)
     return figures
-
-
-class Tuned(MiniLM):
-    """The workspace's fine-tuned MiniLM as an embedder (unit vectors, 384-d)."""
-
-    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 128):
-        from workbench import lineage  # loads torch: only when a fine-tuned model is opened
-
-        path = Path(path)
-        meta = path / "workbench.json"
-        if not meta.exists():
-            raise FileNotFoundError(f"no fine-tuned encoder at {path}: train one with `workbench dense train`")
-        lineage.check_split(json.loads(meta.read_text()).get("lineage", {}), str(path),
-                            "fine-tune it again with `workbench dense train`")
-        self.path, self.device, self.batch_size, self.dim = path, device, batch_size, 384
-        self.key = f"tuned-{lineage.fingerprint(path / 'model.safetensors')}"
-        self._model = None
-
-    @property
-    def model(self):
-        if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            from sentence_transformers import SentenceTransformer
-
-            self._model = SentenceTransformer(str(self.path), device=self.device)
-        return self._model
-

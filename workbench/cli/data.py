@@ -180,5 +180,5 @@ def embed(ctx, embedder, device) -> None:
     """Embed the workspace's product titles and queries (cached: a rerun costs nothing)."""
     ws = ws_of(ctx).require()
     t0 = time.perf_counter()
-    vecs = embed_workspace(ws, get_embedder(embedder, device))
+    vecs = embed_workspace(ws, get_embedder(embedder, device, ws.path))
     click.echo(f"{', '.join(f'{k} {v.shape}' for k, v in vecs.items())} in {time.perf_counter() - t0:.1f} s")

@@ -14,7 +14,7 @@ from workbench.gen.config import ORDERS
 
 @click.command(name="eval")
 @config_options(EvalConfig, "ks", "width", "methods", "share", "split", flags={"ks": "--k"}, choices={"split": SPLITS})
-@config_options(EvalConfig, "channel.budget", "channel.order", "channel.logp_weight", "channel.pool", "budgets", choices={"channel.order": ORDERS})
+@config_options(EvalConfig, "channel.budget", "channel.order", "channel.logp_weight", "channel.popularity_weight", "channel.pool", "budgets", choices={"channel.order": ORDERS})
 @click.option("--judgments", "judgments_csv", type=click.Path(dir_okay=False), default=None,
               help="Evaluate these judgments (CSV: query, product_id, relevance) instead of the workspace's --split queries.")
 @click.option("--threshold", type=float, default=None, help="Relevance threshold for --judgments (default: the workspace's).")
@@ -47,7 +47,7 @@ def eval_(ctx, judgments_csv, threshold, embedder, device, as_json, **kw) -> Non
 
 
 @click.command()
-@config_options(ABConfig, "arms", "baseline", "ranker", "order", "recall", "supplement", "width", "channel.logp_weight", "channel.pool",
+@config_options(ABConfig, "arms", "baseline", "ranker", "order", "recall", "supplement", "width", "channel.logp_weight", "channel.popularity_weight", "channel.pool",
                 "personal", "split",
                 "aa_splits", "seed",
                 choices={"ranker": RANKERS, "order": AB_ORDERS, "split": SPLITS})

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from workbench.config import field_default, field_doc, field_type, replace_path
+from workbench.config import field_default, field_doc, field_type, replace_path, replace_paths
 from workbench.recipes import RECIPES
 from workbench.workspace import Workspace
 
@@ -72,7 +72,7 @@ def device_option(help: str = "Torch device (cpu, cuda, cuda:1...).", default: s
                         callback=lambda ctx, param, value: device(value))
 
 
-def embedder_option(help: str = "minilm or hashing[-DIM].", default: str | None = "minilm"):
+def embedder_option(help: str = "minilm, hashing[-DIM], or tuned (the workspace's fine-tuned encoder, `workbench dense train`).", default: str | None = "minilm"):
     return click.option("--embedder", default=default, show_default=default is not None, help=help)
 
 
@@ -134,7 +134,9 @@ def given(ctx: click.Context, param: str) -> bool:
 
 def apply(ctx: click.Context, cfg, kw: dict):
     """`cfg` with every config option in `kw` that the user gave set at its dotted field; the options
-    that are fields of `cfg` are popped from `kw`, the others left there."""
+    that are fields of `cfg` are popped from `kw`, the others left there. All are set at once, so
+    that options checked against each other (--fusions and --fusion-reference) can be given together."""
+    changes = {}
     for param in list(kw):
         path = param.replace("__", ".")
         try:
@@ -143,8 +145,8 @@ def apply(ctx: click.Context, cfg, kw: dict):
             continue  # not a field of this config
         value = kw.pop(param)
         if given(ctx, param):
-            cfg = replace_path(cfg, path, value)
-    return cfg
+            changes[path] = value
+    return replace_paths(cfg, changes)
 
 
 def path_option(*decls, **kw):

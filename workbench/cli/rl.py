@@ -10,7 +10,7 @@ from workbench.cli.options import apply, config_options, device_option, embedder
 from workbench.gen import names
 from workbench.logbook import tagged
 from workbench.pipeline import check
-from workbench.rl.config import ALGOS, JUDGES, SHAPINGS, RLConfig
+from workbench.rl.config import ALGOS, JUDGES, SHAPINGS, RankerConfig, RLConfig
 
 
 def rl_options(name_help: str):
@@ -67,13 +67,15 @@ def ensure_ranker(ws, embedder: str, device: str) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
 @embedder_option("Text embedder of queries and products.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--id-dropout", type=click.FloatRange(0, 1, max_open=True), default=RankerConfig.id_dropout, show_default=True,
+              help="Share of training impressions scored as a never-shown product; such products share one learned vector.")
 @device_option()
 @click.pass_context
-def ranker(ctx, epochs, embedder, seed, device):
+def ranker(ctx, epochs, embedder, seed, id_dropout, device):
     """Train the downstream ranker (pCTR, pCVR) on the search log: stage 4's reward model."""
     from workbench.rl.ranker import train_workspace
 
-    _, history = train_workspace(ws_of(ctx).require(), embedder, device, epochs=epochs, seed=seed)
+    _, history = train_workspace(ws_of(ctx).require(), embedder, device, epochs=epochs, seed=seed, id_dropout=id_dropout)
     click.echo(pd.DataFrame(history).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 

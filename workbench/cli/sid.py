@@ -64,7 +64,7 @@ def train(ctx, recipe, which, embedder, device, **kw):
     Data-parallel under torchrun, e.g. `torchrun --nproc_per_node 2 -m workbench sid train`:
     --batch-size is the global batch, split over the processes; only rank 0 writes."""
     device = dist.setup(device)
-    e = get_embedder(embedder, device)
+    e = get_embedder(embedder, device, ws_of(ctx).path)
     r = recipes.get(recipe)
     cfg = variant(apply(ctx, r.sid_for(e.dim), kw), which)
     t0 = time.perf_counter()
@@ -85,7 +85,7 @@ def train(ctx, recipe, which, embedder, device, **kw):
 @click.pass_context
 def assign(ctx, embedder, device):
     """Give products without a SID one from the trained model (no retraining); update table and index."""
-    c = assign_new(ws_of(ctx).require(), get_embedder(embedder, device), device)
+    c = assign_new(ws_of(ctx).require(), get_embedder(embedder, device, ws_of(ctx).path), device)
     share = c["into_existing"] / c["new"] if c["new"] else 0.0
     click.echo(f"{c['new']:,} new products: {c['into_existing']:,} ({share:.1%}) into existing clusters; "
                f"{c['removed']:,} removed; SIDs {c['sids_before']:,} -> {c['sids_after']:,}")

@@ -28,7 +28,6 @@ import numpy as np
 from workbench.ann import ANN
 from workbench.baselines import BM25, Dense, Hybrid, Supplement
 from workbench.embed import embed_workspace, get_embedder, product_texts
-from workbench.encoder import Tuned, encoder_dir
 from workbench.eval.config import METHODS, EvalConfig
 from workbench.gen.retrieve import Channel, Generative, Hit, Retriever
 
@@ -116,7 +115,7 @@ class Channels:
         if name == "bm25":
             return BM25(ids, product_texts(self._products))
         if name == "dense-tuned":
-            e = Tuned(encoder_dir(ws), cfg.device)
+            e = get_embedder("tuned", cfg.device, ws.path)
             return Dense(ids, embed_workspace(ws, e, ("products",), progress=self.progress)["products"], e, cfg.device)
         if name in ("dense", "dense-ann"):
             e = get_embedder(cfg.embedder, cfg.device)

@@ -142,6 +142,7 @@ class ChannelConfig:
     budget: int = 300  # candidate set: the decoded SIDs' products in beam order, cut at this many
     order: str = "cosine"  # products of the candidate set: cosine (to the query) or popularity (within each SID)
     logp_weight: float = 0.0  # cosine order: + this x the SID's log-probability
+    popularity_weight: float = 0.0  # cosine order: + this x log(1 + the product's purchases x 2 + clicks on training queries)
     pool: int = 1  # cosine order: score the beam's first pool x budget products and keep the best budget (1: the first budget, in beam order)
     query_dtype: str = "float32"  # cosine order: the query encoder computes in this (bfloat16: faster on CPUs with AVX512-BF16)
 
@@ -150,8 +151,9 @@ class ChannelConfig:
             raise ValueError(f"the channel's budget must be >= 1 product, got {self.budget}")
         if self.pool < 1:
             raise ValueError(f"the channel's pool must be >= 1 (x budget), got {self.pool}")
-        if not math.isfinite(self.logp_weight):
-            raise ValueError(f"logp_weight must be a finite number, got {self.logp_weight}")
+        for name in ("logp_weight", "popularity_weight"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
         check_dtype(self.query_dtype)

@@ -160,19 +160,25 @@ class CosineOrder:
     relevant product in the beam's tail is not lost to the cut before it is scored."""
 
     def __init__(self, embedder, product_ids, vectors: np.ndarray, logp_weight: float = 0.0, query_dtype: str = "float32",
-                 pool: int = 1):
+                 pool: int = 1, popularity: np.ndarray | None = None, popularity_weight: float = 0.0):
         if len(product_ids) != len(vectors):
             raise ValueError(f"{len(product_ids)} product ids for {len(vectors)} vectors")
+        if popularity_weight and (popularity is None or len(popularity) != len(vectors)):
+            raise ValueError("a popularity weight needs the popularity of every product (one per vector)")
         self.embedder, self.logp_weight, self.query_dtype, self.pool = embedder, logp_weight, query_dtype, pool
         self.ids = pd.Index(np.asarray(product_ids, dtype=object))  # product id -> its row of `vectors`
         self.vectors = np.asarray(vectors, np.float32)  # (N, d), unit norm
+        self.prior = (popularity_weight * np.log1p(np.asarray(popularity, np.float32)) if popularity_weight
+                      else np.zeros(len(vectors), np.float32))  # (N,) the behaviour term of each product
 
     @classmethod
     def from_workspace(cls, ws, device: str = "cpu", logp_weight: float = 0.0, query_dtype: str = "float32",
-                       pool: int = 1) -> CosineOrder:
+                       pool: int = 1, popularity_weight: float = 0.0) -> CosineOrder:
         e = get_embedder(workspace_embedder(ws), device)
         vecs = embed_workspace(ws, e, ("products",), progress=False)["products"]  # stored: always float32
-        return cls(e, ws.table("products")["product_id"].tolist(), vecs, logp_weight, query_dtype, pool)
+        ids = ws.table("products")["product_id"]
+        pop = ids.map(popularity(ws)).fillna(0).to_numpy(np.float32) if popularity_weight else None
+        return cls(e, ids.tolist(), vecs, logp_weight, query_dtype, pool, pop, popularity_weight)
 
     def __call__(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None) -> list[list[str]]:
         return [ids for ids, _ in self.scored(texts, hits, budget)]
@@ -191,7 +197,7 @@ class CosineOrder:
             if not ids:
                 out.append(([], np.zeros(0, np.float32)))
                 continue
-            score = self.vectors[mine] @ qv + self.logp_weight * logp  # (n,)
+            score = self.vectors[mine] @ qv + self.logp_weight * logp + self.prior[mine]  # (n,)
             order = np.argsort(-score, kind="stable")[:budget]
             out.append(([ids[i] for i in order], score[order]))
         return out
@@ -207,7 +213,9 @@ class Channel:
     @classmethod
     def from_workspace(cls, ws, cfg: ChannelConfig | None = None, device: str = "cpu") -> Channel:
         cfg = cfg or ChannelConfig()
-        return cls(cfg, CosineOrder.from_workspace(ws, device, cfg.logp_weight, cfg.query_dtype, cfg.pool) if cfg.order == "cosine" else None)
+        order = (CosineOrder.from_workspace(ws, device, cfg.logp_weight, cfg.query_dtype, cfg.pool, cfg.popularity_weight)
+                 if cfg.order == "cosine" else None)
+        return cls(cfg, order)
 
     def __post_init__(self):
         if self.cfg.order == "cosine" and self.order is None:

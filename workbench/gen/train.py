@@ -3,8 +3,8 @@
 One function, `fit`, that every stage reuses: AdamW with linear warm-up and cosine decay, per-example
 loss weights (purchases count more than clicks), label smoothing, gradient clipping, and a smaller
 learning rate for a pretrained encoder (MiniLM) and the tree head's centroids than for the freshly
-initialised decoder. Texts are
-tokenised once up front; each batch is cut to its longest text. Every epoch's loss (and whatever
+initialised decoder. Each
+distinct text is tokenised once up front; each batch is cut to its longest text. Every epoch's loss (and whatever
 `evaluate(model)` returns) goes to the logbook run.
 """
 
@@ -15,6 +15,7 @@ import time
 import warnings
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -25,14 +26,18 @@ from workbench.gen.model import Generator, loss
 from workbench.gen.tokenizer import TextTokenizer
 
 
-def tokenize(tok: TextTokenizer, texts: list[str], max_len: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, T) ids and lengths for all texts (T = the longest, at most max_len); the sentence tokenizer's
-    (N, D) embeddings, each of length D."""
+def tokenize(tok: TextTokenizer, texts: list[str], max_len: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each distinct text encoded once: (U, T) ids of the U distinct texts (T = the longest, at most
+    max_len; the sentence tokenizer's (U, D) embeddings), their (U,) lengths, and the (N,) row of each
+    of the N texts. Stage 2's texts repeat (a query per target SID: 2.2M examples of 0.2M texts on Home
+    Depot), and a row per example was most of its memory."""
+    row, uniq = pd.factorize(pd.Series(texts, dtype=object))  # (N,) codes, distinct texts in first-seen order
+    uniq = uniq.tolist()
     chunk = getattr(tok, "encode_chunk", chunk)
-    parts = [tok.encode(texts[i:i + chunk], max_len)[0] for i in range(0, len(texts), chunk)]
+    parts = [tok.encode(uniq[i:i + chunk], max_len)[0] for i in range(0, len(uniq), chunk)]
     T = max(p.shape[1] for p in parts)
-    ids = torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1]), value=tok.pad_id) for p in parts])
-    return ids, (ids != tok.pad_id).sum(1)
+    ids = parts[0] if len(parts) == 1 else torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1]), value=tok.pad_id) for p in parts])
+    return ids, (ids != tok.pad_id).sum(1), torch.as_tensor(row, dtype=torch.long)
 
 
 def batches(lens: torch.Tensor, batch_size: int, gen: torch.Generator, pool: int = 32) -> list[torch.Tensor]:
@@ -74,7 +79,8 @@ def fit(model: Generator, tok: TextTokenizer, pairs: Pairs, cfg: TrainConfig, de
         raise ValueError(f"tokenizer {tok.key!r} is not the one the generator was built for ({model.cfg.tokenizer!r})")
     check_pairs(model, pairs)
     gen = torch.Generator()
-    ids, lens = tokenize(tok, pairs.text, model.cfg.max_len)
+    ids, lens, row = tokenize(tok, pairs.text, model.cfg.max_len)  # (U, T), (U,), (N,): example i is text row[i]
+    lens = lens[row]  # (N,)
     sids = torch.tensor(pairs.sids, dtype=torch.long)
     weight = torch.tensor(pairs.weight, dtype=torch.float32)
     ctx = None if pairs.context is None else torch.tensor(pairs.context, dtype=torch.long)
@@ -113,7 +119,7 @@ def fit(model: Generator, tok: TextTokenizer, pairs: Pairs, cfg: TrainConfig, de
             w = weight[mine] if len(mine) else torch.zeros(1)
             mine = mine if len(mine) else b[:1]  # an empty slice trains on one zero-weight example
             T = int(lens[mine].max())
-            x = ids[mine, :T].to(device)
+            x = ids[row[mine], :T].to(device)
             c = None if ctx is None else ctx[mine].to(device)
             logits = net(x, x != tok.pad_id, sids[mine].to(device), c)
             lo = loss(logits, sids[mine].to(device), w.to(device), cfg.label_smoothing, dist.local_total(weight[b]).to(device))

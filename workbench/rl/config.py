@@ -64,9 +64,12 @@ class RankerConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-5
     seed: int = 0
+    id_dropout: float = 0.0  # share of training impressions scored as a product never shown (0: every product has its own embedding only)
 
     def __post_init__(self):
         positive(self, "epochs", "batch_size", "lr")
+        if not 0 <= self.id_dropout < 1:
+            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
 
 
 @dataclass(frozen=True)

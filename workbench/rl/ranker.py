@@ -9,7 +9,11 @@ model of stage 4 (`workbench.rl.rewards`). Our design (the paper publishes none)
     pCTR = sigmoid(head_ctr(h) + b_pos[position])      click given an impression
     pCVR = sigmoid(head_cvr(h))                         purchase given a click
 
-e(.) is the workspace's text embedder (MiniLM by default). Position enters only as an additive bias
+e(.) is the workspace's text embedder (MiniLM by default). With `id_dropout` > 0, E_prod[product] is
+replaced by one learned "cold" vector for products no training impression showed, and for that share of
+training impressions at random (ID dropout): a product the legacy engine never showed, which is what a
+new recall channel adds, is scored from its text, category and price as such products are worth on
+average, not by an embedding that training never moved. Position enters only as an additive bias
 on the click logit (a "position-aware" shallow tower): logged clicks are position-biased, and scoring
 with the bias left out (position = None) ranks as if every product sat in the first slot. CTR is
 fitted on every impression, CVR on clicked impressions only. Held-out queries (the same 20% split as
@@ -44,6 +48,9 @@ class Ranker(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(5 * d, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU())
         self.ctr, self.cvr = nn.Linear(cfg.hidden, 1), nn.Linear(cfg.hidden, 1)
         self.pos = nn.Embedding(cfg.positions, 1)
+        if cfg.id_dropout:
+            self.cold = nn.Parameter(torch.zeros(d))
+            self.register_buffer("shown", torch.zeros(cfg.products, dtype=torch.bool))  # (P,) set by `fit`: shown in training
         for e in (self.prod, self.cat, self.user, self.age, self.region):
             nn.init.normal_(e.weight, std=0.01)
         nn.init.zeros_(self.pos.weight)
@@ -51,7 +58,13 @@ class Ranker(nn.Module):
     def forward(self, f: dict[str, torch.Tensor], position: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (N rows; see `Features.rows`) -> (click logit, purchase-given-click logit), each (N,)."""
         q = self.q(f["query_vec"])
-        p = self.p(f["product_vec"]) + self.prod(f["product"]) + self.cat(f["category"]) + f["log_price"][:, None] * self.price
+        e = self.prod(f["product"])  # (N, d)
+        if self.cfg.id_dropout:
+            known = self.shown[f["product"]]
+            if self.training:
+                known = known & (torch.rand(known.shape, device=known.device) >= self.cfg.id_dropout)
+            e = torch.where(known[:, None], e, self.cold)
+        p = self.p(f["product_vec"]) + e + self.cat(f["category"]) + f["log_price"][:, None] * self.price
         u = self.user(f["user"]) + self.age(f["age"]) + self.region(f["region"])
         h = self.mlp(torch.cat([q, p, q * p, u, u * p], -1))
         ctr = self.ctr(h)[:, 0]
@@ -127,6 +140,8 @@ def fit(ws, cfg: RankerConfig, feats: Features, query_vecs: np.ndarray, device: 
     qv = torch.as_tensor(query_vecs, dtype=torch.float32)
     torch.manual_seed(cfg.seed)
     model = Ranker(cfg).to(device)
+    if cfg.id_dropout:
+        model.shown[data["product"][data["train"]].to(device)] = True
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train = torch.nonzero(data["train"])[:, 0]
     valid = torch.nonzero(data["validation"])[:, 0]  # test queries stay for the simulated A/B

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from workbench import checkpoint, dist, lineage
 from workbench.data import splits
 from workbench.data.relevance import relevance
-from workbench.embed import embed, embed_workspace, product_texts
+from workbench.embed import TUNED, embed, embed_workspace, get_embedder, product_texts
 from workbench.sid import labels, metrics
 from workbench.sid import map as smap
 from workbench.sid.config import CQSIDConfig
@@ -280,8 +280,17 @@ def workspace_stats(ws: Workspace) -> dict:
 
 
 def workspace_embedder(ws) -> str:
-    """The embedder name (`minilm`, `hashing-64`) the workspace's SIDs were built with."""
-    key = str(checkpoint.metadata(ws.path / "sid" / "rqvae.safetensors").get("embedder", "")).strip('"')
+    """The embedder name (`minilm`, `hashing-64`, `tuned:<its dir>`) the workspace's SIDs were built
+    with. SIDs built on the fine-tuned encoder are refused once it has been fine-tuned again: the
+    vectors they quantised are no longer the ones the encoder gives."""
+    path = ws.path / "sid" / "rqvae.safetensors"
+    key = str(checkpoint.metadata(path).get("embedder", "")).strip('"')
     if key.startswith("hashing-"):
         return "-".join(key.split("-")[:2])
+    if key.startswith("tuned-"):
+        now = get_embedder("tuned", root=ws.path).key
+        if now != key:
+            raise lineage.StaleError(f"{path} was built on the fine-tuned encoder {key}, and {ws.path / TUNED} is now "
+                                     f"{now}: rebuild the SIDs with `workbench sid train --embedder tuned`")
+        return f"tuned:{ws.path / TUNED}"
     return "minilm"
