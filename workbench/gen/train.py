@@ -79,8 +79,8 @@ def fit(model: Generator, tok: TextTokenizer, pairs: Pairs, cfg: TrainConfig, de
         raise ValueError(f"tokenizer {tok.key!r} is not the one the generator was built for ({model.cfg.tokenizer!r})")
     check_pairs(model, pairs)
     gen = torch.Generator()
-    ids, lens, row = tokenize(tok, pairs.text, model.cfg.max_len)  # (U, T), (U,), (N,): example i is text row[i]
-    lens = lens[row]  # (N,)
+    ids, lens, text_of = tokenize(tok, pairs.text, model.cfg.max_len)  # (U, T), (U,), (N,): example i is text text_of[i]
+    lens = lens[text_of]  # (N,)
     sids = torch.tensor(pairs.sids, dtype=torch.long)
     weight = torch.tensor(pairs.weight, dtype=torch.float32)
     ctx = None if pairs.context is None else torch.tensor(pairs.context, dtype=torch.long)
@@ -119,7 +119,7 @@ def fit(model: Generator, tok: TextTokenizer, pairs: Pairs, cfg: TrainConfig, de
             w = weight[mine] if len(mine) else torch.zeros(1)
             mine = mine if len(mine) else b[:1]  # an empty slice trains on one zero-weight example
             T = int(lens[mine].max())
-            x = ids[row[mine], :T].to(device)
+            x = ids[text_of[mine], :T].to(device)
             c = None if ctx is None else ctx[mine].to(device)
             logits = net(x, x != tok.pad_id, sids[mine].to(device), c)
             lo = loss(logits, sids[mine].to(device), w.to(device), cfg.label_smoothing, dist.local_total(weight[b]).to(device))
