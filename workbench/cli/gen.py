@@ -11,7 +11,8 @@ from workbench.cli.rl import ensure_ranker
 from workbench.engine import MAX_WIDTH
 from workbench.eval.width import DEFAULT_WIDTH, served
 from workbench.gen import names, store
-from workbench.gen.config import BACKBONES, ORDERS, ChannelConfig, GenConfig, StagesConfig
+from workbench.gen.config import BACKBONES, ORDERS, ChannelConfig, GenConfig, StagesConfig, TargetWeights
+from workbench.gen.rank import RankConfig
 from workbench.gen.retrieve import Channel, Retriever
 from workbench.gen.stages import train_stages
 from workbench.logbook import tagged
@@ -142,3 +143,35 @@ def search(ctx, queries, width, top, user, name, device, **kw):
                        + "; ".join(titles.get(p, p) for p in h.products[:3]))
         click.echo(f"  channel ({channel.cfg.order} order, {len(ranked)} candidates): "
                    + "; ".join(titles.get(p, p) for p in ranked[:top]))
+
+
+@gen.command()
+@click.option("--name", default=names.DEPLOYED, show_default=True, help="The generator to start from.")
+@click.option("--out", default=None, help="Name of the result [default: NAME-rank]; the deployed generator is never overwritten.")
+@config_options(RankConfig, "width", "epochs", "batch_size", "lr", "max_targets", "seed")
+@config_options(TargetWeights, "purchased", "clicked", "judged", flags={s: f"--target-{s}" for s in ("purchased", "clicked", "judged")})
+@device_option()
+@click.pass_context
+def rank(ctx, name, out, device, **kw):
+    """Train a generator further with a rank loss over its own beam (`workbench.gen.rank`): each training
+    query's target SIDs against the SIDs the beam decodes instead; saved as a new checkpoint."""
+    from workbench.gen.data import query_pairs
+    from workbench.gen.rank import fit_rank
+    from workbench.gen.trie import compile_trie
+    from workbench.sid.index import SIDIndex
+    from workbench.sid.store import sid_dir
+
+    ws = ws_of(ctx).require()
+    out = out or names.ranked(name)
+    if out in (names.DEPLOYED, name):
+        raise click.BadParameter(f"{out!r} would overwrite a generator; give another --out", param_hint="--out")
+    cfg, targets = apply(ctx, RankConfig(), kw), apply(ctx, TargetWeights(), kw)
+    model, tok, _ = store.load(ws, name, device)
+    trie = compile_trie(SIDIndex.load(sid_dir(ws) / "index.parquet"), device)
+    pairs = query_pairs(ws, weights=targets.weights())
+    with ws.logbook().run("gen-rank", {"rank": cfg, "targets": targets, "from": name, "device": device}, seed=cfg.seed,
+                          name=f"gen-rank {name} -> {out}") as run:
+        history = fit_rank(model, tok, pairs, trie, cfg, device, run=run)
+        store.save(ws, model.cpu(), tok, out, parent=name, run_id=run.run_id, stage="rank", examples=len(pairs))
+    click.echo(pd.DataFrame(history).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    click.echo(f"wrote {store.checkpoint_path(ws, out)}")

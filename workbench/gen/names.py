@@ -4,6 +4,7 @@
     generator                                                   the deployed one (`DEPLOYED`): what search, eval,
                                                                 the app, the server and the batch jobs load
     generator-stage4, generator-grpo, generator-eg-grpo         stage 4's refinements (`refined`)
+    generator-rank                                              trained further with the rank loss over its beam (`ranked`)
     generator-stage2.partial                                    an interrupted stage: weights and optimizer
                                                                 state, resumable, never loaded as a model (`partial`)
 
@@ -23,6 +24,11 @@ def stage(name: str, s: int | str) -> str:
 def refined(name: str, how: str, tag: str = "") -> str:
     """`name` refined by stage 4 (`how`: an algorithm, or 'stage4' for the curriculum's own), with a run's tag."""
     return f"{name}-{how}{tag}"
+
+
+def ranked(name: str) -> str:
+    """`name` trained further with the rank loss over its beam (`workbench gen rank`)."""
+    return f"{name}-rank"
 
 
 def partial(name: str) -> str:
