@@ -12,13 +12,16 @@ from workbench.engine import MAX_WIDTH
 from workbench.eval.width import DEFAULT_WIDTH, served
 from workbench.gen import names, store
 from workbench.gen.config import BACKBONES, ORDERS, ChannelConfig, GenConfig, StagesConfig, TargetWeights
-from workbench.gen.rank import RankConfig
+from workbench.gen.data import query_pairs
+from workbench.gen.rank import RankConfig, fit_rank
 from workbench.gen.retrieve import Channel, Retriever
 from workbench.gen.stages import train_stages
+from workbench.gen.trie import compile_trie
 from workbench.logbook import tagged
 from workbench.rl.config import ALGOS, RLConfig
 from workbench.rl.train import train_rl
-from workbench.sid.store import load_labels
+from workbench.sid.index import SIDIndex
+from workbench.sid.store import load_labels, sid_dir
 
 MODEL = ("d_model", "n_heads", "dec_layers", "d_ff", "dropout")  # GenConfig fields `train` sets; --layers sets both stacks
 
@@ -155,12 +158,6 @@ def search(ctx, queries, width, top, user, name, device, **kw):
 def rank(ctx, name, out, device, **kw):
     """Train a generator further with a rank loss over its own beam (`workbench.gen.rank`): each training
     query's target SIDs against the SIDs the beam decodes instead; saved as a new checkpoint."""
-    from workbench.gen.data import query_pairs
-    from workbench.gen.rank import fit_rank
-    from workbench.gen.trie import compile_trie
-    from workbench.sid.index import SIDIndex
-    from workbench.sid.store import sid_dir
-
     ws = ws_of(ctx).require()
     out = out or names.ranked(name)
     if out in (names.DEPLOYED, name):
