@@ -226,6 +226,11 @@ def test_metrics_on_a_hand_made_example():
     pairs = pd.DataFrame({"query": [0, 0, 0, 1], "product": [0, 1, 2, 3]})  # query 1 has one product: skipped
     coh = metrics.query_coherence(codes, pairs)
     assert [r["coherence"] for r in coh] == [1.0, pytest.approx(2 / 3)] and coh[0]["queries"] == 1
+    # held-out pairs' products 1, 2, 3, 3 against training answers {0}: product 1 shares product 0's SID
+    assert metrics.answer_reach(codes, np.array([0]), np.array([1, 2, 3, 3])) == {"pairs": 4, "product": 0.0, "sid": 0.25}
+    assert metrics.answer_reach(codes, np.array([0, 3]), np.array([0, 3, 2])) == {"pairs": 3, "product": pytest.approx(2 / 3),
+                                                                                  "sid": pytest.approx(2 / 3)}
+    assert metrics.answer_reach(codes, np.array([0]), np.array([], int))["pairs"] == 0
     assert metrics.usage(codes, (2, 4))[1] == {"level": 2, "used": 2, "used_share": 0.5, "perplexity": pytest.approx(np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25))))}
 
 

@@ -38,6 +38,9 @@ def print_stats(stats: dict) -> None:
         click.echo("\ncategory purity (rows: prefix length; columns: category depth)\n" + p.to_string(float_format=lambda v: f"{v:.3f}"))
     if stats.get("coherence"):
         click.echo("\nquery coherence\n" + pd.DataFrame(stats["coherence"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if (r := stats.get("reach")) and r["pairs"]:
+        click.echo(f"\nvalidation answers the training queries teach ({r['pairs']:,} pairs): the product itself {r['product']:.3f}, "
+                   f"its SID {r['sid']:.3f}")
     if stats.get("labels"):
         click.echo("\ncluster labels: share of each label's category (products weighted) "
                    + ", ".join(f"level {k.split('@')[1]} {v:.3f}" for k, v in stats["labels"].items()))

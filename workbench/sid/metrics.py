@@ -9,6 +9,10 @@
   products; with the number of prefixes, since purity alone rewards many tiny clusters.
 - `query_coherence`: for every query with at least two relevant products, the share of them under
   their most common prefix of length l, averaged over queries (1.0: all of them in one cluster).
+- `answer_reach`: of a held-out split's (query, relevant product) pairs, the share whose product is
+  relevant to some training query (`product`) and whose full SID is the SID of such a product (`sid`).
+  A generator learns query -> SID from the training queries: an answer outside both is one it can
+  reach only through what its text encoder carries, which is what a dense channel already has.
 """
 
 from __future__ import annotations
@@ -83,3 +87,16 @@ def query_coherence(codes: np.ndarray, pairs: pd.DataFrame) -> list[dict]:
         per_q = top.groupby(level=0).max() / top.groupby(level=0).sum()
         out.append({"level": lvl, "coherence": float(per_q.mean()), "queries": len(per_q)})
     return out
+
+
+def answer_reach(codes: np.ndarray, train_products: np.ndarray, held_products: np.ndarray) -> dict:
+    """(N, L) codes of the catalog, rows of the products relevant to training queries, and rows of the
+    held-out split's relevant pairs' products (one per pair, repeats kept) -> {"pairs", "product", "sid"}."""
+    if len(held_products) == 0:
+        return {"pairs": 0, "product": float("nan"), "sid": float("nan")}
+    taught = np.zeros(len(codes), bool)
+    taught[train_products] = True
+    ids = prefix_ids(codes, codes.shape[1])  # (N,) one id per full SID
+    sid_taught = np.isin(ids, ids[taught])
+    return {"pairs": int(len(held_products)), "product": float(taught[held_products].mean()),
+            "sid": float(sid_taught[held_products].mean())}

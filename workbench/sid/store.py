@@ -275,6 +275,10 @@ def workspace_stats(ws: Workspace) -> dict:
         pairs = relevance_pairs(ws, pd.Index(products["product_id"]), pd.Index(ws.table("queries")["query_id"]))
         if len(pairs):
             out["coherence"] = metrics.query_coherence(codes, pairs)
+            held = relevance(ws)
+            held = held[splits.mask(ws, held["query_id"], "validation")]
+            rows = pd.Index(products["product_id"]).get_indexer(held["product_id"])
+            out["reach"] = metrics.answer_reach(codes, pairs["product"].to_numpy(), rows[rows >= 0])
     out["labels"] = labels.label_quality(load_labels(ws).reset_index())
     return out
 
