@@ -30,6 +30,10 @@ def test_lists_hold_each_sid_once_targets_first_and_pad():
     sids, filled, w = lists(beam, ok, targets)
     assert sids[0].tolist() == [[2, 2], [9, 9], [1, 1], [3, 3]] and w[0].tolist() == [2.0, 1.0, 0.0, 0.0]
     assert filled[1].tolist() == [True, False, False, False] and w[1].tolist() == [1.0, 0.0, 0.0, 0.0]
+    neg = [np.array([[3, 3], [7, 7], [2, 2]]), np.array([[5, 5]])]  # a negative the beam has, or a target, counts once
+    sids, filled, w = lists(beam, ok, targets, neg)
+    assert sids[0].tolist() == [[2, 2], [9, 9], [1, 1], [3, 3], [7, 7]] and w[0].tolist() == [2.0, 1.0, 0.0, 0.0, 0.0]
+    assert sids[1, :2].tolist() == [[4, 4], [5, 5]] and filled[1].tolist() == [True, True, False, False, False]
 
 
 def test_grouped_sums_repeats_and_keeps_the_heaviest():
@@ -39,13 +43,34 @@ def test_grouped_sums_repeats_and_keeps_the_heaviest():
     for bad in [dict(width=0), dict(lr=float("nan")), dict(max_targets=0)]:
         with pytest.raises(ValueError, match="must be a finite number > 0"):
             RankConfig(**bad)
+    with pytest.raises(ValueError, match="negatives must be >= 0"):
+        RankConfig(negatives=-1)
+
+
+def test_shown_not_bought_holds_training_queries_and_products_never_bought_there(trained):
+    from workbench.data import splits
+    from workbench.gen.data import shown_not_bought, sid_matrix
+    from workbench.sid.store import load_sids
+
+    ws, _ = trained
+    got = shown_not_bought(ws)
+    q = ws.table("queries")
+    held = set(q.loc[splits.mask(ws, q["query_id"], "validation", "test"), "query"])
+    assert got and not set(got) & held
+    log = ws.table("search_log").merge(q, on="query_id")
+    sids = load_sids(ws)
+    sid_of = dict(zip(sids["product_id"], map(tuple, sid_matrix(sids).tolist())))
+    text, codes = next(iter(got.items()))
+    mine = log[(log["query"] == text) & log["impressed"]]
+    never = {sid_of[p] for p, g in mine.groupby("product_id") if not g["purchased"].any() and p in sid_of}
+    assert {tuple(c) for c in codes.tolist()} == never and len(codes) == len(never)  # each SID once
 
 
 @pytest.mark.slow
 def test_gen_rank_trains_a_new_checkpoint_and_never_overwrites(trained_copy):
     ws = trained_copy
     r = CliRunner().invoke(main, ["-w", str(ws.path), "gen", "rank", "--name", "generator-stage2", "--width", "4",
-                                  "--batch-size", "16", "--lr", "1e-3"])
+                                  "--batch-size", "16", "--lr", "1e-3", "--negatives", "4"])
     assert r.exit_code == 0, r.output
     assert (ws.path / "gen" / "generator-stage2-rank.safetensors").exists() and "beam_recall" in r.output
     from workbench.gen import store

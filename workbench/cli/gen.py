@@ -12,7 +12,7 @@ from workbench.engine import MAX_WIDTH
 from workbench.eval.width import DEFAULT_WIDTH, served
 from workbench.gen import names, store
 from workbench.gen.config import BACKBONES, ORDERS, ChannelConfig, GenConfig, StagesConfig, TargetWeights
-from workbench.gen.data import query_pairs
+from workbench.gen.data import query_pairs, shown_not_bought
 from workbench.gen.rank import RankConfig, fit_rank
 from workbench.gen.retrieve import Channel, Retriever
 from workbench.gen.stages import train_stages
@@ -151,7 +151,7 @@ def search(ctx, queries, width, top, user, name, device, **kw):
 @gen.command()
 @click.option("--name", default=names.DEPLOYED, show_default=True, help="The generator to start from.")
 @click.option("--out", default=None, help="Name of the result [default: NAME-rank]; the deployed generator is never overwritten.")
-@config_options(RankConfig, "width", "epochs", "batch_size", "lr", "max_targets", "seed")
+@config_options(RankConfig, "width", "epochs", "batch_size", "lr", "max_targets", "negatives", "seed")
 @config_options(TargetWeights, "purchased", "clicked", "judged", flags={s: f"--target-{s}" for s in ("purchased", "clicked", "judged")})
 @device_option()
 @click.pass_context
@@ -168,7 +168,8 @@ def rank(ctx, name, out, device, **kw):
     pairs = query_pairs(ws, weights=targets.weights())
     with ws.logbook().run("gen-rank", {"rank": cfg, "targets": targets, "from": name, "device": device}, seed=cfg.seed,
                           name=f"gen-rank {name} -> {out}") as run:
-        history = fit_rank(model, tok, pairs, trie, cfg, device, run=run)
+        history = fit_rank(model, tok, pairs, trie, cfg, device, run=run,
+                           negatives=shown_not_bought(ws) if cfg.negatives else None)
         store.save(ws, model.cpu(), tok, out, parent=name, run_id=run.run_id, stage="rank", examples=len(pairs))
     click.echo(pd.DataFrame(history).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     click.echo(f"wrote {store.checkpoint_path(ws, out)}")

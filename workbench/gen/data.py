@@ -108,6 +108,25 @@ def query_pairs(ws, sids: pd.DataFrame | None = None, weights: dict[str, float] 
     return Pairs(df["query"].astype(str).tolist(), sid_matrix(df), df["weight"].to_numpy(float), source="queries")
 
 
+def shown_not_bought(ws, sids: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+    """Training query text -> (M, L) the distinct SIDs of products its sessions showed and never bought,
+    most shown first (hard negatives: the legacy engine thought them worth showing; no one bought them
+    for this query). An empty dict for a workspace without a search log."""
+    if not ws.has("search_log"):
+        return {}
+    sids = load_sids(ws) if sids is None else sids
+    log = ws.table("search_log")
+    log = log[log["impressed"] & splits.mask(ws, log["query_id"], "train")]
+    per = log.groupby(["query_id", "product_id"])["purchased"].agg(["any", "size"]).reset_index()
+    neg = per[~per["any"]].sort_values(["query_id", "size", "product_id"], ascending=[True, False, True])
+    df = neg.merge(ws.table("queries"), on="query_id").merge(sids, on="product_id")
+    codes = [c for c in sids.columns if c.startswith("sid_")]
+    out = {}
+    for text, g in df.groupby(df["query"].astype(str), sort=False):
+        out[text] = sid_matrix(g.drop_duplicates(codes))
+    return out
+
+
 def eval_set(ws, split: str = "test", sources: tuple[str, ...] | None = None) -> pd.DataFrame:
     """The queries of `split` (validation chooses, test reports): query_id, query, relevant ({product id:
     gain}). With judgments in the workspace, relevant = judged at or above the relevance threshold, gain

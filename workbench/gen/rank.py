@@ -13,6 +13,8 @@ one beam search ranks by (`gen.beam`: per level log-softmax over the level's cod
 
 a listwise softmax cross-entropy whose negatives are the beam's own competitors (the SIDs the model
 would otherwise hand over instead), not the whole vocabulary of each level as in teacher forcing.
+With `negatives` > 0, C(q) also holds up to that many SIDs of products the query's training sessions
+showed and never bought (`data.shown_not_bought`): hard negatives the beam may not have reached.
 Invariants: every target is in its list (so the loss is finite); a SID appears once per list (a
 target the beam also found is not counted twice); queries are the training split's only.
 """
@@ -42,10 +44,13 @@ class RankConfig:
     batch_size: int = 32  # queries per step
     lr: float = 1e-4  # AdamW learning rate (constant)
     max_targets: int = 16  # a query's heaviest target SIDs kept
+    negatives: int = 0  # per query, up to this many SIDs shown on it in training sessions and never bought (0: the beam's only)
     seed: int = 0  # order of the queries
 
     def __post_init__(self):
         positive(self, "width", "epochs", "batch_size", "lr", "max_targets")
+        if self.negatives < 0:
+            raise ValueError(f"negatives must be >= 0, got {self.negatives}")
 
 
 def list_loss(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -66,15 +71,17 @@ def path_scores(model: Generator, ids: torch.Tensor, mask: torch.Tensor, sids: t
     return s.reshape(B, N)
 
 
-def lists(beam_sids: torch.Tensor, beam_ok: torch.Tensor, targets: list[tuple[np.ndarray, np.ndarray]]
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per query the beam's SIDs (B, W, L) (valid where `beam_ok` (B, W)) and its targets (codes (P, L),
-    weights (P,)) -> the union list (B, N, L), whether each slot is filled (B, N), and each slot's target
-    weight (B, N); each SID once, targets first."""
+def lists(beam_sids: torch.Tensor, beam_ok: torch.Tensor, targets: list[tuple[np.ndarray, np.ndarray]],
+          negatives: list[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per query the beam's SIDs (B, W, L) (valid where `beam_ok` (B, W)), its targets (codes (P, L),
+    weights (P,)) and optional extra negatives (codes (M, L)) -> the union list (B, N, L), whether each
+    slot is filled (B, N), and each slot's target weight (B, N); each SID once, targets first."""
     rows, weights = [], []
     for b, (codes, w) in enumerate(targets):
         seen = {tuple(c): x for c, x in zip(codes.tolist(), w.tolist())}
-        extra = [tuple(s) for s, ok in zip(beam_sids[b].tolist(), beam_ok[b].tolist()) if ok and tuple(s) not in seen]
+        beam = [tuple(s) for s, ok in zip(beam_sids[b].tolist(), beam_ok[b].tolist()) if ok]
+        more = [tuple(s) for s in negatives[b].tolist()] if negatives is not None else []
+        extra = list(dict.fromkeys(s for s in beam + more if s not in seen))
         rows.append(list(seen) + extra)
         weights.append(list(seen.values()) + [0.0] * len(extra))
     n, L = max(len(r) for r in rows), beam_sids.shape[-1]
@@ -101,10 +108,15 @@ def grouped(pairs: Pairs, max_targets: int) -> tuple[list[str], list[tuple[np.nd
 
 
 def fit_rank(model: Generator, tok, pairs: Pairs, trie: Trie, cfg: RankConfig, device: str = "cpu", run=None,
-             progress: bool = True) -> list[dict]:
-    """Train `model` in place with the rank loss on `pairs` (training queries -> target SIDs); one dict
-    per epoch: loss, the share of targets the beam held before the step (`beam_recall`), seconds."""
+             progress: bool = True, negatives: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """Train `model` in place with the rank loss on `pairs` (training queries -> target SIDs), with
+    `negatives` (text -> (M, L) SIDs; `data.shown_not_bought`) when `cfg.negatives` > 0; one dict per
+    epoch: loss, the share of targets the beam held before the step (`beam_recall`), seconds."""
     texts, targets = grouped(pairs, cfg.max_targets)
+    if cfg.negatives and not negatives:
+        raise ValueError("negatives > 0 needs shown-and-not-bought SIDs: this workspace's search log has none on training queries")
+    empty = np.zeros((0, pairs.sids.shape[1]), np.int64)
+    extra = [(negatives or {}).get(t, empty)[: cfg.negatives] for t in texts] if cfg.negatives else None
     if not texts:
         raise ValueError("no training queries with target SIDs for the rank loss")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -120,7 +132,8 @@ def fit_rank(model: Generator, tok, pairs: Pairs, trie: Trie, cfg: RankConfig, d
             model.eval()
             with torch.no_grad():
                 beams = beam_search(model, model.memory(ids, mask), trie, cfg.width)
-            sids, filled, target = lists(beams.sids.cpu(), beams.valid.cpu(), [targets[i] for i in idx])
+            sids, filled, target = lists(beams.sids.cpu(), beams.valid.cpu(), [targets[i] for i in idx],
+                                         None if extra is None else [extra[i] for i in idx])
             in_beam = [{tuple(x) for x, ok in zip(beams.sids[b].tolist(), beams.valid[b].tolist()) if ok} for b in range(len(idx))]
             held += sum(w for b, i in enumerate(idx) for c, w in zip(targets[i][0].tolist(), targets[i][1].tolist())
                         if tuple(c) in in_beam[b])
