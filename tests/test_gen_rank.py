@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from workbench.cli import main
 from workbench.gen.data import Pairs
-from workbench.gen.rank import RankConfig, grouped, list_loss, lists
+from workbench.gen.rank import RankConfig, fit_rank, grouped, list_loss, lists
 
 
 def test_list_loss_by_hand():
@@ -45,6 +45,10 @@ def test_grouped_sums_repeats_and_keeps_the_heaviest():
             RankConfig(**bad)
     with pytest.raises(ValueError, match="negatives must be >= 0"):
         RankConfig(negatives=-1)
+    with pytest.raises(ValueError, match="no training queries with target SIDs"):
+        fit_rank(None, None, Pairs([], np.zeros((0, 2), int), np.zeros(0)), None, RankConfig())
+    with pytest.raises(ValueError, match="search log has none on training queries"):  # an empty log, negatives asked for
+        fit_rank(None, None, p, None, RankConfig(negatives=2), negatives={})
 
 
 def test_shown_not_bought_holds_training_queries_and_products_never_bought_there(trained):

@@ -113,12 +113,12 @@ def fit_rank(model: Generator, tok, pairs: Pairs, trie: Trie, cfg: RankConfig, d
     `negatives` (text -> (M, L) SIDs; `data.shown_not_bought`) when `cfg.negatives` > 0; one dict per
     epoch: loss, the share of targets the beam held before the step (`beam_recall`), seconds."""
     texts, targets = grouped(pairs, cfg.max_targets)
+    if not texts:
+        raise ValueError("no training queries with target SIDs for the rank loss")
     if cfg.negatives and not negatives:
         raise ValueError("negatives > 0 needs shown-and-not-bought SIDs: this workspace's search log has none on training queries")
     empty = np.zeros((0, pairs.sids.shape[1]), np.int64)
     extra = [(negatives or {}).get(t, empty)[: cfg.negatives] for t in texts] if cfg.negatives else None
-    if not texts:
-        raise ValueError("no training queries with target SIDs for the rank loss")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     history = []
