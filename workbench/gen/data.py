@@ -120,10 +120,11 @@ def shown_not_bought(ws, sids: pd.DataFrame | None = None) -> dict[str, np.ndarr
     per = log.groupby(["query_id", "product_id"])["purchased"].agg(["any", "size"]).reset_index()
     neg = per[~per["any"]].sort_values(["query_id", "size", "product_id"], ascending=[True, False, True])
     df = neg.merge(ws.table("queries"), on="query_id").merge(sids, on="product_id")
-    codes = [c for c in sids.columns if c.startswith("sid_")]
     out = {}
     for text, g in df.groupby(df["query"].astype(str), sort=False):
-        out[text] = sid_matrix(g.drop_duplicates(codes))
+        codes = sid_matrix(g)  # (M', L), most shown first
+        _, first = np.unique(codes, axis=0, return_index=True)
+        out[text] = codes[np.sort(first)]  # each SID once, where it first appears
     return out
 
 

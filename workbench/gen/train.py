@@ -3,9 +3,8 @@
 One function, `fit`, that every stage reuses: AdamW with linear warm-up and cosine decay, per-example
 loss weights (purchases count more than clicks), label smoothing, gradient clipping, and a smaller
 learning rate for a pretrained encoder (MiniLM) and the tree head's centroids than for the freshly
-initialised decoder. Each
-distinct text is tokenised once up front; each batch is cut to its longest text. Every epoch's loss (and whatever
-`evaluate(model)` returns) goes to the logbook run.
+initialised decoder. Each distinct text is tokenised once up front; each batch is cut to its longest
+text. Every epoch's loss (and whatever `evaluate(model)` returns) goes to the logbook run.
 """
 
 from __future__ import annotations

@@ -40,11 +40,12 @@ def sid_dir(ws: Workspace) -> Path:
     return ws.path / "sid"
 
 
-def relevance_pairs(ws: Workspace, product_ids: pd.Index, query_ids: pd.Index) -> pd.DataFrame:
+def relevance_pairs(ws: Workspace, product_ids: pd.Index, query_ids: pd.Index, split: str = "train") -> pd.DataFrame:
     """(query row, product row, weight) of the workspace's relevance (see workbench.data.relevance), on
-    training queries only: validation and test queries choose and evaluate, so they must not shape the SIDs."""
+    `split`'s queries: training ones shape the SIDs (validation and test queries choose and evaluate, so
+    they must not), validation ones measure them (`workspace_stats`)."""
     df = relevance(ws)
-    df = df[splits.mask(ws, df["query_id"], "train")]
+    df = df[splits.mask(ws, df["query_id"], split)]
     df["query"], df["product"] = query_ids.get_indexer(df["query_id"]), product_ids.get_indexer(df["product_id"])
     return df[(df["query"] >= 0) & (df["product"] >= 0)][["query", "product", "weight"]].reset_index(drop=True)
 
@@ -272,13 +273,12 @@ def workspace_stats(ws: Workspace) -> dict:
     if products["category"].notna().any():
         out["purity"] = metrics.category_purity(codes, products["category"])
     if ws.has("queries"):
-        pairs = relevance_pairs(ws, pd.Index(products["product_id"]), pd.Index(ws.table("queries")["query_id"]))
+        pids, qids = pd.Index(products["product_id"]), pd.Index(ws.table("queries")["query_id"])
+        pairs = relevance_pairs(ws, pids, qids)
         if len(pairs):
             out["coherence"] = metrics.query_coherence(codes, pairs)
-            held = relevance(ws)
-            held = held[splits.mask(ws, held["query_id"], "validation")]
-            rows = pd.Index(products["product_id"]).get_indexer(held["product_id"])
-            out["reach"] = metrics.answer_reach(codes, pairs["product"].to_numpy(), rows[rows >= 0])
+            held = relevance_pairs(ws, pids, qids, "validation")
+            out["reach"] = metrics.answer_reach(codes, pairs["product"].to_numpy(), held["product"].to_numpy())
     out["labels"] = labels.label_quality(load_labels(ws).reset_index())
     return out
 
