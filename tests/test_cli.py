@@ -105,7 +105,7 @@ def test_options_checked_against_each_other_are_set_together():
 
     cfg = replace_paths(EvalConfig(), {"fusions": ("bm25+dense-tuned", "bm25+dense-tuned+generative"),
                                        "fusion_reference": "bm25+dense-tuned", "channel.pool": 4})
-    assert cfg.fusion_reference == "bm25+dense-tuned" and cfg.channel.pool == 4 and EvalConfig().channel.pool == 1
+    assert cfg.fusion_reference == "bm25+dense-tuned" and cfg.channel.pool == 4 and EvalConfig().channel.pool == 16
     with pytest.raises(ValueError, match="fusion reference 'bm25' is not among"):
         replace_paths(EvalConfig(), {"fusions": ("bm25+dense", "bm25+dense-tuned"), "fusion_reference": "bm25"})
     r = CliRunner().invoke(main, ["-w", "/nonexistent-ws", "eval", "--fusions", "bm25+dense-tuned,bm25+dense-tuned+generative",

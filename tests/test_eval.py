@@ -14,6 +14,7 @@ from workbench.cli import main
 from workbench.embed import get_embedder
 from workbench.eval.config import EvalConfig
 from workbench.eval.harness import evaluate, judgments_file
+from workbench.gen.config import ChannelConfig
 
 IDS = ["p1", "p2", "p3", "p4"]
 TITLES = ["Cordless Drill 18 V Black", "Red Dress Up Doll", "Stainless Steel Stand Mixer", "Drill Bit Set, 20 Pieces"]
@@ -82,7 +83,6 @@ def test_harness_compares_every_method_on_the_same_queries(trained):
         EvalConfig(methods=("generative", "magic"))
     with pytest.raises(ValueError, match="budgets"):
         EvalConfig(budgets=())
-    from workbench.gen.config import ChannelConfig
 
     for bad, msg in [(dict(budget=0), "budget must be >= 1"), (dict(order="random"), "order must be"),
                      (dict(query_dtype="float16"), "query dtype must be one of")]:
@@ -150,7 +150,6 @@ def test_candidates_are_cut_at_the_budget_and_ranked_inside_by_cosine():
         Dense(IDS, e.encode(TITLES), e, query_dtype="half")
     with pytest.raises(ValueError, match="product ids for"):
         CosineOrder(e, IDS[:2], e.encode(TITLES))
-    from workbench.gen.config import ChannelConfig
     from workbench.gen.retrieve import Channel
 
     assert Channel(ChannelConfig(budget=3), order)(["cordless drill"], [hits]) == [got]
@@ -285,7 +284,8 @@ def test_a_teachers_sids_hold_its_top_product_and_only_products_of_its_lists_clu
     from workbench.gen.data import eval_set
 
     ws, _ = trained
-    cfg = EvalConfig(ks=(10,), width=8, embedder="hashing-64", methods=("bm25", "bm25-sids"))
+    # pool 1: the set is the clusters' products in the list's order, so the first product's cluster leads it
+    cfg = EvalConfig(ks=(10,), width=8, embedder="hashing-64", methods=("bm25", "bm25-sids"), channel=ChannelConfig(pool=1))
     ch = Channels(ws, cfg, progress=False)
     texts = eval_set(ws)["query"].tolist()[:30]
     rows = ch["generative"].retriever.lookup.rows()  # product -> its SID's row

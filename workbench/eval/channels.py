@@ -44,9 +44,10 @@ def sid_hits(lookup, index, products: list) -> list[list[Hit]]:
 
 class Oracle:
     """The generative channel fed the relevant products' SIDs instead of the beam's: `relevant` maps a query
-    text to its relevant product ids (the evaluation's judgments). With `fill`, the beam's own SIDs follow
-    the relevant ones, so the oracle hands over as many products as the beam at every budget: the
-    equal-budget ceiling."""
+    text to its relevant product ids (the evaluation's judgments). With `fill`, the channel's own list (the
+    beam's products, pooled and scored as served) follows the relevant SIDs' products, so the oracle hands
+    over as many products as the channel at every budget and never fewer relevant ones than without the
+    fill: the equal-budget ceiling."""
 
     slots = False
 
@@ -54,15 +55,28 @@ class Oracle:
         self.generative, self.relevant, self.fill = generative, relevant, fill
         self.name = "oracle-sids+beam" if fill else "oracle-sids"
 
-    def hits(self, queries: list[str]) -> list[list[Hit]]:
+    def relevant_hits(self, queries: list[str]) -> list[list[Hit]]:
         r = self.generative.retriever
-        best = sid_hits(r.lookup, r.index, [self.relevant.get(q, {}) for q in queries])
+        return sid_hits(r.lookup, r.index, [self.relevant.get(q, {}) for q in queries])
+
+    def hits(self, queries: list[str]) -> list[list[Hit]]:
+        best = self.relevant_hits(queries)
         if not self.fill:
             return best
         return [b + [h for h in beam if h.sid not in {x.sid for x in b}] for b, beam in zip(best, self.generative.hits(queries))]
 
     def scored(self, queries: list[str], budget: int) -> list[tuple[list[str], np.ndarray]]:
-        return self.generative.channel.scored(list(queries), self.hits(queries), budget)
+        """The channel's list over the relevant SIDs; with `fill`, the channel's own list (its pool scored as
+        served) fills the rest of the budget, so the fill never pushes a relevant SID's product out."""
+        best = self.generative.channel.scored(list(queries), self.relevant_hits(queries), budget)
+        if not self.fill:
+            return best
+        out = []
+        for (ids, score), (beam, beam_score) in zip(best, self.generative.scored(queries, budget)):
+            have = set(ids)
+            keep = [i for i, p in enumerate(beam) if p not in have][:budget - len(ids)]
+            out.append((ids + [beam[i] for i in keep], np.concatenate([score, beam_score[keep]])))
+        return out
 
     def search(self, queries: list[str], k: int) -> list[list[str]]:
         return [ids[:k] for ids, _ in self.scored(queries, self.generative.channel.cfg.budget)]

@@ -143,7 +143,7 @@ class ChannelConfig:
     order: str = "cosine"  # products of the candidate set: cosine (to the query) or popularity (within each SID)
     logp_weight: float = 0.0  # cosine order: + this x the SID's log-probability
     popularity_weight: float = 0.0  # cosine order: + this x log(1 + the product's purchases x 2 + clicks on training queries)
-    pool: int = 1  # cosine order: score the beam's first pool x budget products and keep the best budget (1: the first budget, in beam order)
+    pool: int = 16  # cosine order: score the beam's first pool x budget products and keep the best budget (1: the first budget, in beam order)
     query_dtype: str = "float32"  # cosine order: the query encoder computes in this (bfloat16: faster on CPUs with AVX512-BF16)
 
     def __post_init__(self):

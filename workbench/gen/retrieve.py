@@ -172,13 +172,13 @@ class CosineOrder:
                       else np.zeros(len(vectors), np.float32))  # (N,) the behaviour term of each product
 
     @classmethod
-    def from_workspace(cls, ws, device: str = "cpu", logp_weight: float = 0.0, query_dtype: str = "float32",
-                       pool: int = 1, popularity_weight: float = 0.0) -> CosineOrder:
+    def from_workspace(cls, ws, cfg: ChannelConfig, device: str = "cpu") -> CosineOrder:
+        """The order `cfg` (a ChannelConfig) asks for, over the workspace's products and embedder."""
         e = get_embedder(workspace_embedder(ws), device)
         vecs = embed_workspace(ws, e, ("products",), progress=False)["products"]  # stored: always float32
         ids = ws.table("products")["product_id"]
-        pop = ids.map(popularity(ws)).fillna(0).to_numpy(np.float32) if popularity_weight else None
-        return cls(e, ids.tolist(), vecs, logp_weight, query_dtype, pool, pop, popularity_weight)
+        pop = ids.map(popularity(ws)).fillna(0).to_numpy(np.float32) if cfg.popularity_weight else None
+        return cls(e, ids.tolist(), vecs, cfg.logp_weight, cfg.query_dtype, cfg.pool, pop, cfg.popularity_weight)
 
     def __call__(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None) -> list[list[str]]:
         return [ids for ids, _ in self.scored(texts, hits, budget)]
@@ -213,8 +213,7 @@ class Channel:
     @classmethod
     def from_workspace(cls, ws, cfg: ChannelConfig | None = None, device: str = "cpu") -> Channel:
         cfg = cfg or ChannelConfig()
-        order = (CosineOrder.from_workspace(ws, device, cfg.logp_weight, cfg.query_dtype, cfg.pool, cfg.popularity_weight)
-                 if cfg.order == "cosine" else None)
+        order = CosineOrder.from_workspace(ws, cfg, device) if cfg.order == "cosine" else None
         return cls(cfg, order)
 
     def __post_init__(self):
