@@ -265,3 +265,62 @@ def test_the_oracle_judge_scores_clusters_with_the_truth_and_stage4_is_judged_by
     assert set(rows["case_name"]) == {"model pages, oracle judge, eg-grpo", "oracle pages, oracle judge, eg-grpo"}
     # a non-default reward and temperature name their models, so they do not overwrite the default study's
     assert (ws.path / "gen" / "generator-eg-grpo-oracle-click1-purchase0-exposure0.2-valid1-gt1-t2-steps2-s0.safetensors").exists()
+
+
+def test_the_query_oracle_averages_the_truth_over_the_users_sessions_draw(market):
+    """Known answers: users who are all alike leave nothing to know (the query oracle's truth is the
+    user oracle's, exactly); otherwise its P(click) is the population's, E_u[c] over users weighted
+    by their sessions, here by hand over every user, against 4,000 draws."""
+    from dataclasses import replace
+
+    s = np.arange(0, 60, 6)
+    cands = market.legacy(20)[market.sess["qid"][s]]
+    same = replace(market, users={**market.users, "fav": np.repeat(market.users["fav"][:1], len(market.users["fav"]), 0),
+                                  "sens": np.full_like(market.users["sens"], market.users["sens"][0])})
+    for got, want in zip(same.value(s, cands, knows_user=False, draws=3), same.value(s, cands)):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    c_user, _ = market.value(s, cands)
+    c_query, b_query = market.value(s, cands, knows_user=False, draws=4000, seed=1)
+    weight = np.bincount(market.sess["user"], minlength=len(market.users["fav"])) / market.cfg.n_sessions
+    by_hand = np.zeros(cands.shape)
+    for u in np.flatnonzero(weight):
+        user = market.sess["user"].copy()
+        user[s] = u
+        by_hand += weight[u] * replace(market, sess={**market.sess, "user": user}).value(s, cands)[0]
+    assert np.abs(c_query - by_hand).max() < 0.01 and np.abs(c_user - by_hand).max() > 0.02  # the user moves it; the draws average it away
+    assert ((0 <= b_query) & (b_query <= 1)).all()
+    with pytest.raises(ValueError, match="draws must be >= 1"):
+        market.value(s, cands, knows_user=False, draws=0)
+
+
+def test_engagements_before_count_only_earlier_clicks_and_purchases():
+    from workbench.data.funnel import engagements_before
+
+    t = pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-02", "2026-01-03", "2026-01-01"], utc=True)
+    log = pd.DataFrame({"user_id": ["a", "a", "a", "a", "b"], "time": t, "clicked": [True, True, False, False, True],
+                        "purchased": [False, True, False, True, False]})
+    got = engagements_before(log, ["a", "a", "a", "b", "nobody-with-a-long-id"],
+                             pd.to_datetime(["2026-01-02", "2026-01-03", "2026-01-04", "2026-01-01", "2026-01-05"], utc=True))
+    assert got.tolist() == [1, 2, 3, 0, 0]  # the same time is not before; an impression without a click is not an engagement
+
+
+@pytest.mark.slow
+def test_headroom_is_zero_without_user_preferences_and_positive_with_them(ranked, monkeypatch):
+    from dataclasses import replace
+
+    from workbench.eval.headroom import headroom
+
+    cfg = ABConfig(arms=("bm25",), draws=4, split="test")
+    df = headroom(ranked, cfg, echo=lambda *_: None).set_index(["recall_set", "segment"])
+    assert {"control", "+bm25"} == set(df.index.get_level_values(0)) and ("control", "all") in df.index
+    assert set(df.index.get_level_values(1)) <= {"all", "cold", "warm", "heavy"}
+    assert df.loc[("control", "all"), "d_purchases"] > 0  # knowing the favourite brands and the price sensitivity sells more
+    parts = df.loc["control"].drop("all")
+    assert parts["sessions"].sum() == df.loc[("control", "all"), "sessions"]
+    real = Market.from_workspace
+    monkeypatch.setattr(Market, "from_workspace", classmethod(lambda cls, ws: (lambda m: replace(
+        m, users={**m.users, "fav": np.zeros_like(m.users["fav"]) - 1, "sens": np.ones_like(m.users["sens"])}))(real(ws))))
+    flat = headroom(ranked, cfg, echo=lambda *_: None).set_index(["recall_set", "segment"])
+    assert np.allclose(flat["d_purchases"], 0) and np.allclose(flat["purchases_query"], flat["purchases_user"])
+    r = CliRunner().invoke(main, ["-w", str(ranked.path), "headroom", "--arms", "bm25", "--draws", "0"])
+    assert r.exit_code != 0 and "draws must be >= 1" in r.output

@@ -6,7 +6,7 @@ and prints what the library returns:
 
     demo.py      demo                         data.py   data synth|import|validate|stats|schema, embed
     sid.py       sid train|assign|stats       gen.py    train, gen search
-    rl.py        ranker, rl                   eval.py   eval, ab
+    rl.py        ranker, rl                   eval.py   eval, ab, headroom
     logbook.py   sql, runs, merge, recipes    bench.py  bench ... (every benchmark)
     batch.py     batch embed|sids|decode      serve.py  serve
     dense.py     dense train
@@ -42,6 +42,7 @@ VERBS = {  # verb -> (module, function)
     "embed": ("workbench.cli.data", "embed"),
     "eval": ("workbench.cli.eval", "eval_"),
     "gen": ("workbench.cli.gen", "gen"),
+    "headroom": ("workbench.cli.eval", "headroom"),
     "merge": ("workbench.cli.logbook", "merge"),
     "ranker": ("workbench.cli.rl", "ranker"),
     "recipes": ("workbench.cli.logbook", "recipes"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+import pandas as pd
 
 from workbench.ann import KINDS
 from workbench.cli.options import apply, config_options, device_option, embedder_option, ws_of
@@ -48,7 +49,7 @@ def eval_(ctx, judgments_csv, threshold, embedder, device, as_json, **kw) -> Non
 
 @click.command()
 @config_options(ABConfig, "arms", "baseline", "ranker", "order", "recall", "supplement", "width", "channel.logp_weight", "channel.popularity_weight", "channel.pool",
-                "personal", "split",
+                "personal", "split", "draws",
                 "aa_splits", "seed",
                 choices={"ranker": RANKERS, "order": AB_ORDERS, "split": SPLITS})
 @device_option()
@@ -73,3 +74,39 @@ def ab(ctx, device, as_json, **kw) -> None:
                + (f"A/A false-positive rate of these intervals {df['aa_false_positive_rate'].iloc[0]:.1%} "
                   f"({cfg.aa_splits} random halves of the queries, nominal 5%)" if cfg.aa_splits else "A/A check skipped (--aa-splits 0)")
                + "\n" + table(df))
+
+
+@click.command()
+@config_options(ABConfig, "arms", "recall", "supplement", "width", "channel.pool", "personal", "split", "draws", "heavy",
+                choices={"split": SPLITS})
+@device_option()
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON records (every value and interval).")
+@click.pass_context
+def headroom(ctx, device, as_json, **kw) -> None:
+    """What knowing the user is worth on a synthetic marketplace: the same candidates (control's legacy recall
+    set and each --arms arm's) ordered into pages by an oracle that knows the session's intent and its user,
+    and by one that knows the intent only (averaged over --draws users). Purchases and GMV per session of
+    both, and the user's worth in % with paired intervals, for every session and by the user's activity
+    before it (cold: no earlier click or purchase; warm; heavy: at least --heavy). The ceiling of personalisation."""
+    from workbench.eval.headroom import headroom as run_headroom
+
+    ws = ws_of(ctx).require()
+    cfg = apply(ctx, ABConfig(), kw)
+    Market.from_workspace(ws)  # a workspace without a simulator is refused before a run is logged
+    with ws.logbook().run("headroom", {"ab": cfg, "device": device}, name=f"headroom {','.join(cfg.arms)}") as run:
+        df = run_headroom(ws, cfg, device, echo=(lambda *_: None) if as_json else click.echo)
+        for _, r in df.iterrows():
+            for k in ("sessions", "purchases_query", "purchases_user", "gmv_query", "gmv_user", "d_purchases",
+                      "d_purchases_lo", "d_purchases_hi", "d_gmv", "d_gmv_lo", "d_gmv_hi"):
+                run.log_bench("headroom", k, float(r[k]), case_name=f"{r['recall_set']} {r['segment']}")
+    if as_json:
+        click.echo(df.to_json(orient="records", indent=1))
+        return
+    out = pd.DataFrame({"recall set": df["recall_set"], "users": df["segment"], "sessions": df["sessions"],
+                        "purchases, query oracle": df["purchases_query"].map("{:.4f}".format),
+                        "purchases, user oracle": df["purchases_user"].map("{:.4f}".format),
+                        "user's worth %": [f"{r.d_purchases:+.2f} [{r.d_purchases_lo:+.2f}, {r.d_purchases_hi:+.2f}]" for r in df.itertuples()],
+                        "GMV %": [f"{r.d_gmv:+.2f} [{r.d_gmv_lo:+.2f}, {r.d_gmv_hi:+.2f}]" for r in df.itertuples()]})
+    click.echo(f"\n{cfg.split} sessions; cold: no click or purchase in the log before the session, warm: fewer than "
+               f"{cfg.heavy}, heavy: at least {cfg.heavy}; 95% paired jackknife t intervals over whole queries\n"
+               + out.to_string(index=False))

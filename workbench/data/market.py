@@ -19,7 +19,7 @@ seed, as `synth._behaviour` does. Real catalogs have no latent truth: `MarketErr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -95,11 +95,27 @@ class Market:
         return synth.legacy_search(self.cfg, self.cat, self.sess, k=k)
 
     # the funnel ---------------------------------------------------------------------------------------
-    def value(self, s: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def value(self, s: np.ndarray, cands: np.ndarray, knows_user: bool = True, draws: int = 16,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """What an oracle ranker knows: P(click) and P(buy | click) of each candidate were it shown
-        first (S, C each; 0 for -1 slots)."""
-        _, c, b = self._probs(s, cands, first=True)
-        return c, b
+        first (S, C each; 0 for -1 slots). `knows_user` False: an oracle that knows the session's intent
+        but not who asks, i.e. the same two averaged over `draws` users drawn as sessions draw them
+        (by activity: the users of random sessions), so the user's favourite brands and price
+        sensitivity become the population's: E_u[click] and E_u[click x buy] / E_u[click]."""
+        if knows_user:
+            _, c, b = self._probs(s, cands, first=True)
+            return c, b
+        if draws < 1:
+            raise ValueError(f"draws must be >= 1, got {draws}")
+        rng, s = np.random.default_rng(seed), np.asarray(s)
+        c_sum, cb_sum = np.zeros(np.shape(cands)), np.zeros(np.shape(cands))
+        for _ in range(draws):
+            user = self.sess["user"].copy()
+            user[s] = self.sess["user"][rng.integers(0, self.cfg.n_sessions, len(s))]  # another session's user
+            _, c, b = replace(self, sess={**self.sess, "user": user})._probs(s, cands, first=True)
+            c_sum, cb_sum = c_sum + c, cb_sum + c * b
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return c_sum / draws, np.where(c_sum > 0, cb_sum / c_sum, 0.0)
 
     def _probs(self, s: np.ndarray, pages: np.ndarray, first: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(S,) session rows, (S, K) product rows (-1: empty slot) -> seen, P(click | seen), P(want | click);

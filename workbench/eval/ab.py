@@ -67,11 +67,12 @@ def member(pages: np.ndarray, sets: np.ndarray) -> np.ndarray:
 class Pager:
     """Orders recall sets and cuts pages: `scores` of (S, C) product rows, then `page` -> (S, K). The
     workspace's ranker scores pCTR (x pCVR); the oracle scores the simulator's true P(click)
-    (x P(buy | click)) at position 1, which `truth` gives for any candidates."""
+    (x P(buy | click)) at position 1, which `truth` gives for any candidates; oracle-query the same
+    averaged over users (`Market.value` without the user)."""
 
     def __init__(self, ws, market: Market, sessions: np.ndarray, cfg: ABConfig, device: str = "cpu"):
         self.market, self.sessions, self.order, self.k, self.device = market, sessions, cfg.order, market.cfg.page_size, device
-        self.oracle = cfg.ranker == "oracle"
+        self.oracle, self.knows_user, self.draws = cfg.ranker.startswith("oracle"), cfg.ranker == "oracle", cfg.draws
         if not self.oracle:
             self.model, self.feats, qvecs = from_workspace(ws, device, progress=False)
             qrows = pd.Index(ws.table("queries")["query_id"]).get_indexer(market.sess["qid"][sessions] + 1)
@@ -82,7 +83,7 @@ class Pager:
     @torch.no_grad()
     def scores(self, cands: np.ndarray, chunk: int = 65536) -> np.ndarray:
         if self.oracle:
-            ctr, cvr = self.market.value(self.sessions, cands)
+            ctr, cvr = self.market.value(self.sessions, cands, self.knows_user, self.draws)
             return np.where(cands >= 0, ctr * cvr if self.order == "ctcvr" else ctr, -np.inf)
         rs, cs = np.nonzero(cands >= 0)
         score = np.full(cands.shape, -np.inf)
@@ -159,28 +160,33 @@ def run_ab(ws, cfg: ABConfig | None = None, device: str = "cpu", run=None, echo=
     sessions = np.flatnonzero(splits.mask(ws, market.sess["qid"] + 1, cfg.split))
     if len(sessions) == 0:
         raise ValueError(f"workspace {ws.path} has no sessions on {cfg.split} queries to replay")
-    qid = market.sess["qid"][sessions]
-    legacy = market.legacy(max(cfg.recall, market.cfg.page_size))[qid]  # (S, R)
+    legacy = market.legacy(max(cfg.recall, market.cfg.page_size))[market.sess["qid"][sessions]]  # (S, R)
     pager = Pager(ws, market, sessions, cfg, device)
-    recall = legacy[:, : cfg.recall]
-    score = pager.scores(recall)
-    pages = {"logged": legacy[:, : market.cfg.page_size], "control": pager.page(recall, score)}
-    agree = {} if pager.oracle else {"control": ranker_agreement(score, pager.truth(recall), np.zeros(recall.shape, bool))}
-    added = {"logged": np.zeros_like(pages["logged"], bool), "control": np.zeros_like(pages["control"], bool)}
-    rows: dict[str, np.ndarray] = {}  # each channel retrieved once, whatever the arms it is in
+    pages = {"logged": legacy[:, : market.cfg.page_size]}
+    added = {"logged": np.zeros_like(pages["logged"], bool)}
+    agree = {}
+    for arm, recall, cands in recall_sets(ws, market, sessions, cfg, device, echo):
+        score = pager.scores(cands)
+        pages[arm] = pager.page(cands, score)
+        added[arm] = ~member(pages[arm], recall) & (pages[arm] >= 0)
+        if not pager.oracle:  # why the learned ranker's pages sell what they sell
+            agree[arm] = ranker_agreement(score, pager.truth(cands), ~member(cands, recall))
+    return summarise(market, sessions, pages, added, cfg, run, cfg.baseline, agree)
+
+
+def recall_sets(ws, market: Market, sessions: np.ndarray, cfg: ABConfig, device: str = "cpu", echo=print):
+    """Yields (arm, the legacy recall set, the arm's candidates) for control and each of `cfg.arms`: the
+    legacy engine's top `cfg.recall` (S, R) and, for an arm, its channels' top `cfg.supplement` merged in
+    (S, R + n x supplement, repeats -1). Each channel is retrieved once, whatever the arms it is in."""
+    recall = market.legacy(max(cfg.recall, market.cfg.page_size))[market.sess["qid"][sessions], : cfg.recall]  # (S, R)
+    yield "control", recall, recall
+    rows: dict[str, np.ndarray] = {}
     for arm in cfg.arms:
         echo(f"arm +{arm}: retrieving and ranking {len(sessions):,} sessions")
         for name in arm.split("+"):
             if name not in rows:
                 rows[name] = channel_rows(ws, market, name, sessions, cfg, device)
-        extra = np.concatenate([rows[name] for name in arm.split("+")], 1)
-        cands = dedupe(np.concatenate([recall, extra], 1))
-        score = pager.scores(cands)
-        pages[f"+{arm}"] = pager.page(cands, score)
-        added[f"+{arm}"] = member(pages[f"+{arm}"], extra) & ~member(pages[f"+{arm}"], recall)
-        if not pager.oracle:  # why the learned ranker's pages sell what they sell
-            agree[f"+{arm}"] = ranker_agreement(score, pager.truth(cands), ~member(cands, recall))
-    return summarise(market, sessions, pages, added, cfg, run, cfg.baseline, agree)
+        yield f"+{arm}", recall, dedupe(np.concatenate([recall, *(rows[name] for name in arm.split("+"))], 1))
 
 
 def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cfg: ABConfig, run=None,
@@ -207,7 +213,7 @@ def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cf
         n, d = sums[arm][num], sums[arm][den or "sessions"]
         return float(n.sum() / d.sum()), metrics.leave_one_out_ratio(n, d)
 
-    sizes = sums["control"]["sessions"]  # each test query's session count
+    sizes = sums[baseline]["sessions"]  # each test query's session count (the same in every arm)
     rows = []
     for arm in out:
         row = {"arm": arm, "sessions": len(sessions)}

@@ -16,7 +16,7 @@ METHODS = ("generative", "generative-tree", "generative-decoder", "oracle-sids",
 ON_REQUEST = ("generative-tree", "generative-decoder", "oracle-sids+beam", "dense-tuned", "bm25-sids", "dense-sids",
               "hybrid-sids")  # asked for by name: a tree head, a fine-tuned encoder, or studies of the SIDs' ceilings
 PAGE_ORDERS = ("ctcvr", "ctr")  # the A/B ranker's page order
-RANKERS = ("model", "oracle")  # who orders the A/B's pages
+RANKERS = ("model", "oracle", "oracle-query")  # who orders the A/B's pages (oracle-query: the truth without the user)
 FUSABLE = ("bm25", "dense", "dense-ann", "dense-tuned", "hybrid", "generative")  # the channels a fusion set may hold (eval/fusion.py)
 SPLITS = ("validation", "test")  # what an evaluation may run on (workbench.data.splits; never train)
 
@@ -81,7 +81,9 @@ class ABConfig:
     width: int = 32  # beam width of generator channels
     channel: ChannelConfig = field(default_factory=ChannelConfig)  # generator channels' candidate order (their budget is `supplement`)
     order: str = "ctcvr"  # the ranker's page order: pCTR x pCVR (ctcvr) or pCTR (ctr)
-    ranker: str = "model"  # who orders the pages: the workspace's ranker (model), or the simulator's truth (oracle: an upper bound)
+    ranker: str = "model"  # who orders the pages: the workspace's ranker (model), the simulator's truth (oracle: an upper bound), or the truth averaged over users (oracle-query: knows the query, not who asks)
+    draws: int = 16  # oracle-query: users its truth is averaged over, drawn as sessions draw them
+    heavy: int = 10  # headroom by user activity: cold users have no earlier click or purchase in the log, warm fewer than this, heavy at least this
     personal: bool = True  # decode with the session's user when the generator was trained with users (stage 3)
     split: str = "test"  # the sessions replayed: those of this split's queries (test reports; validation chooses)
     aa_splits: int = 2000  # A/A: random halves of the queries, control against control, to count false positives (0: skip)
@@ -94,6 +96,8 @@ class ABConfig:
             raise ValueError(f"an arm is channel names joined by +, e.g. dense+generator; got {self.arms}")
         if self.baseline not in ("control", "logged", *(f"+{a}" for a in self.arms)):
             raise ValueError(f"baseline must be control, logged or an arm (+{', +'.join(self.arms)}), got {self.baseline!r}")
+        if self.draws < 1 or self.heavy < 2:
+            raise ValueError(f"draws must be >= 1 and heavy >= 2 (warm users have 1 to heavy - 1 events), got {self.draws}, {self.heavy}")
         if self.aa_splits < 0:
             raise ValueError(f"aa_splits must be >= 0, got {self.aa_splits}")
         if min(self.recall, self.supplement, self.width) < 1:

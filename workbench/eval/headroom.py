@@ -1,0 +1,65 @@
+"""The headroom of personalisation on a synthetic marketplace: how much of what sells is user-specific.
+
+Two oracles order the same candidates into pages (`Market.value`):
+
+    oracle        knows the session's intent and its user (favourite brands, price sensitivity)
+    oracle-query  knows the intent only: P(click) and P(click x buy) averaged over users drawn as
+                  sessions draw them
+
+Both see the true relevance, quality and attractiveness of every product, so the difference between
+their pages' expected purchases is what knowing the user is worth on that candidate set, and no more:
+the ceiling a personalised model is judged against. It is reported for every session and by the
+user's activity before the session (the log's clicks and purchases strictly before it: cold 0, warm
+1 .. heavy - 1, heavy at least `cfg.heavy`), per candidate set (control's legacy recall and each arm's),
+with the A/B's paired query-clustered intervals (`ab.summarise`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from workbench.data import splits
+from workbench.data.funnel import engagements_before
+from workbench.data.market import Market
+from workbench.eval.ab import Pager, recall_sets, summarise
+from workbench.eval.config import ABConfig
+
+SEGMENTS = ("all", "cold", "warm", "heavy")
+
+
+def activity(ws, market: Market, sessions: np.ndarray, heavy: int) -> np.ndarray:
+    """(S,) each session's segment: cold, warm or heavy by its user's earlier clicks and purchases."""
+    n = engagements_before(ws.table("search_log"), market.user_ids(sessions), market.sess["time"][sessions])
+    return np.where(n == 0, "cold", np.where(n < heavy, "warm", "heavy"))
+
+
+def headroom(ws, cfg: ABConfig | None = None, device: str = "cpu", echo=print) -> pd.DataFrame:
+    """One row per (candidate set, segment): sessions, purchases and GMV per session of the query-only
+    oracle's pages and of the user-aware oracle's, and the user's worth `d_purchases` / `d_gmv` in % with
+    95% paired intervals."""
+    cfg = cfg or ABConfig()
+    market = Market.from_workspace(ws)
+    sessions = np.flatnonzero(splits.mask(ws, market.sess["qid"] + 1, cfg.split))
+    if len(sessions) == 0:
+        raise ValueError(f"workspace {ws.path} has no sessions on {cfg.split} queries to replay")
+    seg = activity(ws, market, sessions, cfg.heavy)
+    judges = {r: Pager(ws, market, sessions, replace(cfg, ranker=r), device) for r in ("oracle-query", "oracle")}
+    rows = []
+    for arm, _, cands in recall_sets(ws, market, sessions, cfg, device, echo):
+        pages = {r: p.page(cands, p.scores(cands)) for r, p in judges.items()}
+        for name in SEGMENTS:
+            m = np.ones(len(sessions), bool) if name == "all" else seg == name
+            if m.sum() < 2 or len(np.unique(market.sess["qid"][sessions[m]])) < 2:
+                continue  # no interval over fewer than two queries
+            df = summarise(market, sessions[m], {r: p[m] for r, p in pages.items()},
+                           {r: np.zeros(p[m].shape, bool) for r, p in pages.items()}, replace(cfg, aa_splits=0),
+                           baseline="oracle-query").set_index("arm")
+            q, u = df.loc["oracle-query"], df.loc["oracle"]
+            rows.append({"recall_set": arm, "segment": name, "sessions": int(m.sum()),
+                         "purchases_query": q["purchases"], "purchases_user": u["purchases"],
+                         "gmv_query": q["gmv"], "gmv_user": u["gmv"],
+                         **{f"d_{k}{s}": u[f"d_{k}{s}"] for k in ("purchases", "gmv") for s in ("", "_lo", "_hi")}})
+    return pd.DataFrame(rows)
