@@ -324,3 +324,26 @@ def test_headroom_is_zero_without_user_preferences_and_positive_with_them(ranked
     assert np.allclose(flat["d_purchases"], 0) and np.allclose(flat["purchases_query"], flat["purchases_user"])
     r = CliRunner().invoke(main, ["-w", str(ranked.path), "headroom", "--arms", "bm25", "--draws", "0"])
     assert r.exit_code != 0 and "draws must be >= 1" in r.output
+
+
+@pytest.mark.slow
+def test_ab_by_activity_splits_the_same_sessions_and_keeps_the_whole(ranked):
+    from workbench.eval.ab import run_ab
+
+    cfg = ABConfig(arms=("bm25",), ranker="oracle", aa_splits=0)
+    whole = run_ab(ranked, cfg, echo=lambda *_: None).set_index("arm")
+    parts = run_ab(ranked, ABConfig(arms=("bm25",), ranker="oracle", aa_splits=0, by_activity=True, heavy=3), echo=lambda *_: None)
+    assert parts["users"].iloc[0] == "all" and set(parts["users"]) <= {"all", "cold", "warm", "heavy"} and len(set(parts["users"])) >= 3
+    top = parts[parts["users"] == "all"].set_index("arm")
+    pd.testing.assert_frame_equal(top.drop(columns="users"), whole)  # the whole is the run without segments
+    per = parts[(parts["users"] != "all") & (parts["arm"] == "control")]
+    assert per["sessions"].sum() == whole.loc["control", "sessions"]  # every session in exactly one segment
+    # each segment's purchases per session, weighted by its sessions, give back the whole's
+    assert (per["purchases"] * per["sessions"]).sum() / per["sessions"].sum() == pytest.approx(whole.loc["control", "purchases"])
+    r = CliRunner().invoke(main, ["-w", str(ranked.path), "ab", "--arms", "bm25", "--ranker", "oracle", "--by-activity",
+                                  "--heavy", "3", "--aa-splits", "0"])
+    assert r.exit_code == 0 and "all users (" in r.output and "heavy users (" in r.output, r.output
+    r = CliRunner().invoke(main, ["-w", str(ranked.path), "headroom", "--arms", "bm25", "--draws", "2"])
+    assert r.exit_code == 0 and "user's worth %" in r.output and "+bm25" in r.output, r.output
+    r = CliRunner().invoke(main, ["-w", str(ranked.path), "ab", "--arms", "bm25", "--heavy", "1"])
+    assert r.exit_code != 0 and "heavy >= 2" in r.output

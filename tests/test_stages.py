@@ -127,3 +127,24 @@ def test_stage_1_learns_pseudo_queries_and_stage_2_a_teachers_ranking(trained, t
     assert more[0]["examples"] > rows[1]["examples"]
     with pytest.raises(ValueError, match="distill_query_k >= 1"):
         replace(cfg, distill_query_k=0)
+
+
+def test_stage_3_examples_follow_the_target_weights(trained):
+    """A purchase weighs `purchased`, a click without one `clicked`; weight 0 drops the source (it used to be
+    a fixed 2 and 1 whatever the weights, so `--target-clicked 0` left stage 3's clicks in)."""
+    from workbench.gen.config import TargetWeights
+    from workbench.sid.store import load_sids
+
+    ws, _ = trained
+    sids = load_sids(ws)
+    ctx = UserContext.from_workspace(ws, sids, (int(sids["sid_1"].max()) + 1, int(sids["sid_2"].max()) + 1), history=2)
+    log = ws.table("search_log")
+    train = log[st.splits.mask(ws, log["query_id"], "train")].merge(sids[["product_id"]], on="product_id")
+    both = st.personal_pairs(ws, sids, ctx)
+    assert len(both) == (train["clicked"] | train["purchased"]).sum() and sorted(set(both.weight)) == [1.0, 2.0]
+    bought = st.personal_pairs(ws, sids, ctx, TargetWeights(clicked=0))
+    assert len(bought) == train["purchased"].sum() and set(bought.weight) == {2.0}
+    heavy = st.personal_pairs(ws, sids, ctx, TargetWeights(purchased=5, clicked=0.5))
+    assert len(heavy) == len(both) and sorted(set(heavy.weight)) == [0.5, 5.0]
+    with pytest.raises(ValueError, match="stage 3 has no examples"):
+        st.personal_pairs(ws, sids, ctx, TargetWeights(purchased=0, clicked=0, judged=1))

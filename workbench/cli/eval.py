@@ -49,7 +49,7 @@ def eval_(ctx, judgments_csv, threshold, embedder, device, as_json, **kw) -> Non
 
 @click.command()
 @config_options(ABConfig, "arms", "baseline", "ranker", "order", "recall", "supplement", "width", "channel.logp_weight", "channel.popularity_weight", "channel.pool",
-                "personal", "split", "draws",
+                "personal", "split", "draws", "by_activity", "heavy",
                 "aa_splits", "seed",
                 choices={"ranker": RANKERS, "order": AB_ORDERS, "split": SPLITS})
 @device_option()
@@ -69,11 +69,12 @@ def ab(ctx, device, as_json, **kw) -> None:
     with ws.logbook().run("ab", {"ab": cfg, "device": device}, seed=cfg.seed, name=f"ab {cfg.ranker} {','.join(cfg.arms)}") as run:
         df = run_ab(ws, cfg, device, run=run, echo=(lambda *_: None) if as_json else click.echo)
     click.echo(df.to_json(orient="records", indent=1) if as_json else
-               f"\n{len(df)} arms x {int(df['sessions'][0]):,} {cfg.split} sessions; pages ordered by the {cfg.ranker} ranker "
+               f"\n{df['arm'].nunique()} arms x {int(df['sessions'][0]):,} {cfg.split} sessions; pages ordered by the {cfg.ranker} ranker "
                f"({cfg.order}); 95% paired jackknife t intervals over whole queries, differences from {cfg.baseline} in %; "
                + (f"A/A false-positive rate of these intervals {df['aa_false_positive_rate'].iloc[0]:.1%} "
                   f"({cfg.aa_splits} random halves of the queries, nominal 5%)" if cfg.aa_splits else "A/A check skipped (--aa-splits 0)")
-               + "\n" + table(df))
+               + ("".join(f"\n\n{users} users ({int(part['sessions'].iloc[0]):,} sessions)\n" + table(part)
+                          for users, part in df.groupby("users", sort=False)) if cfg.by_activity else "\n" + table(df)))
 
 
 @click.command()

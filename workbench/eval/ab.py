@@ -31,6 +31,8 @@ Beside the table, the A/A false-positive rate of that procedure (`aa_false_posit
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import torch
@@ -38,6 +40,7 @@ import torch
 from workbench import metrics
 from workbench.baselines import BM25, Dense
 from workbench.data import splits
+from workbench.data.funnel import engagements_before
 from workbench.data.market import Market
 from workbench.embed import embed_workspace, get_embedder, product_texts
 from workbench.eval.config import ABConfig
@@ -171,7 +174,26 @@ def run_ab(ws, cfg: ABConfig | None = None, device: str = "cpu", run=None, echo=
         added[arm] = ~member(pages[arm], recall) & (pages[arm] >= 0)
         if not pager.oracle:  # why the learned ranker's pages sell what they sell
             agree[arm] = ranker_agreement(score, pager.truth(cands), ~member(cands, recall))
-    return summarise(market, sessions, pages, added, cfg, run, cfg.baseline, agree)
+    df = summarise(market, sessions, pages, added, cfg, run, cfg.baseline, agree)
+    if not cfg.by_activity:
+        return df
+    seg, parts = activity(ws, market, sessions, cfg.heavy), [df.assign(users="all")]
+    for name in SEGMENTS[1:]:
+        m = seg == name
+        if len(np.unique(market.sess["qid"][sessions[m]])) >= 2:  # an interval needs two queries
+            parts.append(summarise(market, sessions[m], {a: p[m] for a, p in pages.items()}, {a: x[m] for a, x in added.items()},
+                                   replace(cfg, aa_splits=0), run, cfg.baseline, case=f" ({name} users)").assign(users=name))
+    return pd.concat(parts, ignore_index=True)
+
+
+SEGMENTS = ("all", "cold", "warm", "heavy")  # sessions by their user's activity before them (`activity`)
+
+
+def activity(ws, market: Market, sessions: np.ndarray, heavy: int) -> np.ndarray:
+    """(S,) each session's segment by its user's clicks and purchases in the log strictly before it:
+    cold (none), warm (fewer than `heavy`) or heavy."""
+    n = engagements_before(ws.table("search_log"), market.user_ids(sessions), market.sess["time"][sessions])
+    return np.where(n == 0, "cold", np.where(n < heavy, "warm", "heavy"))
 
 
 def recall_sets(ws, market: Market, sessions: np.ndarray, cfg: ABConfig, device: str = "cpu", echo=print):
@@ -190,9 +212,9 @@ def recall_sets(ws, market: Market, sessions: np.ndarray, cfg: ABConfig, device:
 
 
 def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cfg: ABConfig, run=None,
-              baseline: str = "control", agree: dict | None = None) -> pd.DataFrame:
+              baseline: str = "control", agree: dict | None = None, case: str = "") -> pd.DataFrame:
     """Expected outcomes per arm -> the table (values, intervals, differences from `baseline`, shares,
-    and per arm `agree`'s figures: the learned ranker against the truth)."""
+    and per arm `agree`'s figures: the learned ranker against the truth); logged per arm + `case`."""
     if baseline not in pages:
         raise ValueError(f"baseline {baseline!r} is not an arm: {', '.join(pages)}")
     bait = market.clickbait
@@ -241,7 +263,7 @@ def summarise(market: Market, sessions: np.ndarray, pages: dict, added: dict, cf
         for r in rows:
             for k, val in r.items():
                 if k != "arm" and not pd.isna(val):
-                    run.log_bench("ab", k, float(val), case_name=r["arm"])
+                    run.log_bench("ab", k, float(val), case_name=r["arm"] + case)
     return df
 
 

@@ -83,7 +83,8 @@ class ABConfig:
     order: str = "ctcvr"  # the ranker's page order: pCTR x pCVR (ctcvr) or pCTR (ctr)
     ranker: str = "model"  # who orders the pages: the workspace's ranker (model), the simulator's truth (oracle: an upper bound), or the truth averaged over users (oracle-query: knows the query, not who asks)
     draws: int = 16  # oracle-query: users its truth is averaged over, drawn as sessions draw them
-    heavy: int = 10  # headroom by user activity: cold users have no earlier click or purchase in the log, warm fewer than this, heavy at least this
+    by_activity: bool = False  # also report each arm for cold, warm and heavy users (see heavy)
+    heavy: int = 10  # by user activity (headroom, --by-activity): cold users have no earlier click or purchase in the log, warm fewer than this, heavy at least this
     personal: bool = True  # decode with the session's user when the generator was trained with users (stage 3)
     split: str = "test"  # the sessions replayed: those of this split's queries (test reports; validation chooses)
     aa_splits: int = 2000  # A/A: random halves of the queries, control against control, to count false positives (0: skip)

@@ -22,18 +22,9 @@ import numpy as np
 import pandas as pd
 
 from workbench.data import splits
-from workbench.data.funnel import engagements_before
 from workbench.data.market import Market
-from workbench.eval.ab import Pager, recall_sets, summarise
+from workbench.eval.ab import SEGMENTS, Pager, activity, recall_sets, summarise
 from workbench.eval.config import ABConfig
-
-SEGMENTS = ("all", "cold", "warm", "heavy")
-
-
-def activity(ws, market: Market, sessions: np.ndarray, heavy: int) -> np.ndarray:
-    """(S,) each session's segment: cold, warm or heavy by its user's earlier clicks and purchases."""
-    n = engagements_before(ws.table("search_log"), market.user_ids(sessions), market.sess["time"][sessions])
-    return np.where(n == 0, "cold", np.where(n < heavy, "warm", "heavy"))
 
 
 def headroom(ws, cfg: ABConfig | None = None, device: str = "cpu", echo=print) -> pd.DataFrame:

@@ -76,11 +76,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TargetWeights:
-    """Stage 2's weight of each source that makes a training query's target SIDs (summed per product;
-    0 drops the source): what the generator is taught to retrieve."""
+    """The weight of each source that makes a training query's target SIDs (stage 2: summed per product;
+    stage 3: each logged purchase's and click's example; 0 drops the source): what the generator is
+    taught to retrieve."""
 
-    purchased: float = WEIGHTS["purchased"]  # stage 2: a logged purchase's weight as a target of its query
-    clicked: float = WEIGHTS["clicked"]  # stage 2: a logged click's weight (click-bait draws clicks without purchases)
+    purchased: float = WEIGHTS["purchased"]  # stages 2 and 3: a logged purchase's weight as a target of its query
+    clicked: float = WEIGHTS["clicked"]  # stages 2 and 3: a logged click's weight (click-bait draws clicks without purchases)
     judged: float = WEIGHTS["judged"]  # stage 2: the weight of a judgment at or above the relevance threshold
 
     def __post_init__(self):

@@ -38,7 +38,7 @@ from workbench import checkpoint, dist, lineage
 from workbench.data import splits
 from workbench.embed import embed_workspace, get_embedder
 from workbench.gen import names, store
-from workbench.gen.config import STAGES, GenConfig, StagesConfig
+from workbench.gen.config import STAGES, GenConfig, StagesConfig, TargetWeights
 from workbench.gen.context import UserContext
 from workbench.gen.data import Pairs, eval_set, item_pairs, item_text, pseudo_pairs, query_pairs, sid_matrix
 from workbench.gen.distill import distill_pairs, teacher
@@ -72,12 +72,19 @@ def init_tree(gen: Generator, ws, sids: pd.DataFrame, device: str = "cpu") -> No
     gen.tree.init_from(sid_matrix(sids), vecs[row.loc[sids["product_id"].to_numpy()].to_numpy()])
 
 
-def personal_pairs(ws, sids: pd.DataFrame, ctx: UserContext) -> Pairs:
-    """Stage 3: one example per click or purchase on a training query, with the user's context then."""
+def personal_pairs(ws, sids: pd.DataFrame, ctx: UserContext, targets: TargetWeights | None = None) -> Pairs:
+    """Stage 3: one example per click or purchase on a training query, with the user's context then,
+    weighted as `targets` weighs a purchase (a bought product was also clicked) and a click; a source of
+    weight 0 gives no examples."""
+    targets = targets or TargetWeights()
     log = ws.table("search_log")
-    ev = log[(log["clicked"] | log["purchased"]) & splits.mask(ws, log["query_id"], "train")]
+    weight = np.where(log["purchased"], targets.purchased, np.where(log["clicked"], targets.clicked, 0.0))
+    ev = log[(weight > 0) & splits.mask(ws, log["query_id"], "train")]
+    if ev.empty:
+        raise ValueError(f"stage 3 has no examples: no training query's {'purchase' if targets.purchased else 'click'} "
+                         f"in the search log (target weights purchased {targets.purchased}, clicked {targets.clicked})")
     ev = ev.merge(ws.table("queries"), on="query_id").merge(sids, on="product_id")
-    return Pairs(ev["query"].astype(str).tolist(), sid_matrix(ev), np.where(ev["purchased"], 2.0, 1.0),
+    return Pairs(ev["query"].astype(str).tolist(), sid_matrix(ev), np.where(ev["purchased"], targets.purchased, targets.clicked),
                  ctx.ids(ev["user_id"], ev["time"]), source="personal")
 
 
@@ -175,7 +182,7 @@ def curriculum(ws, cfg: StagesConfig, device: str = "cpu") -> Curriculum:
     items = item_pairs(ws, sids, embedded_text=cfg.backbone == "sentence")
     pseudo = (lambda: [pseudo_pairs(ws, sids, cfg.pseudo, cfg.train.seed)]) if cfg.pseudo else list
     examples = {1: lambda: Pairs.concat([items, *pseudo()]), 2: lambda: query_examples(ws, sids, cfg, pseudo, device),
-                3: lambda: personal_pairs(ws, sids, ctx)}
+                3: lambda: personal_pairs(ws, sids, ctx, cfg.targets)}
     return Curriculum(sids, index, ctx, eval_set(ws, "validation"), personal_events(ws) if personal else None, items, examples)
 
 
