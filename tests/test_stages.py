@@ -27,7 +27,8 @@ def test_history_is_strictly_before_the_event_and_newest_first():
     tok = {p: 3 + c1 * 4 + c2 for p, c1, c2 in zip(sids["product_id"], sids["sid_1"], sids["sid_2"])}
     got = ctx.ids(["u1", "u1", "u3", "ghost"], pd.to_datetime(["2026-01-03"] * 4, utc=True))
     assert got[0].tolist() == [0, tok["b"], tok["a"]]  # the same-day click on c is not history
-    assert got[2].tolist() == [2, -1, -1] and got[3].tolist() == [-1, -1, -1]
+    assert got[2].tolist() == [-1, -1, -1] and got[3].tolist() == [-1, -1, -1]  # cold (no history) and unknown: anonymous
+    assert ctx.ids(["u2"], pd.to_datetime(["2026-01-03"], utc=True))[0].tolist() == [-1, -1, -1]  # history only from then on
     assert ctx.ids(["u1"])[0].tolist() == [0, tok["c"], tok["b"]]  # now: everything, newest first
     assert ctx.known(["u2", "ghost"]).tolist() == [True, False] and ctx.vocab_size == 3 + 12
 

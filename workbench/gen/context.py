@@ -8,8 +8,10 @@ Each example carries `1 + history` context ids (-1 = empty slot):
                               id = U + c1 * K2 + c2                              [U, U + K1 * K2)
 
 Strictly before: clicks in the same session share its timestamp and are the very products the query
-is about, so they never leak into their own context. An unknown user gets an all-empty context: the
-generator then decodes exactly as without personalisation (`known` says which users were found).
+is about, so they never leak into their own context. An unknown user, and a cold one (no click or
+purchase before the event), get an all-empty context: the generator then decodes exactly as without
+personalisation (`known` says which users were found). A cold user's id slot stays empty too: all
+the model could know of them would come from the log's later events.
 """
 
 from __future__ import annotations
@@ -65,12 +67,13 @@ class UserContext:
         for i, (u, r) in enumerate(zip(user_ids, rows)):
             if r < 0:
                 continue
-            out[i, 0] = r
             s, e = self._span.get(u, (0, 0))
             if t is not None and e > s:
                 e = s + int(np.searchsorted(self._time[s:e], t[i], "left"))
+            if e == s:
+                continue  # cold: no history before the event, the anonymous path
             h = self._token[max(s, e - self.history): e][::-1]  # newest first
-            out[i, 1: 1 + len(h)] = h
+            out[i, 0], out[i, 1: 1 + len(h)] = r, h
         return out
 
 
