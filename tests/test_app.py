@@ -341,7 +341,7 @@ def test_app_ab_page_shows_the_latest_ab_beside_the_paper(spoilt):
     metrics = ("purchases", "gmv", "clicks", "ctr", "cvr")
     for name, scale in (("ab model generator", 1.0), ("ab oracle generator", 2.0)):  # the later run is the one shown
         with ws.logbook().run("ab", {}, name=name) as run:
-            for arm, v in (("logged", 0.4), ("control", 0.5), ("+generator", 0.6)):
+            for arm, v in (("logged", 0.4), ("control", 0.5), ("+generator", 0.6), ("+generator (heavy users)", 0.7)):  # `--by-activity`
                 row = {"sessions": 100, "aa_false_positive_rate": 0.04,
                        **{f"added_{k}_share": 0.1 * (arm == "+generator") for k in app_data.PAPER_SHARES}}
                 row |= {f"{m}{x}": scale * v + d for m in metrics for x, d in (("", 0), ("_lo", -0.01), ("_hi", 0.01))}
@@ -350,7 +350,7 @@ def test_app_ab_page_shows_the_latest_ab_beside_the_paper(spoilt):
                 for k, val in row.items():
                     run.log_bench("ab", k, val, case_name=arm)
     df, meta = app_data.ab_results(ws)
-    assert df["arm"].tolist() == ["logged", "control", "+generator"] and meta["name"] == "ab oracle generator"
+    assert df["arm"].tolist() == ["logged", "control", "+generator"] and meta["name"] == "ab oracle generator"  # no segment rows
     assert df.set_index("arm").loc["+generator", "purchases"] == pytest.approx(1.2)
     at = _app(ws.path)
     at.radio(key="page").set_value("A/B").run()

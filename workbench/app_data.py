@@ -168,7 +168,7 @@ def ab_results(ws: Workspace) -> tuple[pd.DataFrame, dict]:
     if rows.empty:
         return pd.DataFrame(), {}
     last = rows["run_id"].iloc[-1]
-    rows = rows[rows["run_id"] == last]
+    rows = rows[(rows["run_id"] == last) & ~rows["arm"].str.endswith(" users)")]  # every session's rows, not `--by-activity`'s segments
     order = list(dict.fromkeys(rows["arm"]))
     wide = rows.pivot_table(index="arm", columns="metric", values="value").reindex(order).reset_index()
     return wide, {"run_id": last, "name": rows["name"].iloc[0]}

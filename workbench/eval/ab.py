@@ -160,9 +160,7 @@ def run_ab(ws, cfg: ABConfig | None = None, device: str = "cpu", run=None, echo=
     differences from `cfg.baseline`, and the procedure's A/A false-positive rate."""
     cfg = cfg or ABConfig()
     market = Market.from_workspace(ws)
-    sessions = np.flatnonzero(splits.mask(ws, market.sess["qid"] + 1, cfg.split))
-    if len(sessions) == 0:
-        raise ValueError(f"workspace {ws.path} has no sessions on {cfg.split} queries to replay")
+    sessions = replayed(ws, market, cfg.split)
     legacy = market.legacy(max(cfg.recall, market.cfg.page_size))[market.sess["qid"][sessions]]  # (S, R)
     pager = Pager(ws, market, sessions, cfg, device)
     pages = {"logged": legacy[:, : market.cfg.page_size]}
@@ -194,6 +192,14 @@ def activity(ws, market: Market, sessions: np.ndarray, heavy: int) -> np.ndarray
     cold (none), warm (fewer than `heavy`) or heavy."""
     n = engagements_before(ws.table("search_log"), market.user_ids(sessions), market.sess["time"][sessions])
     return np.where(n == 0, "cold", np.where(n < heavy, "warm", "heavy"))
+
+
+def replayed(ws, market: Market, split: str) -> np.ndarray:
+    """The session rows of `split`'s queries (what an A/B replays); a clear error when there are none."""
+    sessions = np.flatnonzero(splits.mask(ws, market.sess["qid"] + 1, split))
+    if len(sessions) == 0:
+        raise ValueError(f"workspace {ws.path} has no sessions on {split} queries to replay")
+    return sessions
 
 
 def recall_sets(ws, market: Market, sessions: np.ndarray, cfg: ABConfig, device: str = "cpu", echo=print):

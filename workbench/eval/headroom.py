@@ -21,9 +21,8 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from workbench.data import splits
 from workbench.data.market import Market
-from workbench.eval.ab import SEGMENTS, Pager, activity, recall_sets, summarise
+from workbench.eval.ab import SEGMENTS, Pager, activity, recall_sets, replayed, summarise
 from workbench.eval.config import ABConfig
 
 
@@ -33,9 +32,7 @@ def headroom(ws, cfg: ABConfig | None = None, device: str = "cpu", echo=print) -
     95% paired intervals."""
     cfg = cfg or ABConfig()
     market = Market.from_workspace(ws)
-    sessions = np.flatnonzero(splits.mask(ws, market.sess["qid"] + 1, cfg.split))
-    if len(sessions) == 0:
-        raise ValueError(f"workspace {ws.path} has no sessions on {cfg.split} queries to replay")
+    sessions = replayed(ws, market, cfg.split)
     seg = activity(ws, market, sessions, cfg.heavy)
     judges = {r: Pager(ws, market, sessions, replace(cfg, ranker=r), device) for r in ("oracle-query", "oracle")}
     rows = []
