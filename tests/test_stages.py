@@ -33,6 +33,35 @@ def test_history_is_strictly_before_the_event_and_newest_first():
     assert ctx.known(["u2", "ghost"]).tolist() == [True, False] and ctx.vocab_size == 3 + 12
 
 
+def test_history_brands_follow_the_history_products_in_the_same_order():
+    sids = pd.DataFrame({"product_id": ["a", "b", "c"], "sid_1": [0, 1, 2], "sid_2": [1, 0, 3], "sid_3": [0, 0, 0]})
+    t = pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03"], utc=True)
+    events = pd.DataFrame({"user_id": ["u1"] * 3, "product_id": ["a", "b", "c"], "time": t})
+    brands = pd.Series(["Xo", None, "Ya"], index=["a", "b", "c"])  # b has no brand: an empty slot
+    ctx = UserContext(pd.Series(["u1", "u2"]), events, sids, (3, 4, 2), history=2, brands=brands)
+    base = 2 + 12  # users, then SID prefixes, then the brands in sorted order: Xo, Ya
+    assert ctx.width == 5 and ctx.vocab_size == base + 2 and ctx.brands
+    assert ctx.ids(["u1"])[0].tolist() == [0, 2 + 2 * 4 + 3, 2 + 1 * 4 + 0, base + 1, -1]  # c then b; Ya then b's none
+    assert ctx.ids(["u1"], pd.to_datetime(["2026-01-03"], utc=True))[0].tolist() == [0, 6, 3, -1, base]
+    assert ctx.ids(["u2"])[0].tolist() == [-1] * 5  # cold: the anonymous path, brand slots too
+    plain = UserContext(pd.Series(["u1", "u2"]), events, sids, (3, 4, 2), history=2)
+    assert plain.width == 3 and not plain.brands and plain.ids(["u1"])[0].tolist() == ctx.ids(["u1"])[0, :3].tolist()
+
+
+def test_history_brands_need_a_brand_column(trained, monkeypatch):
+    from workbench.sid.store import load_sids
+
+    ws = trained[0]
+    sids = load_sids(ws)
+    vocab = (int(sids["sid_1"].max()) + 1, int(sids["sid_2"].max()) + 1)
+    ctx = UserContext.from_workspace(ws, sids, vocab, brands=True)
+    assert ctx.brands and ctx.width == 11 and ctx.vocab_size > UserContext.from_workspace(ws, sids, vocab).vocab_size
+    table = ws.table
+    monkeypatch.setattr(ws, "table", lambda name: table(name).assign(brand=None) if name == "products" else table(name))
+    with pytest.raises(ValueError, match="need a brand per product"):
+        UserContext.from_workspace(ws, sids, vocab, brands=True)
+
+
 def test_replay_mixes_in_a_share_of_earlier_examples():
     cur = Pairs(["q"] * 10, np.zeros((10, 2), int), np.ones(10))
     old = Pairs([f"t{i}" for i in range(50)], np.ones((50, 2), int), np.ones(50))

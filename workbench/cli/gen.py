@@ -41,7 +41,7 @@ MODEL = ("d_model", "n_heads", "dec_layers", "d_ff", "dropout")  # GenConfig fie
 @config_options(StagesConfig, "train.batch_size", "train.lr", "replay", "pseudo", "targets.purchased", "targets.clicked", "targets.judged",
                 "distill", "distill_k", "distill_query_k", flags={f"targets.{s}": f"--target-{s}" for s in ("purchased", "clicked", "judged")})
 @click.option("--name", default=names.DEPLOYED, show_default=True, help="Checkpoint name in <workspace>/gen/.")
-@config_options(StagesConfig, "eval_width")
+@config_options(StagesConfig, "eval_width", "history", "history_brands")
 @click.option("--fresh", is_flag=True, help="Ignore finished and interrupted stages' checkpoints (default: resume).")
 @config_options(StagesConfig, "train.seed")
 @device_option("cpu, cuda (under torchrun: each process its own GPU).")

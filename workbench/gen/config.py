@@ -33,6 +33,7 @@ class GenConfig:
     dropout: float = 0.1  # on residual branches (attention weights are not dropped: slow on CPU, little gain)
     max_len: int = 32  # text tokens kept per input
     context_vocab: int = 0  # ids of optional context tokens (users, history); 0 = none
+    context_brands: bool = False  # context: each history product's brand as a token too (StagesConfig.history_brands)
     embed_dim: int = 384  # sentence backbone: width of the frozen sentence embedding
     slots: int = 4  # sentence backbone: memory vectors the embedding is projected into
     tree: tuple[int, ...] = ()  # sentence backbone: nodes per SID level of the tree head (gen/tree.py); empty: none
@@ -111,6 +112,7 @@ class StagesConfig:
     distill_k: int = 10  # the teacher's top products per pseudo-query
     distill_query_k: int = 10  # the teacher's top products per training query (the text test queries resemble; deeper lists teach the beam's tail)
     history: int = 5  # a user's latest clicks before the search, given to stage 3 as context
+    history_brands: bool = False  # stage 3: also each of those products' brand as a context token (needs products.brand)
     eval_width: int = 32  # beam width of the per-epoch validation Recall@K
 
     def __post_init__(self):

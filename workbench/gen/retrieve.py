@@ -94,7 +94,7 @@ class Retriever:
         if self.model.cfg.context_vocab == 0:
             raise ValueError("this generator was trained without users (stage 3); train with `workbench train --stages 1,2,3`")
         if self._context is None:
-            ctx = UserContext.from_workspace(ws, load_sids(ws), self.index.vocab, history)
+            ctx = UserContext.from_workspace(ws, load_sids(ws), self.index.vocab, history, self.model.cfg.context_brands)
             if ctx.vocab_size != self.model.cfg.context_vocab:
                 raise ValueError("the workspace's users or SIDs changed since the generator was trained; retrain stage 3")
             self._context = ctx

@@ -178,7 +178,7 @@ def curriculum(ws, cfg: StagesConfig, device: str = "cpu") -> Curriculum:
     sids = load_sids(ws)
     index = SIDIndex.load(sid_dir(ws) / "index.parquet")
     personal = 3 in cfg.stages
-    ctx = UserContext.from_workspace(ws, sids, index.vocab, cfg.history) if personal else None
+    ctx = UserContext.from_workspace(ws, sids, index.vocab, cfg.history, cfg.history_brands) if personal else None
     items = item_pairs(ws, sids, embedded_text=cfg.backbone == "sentence")
     pseudo = (lambda: [pseudo_pairs(ws, sids, cfg.pseudo, cfg.train.seed)]) if cfg.pseudo else list
     examples = {1: lambda: Pairs.concat([items, *pseudo()]), 2: lambda: query_examples(ws, sids, cfg, pseudo, device),
@@ -215,7 +215,8 @@ def first_model(ws, cfg: StagesConfig, cur: Curriculum, name: str, device: str) 
     dims = {"embed_dim": tok.dim} if cfg.backbone == "sentence" else {}
     dims.update({"tree": tree_nodes(sid_matrix(cur.sids))} if cfg.tree else {})
     gen_cfg = GenConfig(sid_vocab=tuple(cur.index.vocab), text_vocab=tok.vocab_size, tokenizer=tok.key, backbone=cfg.backbone,
-                        context_vocab=cur.ctx.vocab_size if cur.ctx is not None else 0, **{**(cfg.model or {}), **dims})
+                        context_vocab=cur.ctx.vocab_size if cur.ctx is not None else 0,
+                        context_brands=cur.ctx is not None and cur.ctx.brands, **{**(cfg.model or {}), **dims})
     torch.manual_seed(cfg.train.seed)
     gen = Generator(gen_cfg)
     if cfg.tree:
