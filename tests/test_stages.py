@@ -88,6 +88,18 @@ def test_unknown_users_get_exactly_the_non_personalised_results(trained):
     np.testing.assert_allclose([h.logp for h in plain[0]], [h.logp for h in ghost[0]], atol=1e-5)
 
 
+def test_personal_hit_rates_split_off_the_users_with_a_history(trained):
+    ws, _ = trained
+    r = Retriever.from_workspace(ws)
+    ctx, events = r.users(ws), st.personal_events(ws).head(60)
+    got = st.personal_eval(r, events, ctx, 8, ks=(10,))
+    known = (ctx.ids(events["user_id"], events["time"])[:, 1:] >= 0).any(1)
+    assert got["history_share"] == pytest.approx(known.mean()) and 0 < known.mean() < 1
+    mine = st.personal_eval(r, events[known], ctx, 8, ks=(10,))  # the history events alone: their own rates
+    assert got["personal_hit_history@10"] == pytest.approx(mine["personal_hit@10"])
+    assert got["anonymous_hit_history@10"] == pytest.approx(mine["anonymous_hit@10"]) and mine["history_share"] == 1
+
+
 def test_bad_stage_plans_are_refused(trained, tmp_path):
     ws, _ = trained
     for bad in [(2, 1), (4,), (), (1, 1)]:

@@ -131,14 +131,18 @@ def item_eval(retriever: Retriever, items: Pairs, width: int = 10, n: int = 500,
 
 def personal_eval(retriever: Retriever, events: pd.DataFrame, ctx: UserContext, width: int, ks=(10,)) -> dict:
     """Hit@k of the product each user clicked or bought on an evaluation query (`events`), decoded with that user's
-    context (personal_hit) and without (anonymous_hit), on the same events."""
+    context (personal_hit) and without (anonymous_hit), on the same events; `.._history@k` the same over the
+    events whose user had a history before them (`history_share` of all: a cold user's two lists are one)."""
     texts, target = events["query"].tolist(), events["product_id"].tolist()
     c = torch.as_tensor(ctx.ids(events["user_id"], events["time"]))
-    out = {}
+    known = (c[:, 1:] >= 0).any(1).numpy()  # (n,) a history before the event
+    out = {"history_share": float(known.mean()) if len(known) else float("nan")}
     for key, context in (("personal_hit", c), ("anonymous_hit", torch.full_like(c, -1))):
         ranked = [ranked_products(h) for h in retriever.search(texts, width, context=context)]
         for k in ks:
-            out[f"{key}@{k}"] = float(np.mean([t in r[:k] for r, t in zip(ranked, target)]))
+            hit = np.array([t in r[:k] for r, t in zip(ranked, target)], dtype=float)
+            out[f"{key}@{k}"] = float(hit.mean())
+            out[f"{key}_history@{k}"] = float(hit[known].mean()) if known.any() else float("nan")
     return out
 
 
