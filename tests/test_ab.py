@@ -345,5 +345,7 @@ def test_ab_by_activity_splits_the_same_sessions_and_keeps_the_whole(ranked):
     assert r.exit_code == 0 and "all users (" in r.output and "heavy users (" in r.output, r.output
     r = CliRunner().invoke(main, ["-w", str(ranked.path), "headroom", "--arms", "bm25", "--draws", "2"])
     assert r.exit_code == 0 and "user's worth %" in r.output and "+bm25" in r.output, r.output
+    logged = ranked.logbook().query("SELECT case_name, value FROM bench WHERE bench = 'headroom' AND metric = 'd_purchases'")
+    assert "control all" in set(logged["case_name"]) and "+bm25 all" in set(logged["case_name"])
     r = CliRunner().invoke(main, ["-w", str(ranked.path), "ab", "--arms", "bm25", "--heavy", "1"])
     assert r.exit_code != 0 and "heavy >= 2" in r.output

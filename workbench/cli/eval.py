@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-import pandas as pd
 
 from workbench.ann import KINDS
 from workbench.cli.options import apply, config_options, device_option, embedder_option, ws_of
@@ -90,24 +89,13 @@ def headroom(ctx, device, as_json, **kw) -> None:
     both, and the user's worth in % with paired intervals, for every session and by the user's activity
     before it (cold: no earlier click or purchase; warm; heavy: at least --heavy). The ceiling of personalisation."""
     from workbench.eval.headroom import headroom as run_headroom
+    from workbench.eval.headroom import table
 
     ws = ws_of(ctx).require()
     cfg = apply(ctx, ABConfig(), kw)
     Market.from_workspace(ws)  # a workspace without a simulator is refused before a run is logged
     with ws.logbook().run("headroom", {"ab": cfg, "device": device}, name=f"headroom {','.join(cfg.arms)}") as run:
-        df = run_headroom(ws, cfg, device, echo=(lambda *_: None) if as_json else click.echo)
-        for _, r in df.iterrows():
-            for k in ("sessions", "purchases_query", "purchases_user", "gmv_query", "gmv_user", "d_purchases",
-                      "d_purchases_lo", "d_purchases_hi", "d_gmv", "d_gmv_lo", "d_gmv_hi"):
-                run.log_bench("headroom", k, float(r[k]), case_name=f"{r['recall_set']} {r['segment']}")
-    if as_json:
-        click.echo(df.to_json(orient="records", indent=1))
-        return
-    out = pd.DataFrame({"recall set": df["recall_set"], "users": df["segment"], "sessions": df["sessions"],
-                        "purchases, query oracle": df["purchases_query"].map("{:.4f}".format),
-                        "purchases, user oracle": df["purchases_user"].map("{:.4f}".format),
-                        "user's worth %": [f"{r.d_purchases:+.2f} [{r.d_purchases_lo:+.2f}, {r.d_purchases_hi:+.2f}]" for r in df.itertuples()],
-                        "GMV %": [f"{r.d_gmv:+.2f} [{r.d_gmv_lo:+.2f}, {r.d_gmv_hi:+.2f}]" for r in df.itertuples()]})
-    click.echo(f"\n{cfg.split} sessions; cold: no click or purchase in the log before the session, warm: fewer than "
-               f"{cfg.heavy}, heavy: at least {cfg.heavy}; 95% paired jackknife t intervals over whole queries\n"
-               + out.to_string(index=False))
+        df = run_headroom(ws, cfg, device, run=run, echo=(lambda *_: None) if as_json else click.echo)
+    click.echo(df.to_json(orient="records", indent=1) if as_json else
+               f"\n{cfg.split} sessions; cold: no click or purchase in the log before the session, warm: fewer than "
+               f"{cfg.heavy}, heavy: at least {cfg.heavy}; 95% paired jackknife t intervals over whole queries\n" + table(df))

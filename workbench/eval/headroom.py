@@ -25,11 +25,14 @@ from workbench.data.market import Market
 from workbench.eval.ab import SEGMENTS, Pager, activity, recall_sets, replayed, summarise
 from workbench.eval.config import ABConfig
 
+LOGGED = ("sessions", "purchases_query", "purchases_user", "gmv_query", "gmv_user",
+          *(f"d_{k}{s}" for k in ("purchases", "gmv") for s in ("", "_lo", "_hi")))  # each row's figures in the logbook
 
-def headroom(ws, cfg: ABConfig | None = None, device: str = "cpu", echo=print) -> pd.DataFrame:
+
+def headroom(ws, cfg: ABConfig | None = None, device: str = "cpu", run=None, echo=print) -> pd.DataFrame:
     """One row per (candidate set, segment): sessions, purchases and GMV per session of the query-only
     oracle's pages and of the user-aware oracle's, and the user's worth `d_purchases` / `d_gmv` in % with
-    95% paired intervals."""
+    95% paired intervals; each row to `run`'s bench table (bench `headroom`) when given."""
     cfg = cfg or ABConfig()
     market = Market.from_workspace(ws)
     sessions = replayed(ws, market, cfg.split)
@@ -50,4 +53,19 @@ def headroom(ws, cfg: ABConfig | None = None, device: str = "cpu", echo=print) -
                          "purchases_query": q["purchases"], "purchases_user": u["purchases"],
                          "gmv_query": q["gmv"], "gmv_user": u["gmv"],
                          **{f"d_{k}{s}": u[f"d_{k}{s}"] for k in ("purchases", "gmv") for s in ("", "_lo", "_hi")}})
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if run is not None:
+        for r in rows:
+            for k in LOGGED:
+                run.log_bench("headroom", k, float(r[k]), case_name=f"{r['recall_set']} {r['segment']}")
+    return df
+
+
+def table(df: pd.DataFrame) -> str:
+    """The headroom table as text: purchases per session of both oracles, the user's worth in % with its interval."""
+    out = pd.DataFrame({"recall set": df["recall_set"], "users": df["segment"], "sessions": df["sessions"],
+                        "purchases, query oracle": df["purchases_query"].map("{:.4f}".format),
+                        "purchases, user oracle": df["purchases_user"].map("{:.4f}".format),
+                        "user's worth %": [f"{r.d_purchases:+.2f} [{r.d_purchases_lo:+.2f}, {r.d_purchases_hi:+.2f}]" for r in df.itertuples()],
+                        "GMV %": [f"{r.d_gmv:+.2f} [{r.d_gmv_lo:+.2f}, {r.d_gmv_hi:+.2f}]" for r in df.itertuples()]})
+    return out.to_string(index=False)

@@ -78,13 +78,13 @@ def personal_pairs(ws, sids: pd.DataFrame, ctx: UserContext, targets: TargetWeig
     weight 0 gives no examples."""
     targets = targets or TargetWeights()
     log = ws.table("search_log")
-    weight = np.where(log["purchased"], targets.purchased, np.where(log["clicked"], targets.clicked, 0.0))
-    ev = log[(weight > 0) & splits.mask(ws, log["query_id"], "train")]
+    log = log.assign(weight=np.where(log["purchased"], targets.purchased, np.where(log["clicked"], targets.clicked, 0.0)))
+    ev = log[(log["weight"] > 0) & splits.mask(ws, log["query_id"], "train")]
     if ev.empty:
         raise ValueError(f"stage 3 has no examples: no training query's {'purchase' if targets.purchased else 'click'} "
                          f"in the search log (target weights purchased {targets.purchased}, clicked {targets.clicked})")
     ev = ev.merge(ws.table("queries"), on="query_id").merge(sids, on="product_id")
-    return Pairs(ev["query"].astype(str).tolist(), sid_matrix(ev), np.where(ev["purchased"], targets.purchased, targets.clicked),
+    return Pairs(ev["query"].astype(str).tolist(), sid_matrix(ev), ev["weight"].to_numpy(float),
                  ctx.ids(ev["user_id"], ev["time"]), source="personal")
 
 
