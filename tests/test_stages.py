@@ -190,3 +190,26 @@ def test_stage_3_examples_follow_the_target_weights(trained):
     assert len(heavy) == len(both) and sorted(set(heavy.weight)) == [0.5, 5.0]
     with pytest.raises(ValueError, match="stage 3 has no examples"):
         st.personal_pairs(ws, sids, ctx, TargetWeights(purchased=0, clicked=0, judged=1))
+
+
+def test_stage_3_context_never_holds_its_own_session(trained):
+    """Each training example's history is what the user did before the session: rebuilt from a log with that
+    session's rows removed, it is the same (a same-session click or purchase would change it)."""
+    from workbench.sid.store import load_sids
+
+    ws, _ = trained
+    sids = load_sids(ws)
+    vocab = (int(sids["sid_1"].max()) + 1, int(sids["sid_2"].max()) + 1)
+    ctx = UserContext.from_workspace(ws, sids, vocab, history=3, brands=True)
+    log = ws.table("search_log")
+    train = log[(log["clicked"] | log["purchased"]) & st.splits.mask(ws, log["query_id"], "train")]
+    train = train.merge(sids[["product_id"]], on="product_id")
+    assert (st.personal_pairs(ws, sids, ctx).context == ctx.ids(train["user_id"], train["time"])).all()  # the frame's rows
+    ev = log[log["clicked"] | log["purchased"]][["session_id", "user_id", "product_id", "time"]]
+    sessions = train.groupby("session_id").head(1)
+    sessions = sessions[ctx.ids(sessions["user_id"], sessions["time"])[:, 0] >= 0].sample(25, random_state=0)
+    products = ws.table("products")
+    brands = pd.Series(products["brand"].to_numpy(), index=products["product_id"].to_numpy())
+    for _, s in sessions.iterrows():
+        without = UserContext(ws.table("users")["user_id"], ev[ev["session_id"] != s["session_id"]], sids, vocab, 3, brands)
+        assert (without.ids([s["user_id"]], [s["time"]]) == ctx.ids([s["user_id"]], [s["time"]])).all(), s["session_id"]
