@@ -52,6 +52,17 @@ def test_labels_without_categories_and_bad_inputs():
     assert labels.label(None, np.nan, "") == "(no label)"
 
 
+def test_clusters_whose_products_have_no_category_are_labelled_by_their_words():
+    """Amazon Scientific has products without a category; a cluster of only those has no category (it
+    used to crash the SID training's label step with "'float' object has no attribute 'split'")."""
+    products, sids = toy()
+    products.loc[5:, "category"] = np.nan  # the mowers' cluster: no category at all
+    lab = labels.compute(products, sids, levels=2).set_index("prefix")
+    assert pd.isna(lab.loc["1", "category"]) and lab.loc["1", "label"] in ("lawn, mower", "mower, lawn")
+    assert lab.loc["0", "label"].startswith("Drills 80% · ")
+    assert labels.label(np.nan, np.nan, "drill") == "drill"
+
+
 def test_labels_are_stored_with_the_sids_and_follow_them(trained_copy):
     ws = trained_copy
     stored = pd.read_parquet(ws.path / "sid" / "labels.parquet").set_index("prefix")

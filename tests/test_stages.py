@@ -12,11 +12,11 @@ from tests.conftest import TINY
 from workbench import Workspace
 from workbench.gen import stages as st
 from workbench.gen import store
-from workbench.gen.config import TrainConfig
+from workbench.gen.config import ChannelConfig, TrainConfig
 from workbench.gen.context import UserContext
 from workbench.gen.data import Pairs, item_pairs
 from workbench.gen.model import Generator
-from workbench.gen.retrieve import Retriever
+from workbench.gen.retrieve import Channel, Generative, Retriever
 
 
 def test_history_is_strictly_before_the_event_and_newest_first():
@@ -213,3 +213,33 @@ def test_stage_3_context_never_holds_its_own_session(trained):
     for _, s in sessions.iterrows():
         without = UserContext(ws.table("users")["user_id"], ev[ev["session_id"] != s["session_id"]], sids, vocab, 3, brands)
         assert (without.ids([s["user_id"]], [s["time"]]) == ctx.ids([s["user_id"]], [s["time"]])).all(), s["session_id"]
+
+
+def test_the_user_gate_runs_from_anonymous_to_personal(trained):
+    """gate 0 decodes exactly the anonymous beams, gate 1 exactly the personal ones, and between them the
+    mixture's own (every SID still in the index)."""
+    ws, _ = trained
+    r = Retriever.from_workspace(ws)
+    events = st.personal_events(ws)
+    ctx = r.users(ws).ids(events["user_id"], events["time"])
+    events, ctx = events[ctx[:, 1] >= 0].head(24), torch.as_tensor(ctx[ctx[:, 1] >= 0][:24])  # users with a history
+    assert len(events) == 24
+    texts = events["query"].tolist()
+
+    def beams(**kw):
+        return [[(h.sid, round(h.logp, 4)) for h in hits] for hits in r.search(texts, 8, **kw)]
+
+    anon, personal = beams(context=torch.full_like(ctx, -1)), beams(context=ctx)
+    assert anon != personal  # the user term moves something, else the gate has nothing to weigh
+    assert beams(context=ctx, gate=0.0) == anon and beams(context=ctx, gate=1.0) == personal
+    half = r.search(texts, 8, context=ctx, gate=0.5)
+    assert all(r.index.rows(np.array([h.sid for h in hits])).min() >= 0 for hits in half)
+    assert [[h.sid for h in hits] for hits in half] not in ([[s for s, _ in b] for b in anon], [[s for s, _ in b] for b in personal])
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="gate must lie in"):
+            r.search(texts[:2], 4, context=ctx[:2], gate=bad)
+        with pytest.raises(ValueError, match="user gate must lie in"):
+            ChannelConfig(user_gate=bad)
+    # the channel as served and simulated (engine, ab) decodes a user's search through its config's gate
+    closed = Generative(r, Channel(ChannelConfig(order="popularity", user_gate=0.0)), 8)
+    assert [[(h.sid, round(h.logp, 4)) for h in hits] for hits in closed.hits(texts, ctx)] == anon

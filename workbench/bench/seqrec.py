@@ -62,15 +62,19 @@ def history_tokens(hist: list[np.ndarray], offsets: np.ndarray, history: int) ->
 
 
 def examples(seqs: pd.Series, split: str, titles: pd.Series, code_of: dict, offsets: np.ndarray,
-             history: int, n_titles: int = 1) -> tuple[Pairs, list[str]]:
-    """Pairs for 'train' (targets i_2..i_{n-2}), 'valid' (i_{n-1}) or 'test' (i_n); and the targets."""
+             history: int, n_titles: int = 1, queries: pd.Series | None = None) -> tuple[Pairs, list[str]]:
+    """Pairs for 'train' (targets i_2..i_{n-2}), 'valid' (i_{n-1}) or 'test' (i_n); and the targets.
+    With `queries` (product id -> query text) the text is the target's query instead of the history's
+    titles (personalised search, `bench.psearch`), and a target without a query is skipped."""
     text, target_codes, ctx, targets = [], [], [], []
     for items in seqs:
         n = len(items)
         positions = {"train": range(1, n - 2), "valid": [n - 2], "test": [n - 1]}[split]
         for t in positions:
             hist = items[:t]
-            text.append(" | ".join(titles[p] for p in hist[::-1][:n_titles]))
+            if queries is not None and not queries.get(items[t]):
+                continue
+            text.append(queries[items[t]] if queries is not None else " | ".join(titles[p] for p in hist[::-1][:n_titles]))
             target_codes.append(code_of[items[t]])
             ctx.append(history_tokens([code_of[p] for p in hist], offsets, history))
             targets.append(items[t])

@@ -17,6 +17,7 @@ from workbench.bench.data import DATASETS, bench_workspace, embed_speed, synth_s
 from workbench.bench.dist import JOBS as DIST_JOBS
 from workbench.bench.dist import throughput as dist_throughput
 from workbench.bench.pages import tour
+from workbench.bench.psearch import run as psearch_run
 from workbench.bench.rl import compare
 from workbench.bench.seqrec import run_case, sequences, sid_table
 from workbench.bench.serve import batching_gain, capacity, grow
@@ -194,6 +195,52 @@ def bench_seqrec(ctx, datasets_dir, indexes, codebook_sizes, epochs, d_model, la
                     metric, _, k = key.partition("@")
                     run.log_eval(metric, value, k=int(k), dataset="scientific leave-last-out", method=f"generator on {name}")
         report("seqrec", rows, run, params=params, device=device_name(device))
+
+
+@bench.command(name="psearch")
+@click.option("--datasets", "datasets_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the real data sets (default: ../shared/datasets beside the repository).")
+@click.option("--index", "index_name", type=click.Choice(["cq-sid", "rqvae_native", "letter_native"]), default="cq-sid",
+              show_default=True, help="SIDs to decode: ours (trained in the bench workspace if missing) or a published index.")
+@click.option("--codebook-sizes", default="256,256,256", show_default=True, help="CQ-SID's, when it is trained here.")
+@click.option("--epochs", default="10,10,10", show_default=True, help="Epochs of stages 1 (items), 2 (queries), 3 (+ user).")
+@click.option("--d-model", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--width", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--history", type=click.IntRange(min=1), default=5, show_default=True, help="History products given as SID tokens.")
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Hit@K and NDCG@K.")
+@embedder_option()
+@device_option()
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def bench_psearch(ctx, datasets_dir, index_name, codebook_sizes, epochs, d_model, layers, width, history, k, embedder, device,
+                  seed) -> None:
+    """Personalised search on Amazon Scientific (category-path queries, leave-last-out): does the user's
+    history raise hit@K over the same query without it? Separate and same-model anonymous, and a gate."""
+    ws = bench_workspace("scientific", datasets_dir)
+    e = ints(epochs)
+    if len(e) != 3:
+        raise click.BadParameter(f"three epoch counts (stages 1, 2, 3), got {epochs!r}", param_hint="--epochs")
+    products = ws.table("products")
+    if index_name == "cq-sid":
+        if check(ws, "sid"):
+            emb = get_embedder(embedder, device)
+            train_workspace(ws, CQSIDConfig(model=RQVAEConfig(input_dim=emb.dim, codebook_sizes=ints(codebook_sizes)),
+                                            seed=seed), emb, device)
+        sids = load_sids(ws)
+    else:
+        path = (datasets_dir or DATASETS) / "amazon_scientific" / f"{index_name}__Scientific.index.json"
+        sids = sid_table(products["product_id"], lcrec_index(path, products["product_id"].to_numpy()))
+    seqs = sequences(ws.table("interactions"))
+    model = {"d_model": d_model, "enc_layers": layers, "dec_layers": layers, "n_heads": 4, "d_ff": 4 * d_model}
+    params = {"index": index_name, "epochs": e, "model": model, "width": width, "history": history, "k": k, "seed": seed}
+    with ws.logbook().run("bench", {"bench": "psearch", **params, "device": device}, seed=seed) as run:
+        rows, facts = psearch_run(products, seqs, sids, model, TrainConfig(seed=seed), tuple(e), history, width, k, device, run)
+        for row in rows:
+            for metric in ("hit", "ndcg"):
+                run.log_eval(metric, row[f"{metric}@{k}"], k=k, dataset="scientific category queries, leave-last-out",
+                             method=row["search"])
+        report("psearch", rows, run, case_key="search", params={**params, **facts}, device=device_name(device))
 
 
 @bench.command(name="backbone")

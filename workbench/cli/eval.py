@@ -47,7 +47,7 @@ def eval_(ctx, judgments_csv, threshold, embedder, device, as_json, **kw) -> Non
 
 
 @click.command()
-@config_options(ABConfig, "arms", "baseline", "ranker", "order", "recall", "supplement", "width", "channel.logp_weight", "channel.popularity_weight", "channel.pool",
+@config_options(ABConfig, "arms", "baseline", "ranker", "order", "recall", "supplement", "width", "channel.logp_weight", "channel.popularity_weight", "channel.pool", "channel.user_gate",
                 "personal", "split", "draws", "by_activity", "heavy",
                 "aa_splits", "seed",
                 choices={"ranker": RANKERS, "order": AB_ORDERS, "split": SPLITS})

@@ -10,6 +10,11 @@ Width 1 is constrained greedy decoding (`greedy`, the reference). When fewer val
 beams (a small index, or a width larger than it), the extra slots come back with logp = -inf and
 valid = False, never an invalid SID. `constrained=False` decodes the same way without the trie,
 for measuring what the constraint costs; its SIDs may not exist.
+
+With `anonymous` (the same queries' memory without their user context) a level's log-probabilities
+are a residual on the user term, log_softmax(lp_anon + gate x (lp_user - lp_anon)): gate 0 decodes
+exactly as without the user, 1 exactly as with, in between a geometric mixture of the two. Both
+decoders follow the same beams (their caches are reordered together); the cost is one more step.
 """
 
 from __future__ import annotations
@@ -48,20 +53,31 @@ def check(model: Generator, trie: Trie | None, width: int) -> None:
 
 
 @torch.no_grad()
-def beam_search(model: Generator, mem: Memory, trie: Trie | None, width: int, constrained: bool = True) -> Beams:
+def beam_search(model: Generator, mem: Memory, trie: Trie | None, width: int, constrained: bool = True,
+                anonymous: Memory | None = None, gate: float = 1.0) -> Beams:
     """Top-`width` SIDs per query of `mem` (B queries); `trie` may be None only when not constrained."""
     if constrained and trie is None:
         raise ValueError("constrained beam search needs a trie (compile_trie(index))")
     check(model, trie if constrained else None, width)
+    if not 0.0 <= gate <= 1.0:  # also refuses NaN
+        raise ValueError(f"the user term's gate must lie in [0, 1], got {gate!r}")
+    if anonymous is not None and anonymous.batch != mem.batch:
+        raise ValueError(f"the anonymous memory holds {anonymous.batch} queries, the personal one {mem.batch}")
+    mix = anonymous is not None and gate < 1.0
     B, L, dev = mem.batch, model.cfg.levels, mem.mask.device
     score = torch.zeros(B, 1, device=dev)  # (B, W) running path log-probability
     node = torch.zeros(B, 1, dtype=torch.long, device=dev)  # (B, W) trie node of each beam's prefix
     seq = torch.zeros(B, 1, 0, dtype=torch.long, device=dev)  # (B, W, t) codes so far
-    cache = None
+    cache = anon_cache = None
     for t in range(L):
         W = score.shape[1]
         logits, cache = model.step(mem, seq if t else None, t, cache, W)  # (B, W, K)
-        cand = score[..., None] + torch.log_softmax(logits.float(), -1)  # (B, W, K)
+        lp = torch.log_softmax(logits.float(), -1)
+        if mix:
+            anon, anon_cache = model.step(anonymous, seq if t else None, t, anon_cache, W)
+            anon = torch.log_softmax(anon.float(), -1)
+            lp = torch.log_softmax(anon + gate * (lp - anon), -1)
+        cand = score[..., None] + lp  # (B, W, K)
         if constrained:
             cand = cand.masked_fill(~trie.valid_mask(t, node.clamp_min(0)), float("-inf"))
         K = cand.shape[-1]
@@ -74,6 +90,7 @@ def beam_search(model: Generator, mem: Memory, trie: Trie | None, width: int, co
         if t + 1 < L:  # reorder each layer's self-attention cache to the surviving beams
             flat = (parent + torch.arange(B, device=dev)[:, None] * W).flatten()  # (B*W',) rows of (B*W, ...)
             cache = [(k[flat], v[flat]) for k, v in cache]
+            anon_cache = [(k[flat], v[flat]) for k, v in anon_cache] if mix else None
     return Beams(seq, score, node if constrained else None)
 
 

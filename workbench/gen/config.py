@@ -148,8 +148,11 @@ class ChannelConfig:
     popularity_weight: float = 0.0  # cosine order: + this x log(1 + the product's purchases x 2 + clicks on training queries)
     pool: int = 16  # cosine order: score the beam's first pool x budget products and keep the best budget (1: the first budget, in beam order)
     query_dtype: str = "float32"  # cosine order: the query encoder computes in this (bfloat16: faster on CPUs with AVX512-BF16)
+    user_gate: float = 1.0  # a user's search: the user term's weight, 0 (decode as anonymous) to 1 (as trained); choose it on validation
 
     def __post_init__(self):
+        if not 0.0 <= self.user_gate <= 1.0:  # also refuses NaN
+            raise ValueError(f"the user gate must lie in [0, 1], got {self.user_gate!r}")
         if self.budget < 1:
             raise ValueError(f"the channel's budget must be >= 1 product, got {self.budget}")
         if self.pool < 1:

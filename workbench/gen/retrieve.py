@@ -107,17 +107,19 @@ class Retriever:
         return torch.as_tensor(ctx.ids(user_ids)), ctx.known(user_ids)
 
     @torch.no_grad()
-    def decode(self, texts: list[str], width: int, context: torch.Tensor | None = None) -> Beams:
+    def decode(self, texts: list[str], width: int, context: torch.Tensor | None = None, gate: float = 1.0) -> Beams:
+        """Beams of `texts` (+ `context`); `gate` < 1 weighs the user term down (`beam_search`)."""
         ids, mask = self.tok.encode(texts, self.model.cfg.max_len, self.device)
         mem = self.model.memory(ids, mask, None if context is None else context.to(self.device))
-        return beam_search(self.model, mem, self.trie, width)
+        anon = self.model.memory(ids, mask, torch.full_like(context, -1).to(self.device)) if context is not None and gate < 1 else None
+        return beam_search(self.model, mem, self.trie, width, anonymous=anon, gate=gate)
 
     def search(self, texts: list[str], width: int, context: torch.Tensor | None = None,
-               batch_size: int = 64) -> list[list[Hit]]:
+               batch_size: int = 64, gate: float = 1.0) -> list[list[Hit]]:
         out = []
         for s in range(0, len(texts), batch_size):
             ctx = None if context is None else context[s:s + batch_size]
-            for hits in self.decode(texts[s:s + batch_size], width, ctx).to_lists():
+            for hits in self.decode(texts[s:s + batch_size], width, ctx, gate).to_lists():
                 out.append([Hit(sid, lp, self.lookup(row)) for sid, lp, row in hits])
         return out
 
@@ -261,7 +263,7 @@ class Generative:
     def _search(self, queries, context=None) -> list[list[Hit]]:
         model = self.retriever.model
         with model.using(*self.terms) if self.terms else nullcontext():
-            return self.retriever.search(list(queries), self.width, context=context)
+            return self.retriever.search(list(queries), self.width, context=context, gate=self.channel.cfg.user_gate)
 
     def scored(self, queries: list[str], budget: int, context: torch.Tensor | None = None) -> list[tuple[list[str], np.ndarray]]:
         return self.channel.scored(list(queries), self.hits(queries, context), budget)

@@ -123,8 +123,8 @@ def dominant(cats: pd.Series, cluster: np.ndarray, n: int, min_share: float) -> 
 
 
 def label(category: str | None, share: float, terms: str) -> str:
-    """'Lawn Mowers 92% · self-propelled, mulching' (the category's leaf)."""
-    head = f"{category.split(' > ')[-1]} {share:.0%}" if category else ""
+    """'Lawn Mowers 92% · self-propelled, mulching' (the category's leaf); the terms alone without one."""
+    head = f"{category.split(' > ')[-1]} {share:.0%}" if isinstance(category, str) and category else ""
     return " · ".join(x for x in (head, terms) if x) or "(no label)"
 
 
