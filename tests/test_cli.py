@@ -269,3 +269,37 @@ def test_a_verb_runs_the_command_it_lazily_loads_and_its_summary_is_clicks():
         assert summary(verb) == cmd.get_short_help_str(), verb  # --help's line, read without importing, is click's own
     r = CliRunner().invoke(main, ["nope"])
     assert r.exit_code == 2 and "No such command 'nope'" in r.output
+
+
+BAD_NAMES = ["../sid/rqvae", "a/b", "..", ".hidden", "", "x y", "a\\b", "n" * 121]
+NAMED = [  # every way a verb takes a generator's name
+    ["train", "--stages", "1", "--epochs", "1", "--fresh", "--name"], ["rl", "--steps", "1", "--name"],
+    ["gen", "search", "drill", "--name"], ["gen", "rank", "--name"], ["gen", "rank", "--out"],
+    ["batch", "decode", "in.parquet", "out.parquet", "--model"], ["eval", "--name"], ["serve", "--name"],
+    ["ab", "--arms"],
+]
+
+
+@pytest.mark.parametrize("verb", NAMED, ids=lambda v: " ".join(v[:2]))
+def test_names_are_names_on_every_verb(trained_copy, verb):
+    """A name that is a path (or empty, or odd) is refused before anything runs, and nothing in or beside the
+    workspace changes (`train --name ../sid/rqvae` used to overwrite the SID model with a generator)."""
+    from workbench.gen import names, store
+
+    ws = trained_copy
+
+    def files():
+        return {p: p.stat().st_mtime_ns for p in ws.path.parent.rglob("*") if p.is_file() and "logbook" not in p.name}
+
+    before = files()
+    for bad in BAD_NAMES:
+        arg = f"dense+{bad}" if verb[0] == "ab" else bad
+        r = CliRunner().invoke(main, ["-w", str(ws.path), *verb, arg])
+        why = "joined by +" if verb[0] == "ab" and not bad else "is not a name"  # 'dense+' has an empty part
+        assert r.exit_code in (1, 2) and why in r.output, (verb, bad, r.output[-500:])
+        assert "Traceback" not in r.output
+    assert files() == before
+    for bad in BAD_NAMES:  # the Python API: every path made from a name is checked
+        with pytest.raises(ValueError, match="is not a name"):
+            store.checkpoint_path(ws, bad)
+    assert names.check("generator-stage2.partial") == "generator-stage2.partial"

@@ -84,6 +84,7 @@ class ServeConfig:
 
     def __post_init__(self):
         check_dtype(self.query_dtype)
+        names.check(self.name)
         bad = set(self.channels) - set(CHANNELS)
         if not self.channels or bad:
             raise ValueError(f"channels must be some of {CHANNELS}, got {self.channels}")

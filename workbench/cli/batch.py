@@ -8,7 +8,7 @@ import click
 
 from workbench import batch as b
 from workbench import dist
-from workbench.cli.options import apply, config_options, device_option, embedder_option, ws_of
+from workbench.cli.options import NAME, apply, config_options, device_option, embedder_option, ws_of
 from workbench.embed import get_embedder
 from workbench.eval.width import served_width
 from workbench.gen import names
@@ -79,7 +79,7 @@ def sids(ctx, src, dst, chunk, device, vectors) -> None:
 @click.option("--width", type=click.IntRange(min=1), default=None,
               help="Beam width [default: the width the workspace serves: its sweep's choice, else the stated default].")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="SIDs kept per row.")
-@click.option("--model", "name", default=names.DEPLOYED, show_default=True)
+@click.option("--model", "name", type=NAME, default=names.DEPLOYED, show_default=True)
 @click.option("--products", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also keep the channel's first N products per row (the decoded SIDs' products, ranked inside).")
 @config_options(ChannelConfig, "budget", "order", "logp_weight", "popularity_weight", "pool", choices={"order": ORDERS})

@@ -6,7 +6,7 @@ import click
 import pandas as pd
 
 from workbench import dist, recipes
-from workbench.cli.options import apply, config_options, device_option, embedder_option, given, recipe_option, ws_of
+from workbench.cli.options import NAME, apply, config_options, device_option, embedder_option, given, recipe_option, ws_of
 from workbench.cli.rl import ensure_ranker
 from workbench.engine import MAX_WIDTH
 from workbench.eval.width import DEFAULT_WIDTH, served
@@ -40,7 +40,7 @@ MODEL = ("d_model", "n_heads", "dec_layers", "d_ff", "dropout")  # GenConfig fie
                 help={"dec_layers": "Decoder layers (and scratch encoder layers)."})
 @config_options(StagesConfig, "train.batch_size", "train.lr", "replay", "pseudo", "targets.purchased", "targets.clicked", "targets.judged",
                 "distill", "distill_k", "distill_query_k", flags={f"targets.{s}": f"--target-{s}" for s in ("purchased", "clicked", "judged")})
-@click.option("--name", default=names.DEPLOYED, show_default=True, help="Checkpoint name in <workspace>/gen/.")
+@click.option("--name", type=NAME, default=names.DEPLOYED, show_default=True, help="Checkpoint name in <workspace>/gen/.")
 @config_options(StagesConfig, "eval_width", "history", "history_brands")
 @click.option("--fresh", is_flag=True, help="Ignore finished and interrupted stages' checkpoints (default: resume).")
 @config_options(StagesConfig, "train.seed")
@@ -118,7 +118,7 @@ def gen() -> None:
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="SIDs (and channel products) to show per query.")
 @config_options(ChannelConfig, "budget", "order", "logp_weight", "popularity_weight", "pool", choices={"order": ORDERS})
 @click.option("--user", default=None, help="Personalise for this user id (a generator trained with stage 3).")
-@click.option("--name", default=names.DEPLOYED, show_default=True)
+@click.option("--name", type=NAME, default=names.DEPLOYED, show_default=True)
 @device_option()
 @click.pass_context
 def search(ctx, queries, width, top, user, name, device, **kw):
@@ -149,8 +149,8 @@ def search(ctx, queries, width, top, user, name, device, **kw):
 
 
 @gen.command()
-@click.option("--name", default=names.DEPLOYED, show_default=True, help="The generator to start from.")
-@click.option("--out", default=None, help="Name of the result [default: NAME-rank]; the deployed generator is never overwritten.")
+@click.option("--name", type=NAME, default=names.DEPLOYED, show_default=True, help="The generator to start from.")
+@click.option("--out", type=NAME, default=None, help="Name of the result [default: NAME-rank]; the deployed generator is never overwritten.")
 @config_options(RankConfig, "width", "epochs", "batch_size", "lr", "max_targets", "negatives", "seed")
 @config_options(TargetWeights, "purchased", "clicked", "judged", flags={s: f"--target-{s}" for s in ("purchased", "clicked", "judged")})
 @device_option()

@@ -20,6 +20,7 @@ import click
 from click.core import ParameterSource
 
 from workbench.config import field_default, field_doc, field_type, replace_path, replace_paths
+from workbench.gen import names as gen_names
 from workbench.recipes import RECIPES
 from workbench.workspace import Workspace
 
@@ -38,6 +39,21 @@ def ints(text: str, low: int = 1) -> tuple[int, ...]:
 def names(text: str) -> tuple[str, ...]:
     """'a, b' -> ('a', 'b')."""
     return tuple(v.strip() for v in str(text).split(",") if v.strip())
+
+
+class Name(click.ParamType):
+    """A generator's name (`gen.names.check`): refused at parse time, before anything runs."""
+
+    name = "name"
+
+    def convert(self, value, param, ctx):
+        try:
+            return gen_names.check(value, "name")
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+NAME = Name()
 
 
 def ws_of(ctx: click.Context) -> Workspace:

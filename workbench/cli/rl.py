@@ -6,7 +6,7 @@ import click
 import pandas as pd
 
 from workbench import recipes
-from workbench.cli.options import apply, config_options, device_option, embedder_option, recipe_option, ws_of
+from workbench.cli.options import NAME, apply, config_options, device_option, embedder_option, recipe_option, ws_of
 from workbench.gen import names
 from workbench.logbook import tagged
 from workbench.pipeline import check
@@ -19,7 +19,7 @@ def rl_options(name_help: str):
     def deco(f):
         f = device_option()(f)
         f = embedder_option("For the ranker, if it has to be trained.")(f)
-        f = click.option("--name", default=names.DEPLOYED, show_default=True, help=name_help)(f)
+        f = click.option("--name", type=NAME, default=names.DEPLOYED, show_default=True, help=name_help)(f)
         return _rl_fields(f)
     return deco
 

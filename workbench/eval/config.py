@@ -40,6 +40,7 @@ class EvalConfig:
     device: str = "cpu"
 
     def __post_init__(self):
+        names.check(self.generator)
         bad = set(self.methods) - set(METHODS)
         if bad:
             raise ValueError(f"unknown methods {sorted(bad)}; choose from {', '.join(METHODS)}")
@@ -95,6 +96,9 @@ class ABConfig:
             raise ValueError(f"arms must be distinct channel names (logged and control are always run), got {self.arms}")
         if any(not part for arm in self.arms for part in arm.split("+")):
             raise ValueError(f"an arm is channel names joined by +, e.g. dense+generator; got {self.arms}")
+        for arm in self.arms:
+            for part in arm.split("+"):
+                names.check(part.partition("@")[0], f"arm {arm!r}: channel")
         if self.baseline not in ("control", "logged", *(f"+{a}" for a in self.arms)):
             raise ValueError(f"baseline must be control, logged or an arm (+{', +'.join(self.arms)}), got {self.baseline!r}")
         if self.draws < 1 or self.heavy < 2:

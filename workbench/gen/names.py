@@ -9,11 +9,26 @@
                                                                 state, resumable, never loaded as a model (`partial`)
 
 `generator` stands for any name a curriculum is trained under (`workbench train --name`).
+
+A name is a name, never a path: `check` refuses separators, `..`, a leading dot and anything but
+letters, digits, `.`, `_` and `-`, for every verb, the server and the Python API (`store.checkpoint_path`
+checks every name it turns into a file, so nothing reads or writes outside `gen/`).
 """
 
 from __future__ import annotations
 
+import re
+
+VALID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,119}")  # one path component, at most 120 characters
 DEPLOYED = "generator"  # the checkpoint search, eval, the app and the server load unless told another
+
+
+def check(name, what: str = "generator name") -> str:
+    """`name` if it is a name (see the module's docstring), else a ValueError that says why."""
+    if not isinstance(name, str) or not VALID.fullmatch(name) or ".." in name:
+        raise ValueError(f"{what} {name!r} is not a name: use letters, digits, '.', '_' and '-' (at most 120; no '/', "
+                         f"'\\', '..', spaces or a leading '.')")
+    return name
 
 
 def stage(name: str, s: int | str) -> str:

@@ -50,7 +50,8 @@ RETRAIN = "retrain it with `workbench train --fresh` (stage 4: `workbench rl`), 
 
 
 def checkpoint_path(ws: Workspace, name: str) -> Path:
-    return gen_dir(ws) / f"{name}.safetensors"
+    """gen/<name>.safetensors; a name that is not one (a path, `..`) is refused (`names.check`)."""
+    return gen_dir(ws) / f"{names.check(name)}.safetensors"
 
 
 def save(ws: Workspace, model: Generator, tok: TextTokenizer, name: str = names.DEPLOYED, extra: dict | None = None,
