@@ -71,6 +71,29 @@ def test_duplicate_judgments_after_whitespace_normalisation(tmp_path, csvs):
     assert ws.table("judgments")["relevance"].tolist() == [2.5]
 
 
+def test_na_like_queries_are_queries_and_case_variants_one_query(tmp_path, csvs):
+    """pandas reads NA, null, N/A, None and nan as missing by default; here they are queries. 'Slide Bolt' and
+    'slide bolt' are one query, so their conflicting grades for one product are a duplicate, not two queries."""
+    words = ["NA", "null", "N/A", "None", "nan", "#N/A", "-NaN", "<NA>"]
+    j = write(tmp_path / "j.csv", "query,product_uid,relevance\n" + "".join(f"{w},1,3\n" for w in words))
+    ws = Workspace(tmp_path / "w")
+    ws.import_csv({"products": csvs[0], "judgments": j}, HD_MAP)
+    assert ws.table("queries")["query"].tolist() == words
+    j = write(tmp_path / "j.csv", "query,product_uid,relevance\nSlide Bolt,1,3\nslide  bolt,1,1\ndeck,2,2\n")
+    with pytest.raises(DataError, match=r"j\.csv.*row 2 \(line 3\).*duplicate judgment for query 'Slide Bolt'.*without case"):
+        Workspace(tmp_path / "w2").import_csv({"products": csvs[0], "judgments": j}, HD_MAP)
+    ws = Workspace(tmp_path / "w3")
+    ws.import_csv({"products": csvs[0], "judgments": j}, HD_MAP, on_duplicate="max")
+    assert ws.table("queries")["query"].tolist() == ["Slide Bolt", "deck"] and ws.table("judgments")["relevance"].tolist() == [3, 2]
+
+
+def test_empty_and_undecodable_judgment_files_are_named(tmp_path, csvs):
+    for text, msg in ((b"", "empty file"), (b"query,product_uid,relevance\nm\xe9lange,1,3\n", "not valid utf-8")):
+        (tmp_path / "bad.csv").write_bytes(text)
+        with pytest.raises(DataError, match=rf"bad\.csv.*{msg}"):
+            Workspace(tmp_path / "w").import_csv({"products": csvs[0], "judgments": tmp_path / "bad.csv"}, HD_MAP)
+
+
 @pytest.mark.parametrize("text,msg", [
     ("", "empty file"),
     ("   \n", "empty file"),

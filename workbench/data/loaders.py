@@ -100,7 +100,9 @@ def _renamed(err: DataError, columns: dict[str, str], line_offset: int = 1) -> D
 
 
 def _query_ids(frames: list[tuple[pd.Series, str]]) -> tuple[pd.DataFrame, list[pd.Series]]:
-    """Give distinct query texts ids (in order of first use across files); blank queries are errors."""
+    """Give distinct query texts ids (in order of first use across files; texts that differ only in case are
+    one query, spelled as first seen); blank queries are errors. Any other text is a query, `NA` and `null`
+    included (the files are read without pandas' missing-value words)."""
     problems = []
     cleaned = []
     for s, file in frames:
@@ -110,8 +112,10 @@ def _query_ids(frames: list[tuple[pd.Series, str]]) -> tuple[pd.DataFrame, list[
         cleaned.append(q)
     if problems:
         raise DataError(problems, 1)
-    codes, uniques = pd.factorize(pd.concat(cleaned, ignore_index=True))
-    queries = pd.DataFrame({"query_id": np.arange(1, len(uniques) + 1), "query": list(uniques)})
+    allq = pd.concat(cleaned, ignore_index=True)
+    codes, _ = pd.factorize(allq.str.casefold())  # 'Drill' and 'drill' are one query, spelled as first seen
+    first = pd.Series(np.arange(len(codes))).groupby(codes).first().to_numpy()
+    queries = pd.DataFrame({"query_id": np.arange(1, len(first) + 1), "query": allq.to_numpy()[first]})
     out, at = [], 0
     for q in cleaned:
         out.append(pd.Series(codes[at:at + len(q)] + 1, index=q.index))
@@ -126,9 +130,9 @@ def csv_tables(files: dict[str, str | Path], columns: dict[str, str] | None = No
     tables the target workspace already has.
 
     Judgments and search logs name queries by text in a `query` column. `columns` maps our column
-    names to the files' (a key "table.column" applies to one table only). Query texts are trimmed
-    and inner whitespace collapsed; judgments that then repeat a (query, product) pair are an error
-    unless `on_duplicate` is "mean", "max" or "first".
+    names to the files' (a key "table.column" applies to one table only). Query texts are trimmed,
+    inner whitespace collapsed and compared without case; judgments that then repeat a (query, product)
+    pair are an error unless `on_duplicate` is "mean", "max" or "first".
     """
     columns = columns or {}
     sep = {"\\t": "\t", "tab": "\t"}.get(sep, sep)  # --sep '\t' as typed in a shell
@@ -164,7 +168,7 @@ def csv_tables(files: dict[str, str | Path], columns: dict[str, str] | None = No
             texts = frames["queries"].set_index("query_id")["query"]
             raise DataError([(str(files["judgments"]), int(r) + 1, f"{maps['judgments']['query_id']},{maps['judgments'].get('product_id', 'product_id')}",
                               f"duplicate judgment for query {texts[j['query_id'].iat[r]]!r} and product {j['product_id'].iat[r]!r} "
-                              f"(queries are compared with whitespace collapsed; {int(dup.sum())} in all; "
+                              f"(queries are compared with whitespace collapsed and without case; {int(dup.sum())} in all; "
                               "--on-duplicate mean|max|first merges them)") for r in np.flatnonzero(dup)[:5]], 1)
     if "judgments" in raw and on_duplicate != "error":
         j = raw["judgments"]
