@@ -185,3 +185,28 @@ def test_merge_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="itself"):
         lb.merge(lb.path)
     assert lb.query("SELECT count(*) n FROM runs")["n"][0] == 0
+
+
+def test_user_sql_is_bounded_in_memory_cells_and_bytes(tmp_path, monkeypatch):
+    """A person's SQL runs under DuckDB's memory limit with the configuration locked, and what comes back is
+    cut per cell (text, blobs, nested values) and per result (`SELECT repeat('x', 1e9)` printed 2 GB)."""
+    from workbench import logbook
+
+    lb = Logbook(tmp_path / "lb.duckdb")
+    with lb.run("x"):
+        pass
+    for sql in ("SET memory_limit = '100GB'", "RESET memory_limit", "SET lock_configuration = false"):
+        with pytest.raises(duckdb.Error, match="locked"):
+            lb.head(sql, 5, safe=True)
+    assert lb.head("SELECT current_setting('memory_limit') AS m", 1, safe=True)[0]["m"][0].replace(" ", "") in ("1.8GiB", "1.9GiB", "2.0GB", "2GB", "1.8GB")
+    cap = logbook.USER_CELL
+    df, more = lb.head(f"SELECT repeat('x', {10 * cap}) AS s, 7 AS s, [repeat('y', {2 * cap})] AS l, "
+                       f"repeat('z', {3 * cap})::BLOB AS b, 1.5 AS f", 5, safe=True)
+    assert not more and list(df.columns) == ["s", "s", "l", "b", "f"]
+    row = df.iloc[0].tolist()
+    assert row[0] == "x" * cap and row[1] == 7 and row[2].startswith("[yyy") and len(row[2]) == cap
+    assert row[3] == b"z" * cap and float(row[4]) == 1.5
+    monkeypatch.setattr(logbook, "USER_BYTES", 5 * cap)  # two rows of 2 x cap fit, the third does not
+    df, more = lb.head(f"SELECT repeat('a', {cap}) AS a, repeat('b', {cap}) AS b FROM range(10)", 100, safe=True)
+    assert len(df) == 2 and more
+    assert lb.head("SELECT 1 AS one", 5, safe=True)[0]["one"].tolist() == [1]

@@ -48,6 +48,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 SCHEMA = """
@@ -148,6 +149,20 @@ def _columns(con, table: str) -> list[str]:
 
 
 INTERACTIVE = 2.0  # seconds a person's read (the app, `workbench sql`) waits for a busy logbook
+USER_MEMORY = "2GB"  # DuckDB's memory limit for SQL a person types (the configuration is locked)
+USER_CELL = 10_000  # characters (bytes of a blob) of one cell of that SQL's result; longer ones are cut
+USER_BYTES = 64_000_000  # bytes of that result, about; the rows past it are not returned ("more")
+
+
+def _capped(i: int, duck_type: str) -> str:
+    """Column `#i` of a person's query, cut to USER_CELL: text and blobs as they are, nested values as text."""
+    if duck_type == "VARCHAR":
+        return f"left(#{i}, {USER_CELL})"
+    if duck_type == "BLOB":
+        return f"#{i}[1:{USER_CELL}]"
+    if any(k in duck_type for k in ("[]", "STRUCT", "MAP", "UNION", "JSON", "[")):
+        return f"left(CAST(#{i} AS VARCHAR), {USER_CELL})"
+    return f"#{i}"
 
 
 class LogbookBusy(TimeoutError):
@@ -179,12 +194,16 @@ class Logbook:
 
     # connections ----------------------------------------------------------------------------
     @contextmanager
-    def connect(self, read_only: bool = False, timeout: float | None = None, external_access: bool = True):
-        """A short-lived connection; waits (with jittered backoff) while another process holds the file."""
+    def connect(self, read_only: bool = False, timeout: float | None = None, external_access: bool = True,
+                limits: bool = False):
+        """A short-lived connection; waits (with jittered backoff) while another process holds the file.
+        `limits`: DuckDB's memory limit for a person's SQL, with the configuration locked."""
         if read_only and not self.path.exists():
             raise FileNotFoundError(f"no logbook at {self.path}: nothing has been logged in this workspace yet")
         timeout = self.lock_timeout if timeout is None else timeout
         config = {} if external_access else {"enable_external_access": False}
+        if limits:
+            config.update(memory_limit=USER_MEMORY, lock_configuration=True)
         with self._lock:
             deadline, wait = time.monotonic() + timeout, 0.005
             while True:
@@ -221,15 +240,28 @@ class Logbook:
     def head(self, sql: str, n: int, params: list | None = None, safe: bool = False,
              timeout: float | None = None) -> tuple[pd.DataFrame, bool]:
         """The first `n` rows of `sql`'s result and whether there were more: rows are fetched from the
-        cursor, so `SELECT * FROM range(1e9)` reads n + 1 rows, not a billion (as `query`, otherwise)."""
+        cursor, so `SELECT * FROM range(1e9)` reads n + 1 rows, not a billion (as `query`, otherwise).
+
+        `safe=True` (SQL typed by a person: the app's SQL page, `workbench sql`) also runs under DuckDB's
+        `memory_limit` (USER_MEMORY) with the configuration locked (no `SET memory_limit`), cuts every
+        text, binary or nested cell to USER_CELL characters (in the query, before it reaches Python) and
+        stops at USER_BYTES of result, reporting `more`. DuckDB still builds a value a query asks for (a
+        `repeat('x', 1e9)` takes its gigabytes while it runs); what comes back is bounded."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        with self.connect(read_only=True, timeout=timeout, external_access=not safe) as con:
-            cur = _result(con.execute(sql, params or []), sql)
-            if cur.description is None:
-                return pd.DataFrame(), False
-            rows = cur.fetchmany(n + 1)
-            return pd.DataFrame.from_records(rows[:n], columns=[d[0] for d in cur.description]), len(rows) > n
+        with self.connect(read_only=True, timeout=timeout, external_access=not safe, limits=safe) as con:
+            if not safe:
+                cur = _result(con.execute(sql, params or []), sql)
+                if cur.description is None:
+                    return pd.DataFrame(), False
+                rows = cur.fetchmany(n + 1)
+                return pd.DataFrame.from_records(rows[:n], columns=[d[0] for d in cur.description]), len(rows) > n
+            rel = _result(con.sql(sql, params=params or None), sql)
+            cols, types = rel.columns, [str(t) for t in rel.types]
+            rows = rel.project(", ".join(_capped(i + 1, t) for i, t in enumerate(types))).limit(n + 1).fetchall()
+            size = np.cumsum([sum(len(v) if isinstance(v, str | bytes) else 8 for v in r) for r in rows[:n]])
+            keep = int(np.searchsorted(size, USER_BYTES, "right"))  # the rows within USER_BYTES
+            return pd.DataFrame.from_records(rows[:keep], columns=cols), len(rows) > keep
 
     # writing --------------------------------------------------------------------------------
     def insert(self, table: str, rows: list[dict], timeout: float | None = None) -> None:
