@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from workbench.cli import main
 from workbench.cli.options import apply, config_options
 from workbench.config import field_help
-from workbench.gen.config import StagesConfig
+from workbench.gen.config import GenConfig, StagesConfig
 from workbench.recipes import RECIPES, get
-from workbench.rl.config import RLConfig
+from workbench.rl.config import LossConfig, RLConfig
 
 from .conftest import ROOT, SAMPLE, subcommands
 
@@ -303,3 +303,50 @@ def test_names_are_names_on_every_verb(trained_copy, verb):
         with pytest.raises(ValueError, match="is not a name"):
             store.checkpoint_path(ws, bad)
     assert names.check("generator-stage2.partial") == "generator-stage2.partial"
+
+
+def float_options():
+    """(verb path, option flag, its type) of every float option of every verb."""
+    out = []
+
+    def walk(cmd, path):
+        out.extend((path, p.opts[0], p.type) for p in cmd.params
+                   if isinstance(p, click.Option) and isinstance(p.type, click.types.FloatParamType))
+        for name, sub in subcommands(cmd).items():
+            walk(sub, [*path, name])
+    walk(main, [])
+    return out
+
+
+def test_every_float_option_of_every_verb_refuses_nan_and_infinity(tmp_path):
+    """`eval --logp-weight nan` used to run and log a tenth of the NDCG as finished; click's FLOAT and FloatRange
+    take nan (and inf above a minimum). Every float option is `Finite`, refused at parse time, before anything runs."""
+    from workbench.cli.options import Finite
+
+    found = float_options()
+    assert len(found) > 30 and {" ".join(p) for p, *_ in found} >= {"eval", "ab", "serve", "train", "rl"}
+    plain = [(" ".join(p), o) for p, o, t in found if not isinstance(t, Finite)]
+    assert not plain, f"float options that take nan: {plain}"
+    for path, opt, _ in found:
+        for bad in ("nan", "inf", "-inf", "NaN"):
+            r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), *path, opt, bad])
+            assert r.exit_code == 2 and "is not a finite number" in r.output, (path, opt, bad, r.output[-300:])
+    assert not (tmp_path / "ws").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("make,why", [
+    (lambda: RLConfig(group=1, algo="grpo"), "no advantage to learn from"),
+    (lambda: RLConfig(group=1, refs=0), "no advantage to learn from"),
+    (lambda: RLConfig(eval_every=-1), "eval_every"), (lambda: RLConfig(eval_every=0), "eval_every"),
+    (lambda: LossConfig(ref_floor=5), "ref_floor"), (lambda: LossConfig(ref_floor=float("nan")), "ref_floor"),
+    (lambda: LossConfig(kl=float("inf")), "finite"),
+    (lambda: GenConfig(sid_vocab=(4, 4), text_vocab=10, dec_layers=0), "dec_layers"),
+    (lambda: GenConfig(sid_vocab=(4, 4), text_vocab=10, enc_layers=0), "enc_layers"),
+    (lambda: GenConfig(sid_vocab=(4, 4), text_vocab=10, dropout=1.0), "dropout"),
+    (lambda: GenConfig(sid_vocab=(4, 4), text_vocab=10, dropout=float("nan")), "dropout"),
+])
+def test_values_that_cannot_be_meant_are_refused(make, why):
+    """`--layers 0`, `rl --group 1`, `--ref-floor 5`, `--eval-every -1` used to run (or fail with a bare internal error)."""
+    with pytest.raises(ValueError, match=why):
+        make()
+    assert RLConfig(group=1).group == 1  # EG-GRPO: one sample and one reference still make a group of two

@@ -124,6 +124,10 @@ def test_batched_answers_equal_unbatched(server):
     (b'{"query": "drill", "user": "no-such-user"}', 422, "unknown user 'no-such-user'"),
     (b'{"query": "drill"', 422, "JSON"),
     (b'not json at all', 422, "JSON"),
+    (b'{"query": "drill", "k": 1e400}', 422, "finite"),  # these three were 500s with a server traceback
+    (b'{"query": "drill", "width": NaN}', 422, "finite"),
+    (b'{"query": "\\ud800 drill"}', 422, "query"),
+    (b'{"query": "drill", "\\ud800": 1}', 422, "unicode"),
     (json.dumps({"query": "x" * 20_000}).encode(), 413, "over 16384 bytes"),
 ])
 def test_bad_requests_are_4xx_with_a_message(server, body, status, says):

@@ -20,7 +20,8 @@ Invariants:
   the width the request names or else the width the workspace serves (`ServeConfig.width`, by default
   the sweep's choice: `workbench.eval.width.served_width`);
 - a bad request is a 4xx whose body names the problem, never a 500: malformed JSON, missing or unknown
-  fields and out-of-range widths are 422 (pydantic, before any worker sees them), an unknown user is
+  fields, out-of-range widths, infinite or NaN numbers and lone surrogates are 422 (pydantic, before
+  any worker sees them; the answer names the field, never echoes the input), an unknown user is
   422 from the worker (per request, so its batch-mates are still answered), a body over `max_body`
   bytes is 413;
 - every answered query becomes one row of the logbook's `served` table, off the hot path: the worker
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import litserve as ls
 import torch
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -343,6 +345,16 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+async def _invalid(request, exc: RequestValidationError) -> JSONResponse:
+    """pydantic's 422 without the offending input echoed back: FastAPI's own answer carries it, and an
+    infinite number, a NaN or a lone surrogate in it cannot be written as JSON, which made a 500."""
+    def text(x) -> str:  # a lone surrogate (e.g. in an unknown field's name) as its escape
+        return str(x).encode("utf-8", "backslashreplace").decode("utf-8")
+
+    return JSONResponse({"detail": [{"loc": [text(x) for x in e.get("loc", ())], "msg": text(e.get("msg", "")),
+                                     "type": text(e.get("type", ""))} for e in exc.errors()]}, status_code=422)
+
+
 def build(workspace: str | Path, cfg: ServeConfig | None = None) -> ls.LitServer:
     """The LitServer for `workspace` (not started: `.run(host, port)`)."""
     cfg = cfg or ServeConfig()
@@ -353,6 +365,8 @@ def build(workspace: str | Path, cfg: ServeConfig | None = None) -> ls.LitServer
     total = cfg.workers * len(cfg.channels)
     apis = [APIS[c](path, cfg, total) for c in cfg.channels]
     loggers = [ServedLogger(path, cfg.flush_s, cfg.flush_rows)] if cfg.log else None
-    return ls.LitServer(apis, accelerator=cfg.accelerator, devices=1 if cfg.accelerator == "cpu" else "auto",
-                        workers_per_device=cfg.workers, timeout=60, loggers=loggers,
-                        middlewares=[(BodyLimit, {"max_body": cfg.max_body})], model_metadata={"config": asdict(cfg)})
+    server = ls.LitServer(apis, accelerator=cfg.accelerator, devices=1 if cfg.accelerator == "cpu" else "auto",
+                          workers_per_device=cfg.workers, timeout=60, loggers=loggers,
+                          middlewares=[(BodyLimit, {"max_body": cfg.max_body})], model_metadata={"config": asdict(cfg)})
+    server.app.add_exception_handler(RequestValidationError, _invalid)
+    return server

@@ -24,7 +24,18 @@ from workbench.bench.serve import batching_gain, capacity, grow
 from workbench.bench.serve import load as serve_load
 from workbench.bench.sid import ablation, assign_scale, base_config, code_stats, lcrec_index
 from workbench.bench.stage4 import study
-from workbench.cli.options import apply, config_options, device_option, embedder_option, given, ints, names, set_fields, ws_of
+from workbench.cli.options import (
+    Finite,
+    apply,
+    config_options,
+    device_option,
+    embedder_option,
+    given,
+    ints,
+    names,
+    set_fields,
+    ws_of,
+)
 from workbench.cli.rl import ensure_ranker, rl_config, rl_options
 from workbench.data.market import Market
 from workbench.embed import DTYPES, get_embedder, product_texts
@@ -47,7 +58,7 @@ def bench() -> None:
 
 @bench.command(name="synth")
 @click.option("--sizes", default="3000,100000,1000000", show_default=True, help="Comma-separated product counts.")
-@click.option("--sessions-per-product", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--sessions-per-product", type=Finite(min=0, min_open=True), default=1.0, show_default=True)
 @click.pass_context
 def bench_synth(ctx, sizes, sessions_per_product) -> None:
     """Time and peak memory of generating, validating and writing a synthetic marketplace."""
@@ -285,7 +296,7 @@ def bench_homedepot(recipe, sets, datasets_dir, embedder, device) -> None:
 
 @bench.command(name="app")
 @click.option("--sessions", type=click.IntRange(min=1), default=20, show_default=True, help="Browser sessions searching at once.")
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=60, show_default=True, help="How long they search.")
+@click.option("--seconds", type=Finite(min=0, min_open=True), default=60, show_default=True, help="How long they search.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
 def bench_app(ctx, sessions, seconds, seed) -> None:
@@ -303,7 +314,7 @@ def bench_app(ctx, sessions, seconds, seed) -> None:
 @click.option("--prefix", default="app", show_default=True, help="Screenshot names: <prefix>-<page>.png.")
 @click.option("--passes", type=click.IntRange(min=1), default=2, show_default=True,
               help="Walks through the pages; the first includes what each page loads once per server.")
-@click.option("--dwell", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--dwell", type=Finite(min=0), default=0.0, show_default=True,
               help="Seconds on the overview before the first click, as a user reading it (the app warms Search meanwhile).")
 @click.pass_context
 def bench_pages(ctx, out, prefix, passes, dwell) -> None:
@@ -322,13 +333,13 @@ def bench_pages(ctx, out, prefix, passes, dwell) -> None:
 @click.option("--widths", type=ints, default=None,
               help="Beam widths of the generative channel, e.g. 4,16,64 [default: the width the workspace serves].")
 @click.option("--users", type=ints, default="1,8,32", show_default=True, help="Concurrency levels (closed-loop locust users).")
-@click.option("--seconds", type=click.FloatRange(min=1), default=10.0, show_default=True, help="Per load point.")
+@click.option("--seconds", type=Finite(min=1), default=10.0, show_default=True, help="Per load point.")
 @click.option("--batches", type=ints, default=f"{ServeConfig.max_batch},1", show_default=True,
               help="Dynamic batch limits to serve with (1: one request at a time).")
-@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=ServeConfig.batch_wait_ms, show_default=True)
+@click.option("--batch-wait-ms", type=Finite(min=0), default=ServeConfig.batch_wait_ms, show_default=True)
 @click.option("--query-dtype", type=click.Choice(DTYPES), default=ServeConfig.query_dtype, show_default=True,
               help="What the servers' query encoder computes in (`workbench serve --query-dtype`).")
-@click.option("--target-qps", type=click.FloatRange(min=0, min_open=True), default=10_000.0, show_default=True,
+@click.option("--target-qps", type=Finite(min=0, min_open=True), default=10_000.0, show_default=True,
               help="Traffic to size machines for.")
 @click.option("--p99-ms", "budgets", default="50,100,250", show_default=True,
               help="Latency budgets (p99, ms) of that traffic, comma-separated.")

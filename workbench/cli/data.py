@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from workbench.cli.options import apply, config_options, device_option, embedder_option, path_option, ws_of
+from workbench.cli.options import FINITE, apply, config_options, device_option, embedder_option, path_option, ws_of
 from workbench.data.funnel import funnel
 from workbench.data.pseudo import PseudoConfig
 from workbench.data.schema import describe
@@ -82,7 +82,7 @@ def import_() -> None:
 @click.option("--map", "maps", multiple=True, metavar="OURS=THEIRS", help="Column mapping, repeatable; OURS may be table.column.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the files.")
 @click.option("--sep", default=",", show_default=True, help="Field separator.")
-@click.option("--relevance-threshold", type=float, default=None, help="Grades at or above it count as relevant.")
+@click.option("--relevance-threshold", type=FINITE, default=None, help="Grades at or above it count as relevant.")
 @click.option("--on-duplicate", type=click.Choice(["error", "mean", "max", "first"]), default="error", show_default=True,
               help="Judgments repeating a (query, product) pair once whitespace is normalised.")
 @replace_option()

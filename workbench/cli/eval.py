@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from workbench.ann import KINDS
-from workbench.cli.options import apply, config_options, device_option, embedder_option, ws_of
+from workbench.cli.options import FINITE, apply, config_options, device_option, embedder_option, ws_of
 from workbench.data.market import Market
 from workbench.eval.config import PAGE_ORDERS as AB_ORDERS
 from workbench.eval.config import RANKERS, SPLITS, ABConfig, EvalConfig
@@ -17,7 +17,7 @@ from workbench.gen.config import ORDERS
 @config_options(EvalConfig, "channel.budget", "channel.order", "channel.logp_weight", "channel.popularity_weight", "channel.pool", "budgets", choices={"channel.order": ORDERS})
 @click.option("--judgments", "judgments_csv", type=click.Path(dir_okay=False), default=None,
               help="Evaluate these judgments (CSV: query, product_id, relevance) instead of the workspace's --split queries.")
-@click.option("--threshold", type=float, default=None, help="Relevance threshold for --judgments (default: the workspace's).")
+@click.option("--threshold", type=FINITE, default=None, help="Relevance threshold for --judgments (default: the workspace's).")
 @config_options(EvalConfig, "generator", flags={"generator": "--name"})
 @config_options(EvalConfig, "fusions", "fusion_budget", "fusion_reference", "seed")
 @config_options(EvalConfig, "ann.kind", "ann.m", "ann.ef_search", "ann.nlist", "ann.nprobe", choices={"ann.kind": KINDS},

@@ -10,6 +10,7 @@ recipe sets the rest.
 
 from __future__ import annotations
 
+import math
 import re
 import types
 import typing
@@ -39,6 +40,20 @@ def ints(text: str, low: int = 1) -> tuple[int, ...]:
 def names(text: str) -> tuple[str, ...]:
     """'a, b' -> ('a', 'b')."""
     return tuple(v.strip() for v in str(text).split(",") if v.strip())
+
+
+class Finite(click.FloatRange):
+    """A float option: a finite number (click's FLOAT and FloatRange take nan, and inf above any minimum),
+    within the range if one is given."""
+
+    def convert(self, value, param, ctx):
+        v = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(v, param, ctx)
+
+
+FINITE = Finite()
 
 
 class Name(click.ParamType):
@@ -118,7 +133,7 @@ def _click_type(t, choices):
         return names, lambda v: ",".join(map(str, v))
     if origin in (typing.Union, types.UnionType):
         t = next(a for a in args if a is not type(None))
-    return {int: int, float: float, str: str}.get(t, str), None
+    return {int: int, float: FINITE, str: str}.get(t, str), None
 
 
 def config_options(cls, *paths: str, flags: dict[str, str] | None = None, help: dict[str, str] | None = None,

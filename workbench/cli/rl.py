@@ -6,7 +6,7 @@ import click
 import pandas as pd
 
 from workbench import recipes
-from workbench.cli.options import NAME, apply, config_options, device_option, embedder_option, recipe_option, ws_of
+from workbench.cli.options import NAME, Finite, apply, config_options, device_option, embedder_option, recipe_option, ws_of
 from workbench.gen import names
 from workbench.logbook import tagged
 from workbench.pipeline import check
@@ -67,7 +67,7 @@ def ensure_ranker(ws, embedder: str, device: str) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
 @embedder_option("Text embedder of queries and products.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--id-dropout", type=click.FloatRange(0, 1, max_open=True), default=RankerConfig.id_dropout, show_default=True,
+@click.option("--id-dropout", type=Finite(0, 1, max_open=True), default=RankerConfig.id_dropout, show_default=True,
               help="Share of training impressions scored as a never-shown product; such products share one learned vector.")
 @device_option()
 @click.pass_context

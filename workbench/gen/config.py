@@ -41,8 +41,12 @@ class GenConfig:
     def __post_init__(self):
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.embed_dim < 1 or self.slots < 1:
-            raise ValueError(f"embed_dim and slots must be >= 1, got {self.embed_dim}, {self.slots}")
+        if min(self.embed_dim, self.slots, self.d_model, self.n_heads, self.enc_layers, self.dec_layers, self.d_ff, self.max_len) < 1:
+            raise ValueError(f"embed_dim, slots, d_model, n_heads, enc_layers, dec_layers, d_ff and max_len must be >= 1, got "
+                             f"{self.embed_dim}, {self.slots}, {self.d_model}, {self.n_heads}, {self.enc_layers}, {self.dec_layers}, "
+                             f"{self.d_ff}, {self.max_len}")
+        if not 0 <= self.dropout < 1:  # also refuses NaN
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.sid_vocab or min(self.sid_vocab) < 1:
             raise ValueError(f"sid_vocab must list codes per level (all >= 1), got {self.sid_vocab}")
         if self.tree and (self.backbone != "sentence" or len(self.tree) != len(self.sid_vocab) or min(self.tree) < 1):

@@ -6,6 +6,7 @@ loading a model; saved into every checkpoint and run.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from workbench.config import positive
@@ -28,8 +29,12 @@ class LossConfig:
     def __post_init__(self):
         if self.shaping not in SHAPINGS:
             raise ValueError(f"shaping must be one of {SHAPINGS}, got {self.shaping!r}")
-        if self.clip <= 0 or self.kl < 0 or self.gamma <= 0 or self.ref_weight < 0:
-            raise ValueError("clip > 0, kl >= 0, gamma > 0 and ref_weight >= 0 needed")
+        if not (0 < self.clip < math.inf and 0 <= self.kl < math.inf and 0 < self.gamma < math.inf and 0 <= self.ref_weight < math.inf):
+            raise ValueError(f"clip > 0, kl >= 0, gamma > 0 and ref_weight >= 0 needed (finite), got {self.clip}, {self.kl}, "
+                             f"{self.gamma}, {self.ref_weight}")
+        if self.ref_floor is not None and not 0 <= self.ref_floor <= 1:  # also refuses NaN
+            raise ValueError(f"ref_floor is an advantage floor between 0 (never pushed down) and 1 (always pulled up), "
+                             f"got {self.ref_floor}")
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,10 @@ class RLConfig:
             raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
         if self.judge not in JUDGES:
             raise ValueError(f"judge must be one of {JUDGES}, got {self.judge!r}")
-        if min(self.steps, self.prompts, self.group, self.inner) < 1 or self.refs < 0:
-            raise ValueError("steps, prompts, group and inner must be >= 1 and refs >= 0")
+        if min(self.steps, self.prompts, self.group, self.inner, self.eval_every, self.eval_width) < 1 or self.refs < 0:
+            raise ValueError("steps, prompts, group, inner, eval_every and eval_width must be >= 1 and refs >= 0, got "
+                             f"{self.steps}, {self.prompts}, {self.group}, {self.inner}, {self.eval_every}, {self.eval_width}, {self.refs}")
+        if self.group + (self.refs if self.algo == "eg-grpo" else 0) < 2:
+            raise ValueError(f"a group of {self.group} sample(s){' and ' + str(self.refs) + ' reference(s)' if self.algo == 'eg-grpo' else ''} "
+                             "has no advantage to learn from (each member is compared with the group's mean): --group 2 or more")
         positive(self, "lr", "temperature")
