@@ -340,3 +340,35 @@ def test_category_loss_splits_over_anchor_rows():
         split = sum(category_loss(res, books, cat, (1, 2), 0.1, anchors=slice(r, None, n)) for r in range(n))
         assert torch.allclose(split, full)
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(torch.autograd.grad(split, [res, *books]), want))
+
+
+def test_changed_titles_under_the_same_ids_are_assigned_again(trained_copy):
+    """`data synth --seed 7 --replace` then `sid assign` used to keep every old row whose id survived, so the
+    generator answered 'cordless drill' with dolls and still validated ok. Now a product whose text maps to
+    another cluster is assigned again (the generator's clusters are the SID model's, so a query still lands on
+    the products whose text belongs there), and the generator, trained on the old titles, is outdated: its
+    lineage names the products table."""
+    from workbench.gen import store
+
+    ws = trained_copy
+    store.load(ws)  # current before the change
+    before = load_sids(ws)
+    lv = ["sid_1", "sid_2", "sid_3"]
+    products = ws.table("products")
+    sid_of = before.set_index("product_id").loc[products["product_id"], lv].to_numpy()
+    # the first 300 products take the titles of products in another first-level cluster
+    donor = [int(np.flatnonzero(sid_of[:, 0] != sid_of[i, 0])[i % 50]) for i in range(300)]
+    moved = products.copy()
+    moved.loc[:299, "title"] = products["title"].to_numpy()[donor]
+    ws.write_tables({"products": moved}, replace=True)
+    r = invoke(ws, "sid", "assign", "--embedder", "hashing-64")
+    assert r.exit_code == 0, r.output
+    after = load_sids(ws).set_index("product_id").loc[products["product_id"], lv].to_numpy()
+    changed = (after != sid_of).any(1)
+    assert changed[:300].mean() > 0.9 and not changed[300:].any()  # the moved ones, and only they
+    got = int(r.output.split(" new products, ")[1].split()[0].replace(",", ""))
+    assert got == changed.sum() and "0 new products" in r.output
+    model, _, _ = load_model(ws)
+    x = workspace_data(ws, get_embedder("hashing-64"), progress=False).x
+    assert np.array_equal(after, assign(model, x))  # every SID (in catalog order) is what its text gets today
+    assert "table products changed" in store.outdated(ws, "generator")

@@ -89,9 +89,15 @@ def train(ctx, recipe, which, embedder, device, **kw):
 def assign(ctx, embedder, device):
     """Give products without a SID one from the trained model (no retraining); update table and index."""
     c = assign_new(ws_of(ctx).require(), get_embedder(embedder, device, ws_of(ctx).path), device)
-    share = c["into_existing"] / c["new"] if c["new"] else 0.0
-    click.echo(f"{c['new']:,} new products: {c['into_existing']:,} ({share:.1%}) into existing clusters; "
-               f"{c['removed']:,} removed; SIDs {c['sids_before']:,} -> {c['sids_after']:,}")
+    both = c["new"] + c["changed"]
+    share = c["into_existing"] / both if both else 0.0
+    click.echo(f"{c['new']:,} new products, {c['changed']:,} whose text now maps to another cluster (assigned again): "
+               f"{c['into_existing']:,} ({share:.1%}) into existing clusters; {c['removed']:,} removed; "
+               f"SIDs {c['sids_before']:,} -> {c['sids_after']:,}")
+    total = len(ws_of(ctx).table("products"))
+    if c["changed"] > 0.2 * total:
+        click.echo(f"{c['changed']:,} of {total:,} products changed since the SID model was trained on them: its "
+                   f"clusters were fit to another catalog; train the SIDs again with `workbench sid train`")
 
 
 @sid.command()

@@ -45,7 +45,7 @@ def tokenizer_path(ws: Workspace, key: str) -> Path:
     return gen_dir(ws) / f"tokenizer-{key}.json"
 
 
-TABLES_READ = ("queries", "search_log", "judgments", "pseudo_queries")  # what training reads besides the SIDs
+TABLES_READ = ("products", "queries", "search_log", "judgments", "pseudo_queries")  # what training reads besides the SIDs (stage 1: titles)
 RETRAIN = "retrain it with `workbench train --fresh` (stage 4: `workbench rl`), or rebuild the workspace with `workbench demo`"
 
 

@@ -224,10 +224,14 @@ def log_stats(run, stats: dict, cfg: CQSIDConfig, dataset: str = "catalog") -> N
 
 
 def assign_new(ws: Workspace, embedder, device: str = "cpu", progress: bool = True) -> dict:
-    """SIDs for products that have none yet (and none for products gone from the catalog), no retraining.
+    """SIDs for products that have none yet, and afresh for products whose content changed (none for
+    products gone from the catalog), no retraining.
 
-    Returns counts: new products, how many landed in an existing cluster (their L codes were
-    already a SID), removed products, SIDs before and after.
+    Every kept product's current text is encoded again (the embedding cache makes unchanged texts free):
+    a product whose text now maps to another cluster than its stored SID is assigned again, like a new
+    one, so an import that changed titles under the same ids (`data import --replace`) never leaves a
+    stale SID looking current. Returns counts: new products, changed ones (assigned again), how many of
+    both landed in an existing cluster, removed products, SIDs before and after.
     """
     model, cfg, meta = load_model(ws, device)
     if meta.get("embedder") != embedder.key:
@@ -235,11 +239,17 @@ def assign_new(ws: Workspace, embedder, device: str = "cpu", progress: bool = Tr
                          f"pass --embedder accordingly")
     old = load_sids(ws, check=False)
     products = ws.table("products")
-    keep = old[old["product_id"].isin(products["product_id"])]
-    new = products[~products["product_id"].isin(old["product_id"])]
     levels = sid_columns(cfg.model.levels, "cluster")
-    before = len(keep.drop_duplicates(levels))
-    counts = {"new": len(new), "removed": len(old) - len(keep), "sids_before": before}
+    keep = old[old["product_id"].isin(products["product_id"])].reset_index(drop=True)
+    changed = np.zeros(len(keep), bool)
+    if len(keep):  # what the model says of each kept product's text today
+        now = products.set_index("product_id").loc[keep["product_id"]].reset_index()
+        x = workspace_data(ws, embedder, progress, products=now).x
+        changed = (assign_codes(model, x, device, progress=progress) != keep[levels].to_numpy()).any(1)
+    removed, before = len(old) - len(keep), len(keep.drop_duplicates(levels))
+    keep = keep[~changed]
+    new = products[~products["product_id"].isin(keep["product_id"])]
+    counts = {"new": len(new) - int(changed.sum()), "changed": int(changed.sum()), "removed": removed, "sids_before": before}
     if len(new):
         data = workspace_data(ws, embedder, progress, products=new.reset_index(drop=True))
         codes = assign_codes(model, data.x, device, progress=progress)
