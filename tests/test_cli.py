@@ -216,10 +216,11 @@ def test_learning_rates_must_be_finite_and_positive(lr):
 
 def test_bad_settings_stop_the_cli_before_it_trains(sample_ws):
     w = ["-w", str(sample_ws.path)]
-    for verb in (["train", "--lr", "-5"], ["train", "--lr", "nan"], ["train", "--batch-size", "0"], ["rl", "--lr", "0"],
-                 ["sid", "train", "--lr", "-1"]):
+    for verb in (["train", "--lr", "-5"], ["train", "--batch-size", "0"], ["rl", "--lr", "0"], ["sid", "train", "--lr", "-1"]):
         r = CliRunner().invoke(main, w + verb)
         assert r.exit_code == 1 and "must be a finite number > 0" in r.output, (verb, r.output)
+    r = CliRunner().invoke(main, w + ["train", "--lr", "nan"])  # a usage error: refused while the options are parsed
+    assert r.exit_code == 2 and "'nan' is not a finite number" in r.output, r.output
 
 
 @pytest.mark.parametrize("args,msg", [
