@@ -1,5 +1,5 @@
 """Fault injection (issue 17): kill -9 a CLI job at random points of import, SID training, generator
-training and a batch job, with several seeds; afterwards every artifact of the workspace loads and agrees
+training, a retrain and its deploy, and a batch job, with several seeds; afterwards every artifact of the workspace loads and agrees
 with the others (`pipeline.report`: nothing stale or broken), tables are the old set or the new one,
 never a mix, and rerunning the job finishes it.
 
@@ -112,6 +112,23 @@ def test_kill_during_generator_training_then_rerun_finishes(trained, tmp_path):
         run(cmd(ws))  # resumes what the kill interrupted
         report = agree(ws)
         assert {r["status"] for r in report} == {"ok"} and "gen/generator.safetensors" in {r["artifact"] for r in report}
+
+
+def test_kill_during_a_retrain_and_its_deploy_then_rerun_deploys_the_new_stage(trained, tmp_path):
+    """A workspace with a deployed generator retrains stage 3 and is killed anywhere, the deploy copy included.
+    A rerun that resumes must end with the new stage deployed: it used to find the stage finished and leave the
+    old generator "as it is" when the kill fell between the stage's save and the deploy."""
+    from workbench.gen import store
+
+    base = Workspace(shutil.copytree(trained[0].path, tmp_path / "base"))
+    cmd = lambda ws, *more: cli(ws, "train", "--stages", "3", "--epochs", "3", "--eval-width", "4", *more)  # noqa: E731
+    done, killed = trials(base, tmp_path, lambda ws: cmd(ws, "--fresh"), "deploy")
+    assert not store.deploy_problem(done, "generator-stage3")
+    for ws in killed:
+        agree(ws)  # the old generator or the new one, each loads
+        run(cmd(ws))  # resumes: trains what is left, or finds stage 3 finished
+        agree(ws)
+        assert not store.deploy_problem(ws, "generator-stage3")
 
 
 def test_kill_during_a_batch_job_leaves_no_output_or_a_whole_one(trained, tmp_path):

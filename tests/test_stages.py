@@ -243,3 +243,51 @@ def test_the_user_gate_runs_from_anonymous_to_personal(trained):
     # the channel as served and simulated (engine, ab) decodes a user's search through its config's gate
     closed = Generative(r, Channel(ChannelConfig(order="popularity", user_gate=0.0)), 8)
     assert [[(h.sid, round(h.logp, 4)) for h in hits] for hits in closed.hits(texts, ctx)] == anon
+
+
+def test_train_deploys_again_what_a_killed_deploy_or_a_damaged_file_left_behind(trained_copy):
+    """Stages already trained used to leave any `generator` as it was: one older than its stage (a deploy
+    killed after the stage was saved) or a truncated file, and `demo` and `train` reported done over it."""
+    ws, cfg = trained_copy, st.StagesConfig(model=TINY, train=TrainConfig(lr=3e-3), epochs=(3, 3, 2), eval_width=16)
+    said = []
+    st.train_stages(ws, cfg, progress=False, echo=said.append)
+    assert "left as it is" in said[-1] and not store.deploy_problem(ws, "generator-stage3")
+    model, tok, meta = store.load(ws, "generator-stage3")  # stage 3 trained again, its deploy killed: same parent, new weights
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    store.save(ws, model, tok, "generator-stage3", parent="generator-stage2")
+    assert "older than generator-stage3" in store.deploy_problem(ws, "generator-stage3")
+    st.train_stages(ws, cfg, progress=False, echo=said.append)
+    assert "deploying generator-stage3 as generator" in said[-1] and not store.deploy_problem(ws, "generator-stage3")
+    path = store.checkpoint_path(ws, "generator")
+    path.write_bytes(path.read_bytes()[:1000])  # truncated
+    with pytest.raises(Exception, match="workbench deploy --repair"):
+        store.load(ws)
+    st.train_stages(ws, cfg, progress=False, echo=said.append)
+    assert "does not load" in said[-1] and not store.deploy_problem(ws, "generator-stage3")
+
+
+def test_deploy_verb_deploys_a_checkpoint_and_repairs_the_deployed_one(trained_copy):
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    ws = trained_copy
+
+    def run(*args):
+        return CliRunner().invoke(main, ["-w", str(ws.path), "deploy", *args])
+
+    r = run("--repair")
+    assert r.exit_code == 0 and "is sound" in r.output, r.output
+    r = run("generator-stage2")
+    assert r.exit_code == 0 and "deployed generator-stage2 as generator" in r.output, r.output
+    assert not store.deploy_problem(ws, "generator-stage2") and store.last_deployed(ws) == "generator-stage2"
+    path = store.checkpoint_path(ws, "generator")
+    path.write_bytes(b"garbage")
+    r = run("--repair")
+    assert r.exit_code == 0 and "deployed again from generator-stage2" in r.output, r.output
+    assert not store.deploy_problem(ws, "generator-stage2")
+    for bad, says in ((["nope"], "no generator 'nope'"), ([], "one of the two"), (["generator", "--repair"], "one of the two"),
+                      (["generator"], "the deployed generator itself"), (["../x"], "is not a name")):
+        r = run(*bad)
+        assert r.exit_code in (1, 2) and says in r.output and "Traceback" not in r.output, (bad, r.output)

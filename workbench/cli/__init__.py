@@ -5,7 +5,7 @@ into the library's config dataclasses (options derived from their fields: `optio
 and prints what the library returns:
 
     demo.py      demo                         data.py   data synth|import|validate|stats|schema, embed
-    sid.py       sid train|assign|stats       gen.py    train, gen search
+    sid.py       sid train|assign|stats       gen.py    train, gen search|rank, deploy
     rl.py        ranker, rl                   eval.py   eval, ab, headroom
     logbook.py   sql, runs, merge, recipes    bench.py  bench ... (every benchmark)
     batch.py     batch embed|sids|decode      serve.py  serve
@@ -38,6 +38,7 @@ VERBS = {  # verb -> (module, function)
     "bench": ("workbench.cli.bench", "bench"),
     "data": ("workbench.cli.data", "data"),
     "demo": ("workbench.cli.demo", "demo"),
+    "deploy": ("workbench.cli.gen", "deploy"),
     "dense": ("workbench.cli.dense", "dense"),
     "embed": ("workbench.cli.data", "embed"),
     "eval": ("workbench.cli.eval", "eval_"),

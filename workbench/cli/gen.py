@@ -173,3 +173,24 @@ def rank(ctx, name, out, device, **kw):
         store.save(ws, model.cpu(), tok, out, parent=name, run_id=run.run_id, stage="rank", examples=len(pairs))
     click.echo(pd.DataFrame(history).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     click.echo(f"wrote {store.checkpoint_path(ws, out)}")
+
+
+@click.command()
+@click.argument("source", type=NAME, required=False)
+@click.option("--repair", is_flag=True, help="Deploy the generator again from the checkpoint it was deployed from when it is "
+                                               "missing, damaged or older than that checkpoint.")
+@click.pass_context
+def deploy(ctx, source, repair):
+    """Make checkpoint SOURCE the deployed generator (what search, eval, the app, the server and the batch jobs
+    load), or --repair the deployed one; a logbook run records each deploy."""
+    ws = ws_of(ctx).require()
+    if bool(source) == repair:
+        raise click.UsageError("give a checkpoint to deploy (`workbench deploy generator-stage3`) or --repair, one of the two")
+    if repair:
+        done = store.repair(ws)
+        click.echo(done or f"{names.DEPLOYED} is sound: deployed from {store.last_deployed(ws) or 'its parent'}, nothing to repair")
+        return
+    if source == names.DEPLOYED:
+        raise click.BadParameter(f"{source!r} is the deployed generator itself; name the checkpoint to deploy", param_hint="SOURCE")
+    path = store.deploy(ws, source, names.DEPLOYED, why="workbench deploy")
+    click.echo(f"deployed {source} as {names.DEPLOYED} ({path})")

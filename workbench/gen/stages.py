@@ -317,8 +317,11 @@ def train_stages(ws, cfg: StagesConfig | None = None, name: str = names.DEPLOYED
         done.append(own)
     if dist.is_main():
         last = names.stage(name, cfg.stages[-1])
-        if trained or not store.checkpoint_path(ws, name).exists():
+        if trained:
             store.deploy(ws, last, name, why=f"train stages {','.join(map(str, cfg.stages))}")
+        elif why := store.deploy_problem(ws, last, name):  # missing, damaged, or a deploy killed halfway
+            echo(f"deploying {last} as {name}: {why}")
+            store.deploy(ws, last, name, why=why)
         else:
             echo(f"stages {','.join(map(str, cfg.stages))} were already trained: {name} left as it is (--fresh trains them again)")
     dist.barrier()  # every rank returns once rank 0 has written

@@ -100,6 +100,53 @@ def load_partial(ws: Workspace, name: str, device: str = "cpu") -> tuple[dict, d
     return state, meta
 
 
+REPAIR = "repair it with `workbench deploy --repair` (or deploy a checkpoint: `workbench deploy NAME`)"
+
+
+def deploy_problem(ws: Workspace, source: str, name: str = names.DEPLOYED) -> str:
+    """Why `name` is not `source` as deployed ("" when it is): missing, not loadable, or deployed from
+    `source` before `source` was trained again (a deploy killed halfway). A `name` deployed from another
+    checkpoint on purpose (`workbench deploy`, stage 4) is not a problem."""
+    if not checkpoint_path(ws, name).exists():
+        return f"{name} is missing"
+    try:
+        _, _, meta = load(ws, name)
+    except (checkpoint.CheckpointError, lineage.StaleError) as e:
+        return f"{name} does not load ({e})"
+    par = lineage.decode(meta.get("lineage")).get("parent") or {}
+    if par.get("name") == source and (why := parent_changed(meta, ws)):
+        return f"{name} is older than {source}: {why}"
+    return ""
+
+
+def last_deployed(ws: Workspace, name: str = names.DEPLOYED) -> str | None:
+    """The checkpoint `name` was last deployed from, by the logbook's finished `gen-deploy` runs."""
+    if not ws.logbook_path.exists():
+        return None
+    got = ws.logbook().query("SELECT config->>'$.source' AS source FROM runs WHERE kind = 'gen-deploy' AND status = 'finished' "
+                             "AND config->>'$.name' = ? ORDER BY started_at DESC LIMIT 1", [name])
+    return None if got.empty else str(got["source"][0])
+
+
+def repair(ws: Workspace, name: str = names.DEPLOYED) -> str:
+    """Deploy `name` again from the checkpoint it was deployed from when it is missing, damaged or older than
+    it; returns what was done ("" when nothing was needed)."""
+    source = None
+    try:
+        _, _, meta = load(ws, name)
+        source = (lineage.decode(meta.get("lineage")).get("parent") or {}).get("name")
+    except (FileNotFoundError, checkpoint.CheckpointError, lineage.StaleError):
+        pass
+    source = source or last_deployed(ws, name)
+    if source is None:
+        raise FileNotFoundError(f"{checkpoint_path(ws, name)} cannot be repaired: the logbook records no deploy of {name}; "
+                                "deploy a checkpoint with `workbench deploy NAME` or train with `workbench train`")
+    if not (why := deploy_problem(ws, source, name)):
+        return ""
+    deploy(ws, source, name, why=f"repair: {why}")
+    return f"{name} deployed again from {source} ({why})"
+
+
 def deploy(ws: Workspace, source: str, name: str = names.DEPLOYED, why: str = "") -> Path:
     """Copy checkpoint `source` to `<name>` (the deployed generator) inside a logbook run."""
     model, tok, meta = load(ws, source)
@@ -116,7 +163,10 @@ def load(ws: Workspace, name: str = names.DEPLOYED, device: str = "cpu") -> tupl
         have = sorted(p.stem for p in gen_dir(ws).glob("*.safetensors"))
         raise FileNotFoundError(f"workspace {ws.path} has no generator {name!r} ({path}); "
                                 f"{'it has ' + ', '.join(have) if have else 'train one with `workbench train`'}")
-    state, cfg, meta = checkpoint.load(path, GenConfig, kind="generator", device=device)
+    try:
+        state, cfg, meta = checkpoint.load(path, GenConfig, kind="generator", device=device)
+    except checkpoint.CheckpointError as e:
+        raise checkpoint.CheckpointError(f"{e}; {REPAIR}" if name == names.DEPLOYED else str(e)) from e
     if meta.get("sid_fingerprint") != sid_fingerprint(ws):
         raise lineage.StaleError(f"{path} is stale: trained on other SIDs than the workspace's current ones "
                                  "(the CQ-SID model changed since); retrain it with `workbench train`")
