@@ -15,13 +15,19 @@ files carry their writer's pid and are removed once that process is gone (`clean
 
 Replacing a table that trained artifacts (sid/, gen/, rl/) were built from needs `replace=True`: the
 artifacts' own lineage (workbench.lineage) then refuses them until they are rebuilt.
+
+One writer at a time: every verb that writes a workspace holds its writer lock (`Workspace.writer`, an
+OS advisory lock on `.writer.lock`, which the OS releases when the process dies, however it dies), and
+a second writer is refused at once with the holder's verb, pid and start time. Readers never take it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -174,6 +180,13 @@ def write_parquet(df: pd.DataFrame, table: str, path: Path, tx: Transaction | No
     atomic_write(path, lambda tmp: pq.write_table(arrow, tmp, compression="zstd"), tx)
 
 
+class WorkspaceBusy(RuntimeError):
+    """Another process holds the workspace's writer lock."""
+
+
+WRITER_ENV = "WORKBENCH_WRITER"  # the lock file a process holds, so its child processes (and torchrun ranks) pass
+
+
 class ReplaceError(ValueError):
     """Writing would replace tables that trained artifacts were built from, without replace=True."""
 
@@ -226,6 +239,38 @@ class Workspace:
             tx.abort()
             raise
         tx.commit()
+
+    @contextmanager
+    def writer(self, what: str):
+        """Hold the workspace's writer lock while `what` (a verb) writes; WorkspaceBusy at once when another
+        process holds it, naming it. A child of the holder (it inherits WRITER_ENV) and torchrun ranks
+        other than 0 (which never write) pass without it."""
+        lock = (self.path / ".writer.lock").resolve() if self.path.exists() else self.path.resolve() / ".writer.lock"
+        if os.environ.get(WRITER_ENV) == str(lock) or os.environ.get("RANK", "0") != "0":
+            yield
+            return
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise WorkspaceBusy(f"workspace {self.path} is busy: {holder} is writing it; try again when it is done "
+                                "(reading it, e.g. search, eval or the app, is fine meanwhile)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"`{what}` (pid {os.getpid()}) since {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
+        f.flush()
+        os.environ[WRITER_ENV] = str(lock)
+        try:
+            yield
+        finally:
+            os.environ.pop(WRITER_ENV, None)
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
 
     def artifacts(self) -> dict[str, list[str]]:
         """Trained artifacts present, by folder (sid, gen, rl): the files built from the tables."""

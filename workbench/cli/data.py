@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from workbench.cli.options import FINITE, apply, config_options, device_option, embedder_option, path_option, ws_of
+from workbench.cli.options import FINITE, apply, config_options, device_option, embedder_option, path_option, writes, ws_of
 from workbench.data.funnel import funnel
 from workbench.data.pseudo import PseudoConfig
 from workbench.data.schema import describe
@@ -48,6 +48,7 @@ def _stale_after(ws: Workspace, had: list[str]) -> None:
                 flags={"n_products": "--products", "n_users": "--users", "n_sessions": "--sessions"})
 @replace_option()
 @click.pass_context
+@writes
 def synth(ctx, out, preset, replace, **kw) -> None:
     """Generate a synthetic marketplace (catalog, users, queries, search log, judgments, truth); options
     given override the preset."""
@@ -87,6 +88,7 @@ def import_() -> None:
               help="Judgments repeating a (query, product) pair once whitespace is normalised.")
 @replace_option()
 @click.pass_context
+@writes
 def import_csv_cmd(ctx, products, judgments, search_log, users, maps, encoding, sep, relevance_threshold, on_duplicate,
                    replace) -> None:
     """Import product, judgment, search-log and user CSV files.
@@ -110,6 +112,7 @@ def import_csv_cmd(ctx, products, judgments, search_log, users, maps, encoding, 
 @path_option("--inter", help="<name>.inter.json (user -> item sequence)")
 @replace_option()
 @click.pass_context
+@writes
 def import_lcrec_cmd(ctx, items, inter, replace) -> None:
     """Import the LC-Rec json format: item metadata and chronological user sequences."""
     ws = ws_of(ctx)
@@ -153,6 +156,7 @@ def stats(ctx) -> None:
 @data.command()
 @config_options(PseudoConfig, "per_product", "min_words", "max_words", "seed")
 @click.pass_context
+@writes
 def pseudo(ctx, **kw) -> None:
     """Draw pseudo-queries from the product text into the pseudo_queries table (never equal to a
     validation or test query); `workbench train --pseudo N` trains stage 1 on them."""

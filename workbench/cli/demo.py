@@ -50,10 +50,11 @@ def demo(ctx: click.Context, rebuild: bool, source: Path | None, catalog: str, d
         shutil.rmtree(ws.path)
     click.echo(f"building workspace {ws.path}")
     t0 = time.perf_counter()
-    if catalog != "sample" and not ws.has("products"):
-        click.echo(f"importing {catalog} from {datasets_dir or 'the shared data sets'}")
-        import_real(ws, catalog, datasets_dir)
-    build(ws, source or SAMPLE_DATA, embedder, device, echo=click.echo, recipe=recipe)
+    with ws.writer("demo"):  # the build only: the app that follows reads
+        if catalog != "sample" and not ws.has("products"):
+            click.echo(f"importing {catalog} from {datasets_dir or 'the shared data sets'}")
+            import_real(ws, catalog, datasets_dir)
+        build(ws, source or SAMPLE_DATA, embedder, device, echo=click.echo, recipe=recipe)
     click.echo(f"done in {time.perf_counter() - t0:.1f} s; logbook {ws.logbook_path}")
     if not app:
         click.echo('next: workbench data stats; workbench sql "SELECT kind, status, started_at FROM runs"')

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from workbench.cli.options import apply, config_options, device_option, ws_of
+from workbench.cli.options import apply, config_options, device_option, writes, ws_of
 from workbench.encoder import EncoderConfig, encoder_dir, train
 
 
@@ -17,6 +17,7 @@ def dense() -> None:
 @config_options(EncoderConfig, "epochs", "batch_size", "lr", "pseudo", "max_pairs", "seed")
 @device_option()
 @click.pass_context
+@writes
 def train_(ctx, device, **kw) -> None:
     """Fine-tune all-MiniLM-L6-v2 with MultipleNegativesRankingLoss on (training query, relevant product)
     pairs and pseudo-queries; writes <workspace>/dense/encoder/ and logs the run (examples/s, seconds).

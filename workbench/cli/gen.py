@@ -6,7 +6,7 @@ import click
 import pandas as pd
 
 from workbench import dist, recipes
-from workbench.cli.options import NAME, apply, config_options, device_option, embedder_option, given, recipe_option, ws_of
+from workbench.cli.options import NAME, apply, config_options, device_option, embedder_option, given, recipe_option, writes, ws_of
 from workbench.cli.rl import ensure_ranker
 from workbench.engine import MAX_WIDTH
 from workbench.eval.width import DEFAULT_WIDTH, served
@@ -46,6 +46,7 @@ MODEL = ("d_model", "n_heads", "dec_layers", "d_ff", "dropout")  # GenConfig fie
 @config_options(StagesConfig, "train.seed")
 @device_option("cpu, cuda (under torchrun: each process its own GPU).")
 @click.pass_context
+@writes
 def train(ctx, recipe, embedder, name, fresh, device, **kw):
     """Train the generator stage by stage (resumes a killed run: finished stages are kept, an
     interrupted one continues after its last finished epoch).
@@ -155,6 +156,7 @@ def search(ctx, queries, width, top, user, name, device, **kw):
 @config_options(TargetWeights, "purchased", "clicked", "judged", flags={s: f"--target-{s}" for s in ("purchased", "clicked", "judged")})
 @device_option()
 @click.pass_context
+@writes
 def rank(ctx, name, out, device, **kw):
     """Train a generator further with a rank loss over its own beam (`workbench.gen.rank`): each training
     query's target SIDs against the SIDs the beam decodes instead; saved as a new checkpoint."""
@@ -180,6 +182,7 @@ def rank(ctx, name, out, device, **kw):
 @click.option("--repair", is_flag=True, help="Deploy the generator again from the checkpoint it was deployed from when it is "
                                                "missing, damaged or older than that checkpoint.")
 @click.pass_context
+@writes
 def deploy(ctx, source, repair):
     """Make checkpoint SOURCE the deployed generator (what search, eval, the app, the server and the batch jobs
     load), or --repair the deployed one; a logbook run records each deploy."""

@@ -10,6 +10,7 @@ recipe sets the rest.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import types
@@ -69,6 +70,18 @@ class Name(click.ParamType):
 
 
 NAME = Name()
+
+
+def writes(f):
+    """A verb that writes its workspace (`--out`'s for `data synth`) runs holding the workspace's writer
+    lock (`Workspace.writer`): a second writer is refused at once, naming the one writing."""
+    @functools.wraps(f)
+    def run(*args, **kw):
+        ctx = click.get_current_context()
+        ws = Workspace(kw["out"]) if kw.get("out") else ws_of(ctx)
+        with ws.writer(ctx.command_path.split(" ", 1)[-1]):
+            return f(*args, **kw)
+    return run
 
 
 def ws_of(ctx: click.Context) -> Workspace:

@@ -6,7 +6,17 @@ import click
 import pandas as pd
 
 from workbench import recipes
-from workbench.cli.options import NAME, Finite, apply, config_options, device_option, embedder_option, recipe_option, ws_of
+from workbench.cli.options import (
+    NAME,
+    Finite,
+    apply,
+    config_options,
+    device_option,
+    embedder_option,
+    recipe_option,
+    writes,
+    ws_of,
+)
 from workbench.gen import names
 from workbench.logbook import tagged
 from workbench.pipeline import check
@@ -71,6 +81,7 @@ def ensure_ranker(ws, embedder: str, device: str) -> None:
               help="Share of training impressions scored as a never-shown product; such products share one learned vector.")
 @device_option()
 @click.pass_context
+@writes
 def ranker(ctx, epochs, embedder, seed, id_dropout, device):
     """Train the downstream ranker (pCTR, pCVR) on the search log: stage 4's reward model."""
     from workbench.rl.ranker import train_workspace
@@ -82,6 +93,7 @@ def ranker(ctx, epochs, embedder, seed, id_dropout, device):
 @click.command()
 @rl_options("Starts from <name>-stage3; writes <name>-<algo>.")
 @click.pass_context
+@writes
 def rl(ctx, recipe, reward_weights, name, embedder, device, **kw):
     """Stage 4: refine the stage-3 generator against the ranker with GRPO or EG-GRPO.
 

@@ -8,7 +8,7 @@ import click
 import pandas as pd
 
 from workbench import dist, recipes
-from workbench.cli.options import apply, config_options, device_option, embedder_option, recipe_option, ws_of
+from workbench.cli.options import apply, config_options, device_option, embedder_option, recipe_option, writes, ws_of
 from workbench.embed import get_embedder
 from workbench.logbook import tagged
 from workbench.sid.config import MODES, CQSIDConfig
@@ -61,6 +61,7 @@ def sid() -> None:
 @embedder_option()
 @device_option()
 @click.pass_context
+@writes
 def train(ctx, recipe, which, embedder, device, **kw):
     """Train CQ-SID on the workspace's products; write weights, SID table and index.
 
@@ -86,6 +87,7 @@ def train(ctx, recipe, which, embedder, device, **kw):
 @embedder_option("The embedder the SID model was trained on.")
 @device_option()
 @click.pass_context
+@writes
 def assign(ctx, embedder, device):
     """Give products without a SID one from the trained model (no retraining); update table and index."""
     c = assign_new(ws_of(ctx).require(), get_embedder(embedder, device, ws_of(ctx).path), device)
@@ -133,6 +135,7 @@ def labels(ctx, level, top):
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option()
 @click.pass_context
+@writes
 def map_(ctx, points, seed, device):
     """Draw the Codebooks page's 2-D map (UMAP of the product embeddings) and store it with the SIDs."""
     ws = ws_of(ctx).require()
