@@ -249,6 +249,7 @@ class Workspace:
         if os.environ.get(WRITER_ENV) == str(lock) or os.environ.get("RANK", "0") != "0":
             yield
             return
+        made = not lock.parent.exists()  # a new workspace: removed again if the verb writes nothing into it
         lock.parent.mkdir(parents=True, exist_ok=True)
         f = open(lock, "a+")
         try:
@@ -271,6 +272,9 @@ class Workspace:
             f.truncate(0)
             fcntl.flock(f, fcntl.LOCK_UN)
             f.close()
+            if made and [q.name for q in lock.parent.iterdir()] == [lock.name]:
+                lock.unlink(missing_ok=True)
+                lock.parent.rmdir()
 
     def artifacts(self) -> dict[str, list[str]]:
         """Trained artifacts present, by folder (sid, gen, rl): the files built from the tables."""
