@@ -216,3 +216,52 @@ def test_bench_serve_measures_logs_and_sizes(trained_copy):
     cap = got[got["bench"].str.startswith("serve-capacity") & (got["metric"] == "machines")]
     assert len(cap) == 4 and (cap["value"] >= 1).all()  # within 100 s, every setting; within 1 us, none
     assert all(c.startswith("p99 <= 100000 ms: ") for c in cap["case_name"])
+
+
+def test_a_killed_server_takes_its_workers_and_port_with_it(trained_copy):
+    """kill -9 of `workbench serve` used to leave its workers answering as orphans, so a restart on the port
+    failed with "Address already in use". Every worker and API server now dies with its parent."""
+    import os
+    import signal
+    import socket
+    import time
+
+    proc, url, log = start_server(trained_copy.path, "bm25", max_batch=4, batch_wait_ms=5, workers=2)
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        assert post(f"{url}/bm25", {"query": "drill", "k": 3})[0] == 200
+        os.kill(proc.pid, signal.SIGKILL)  # the main process only, as a crash or the OOM killer would
+        proc.wait()
+        deadline, left = time.monotonic() + 15, True
+        while time.monotonic() < deadline and left:
+            try:
+                os.killpg(proc.pid, 0)  # any process of its group still alive?
+                time.sleep(0.2)
+            except ProcessLookupError:
+                left = False
+        assert not left, "processes of the killed server are still running"
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))  # the port is free for a restart
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.unlink(missing_ok=True)
+
+
+def test_a_worker_that_cannot_load_is_one_line_naming_the_cause(trained_copy):
+    """A damaged generator used to print 2-4 tracebacks (the worker's, the logger's EOFError, LitServe's)."""
+    import subprocess
+    import sys
+
+    from workbench.bench.launch import free_port
+
+    (trained_copy.path / "gen" / "generator.safetensors").write_bytes(b"garbage")
+    r = subprocess.run([sys.executable, "-m", "workbench", "-w", str(trained_copy.path), "serve", "--port", str(free_port()),
+                        "--channels", "generative"], capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "Traceback" not in out, out[-3000:]
+    assert "the /generative worker could not start: CheckpointError" in out and "workbench deploy --repair" in out
+    assert out.count("could not start") == 1 and "the server did not start" in out

@@ -34,6 +34,7 @@ request model, as a class.)
 """
 
 import json
+import logging
 import math
 import os
 import sys
@@ -113,6 +114,27 @@ class SearchRequest(BaseModel):
     k: int = Field(default=100, ge=1, le=MAX_K)  # products to return
 
 
+SERVE_PID = "WORKBENCH_SERVE_PID"  # the `workbench serve` process, set by `build` for the processes it starts
+
+
+def _die_with_parent() -> None:
+    """Linux: this process is killed when its parent dies (prctl PR_SET_PDEATHSIG), so a kill -9 of
+    `workbench serve` takes its workers, API servers and logger with it instead of leaving them holding
+    the port. Run in each process `build`'s server starts (forked: an at-fork hook; spawned: the workers'
+    `setup` and the logger's start); never in the serve process itself."""
+    main = int(os.environ.get(SERVE_PID, "0"))
+    if not sys.platform.startswith("linux") or not main or os.getpid() == main:
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    try:
+        os.kill(main, 0)
+    except ProcessLookupError:  # the serve process died before the call
+        os._exit(1)
+
+
 def _share_cores(workers: int, threads: int = 0) -> None:
     """Torch threads of this worker: `threads`, or (0) an equal share of the cores among `workers`."""
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
@@ -130,6 +152,22 @@ class ChannelAPI(ls.LitAPI):
     def __init__(self, workspace: str, cfg: ServeConfig, workers_total: int):
         super().__init__(max_batch_size=cfg.max_batch, batch_timeout=cfg.batch_wait_ms / 1000, api_path=f"/{self.channel}")
         self.workspace, self.cfg, self.workers_total = workspace, cfg, workers_total
+
+    def setup(self, device: str) -> None:
+        """In the worker process: die with the server, take a share of the cores, `load` the channel. A load
+        that fails is one line on stderr naming the cause (LitServe's traceback of it is silenced), then
+        LitServe stops the server."""
+        _die_with_parent()
+        _share_cores(self.workers_total, self.cfg.threads)
+        try:
+            self.load(device)
+        except Exception as e:
+            print(f"workbench serve: the /{self.channel} worker could not start: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            logging.getLogger("litserve").setLevel(logging.CRITICAL + 1)
+            raise
+
+    def load(self, device: str) -> None:
+        raise NotImplementedError
 
     def decode_request(self, request: SearchRequest) -> SearchRequest:
         return request
@@ -170,8 +208,7 @@ class ChannelAPI(ls.LitAPI):
 class GenerativeAPI(ChannelAPI):
     channel = "generative"
 
-    def setup(self, device: str) -> None:
-        _share_cores(self.workers_total, self.cfg.threads)
+    def load(self, device: str) -> None:
         self.engine = Engine(Workspace(self.workspace), device=device, name=self.cfg.name,
                              channel=ChannelConfig(query_dtype=self.cfg.query_dtype), width=self.cfg.width or None)
         self.known = set(self.engine.user_ids)
@@ -205,8 +242,7 @@ class GenerativeAPI(ChannelAPI):
 class BaselineAPI(ChannelAPI):
     """BM25 or dense over the same catalog (`workbench.baselines`)."""
 
-    def setup(self, device: str) -> None:
-        _share_cores(self.workers_total, self.cfg.threads)
+    def load(self, device: str) -> None:
         ws = Workspace(self.workspace)
         products = ws.table("products")
         ids = products["product_id"].astype(str).tolist()
@@ -262,6 +298,7 @@ class ServedLogger(ls.Logger):
         self._writing: threading.Lock | None = None
 
     def _start(self) -> None:
+        _die_with_parent()
         self._lock, self._writing, self._full = threading.Lock(), threading.Lock(), threading.Event()
         threading.Thread(target=self._writer, daemon=True, name="served-log").start()
         Finalize(self, self.flush, exitpriority=100)
@@ -355,6 +392,9 @@ async def _invalid(request, exc: RequestValidationError) -> JSONResponse:
                                      "type": text(e.get("type", ""))} for e in exc.errors()]}, status_code=422)
 
 
+_AT_FORK = False
+
+
 def build(workspace: str | Path, cfg: ServeConfig | None = None) -> ls.LitServer:
     """The LitServer for `workspace` (not started: `.run(host, port)`)."""
     cfg = cfg or ServeConfig()
@@ -369,4 +409,9 @@ def build(workspace: str | Path, cfg: ServeConfig | None = None) -> ls.LitServer
                           workers_per_device=cfg.workers, timeout=60, loggers=loggers,
                           middlewares=[(BodyLimit, {"max_body": cfg.max_body})], model_metadata={"config": asdict(cfg)})
     server.app.add_exception_handler(RequestValidationError, _invalid)
+    global _AT_FORK
+    os.environ[SERVE_PID] = str(os.getpid())
+    if not _AT_FORK:  # API servers and LitServe's helpers are forked: each dies with this process
+        os.register_at_fork(after_in_child=_die_with_parent)
+        _AT_FORK = True
     return server

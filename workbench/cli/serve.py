@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 
 import click
@@ -36,7 +37,14 @@ def serve(ctx, host, port, **kw) -> None:
         signal.signal(sig, _interrupt)  # where SIGINT was ignored at start (a background job of a shell) or comes as SIGTERM
     click.echo(f"serving {', '.join('/' + c for c in cfg.channels)} of {ws.path} on http://{host}:{port} "
                f"(batches of up to {cfg.max_batch}, {cfg.workers} worker(s) per channel)")
-    server.run(host=host, port=port, num_api_servers=cfg.api_servers, generate_client_file=False)
+    try:
+        server.run(host=host, port=port, num_api_servers=cfg.api_servers, generate_client_file=False)
+    except RuntimeError as e:
+        if "workers failed to start" not in str(e):
+            raise
+        for child in multiprocessing.active_children():  # LitServe's logger and manager: gone quietly, not with a traceback
+            child.kill()
+        raise click.ClickException("the server did not start: a worker could not load its channel (the line above says why)") from None
 
 
 def _interrupt(signum, frame):
