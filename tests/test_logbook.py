@@ -210,3 +210,34 @@ def test_user_sql_is_bounded_in_memory_cells_and_bytes(tmp_path, monkeypatch):
     df, more = lb.head(f"SELECT repeat('a', {cap}) AS a, repeat('b', {cap}) AS b FROM range(10)", 100, safe=True)
     assert len(df) == 2 and more
     assert lb.head("SELECT 1 AS one", 5, safe=True)[0]["one"].tolist() == [1]
+
+
+def test_a_hold_across_run_boundaries_is_waited_out_not_fatal(tmp_path):
+    """`train` used to abort when the logbook was held for the lock timeout at a stage boundary (the end of
+    one stage's run, the start of the next): now the work goes on, the rows wait, and the next write (or
+    the process's exit) writes them, whole and in one transaction."""
+    from workbench import logbook
+
+    lb = Logbook(tmp_path / "lb.duckdb", lock_timeout=0.5)
+    with lb.run("setup"):
+        pass
+    with held(lb.path):
+        with lb.run("stage-1", {"s": 1}) as one:  # starts while held: its row waits
+            one.log(0, loss=1.0)
+        with lb.run("stage-2") as two:  # one ended while held: its rows wait for two's first write, or exit
+            two.log(0, loss=0.5)
+            assert two.run_id and one.run_id
+        assert len(logbook._LATE[str(lb.path.resolve())]) == 2
+    with lb.run("stage-3") as three:  # free again: the late runs are written with this one's first write
+        three.log(0, loss=0.25)
+    assert not logbook._LATE.get(str(lb.path.resolve()))
+    runs = lb.query("SELECT kind, status, ended_at IS NOT NULL AS ended FROM runs ORDER BY started_at")
+    assert runs.values.tolist() == [["setup", "finished", True], ["stage-1", "finished", True],
+                                    ["stage-2", "finished", True], ["stage-3", "finished", True]]
+    loss = lb.query("SELECT r.kind, m.value FROM metrics m JOIN runs r USING (run_id) ORDER BY r.started_at")
+    assert loss.values.tolist() == [["stage-1", 1.0], ["stage-2", 0.5], ["stage-3", 0.25]]
+    with held(lb.path):  # and at exit: write_late waits for the logbook, or says what it could not write
+        with lb.run("last") as last:
+            last.log(0, loss=0.1)
+        assert logbook.write_late(timeout=0.5) == 1
+    assert logbook.write_late(timeout=5) == 0 and lb.query("SELECT status FROM runs WHERE kind = 'last'")["status"].tolist() == ["finished"]

@@ -30,12 +30,14 @@ host marks runs whose process is gone as `crashed`.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -163,6 +165,26 @@ def _capped(i: int, duck_type: str) -> str:
     if any(k in duck_type for k in ("[]", "STRUCT", "MAP", "UNION", "JSON", "[")):
         return f"left(CAST(#{i} AS VARCHAR), {USER_CELL})"
     return f"#{i}"
+
+
+_LATE: dict[str, list] = {}  # logbook file -> runs of this process whose last write found it busy (Run.__exit__)
+LATE_WAIT = 600.0  # seconds a process waits at exit to write its late runs
+
+
+@atexit.register
+def write_late(timeout: float | None = None) -> int:
+    """At exit (or when called): write every late run, waiting up to LATE_WAIT for each logbook; returns
+    the runs still unwritten (their rows are lost, and stderr says so)."""
+    left = 0
+    for key, runs in list(_LATE.items()):
+        if not runs:
+            continue
+        try:
+            runs[-1].flush(timeout=LATE_WAIT if timeout is None else timeout)
+        except (LogbookBusy, duckdb.Error, OSError) as e:
+            left += len(runs)
+            print(f"workbench: {len(runs)} run(s) not written to {key}: {e}", file=sys.stderr)
+    return left
 
 
 class LogbookBusy(TimeoutError):
@@ -349,27 +371,34 @@ class Run:
         self._buf: dict[str, list[dict]] = {k: [] for k in COLUMNS}
         self._last_flush = time.monotonic()
         self._open = False
+        self._inserted, self._final, self._started = False, None, now()  # the run's row is written by its first flush
 
     def __enter__(self) -> Run:
-        self.logbook.mark_crashed()
-        t = now()
-        with self.logbook.connect() as con:
-            con.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, 'running', NULL, ?, ?)",
-                [self.run_id, self.kind, self.name, json.dumps(self.config, default=str), self.seed,
-                 code_version(), t, t, socket.gethostname(), os.getpid()],
-            )
+        """Record the run as `running`. A logbook held past the lock timeout (a notebook, the app) does not
+        stop the work: the run's row waits in the buffer and is written by its first write that gets in."""
+        self._started = now()
+        try:
+            self.logbook.mark_crashed()
+            self.flush()
+        except LogbookBusy:
+            pass
         self._open = True
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        """Record how the run ended. Still busy after the lock timeout (a stage boundary under a long read):
+        the rows wait for the next write to this logbook by this process (the next stage's run) or its exit."""
         if exc_type is None:
             status, error = "finished", None
         elif issubclass(exc_type, KeyboardInterrupt):
             status, error = "interrupted", "KeyboardInterrupt"
         else:
             status, error = "failed", f"{exc_type.__name__}: {exc}"
-        self.flush(status=status, error=error, ended=True)
+        try:
+            self.flush(status=status, error=error, ended=True)
+        except LogbookBusy as e:
+            _LATE.setdefault(str(self.logbook.path.resolve()), []).append(self)
+            print(f"workbench: {e}; run {self.run_id}'s last rows are kept and written at the next chance", file=sys.stderr)
         self._open = False
 
     # logging --------------------------------------------------------------------------------
@@ -409,18 +438,41 @@ class Run:
 
     def flush(self, status: str | None = None, error: str | None = None, ended: bool = False,
               timeout: float | None = None) -> None:
-        """Write buffered rows and the heartbeat in one transaction."""
+        """Write buffered rows and the heartbeat in one transaction (and first any run of this process whose
+        last write found the logbook busy)."""
         t = now()
+        if status is not None:
+            self._final = (status, error, t if ended else None)
+        key = str(self.logbook.path.resolve())
+        late = [r for r in _LATE.get(key, []) if r is not self]
         with self.logbook.connect(timeout=timeout) as con:
             con.execute("BEGIN TRANSACTION")
-            for table, rows in self._buf.items():
-                if rows:
-                    _insert(con, table, rows)
-            con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [t, self.run_id])
-            if status is not None:
-                con.execute("UPDATE runs SET status = ?, error = ? WHERE run_id = ?", [status, error, self.run_id])
-            if ended:
-                con.execute("UPDATE runs SET ended_at = ? WHERE run_id = ?", [t, self.run_id])
+            for r in late:
+                r._write(con, t)
+            self._write(con, t)
             con.execute("COMMIT")
+        for r in late:
+            r._written()
+        if key in _LATE:
+            _LATE[key] = [r for r in _LATE[key] if r not in late and r is not self]
+        self._written()
+
+    def _write(self, con, t) -> None:
+        if not self._inserted:
+            con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, 'running', NULL, ?, ?)",
+                        [self.run_id, self.kind, self.name, json.dumps(self.config, default=str), self.seed,
+                         code_version(), self._started, t, socket.gethostname(), os.getpid()])
+        for table, rows in self._buf.items():
+            if rows:
+                _insert(con, table, rows)
+        con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [t, self.run_id])
+        if self._final is not None:
+            status, error, ended = self._final
+            con.execute("UPDATE runs SET status = ?, error = ? WHERE run_id = ?", [status, error, self.run_id])
+            if ended is not None:
+                con.execute("UPDATE runs SET ended_at = ? WHERE run_id = ?", [ended, self.run_id])
+
+    def _written(self) -> None:
+        self._inserted = True
         self._buf = {k: [] for k in COLUMNS}
         self._last_flush = time.monotonic()
