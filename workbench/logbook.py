@@ -181,7 +181,9 @@ def write_late(timeout: float | None = None) -> int:
             continue
         try:
             runs[-1].flush(timeout=LATE_WAIT if timeout is None else timeout)
-        except (LogbookBusy, duckdb.Error, OSError) as e:
+        except (LogbookBusy, LogbookCorrupt, duckdb.Error, OSError) as e:
+            if not isinstance(e, LogbookBusy):  # it can never take them: said once, then dropped
+                _LATE.pop(key)
             left += len(runs)
             print(f"workbench: {len(runs)} run(s) not written to {key}: {e}", file=sys.stderr)
     return left

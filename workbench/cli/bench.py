@@ -160,6 +160,25 @@ def bench_beam(ctx, modes, speed, speed_batches, embedder, device, **kw) -> None
         report("beam-width-choice", summary, run, device=device_name(device))
 
 
+def scientific_sids(ws, name: str, datasets_dir, codebook_sizes: str, embedder: str, device: str, seed: int):
+    """The SID table `name` of the Amazon Scientific workspace: cq-sid (ours, trained here when missing or
+    stale) or a published LC-Rec index from the data set's folder."""
+    products = ws.table("products")
+    if name != "cq-sid":
+        path = (datasets_dir or DATASETS) / "amazon_scientific" / f"{name}__Scientific.index.json"
+        return sid_table(products["product_id"], lcrec_index(path, products["product_id"].to_numpy()))
+    if check(ws, "sid"):
+        e = get_embedder(embedder, device)
+        train_workspace(ws, CQSIDConfig(model=RQVAEConfig(input_dim=e.dim, codebook_sizes=ints(codebook_sizes)), seed=seed),
+                        e, device)
+    return load_sids(ws)
+
+
+def small_model(d_model: int, layers: int) -> dict:
+    """The generator of the Amazon Scientific benchmarks: `layers` encoder and decoder layers, 4 heads."""
+    return {"d_model": d_model, "enc_layers": layers, "dec_layers": layers, "n_heads": 4, "d_ff": 4 * d_model}
+
+
 @bench.command(name="seqrec")
 @click.option("--datasets", "datasets_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the real data sets (default: ../shared/datasets beside the repository).")
@@ -182,23 +201,14 @@ def bench_seqrec(ctx, datasets_dir, indexes, codebook_sizes, epochs, d_model, la
     ws = bench_workspace("scientific", datasets_dir)
     e1, e2 = ints(epochs)
     names = [n.strip() for n in indexes.split(",")]
-    if "cq-sid" in names and check(ws, "sid"):
-        e = get_embedder(embedder, device)
-        train_workspace(ws, CQSIDConfig(model=RQVAEConfig(input_dim=e.dim, codebook_sizes=ints(codebook_sizes)), seed=seed),
-                        e, device)
     products = ws.table("products")
     seqs = sequences(ws.table("interactions"))
-    root = datasets_dir or DATASETS
-    model = {"d_model": d_model, "enc_layers": layers, "dec_layers": layers, "n_heads": 4, "d_ff": 4 * d_model}
+    model = small_model(d_model, layers)
     params = {"epochs": [e1, e2], "model": model, "width": width, "history": history, "seed": seed, "users": len(seqs)}
     rows = []
     with ws.logbook().run("bench", {"bench": "seqrec", "indexes": names, **params, "device": device}, seed=seed) as run:
         for name in names:
-            if name == "cq-sid":
-                sids = load_sids(ws)
-            else:
-                path = root / "amazon_scientific" / f"{name}__Scientific.index.json"
-                sids = sid_table(products["product_id"], lcrec_index(path, products["product_id"].to_numpy()))
+            sids = scientific_sids(ws, name, datasets_dir, codebook_sizes, embedder, device, seed)
             row = run_case(products, seqs, sids, model, TrainConfig(seed=seed), (e1, e2), history, width, device, run, name)
             rows.append(row)
             for key, value in row.items():
@@ -233,17 +243,9 @@ def bench_psearch(ctx, datasets_dir, index_name, codebook_sizes, epochs, d_model
     if len(e) != 3:
         raise click.BadParameter(f"three epoch counts (stages 1, 2, 3), got {epochs!r}", param_hint="--epochs")
     products = ws.table("products")
-    if index_name == "cq-sid":
-        if check(ws, "sid"):
-            emb = get_embedder(embedder, device)
-            train_workspace(ws, CQSIDConfig(model=RQVAEConfig(input_dim=emb.dim, codebook_sizes=ints(codebook_sizes)),
-                                            seed=seed), emb, device)
-        sids = load_sids(ws)
-    else:
-        path = (datasets_dir or DATASETS) / "amazon_scientific" / f"{index_name}__Scientific.index.json"
-        sids = sid_table(products["product_id"], lcrec_index(path, products["product_id"].to_numpy()))
+    sids = scientific_sids(ws, index_name, datasets_dir, codebook_sizes, embedder, device, seed)
     seqs = sequences(ws.table("interactions"))
-    model = {"d_model": d_model, "enc_layers": layers, "dec_layers": layers, "n_heads": 4, "d_ff": 4 * d_model}
+    model = small_model(d_model, layers)
     params = {"index": index_name, "epochs": e, "model": model, "width": width, "history": history, "k": k, "seed": seed}
     with ws.logbook().run("bench", {"bench": "psearch", **params, "device": device}, seed=seed) as run:
         rows, facts = psearch_run(products, seqs, sids, model, TrainConfig(seed=seed), tuple(e), history, width, k, device, run)
