@@ -219,3 +219,59 @@ def test_a_sid_table_that_lost_rows_or_its_index_is_refused(trained_copy):
     sids.iloc[::-1].to_parquet(path)  # every row again, but not the table the index was made from
     with pytest.raises(lineage.StaleError, match="index.parquet is stale"):
         load_sids(ws)
+
+
+# 6. lineage of the inputs as read (issue 32 item 3): a Python caller holds no writer lock -------------------
+def test_lineage_records_the_tables_as_read_not_as_they_are_when_saved(trained_copy, monkeypatch):
+    """Another writer replaces the judgments while stage 2 trains: the new checkpoint records the judgments
+    it read, so it reports itself outdated against the new ones (recording at save time called it current)."""
+    from workbench.gen import stages
+
+    ws, other = trained_copy, Workspace(trained_copy.path)
+    real_fit = stages.fit
+
+    def fit_while_another_writes(*a, **kw):
+        j = other.table("judgments")
+        other.write_tables({"judgments": j.iloc[: len(j) // 2]}, replace=True)
+        return real_fit(*a, **kw)
+
+    monkeypatch.setattr(stages, "fit", fit_while_another_writes)
+    cfg = StagesConfig(model=TINY, train=TrainConfig(lr=3e-3), stages=(2,), epochs=(1,), eval_width=4)
+    train_stages(ws, cfg, resume=False, progress=False, echo=lambda s: None)
+    assert "table judgments changed" in store.outdated(ws, "generator-stage2")
+
+
+def test_a_generator_trained_while_the_sids_were_replaced_is_stale_not_current(trained_copy, monkeypatch):
+    from workbench.embed import get_embedder
+    from workbench.gen import stages
+    from workbench.sid.config import CQSIDConfig, RQVAEConfig
+    from workbench.sid.store import train_workspace as train_sids
+
+    ws, other = trained_copy, Workspace(trained_copy.path)
+    real_fit = stages.fit
+
+    def fit_while_sids_change(*a, **kw):
+        cfg = CQSIDConfig(model=RQVAEConfig(input_dim=64, hidden=(128,), codebook_sizes=(16, 8, 4)), epochs=2, seed=5)
+        train_sids(other, cfg, get_embedder("hashing-64"), progress=False)
+        return real_fit(*a, **kw)
+
+    monkeypatch.setattr(stages, "fit", fit_while_sids_change)
+    cfg = StagesConfig(model=TINY, train=TrainConfig(lr=3e-3), stages=(2,), epochs=(1,), eval_width=4)
+    with pytest.raises(lineage.StaleError, match="trained on other SIDs"):  # its deploy refuses it
+        train_stages(ws, cfg, resume=False, progress=False, echo=lambda s: None)
+    with pytest.raises(lineage.StaleError, match="trained on other SIDs"):  # and so does every reader
+        store.load(ws, "generator-stage2")
+
+
+def test_an_input_read_in_two_versions_by_one_run_is_refused(sample_ws):
+    ws, other = sample_ws, Workspace(sample_ws.path)
+    assert lineage.as_read(ws, {"products": "now"}) == {"products": "now"}  # no scope: the current fingerprints
+    with lineage.reading(ws):
+        products = ws.table("products")
+        first = lineage.fingerprint(ws.table_path("products"))
+        assert lineage.as_read(ws, {"products": "now"}) == {"products": first}
+        other.write_tables({"products": products.assign(title=products["title"] + " v2")}, replace=True)
+        ws.table("products")
+        with pytest.raises(lineage.StaleError, match="products changed while this run read it.*built from a mix"):
+            lineage.as_read(ws, lineage.tables(ws, ["products"]))
+    assert ws.reads == []  # the scope is closed

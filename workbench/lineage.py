@@ -15,19 +15,25 @@ Two kinds of parent:
   stage's checkpoint; a generator trained on an older search log). Training retrains stale stages;
   `report` lists the rest as outdated; nothing refuses them.
 
+Fingerprints are of the inputs *as read*, not as they are when the artifact is saved: the training calls
+are `reading` scopes in which every table, SID table and checkpoint read is fingerprinted from the bytes
+parsed, and `as_read` gives the saver those (an input read in two versions is refused: a mix).
+
 `pipeline.report(ws)` loads every artifact of a workspace and says, per artifact, ok / outdated / stale
 / broken: what `workbench data validate` prints and the fault-injection tests assert on.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from workbench.checkpoint import CheckpointError
 from workbench.data.splits import SPLIT
+from workbench.workspace import digest
 
 _CACHE: dict[tuple, str] = {}
 
@@ -41,12 +47,45 @@ def fingerprint(path: str | Path) -> str:
     st = os.stat(path)
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _CACHE:
-        h = hashlib.sha256()
         with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _CACHE[key] = h.hexdigest()[:16]
+            _CACHE[key] = digest(iter(lambda: f.read(1 << 20), b""))
     return _CACHE[key]
+
+
+@contextmanager
+def reading(ws):
+    """Within: the inputs `ws` reads (its tables, the SID table and the RQ-VAE it was made from, generator
+    checkpoints) are fingerprinted as read, so `as_read` records what a run was built from even when another
+    process replaces an input between the read and the save (a Python caller holds no writer lock)."""
+    seen: dict[str, set[str]] = {}
+    ws.reads.append(seen)
+    try:
+        yield seen
+    finally:
+        ws.reads.remove(seen)
+
+
+def reads(fn):
+    """Decorate a function whose first argument is a workspace: its call is one `reading` scope."""
+    @functools.wraps(fn)
+    def scoped(ws, *args, **kw):
+        with reading(ws):
+            return fn(ws, *args, **kw)
+    return scoped
+
+
+def as_read(ws, current: dict[str, str]) -> dict[str, str]:
+    """`current` (input -> fingerprint now) with each input the innermost open `reading` scope read
+    replaced by the fingerprint it was read with; StaleError when the scope read an input in two versions
+    (it changed between two reads: the run was built from a mix)."""
+    seen = ws.reads[-1] if ws.reads else {}
+    mixed = [k for k in current if len(seen.get(k, ())) > 1]
+    if mixed:
+        raise StaleError(f"{' and '.join(mixed)} changed while this run read {'them' if len(mixed) > 1 else 'it'} "
+                         f"({', '.join(f'{k}: ' + ' then '.join(sorted(seen[k])) for k in mixed)}), so it was built from a mix "
+                         "of versions and nothing was saved; run it again (the `workbench` verbs take the workspace's "
+                         "writer lock, so no other verb can change inputs meanwhile)")
+    return {k: next(iter(seen[k])) if k in seen else v for k, v in current.items()}
 
 
 def tables(ws, names) -> dict[str, str]:

@@ -24,6 +24,7 @@ a second writer is refused at once with the holder's verb, pid and start time. R
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -53,6 +54,14 @@ _ARROW = {
 
 def default_path() -> Path:
     return Path(os.environ.get("WORKBENCH_WORKSPACE", DEFAULT_WORKSPACE))
+
+
+def digest(chunks) -> str:
+    """A content fingerprint: the first 16 hex digits of the SHA-256 of the byte chunks, in order."""
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def _temp(path: Path) -> Path:
@@ -194,8 +203,19 @@ class ReplaceError(ValueError):
 class Workspace:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.reads: list[dict[str, set[str]]] = []  # open `lineage.reading` scopes: input -> fingerprints read
         if self.path.is_dir():
             recover(self.path)  # a writer killed mid-commit: finish its set of files
+
+    def note(self, name: str, fp: str) -> None:
+        """Record that input `name` was read with fingerprint `fp`, in every open `lineage.reading` scope."""
+        for seen in self.reads:
+            seen.setdefault(name, set()).add(fp)
+
+    def wrote(self, name: str, fp: str) -> None:
+        """Record that this process wrote input `name` with fingerprint `fp`: later reads are of that version."""
+        for seen in self.reads:
+            seen[name] = {fp}
 
     # metadata -----------------------------------------------------------------------------
     @property
@@ -302,7 +322,10 @@ class Workspace:
         if not p.exists():
             raise FileNotFoundError(f"workspace {self.path} has no table '{name}' ({p} is missing)")
         try:
-            return pq.read_table(p).to_pandas()
+            data = p.read_bytes()  # one read: what is parsed is what is fingerprinted, whatever replaces the file meanwhile
+            if self.reads:
+                self.note(name, digest([data]))
+            return pq.read_table(pa.BufferReader(data)).to_pandas()
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError([(str(p), None, None, f"not a readable Parquet file: {e}")]) from e
 

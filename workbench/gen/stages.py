@@ -291,6 +291,7 @@ def train_stage(ws, cur: Curriculum, retriever: Retriever, pairs: Pairs, s: int,
     return row
 
 
+@lineage.reads
 def train_stages(ws, cfg: StagesConfig | None = None, name: str = names.DEPLOYED, device: str = "cpu", resume: bool = True,
                  progress: bool = True, echo=print) -> list[dict]:
     """Run `cfg.stages` in order, each `curriculum -> first_model -> (keep | training_set -> resume_state ->

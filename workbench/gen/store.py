@@ -59,11 +59,15 @@ def save(ws: Workspace, model: Generator, tok: TextTokenizer, name: str = names.
     """Write `<name>`; `parent`: the checkpoint it was trained from (recorded with its fingerprint)."""
     tok.save(tokenizer_path(ws, tok.key))
     path = checkpoint_path(ws, name)
-    made_from = {"tables": lineage.tables(ws, TABLES_READ), "split": SPLIT}
+    made_from = {"tables": lineage.as_read(ws, lineage.tables(ws, TABLES_READ)), "split": SPLIT}
     if parent is not None:
-        made_from["parent"] = {"name": parent, "fingerprint": lineage.fingerprint(checkpoint_path(ws, parent))}
-    checkpoint.save(path, model, model.cfg, kind="generator", extra=extra, sid_fingerprint=sid_fingerprint(ws),
+        key = f"gen/{parent}"
+        made_from["parent"] = {"name": parent, "fingerprint": lineage.as_read(ws, {key: lineage.fingerprint(checkpoint_path(ws, parent))})[key]}
+    sids = lineage.as_read(ws, {"rqvae": sid_fingerprint(ws), "sids": lineage.fingerprint(sid_dir(ws) / "sids.parquet")})
+    checkpoint.save(path, model, model.cfg, kind="generator", extra=extra, sid_fingerprint=sids["rqvae"],
                     lineage=made_from, **meta)
+    if ws.reads:
+        ws.wrote(f"gen/{name}", lineage.fingerprint(path))
     return path
 
 
@@ -147,6 +151,7 @@ def repair(ws: Workspace, name: str = names.DEPLOYED) -> str:
     return f"{name} deployed again from {source} ({why})"
 
 
+@lineage.reads
 def deploy(ws: Workspace, source: str, name: str = names.DEPLOYED, why: str = "") -> Path:
     """Copy checkpoint `source` to `<name>` (the deployed generator) inside a logbook run."""
     model, tok, meta = load(ws, source)
@@ -163,6 +168,8 @@ def load(ws: Workspace, name: str = names.DEPLOYED, device: str = "cpu") -> tupl
         have = sorted(p.stem for p in gen_dir(ws).glob("*.safetensors"))
         raise FileNotFoundError(f"workspace {ws.path} has no generator {name!r} ({path}); "
                                 f"{'it has ' + ', '.join(have) if have else 'train one with `workbench train`'}")
+    if ws.reads:
+        ws.note(f"gen/{name}", lineage.fingerprint(path))
     try:
         state, cfg, meta = checkpoint.load(path, GenConfig, kind="generator", device=device)
     except checkpoint.CheckpointError as e:

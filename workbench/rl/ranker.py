@@ -212,6 +212,7 @@ def workspace_inputs(ws, embedder_name: str, device: str = "cpu", progress: bool
     return Features(ws, embedder_name, vecs["products"]), vecs["queries"]
 
 
+@lineage.reads
 def train_workspace(ws, embedder_name: str = "minilm", device: str = "cpu", progress: bool = True,
                     **overrides) -> tuple[Ranker, list[dict]]:
     """Fit the ranker on the workspace's search log, log it, save it as <workspace>/rl/ranker.safetensors."""
@@ -222,7 +223,7 @@ def train_workspace(ws, embedder_name: str = "minilm", device: str = "cpu", prog
         last = history[-1]
         for metric in ("ctr_auc", "cvr_auc"):
             run.log_eval(metric, last[metric], dataset="validation impressions", method="ranker")
-        save(ranker_path(ws), model.cpu(), run_id=run.run_id, lineage={**lineage.tables(ws, ROWS_FROM), "split": splits.SPLIT},
+        save(ranker_path(ws), model.cpu(), run_id=run.run_id, lineage={**lineage.as_read(ws, lineage.tables(ws, ROWS_FROM)), "split": splits.SPLIT},
              **{k: v for k, v in last.items() if k != "epoch"})
     return model.to(device), history
 

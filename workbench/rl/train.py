@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from workbench import dist
+from workbench import dist, lineage
 from workbench.data import splits
 from workbench.data.market import Market
 from workbench.gen import names, store
@@ -228,6 +228,7 @@ def diagnostics(members: torch.Tensor, present: torch.Tensor, s: Scores, G: int,
     return out
 
 
+@lineage.reads
 def train_rl(ws, cfg: RLConfig, name: str = names.DEPLOYED, source: str | None = None, out: str | None = None,
              device: str = "cpu", progress: bool = True) -> list[dict]:
     """Refine `source` (default <name>-stage3) with `cfg.algo`; save as `out` (default <name>-<algo>)."""

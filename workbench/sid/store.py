@@ -33,7 +33,7 @@ from workbench.sid.cqsid import SIDData, dedup, evaluate, flat_stats, train
 from workbench.sid.cqsid import assign as assign_codes
 from workbench.sid.index import SIDIndex
 from workbench.sid.rqvae import RQVAE
-from workbench.workspace import Workspace, atomic_write
+from workbench.workspace import Workspace, atomic_write, digest
 
 
 def sid_dir(ws: Workspace) -> Path:
@@ -88,7 +88,7 @@ def write_table(ws: Workspace, cfg: CQSIDConfig, product_ids, sids: np.ndarray, 
         with ws.transaction() as tx:
             return write_table(ws, cfg, product_ids, sids, rqvae, tx)
     rqvae = rqvae or lineage.fingerprint(sid_dir(ws) / "rqvae.safetensors")
-    made_from = lineage.encode({**lineage.tables(ws, ["products"]), "rqvae": rqvae})
+    made_from = lineage.encode({**lineage.as_read(ws, lineage.tables(ws, ["products"])), "rqvae": rqvae})
     cols = sid_columns(cfg.model.levels, cfg.mode)
     sids = np.asarray(sids, np.int32)
     table = pa.table({"product_id": pa.array(product_ids, pa.string()), **{c: pa.array(sids[:, i]) for i, c in enumerate(cols)}})
@@ -165,13 +165,18 @@ def load_sids(ws: Workspace, check: bool = True) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"workspace {ws.path} has no SID table ({path}); train one with `workbench sid train`")
     try:
-        t = pq.read_table(path)
+        data = path.read_bytes()  # one read: the table parsed is the one fingerprinted (`lineage.reading`)
+        t = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowInvalid, OSError) as e:
         raise checkpoint.CheckpointError(f"{path}: not a readable SID table ({e}); rebuild it with `workbench sid train`") from e
     df = t.to_pandas()
+    recorded = lineage.decode((t.schema.metadata or {}).get(b"lineage"))
+    if ws.reads:
+        ws.note("sids", digest([data]))
+        if "rqvae" in recorded:
+            ws.note("rqvae", recorded["rqvae"])
     if not check:
         return df
-    recorded = lineage.decode((t.schema.metadata or {}).get(b"lineage"))
     current = {**lineage.tables(ws, ["products"]), "rqvae": lineage.fingerprint(sid_dir(ws) / "rqvae.safetensors")}
     lineage.check(str(path), {k: v for k, v in recorded.items() if k == "rqvae"}, current,
                   "the SID model was replaced without its table: rebuild both with `workbench sid train`")
@@ -194,6 +199,7 @@ def load_sids(ws: Workspace, check: bool = True) -> pd.DataFrame:
 
 
 # workspace-level operations (the `workbench sid ...` verbs) -------------------------------------------
+@lineage.reads
 def train_workspace(ws: Workspace, cfg: CQSIDConfig, embedder, device: str = "cpu", progress: bool = True) -> dict:
     """Train CQ-SID on the workspace, write weights, SID table and index; log the run. Returns stats.
 
@@ -223,6 +229,7 @@ def log_stats(run, stats: dict, cfg: CQSIDConfig, dataset: str = "catalog") -> N
         run.log_eval(name, value, dataset=dataset, method=f"{cfg.variant}/{cfg.mode}", stage="sid")
 
 
+@lineage.reads
 def assign_new(ws: Workspace, embedder, device: str = "cpu", progress: bool = True) -> dict:
     """SIDs for products that have none yet, and afresh for products whose content changed (none for
     products gone from the catalog), no retraining.
