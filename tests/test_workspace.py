@@ -60,7 +60,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
 
 WRITERS = [  # every verb that writes a workspace, with arguments that parse (the lock refuses it before it reads them)
     ["data", "synth"], ["data", "import", "csv", "--products", __file__], ["data", "import", "lcrec", "--items", __file__],
-    ["data", "pseudo"], ["sid", "train"], ["sid", "assign"], ["sid", "map"], ["train"], ["gen", "rank"],
+    ["data", "pseudo"], ["sid", "train"], ["sid", "assign"], ["sid", "map"], ["train"], ["gen", "rank"], ["gen", "rank", "--out", "ranked"],
     ["deploy", "--repair"], ["ranker"], ["rl"], ["dense", "train"], ["demo", "--no-app"],
 ]
 
@@ -143,3 +143,58 @@ def test_two_writers_at_once_leave_a_workspace_that_agrees(trained_copy, seed):
     sid_trained = first is b or q.returncode == 0  # then the generators are stale against the new SIDs, and say so
     assert not bad or (sid_trained and all(r["artifact"].startswith(("gen/", "rl/")) for r in bad)), bad
     assert "is busy" in said  # the two overlapped: the second found the first writing
+
+
+PAIRED = [  # every writing verb but `demo` (its build is a sequence of these under one lock), quick on `trained`
+    ["data", "synth", "--products", "300", "--users", "40", "--sessions", "300", "--seed", "7", "--replace"],
+    ["data", "import", "csv", "--products", "{csv}"], ["data", "import", "lcrec", "--items", "{items}", "--replace"],
+    ["data", "pseudo", "--per-product", "1"], ["sid", "train", "--embedder", "hashing-64", "--epochs", "5", "--codebook-sizes", "16,8,4"],
+    ["sid", "assign", "--embedder", "hashing-64"], ["sid", "map", "--points", "200"],
+    ["train", "--stages", "1", "--epochs", "1", "--fresh", "--eval-width", "4", "--d-model", "64", "--heads", "4", "--layers", "1",
+     "--d-ff", "128"],
+    ["gen", "rank", "--epochs", "1", "--out", "ranked", "--width", "4"], ["deploy", "generator-stage2"],
+    ["ranker", "--epochs", "1", "--embedder", "hashing-64"], ["rl", "--steps", "1", "--prompts", "4", "--group", "4", "--embedder", "hashing-64"],
+    ["dense", "train", "--epochs", "1", "--max-pairs", "200"],
+]
+UPSTREAM = {("data", "synth"), ("data", "import"), ("sid", "train")}  # verbs whose success makes artifacts built before them stale
+
+
+@pytest.mark.slow
+def test_every_pair_of_writing_verbs_at_once_leaves_a_workspace_that_agrees(trained, tmp_path):
+    """Two writers of every pair of writing verbs (each with itself too) started a seeded moment apart on a
+    fresh copy of one trained workspace (tests/writer_pairs.py): each ends with exit 0, is refused as busy,
+    or (when it ran after the other) fails with one line naming the problem; and every artifact then
+    loads, or is refused as stale only where a verb that succeeded replaced what it was built from; none
+    is broken. About 7 minutes: one fork per verb, no imports paid twice."""
+    import json
+    import subprocess
+    import sys
+
+    ws, _ = trained
+    products = ws.table("products")
+    products.to_csv(tmp_path / "products.csv", index=False)  # the same catalog again: a write that changes nothing
+    (tmp_path / "items.json").write_text(json.dumps({r.product_id: {"title": r.title, "brand": r.brand or ""}
+                                                     for r in products.itertuples()}))
+    verbs = [[a.format(csv=tmp_path / "products.csv", items=tmp_path / "items.json") for a in v] for v in PAIRED]
+    (tmp_path / "verbs.json").write_text(json.dumps(verbs))
+    got = subprocess.run([sys.executable, "tests/writer_pairs.py", str(ws.path), str(tmp_path / "verbs.json"), "0"],
+                         capture_output=True, text=True, timeout=1500)
+    assert got.returncode == 0, got.stderr[-3000:]
+    rows = [json.loads(line) for line in got.stdout.splitlines()]
+    assert len(rows) == len(verbs) * (len(verbs) + 1) // 2
+    overlapped = 0
+    for row in rows:
+        runs, said = row["runs"], [r["output"] for r in row["runs"]]
+        pair = [" ".join(r["verb"][:2]) for r in runs]
+        busy = ["is busy: `" in s for s in said]
+        overlapped += any(busy)
+        assert not any("Traceback" in s or "ESCAPED" in s for s in said), (pair, said)
+        for r, b in zip(runs, busy):  # done, refused, or one line naming why it cannot run after the other
+            assert r["code"] == 0 or (r["code"] == 1 and (b or "Error: " in r["output"])), (pair, r["output"])
+        assert any(r["code"] == 0 for r in runs), (pair, said)
+        statuses = {a: s for a, (s, _) in row["report"].items()}
+        assert "broken" not in statuses.values(), (pair, row["report"])
+        upstream = any(r["code"] == 0 and tuple(r["verb"][:2]) in UPSTREAM for r in runs)
+        stale = [a for a, s in statuses.items() if s == "stale"]
+        assert not stale or upstream, (pair, row["report"])  # stale only where a verb replaced its inputs, and said so
+    assert overlapped >= len(rows) // 2, overlapped  # most pairs ran at the same time: the second found the first writing

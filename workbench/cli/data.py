@@ -48,7 +48,7 @@ def _stale_after(ws: Workspace, had: list[str]) -> None:
                 flags={"n_products": "--products", "n_users": "--users", "n_sessions": "--sessions"})
 @replace_option()
 @click.pass_context
-@writes
+@writes(to="out")
 def synth(ctx, out, preset, replace, **kw) -> None:
     """Generate a synthetic marketplace (catalog, users, queries, search log, judgments, truth); options
     given override the preset."""

@@ -72,13 +72,17 @@ class Name(click.ParamType):
 NAME = Name()
 
 
-def writes(f):
-    """A verb that writes its workspace (`--out`'s for `data synth`) runs holding the workspace's writer
-    lock (`Workspace.writer`): a second writer is refused at once, naming the one writing."""
+def writes(f=None, *, to: str | None = None):
+    """A verb that writes its workspace runs holding the workspace's writer lock (`Workspace.writer`): a
+    second writer is refused at once, naming the one writing. `to`: the option that, when given, names the
+    workspace written instead of `-w` (`data synth --out`)."""
+    if f is None:
+        return functools.partial(writes, to=to)
+
     @functools.wraps(f)
     def run(*args, **kw):
         ctx = click.get_current_context()
-        ws = Workspace(kw["out"]) if kw.get("out") else ws_of(ctx)
+        ws = Workspace(kw[to]) if to and kw.get(to) else ws_of(ctx)
         with ws.writer(ctx.command_path.split(" ", 1)[-1]):
             return f(*args, **kw)
     return run
