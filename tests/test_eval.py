@@ -268,9 +268,14 @@ def test_the_faiss_channel_finds_the_exact_scans_neighbours_and_refuses_what_can
         ann = ANN(ids, vecs, e, cfg)
         for (a, sa), (x, _) in zip(ann.scored(queries, 50), exact.scored(queries, 50)):
             assert len(a) == 50 and len(set(a) & set(x)) >= 48 and list(sa) == sorted(sa, reverse=True)
-    for bad, msg in [(dict(kind="lsh"), "kind must be one of"), (dict(m=0), "must be >= 1")]:
+    pq = ANN(ids, vecs, e, ANNConfig(kind="ivfpq", nlist=16, nprobe=16, pq_m=16))  # every cell, codes of 4 dimensions: nearly exact here
+    for (a, sa), (x, _) in zip(pq.scored(queries, 50), exact.scored(queries, 50)):
+        assert len(a) == 50 and len(set(a) & set(x)) >= 45 and list(sa) == sorted(sa, reverse=True)
+    for bad, msg in [(dict(kind="lsh"), "kind must be one of"), (dict(m=0), "must be >= 1"), (dict(pq_m=0), "must be >= 1")]:
         with pytest.raises(ValueError, match=msg):
             ANNConfig(**bad)
+    with pytest.raises(ValueError, match="pq_m must divide 64"):
+        ANN(ids, vecs, e, ANNConfig(kind="ivfpq", nlist=16, pq_m=7))
     with pytest.raises(ValueError, match="cannot be trained on 960 products"):
         ANN(ids, vecs, e, ANNConfig(kind="ivf", nlist=5000))
     with pytest.raises(ValueError, match="one vector per product"):

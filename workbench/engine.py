@@ -174,7 +174,7 @@ class Engine:
                 ids = self.products.index.tolist()
                 order = self.channel.order  # the channel's cosine order already holds the embedder and product vectors
                 e = order.embedder if order else get_embedder(workspace_embedder(self.ws), self.device)
-                vecs = order.vectors if order else embed_workspace(self.ws, e, ("products",), progress=False)["products"]
+                vecs = order.vectors if order and isinstance(order.vectors, np.ndarray) else embed_workspace(self.ws, e, ("products",), progress=False)["products"]
                 self._dense = Dense(ids, vecs, e, self.device)
                 self._bm25 = BM25(ids, product_texts(self.products.reset_index()))
         bm, de = self._bm25.search([query], k)[0], self._dense.search([query], k)[0]

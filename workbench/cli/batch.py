@@ -82,7 +82,7 @@ def sids(ctx, src, dst, chunk, device, vectors) -> None:
 @click.option("--model", "name", type=NAME, default=names.DEPLOYED, show_default=True)
 @click.option("--products", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also keep the channel's first N products per row (the decoded SIDs' products, ranked inside).")
-@config_options(ChannelConfig, "budget", "order", "logp_weight", "popularity_weight", "pool", choices={"order": ORDERS})
+@config_options(ChannelConfig, "budget", "order", "logp_weight", "popularity_weight", "pool", "compact", choices={"order": ORDERS})
 def decode(ctx, src, dst, chunk, device, column, width, top, name, products, **kw) -> None:
     """Decode every row's text into its top SIDs with the generator (offline, batched beam search)."""
     device = dist.setup(device)

@@ -13,6 +13,7 @@ from workbench.bench.app import load as browser_load
 from workbench.bench.backbone import throughput as backbone_throughput
 from workbench.bench.batch import scale
 from workbench.bench.catalog import measure, recipe_workspace
+from workbench.bench.compact import run as compact_run
 from workbench.bench.data import DATASETS, bench_workspace, embed_speed, synth_scale
 from workbench.bench.dist import JOBS as DIST_JOBS
 from workbench.bench.dist import throughput as dist_throughput
@@ -270,6 +271,25 @@ def bench_backbone(ctx, backbones, n, epochs, device) -> None:
         report("backbone-throughput", backbone_throughput(ws, list(names(backbones)), n, epochs, device), run, params=params,
                units={"tokenize_s": "s", "wall_s": "s", "first_epoch_per_s": "1/s", "later_epochs_per_s": "1/s"},
                device=device_name(device))
+
+
+@bench.command(name="compact")
+@click.option("--codes", default="96,48,24", show_default=True, help="Codes per product to measure (one byte each; each must "
+              "divide the embedding's dimensions); the float32 row is always measured.")
+@click.option("--budget", type=click.IntRange(min=1), default=100, show_default=True, help="Candidates per query (Recall@budget).")
+@click.option("--split", type=click.Choice(["validation", "test"]), default="validation", show_default=True,
+              help="Queries to measure on: validation chooses, test reports once.")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="Beam width (default: the workspace's served width).")
+@device_option()
+@click.pass_context
+def bench_compact(ctx, codes, budget, split, width, device) -> None:
+    """The compact generative channel: recall and memory per product of its product-quantised in-cluster order
+    against the float32 order, beside FAISS IVF-PQ with the same codes and the exact scan."""
+    ws = ws_of(ctx).require()
+    params = {"codes": codes, "budget": budget, "split": split, "width": width}
+    with ws.logbook().run("bench", {"bench": "compact", **params}) as run:
+        rows = compact_run(ws, tuple(ints(codes)), budget, split, width, device)
+        report("compact", rows, run, params=params, units={"bytes_per_product": "B", "build_s": "s"}, device=device_name(device))
 
 
 @bench.command(name="homedepot")

@@ -14,7 +14,7 @@ from workbench.gen.config import ORDERS
 
 @click.command(name="eval")
 @config_options(EvalConfig, "ks", "width", "methods", "share", "split", flags={"ks": "--k"}, choices={"split": SPLITS})
-@config_options(EvalConfig, "channel.budget", "channel.order", "channel.logp_weight", "channel.popularity_weight", "channel.pool", "budgets", choices={"channel.order": ORDERS})
+@config_options(EvalConfig, "channel.budget", "channel.order", "channel.logp_weight", "channel.popularity_weight", "channel.pool", "channel.compact", "budgets", choices={"channel.order": ORDERS})
 @click.option("--judgments", "judgments_csv", type=click.Path(dir_okay=False), default=None,
               help="Evaluate these judgments (CSV: query, product_id, relevance) instead of the workspace's --split queries.")
 @click.option("--threshold", type=FINITE, default=None, help="Relevance threshold for --judgments (default: the workspace's).")

@@ -117,7 +117,7 @@ def gen() -> None:
 @click.option("--width", type=click.IntRange(1, MAX_WIDTH), default=None,
               help=f"Beam width: how many SIDs to decode [default: the width the workspace serves: its sweep's choice, else {DEFAULT_WIDTH}].")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="SIDs (and channel products) to show per query.")
-@config_options(ChannelConfig, "budget", "order", "logp_weight", "popularity_weight", "pool", choices={"order": ORDERS})
+@config_options(ChannelConfig, "budget", "order", "logp_weight", "popularity_weight", "pool", "compact", choices={"order": ORDERS})
 @click.option("--user", default=None, help="Personalise for this user id (a generator trained with stage 3).")
 @click.option("--name", type=NAME, default=names.DEPLOYED, show_default=True)
 @device_option()

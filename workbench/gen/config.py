@@ -152,6 +152,7 @@ class ChannelConfig:
     popularity_weight: float = 0.0  # cosine order: + this x log(1 + the product's purchases x 2 + clicks on training queries)
     pool: int = 16  # cosine order: score the beam's first pool x budget products and keep the best budget (1: the first budget, in beam order)
     query_dtype: str = "float32"  # cosine order: the query encoder computes in this (bfloat16: faster on CPUs with AVX512-BF16)
+    compact: int = 0  # cosine order: product-quantise the product vectors into this many one-byte codes each (gen/compact.py; 0: float32, 4 x d bytes)
     user_gate: float = 1.0  # a user's search: the user term's weight, 0 (decode as anonymous) to 1 (as trained); choose it on validation
 
     def __post_init__(self):
@@ -161,6 +162,8 @@ class ChannelConfig:
             raise ValueError(f"the channel's budget must be >= 1 product, got {self.budget}")
         if self.pool < 1:
             raise ValueError(f"the channel's pool must be >= 1 (x budget), got {self.pool}")
+        if self.compact < 0:
+            raise ValueError(f"compact is a number of one-byte codes per product (0: float32 vectors), got {self.compact}")
         for name in ("logp_weight", "popularity_weight"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")

@@ -25,6 +25,7 @@ from workbench.data.relevance import relevance
 from workbench.embed import embed_workspace, get_embedder
 from workbench.gen import names, store
 from workbench.gen.beam import Beams, beam_search
+from workbench.gen.compact import PQVectors
 from workbench.gen.config import ChannelConfig
 from workbench.gen.context import UserContext
 from workbench.gen.data import sid_matrix
@@ -159,17 +160,20 @@ class CosineOrder:
     with the workspace's embedder (the one its SIDs were built on); ties keep beam order. Products of
     one SID otherwise come in popularity order, which on a catalog without logs is arbitrary. With
     `pool` > 1 the first pool x budget products of the beam are scored and the best `budget` kept, so a
-    relevant product in the beam's tail is not lost to the cut before it is scored."""
+    relevant product in the beam's tail is not lost to the cut before it is scored. With `compact` M > 0 the
+    vectors are held as M one-byte product-quantisation codes each (`compact.PQVectors`) and the cosine is
+    scored from them."""
 
     def __init__(self, embedder, product_ids, vectors: np.ndarray, logp_weight: float = 0.0, query_dtype: str = "float32",
-                 pool: int = 1, popularity: np.ndarray | None = None, popularity_weight: float = 0.0):
+                 pool: int = 1, popularity: np.ndarray | None = None, popularity_weight: float = 0.0, compact: int = 0):
         if len(product_ids) != len(vectors):
             raise ValueError(f"{len(product_ids)} product ids for {len(vectors)} vectors")
         if popularity_weight and (popularity is None or len(popularity) != len(vectors)):
             raise ValueError("a popularity weight needs the popularity of every product (one per vector)")
         self.embedder, self.logp_weight, self.query_dtype, self.pool = embedder, logp_weight, query_dtype, pool
         self.ids = pd.Index(np.asarray(product_ids, dtype=object))  # product id -> its row of `vectors`
-        self.vectors = np.asarray(vectors, np.float32)  # (N, d), unit norm
+        self.vectors = PQVectors.train(vectors, compact) if compact else np.asarray(vectors, np.float32)  # (N, d), unit norm
+        self.dot = self.vectors.dot if compact else lambda rows, q: self.vectors[rows] @ q  # rows, (d,) -> (n,)
         self.prior = (popularity_weight * np.log1p(np.asarray(popularity, np.float32)) if popularity_weight
                       else np.zeros(len(vectors), np.float32))  # (N,) the behaviour term of each product
 
@@ -180,7 +184,7 @@ class CosineOrder:
         vecs = embed_workspace(ws, e, ("products",), progress=False)["products"]  # stored: always float32
         ids = ws.table("products")["product_id"]
         pop = ids.map(popularity(ws)).fillna(0).to_numpy(np.float32) if cfg.popularity_weight else None
-        return cls(e, ids.tolist(), vecs, cfg.logp_weight, cfg.query_dtype, cfg.pool, pop, cfg.popularity_weight)
+        return cls(e, ids.tolist(), vecs, cfg.logp_weight, cfg.query_dtype, cfg.pool, pop, cfg.popularity_weight, cfg.compact)
 
     def __call__(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None) -> list[list[str]]:
         return [ids for ids, _ in self.scored(texts, hits, budget)]
@@ -199,7 +203,7 @@ class CosineOrder:
             if not ids:
                 out.append(([], np.zeros(0, np.float32)))
                 continue
-            score = self.vectors[mine] @ qv + self.logp_weight * logp + self.prior[mine]  # (n,)
+            score = self.dot(mine, qv) + self.logp_weight * logp + self.prior[mine]  # (n,)
             order = np.argsort(-score, kind="stable")[:budget]
             out.append(([ids[i] for i in order], score[order]))
         return out

@@ -1,0 +1,87 @@
+"""The compact in-cluster order (gen/compact.py): product-quantised vectors score like float32 ones."""
+
+import numpy as np
+import pytest
+
+from workbench.gen.compact import PQVectors
+from workbench.gen.config import ChannelConfig
+from workbench.gen.retrieve import CosineOrder, Hit
+
+
+def exact_catalog(n: int = 300, m: int = 4, dsub: int = 4, values: int = 5, seed: int = 0) -> np.ndarray:
+    """n distinct products, each a concatenation of one of `values` sub-vectors per sub-space: PQ codes them exactly."""
+    rng = np.random.default_rng(seed)
+    subs = rng.standard_normal((m, values, dsub)).astype(np.float32)
+    combos = rng.choice(values ** m, n, replace=False)
+    digits = np.stack([(combos // values ** i) % values for i in range(m)], 1)  # (n, m)
+    return subs[np.arange(m), digits].reshape(n, m * dsub)
+
+
+class Echo:
+    """An embedder whose query vector is given: encode(['3']) -> the third of `queries`."""
+
+    def __init__(self, queries: np.ndarray):
+        self.queries = queries
+
+    def encode(self, texts, dtype="float32"):
+        return self.queries[[int(t) for t in texts]]
+
+
+def test_exact_codes_score_and_order_like_float32():
+    x = exact_catalog()
+    pq = PQVectors.train(x, 4)
+    assert np.allclose(pq.decode(), x, atol=1e-6)  # every product coded exactly
+    q = np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32)
+    rows = np.arange(len(x))
+    assert np.allclose(pq.dot(rows, q[0]), x @ q[0], atol=1e-4)
+    ids = [f"p{i}" for i in range(len(x))]
+    hits = [[Hit((0,), -0.5, tuple(ids[:150])), Hit((1,), -1.0, tuple(ids[150:]))]] * 3
+    full, small = CosineOrder(Echo(q), ids, x, pool=4), CosineOrder(Echo(q), ids, x, pool=4, compact=4)
+    for (a, sa), (b, sb) in zip(full.scored(["0", "1", "2"], hits, 100), small.scored(["0", "1", "2"], hits, 100)):
+        assert a == b and np.allclose(sa, sb, atol=1e-4)
+    assert small.vectors.nbytes == len(x) * 4 + 4 * 256 * 4 * 4  # 4 bytes a product and the codebooks, not 64
+
+
+def test_lossy_codes_keep_most_of_the_order():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    pq = PQVectors.train(x, 8)
+    q = x[:20] + 0.1 * rng.standard_normal((20, 32)).astype(np.float32)
+    overlap = [len(set(np.argsort(-(x @ v))[:50]) & set(np.argsort(-pq.dot(np.arange(2000), v))[:50])) / 50 for v in q]
+    assert np.mean(overlap) > 0.6  # 8 codes of 4 dimensions each: coarse, not random (random: 50 / 2000)
+    assert pq.codes.dtype == np.uint8 and pq.codes.shape == (2000, 8)
+
+
+@pytest.mark.parametrize("m, n, match", [(5, 300, "M must divide 16"), (0, 300, "M must divide"), (4, 100, "at least 256 products")])
+def test_bad_compact_settings_are_named(m, n, match):
+    with pytest.raises(ValueError, match=match):
+        PQVectors.train(exact_catalog(n=n if n >= 256 else 100, values=5), m)
+
+
+def test_a_negative_compact_setting_is_refused():
+    with pytest.raises(ValueError, match="compact is a number of one-byte codes"):
+        ChannelConfig(compact=-1)
+    with pytest.raises(ValueError, match="do not fit"):
+        PQVectors(np.zeros((4, 256, 4)), np.zeros((10, 3)))
+
+
+def test_the_generative_channel_serves_a_compact_order(trained):
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+    from workbench.gen.retrieve import Channel, Generative, Retriever
+
+    ws, _ = trained
+    retriever = Retriever.from_workspace(ws)
+    queries = ws.table("queries")["query"].astype(str).tolist()[:20]
+    lists = {}
+    for compact in (0, 8):
+        ch = Channel.from_workspace(ws, ChannelConfig(budget=30, compact=compact))
+        lists[compact] = [ids for ids, _ in Generative(retriever, ch, 8).scored(queries, 30)]
+        assert isinstance(ch.order.vectors, PQVectors) == bool(compact)
+    assert np.mean([len(set(a) & set(b)) / max(len(a), 1) for a, b in zip(lists[0], lists[8])]) > 0.5
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "gen", "search", "drill", "--width", "4", "--compact", "8"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "gen", "search", "drill", "--width", "4", "--compact", "7"])
+    assert r.exit_code != 0 and "M must divide 64" in r.output and "Traceback" not in r.output

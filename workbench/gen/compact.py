@@ -1,0 +1,66 @@
+"""A compact in-cluster order: the product vectors product-quantised (Jégou et al., 2011), so the generative
+channel's cosine order holds M bytes per product instead of 4 x d.
+
+    train   cut the d dimensions into M sub-spaces of d / M; k-means (FAISS's ProductQuantizer) learns 256
+            centroids per sub-space on the product vectors (FAISS samples 256 per centroid at most)
+    encode  each product -> M one-byte codes: its nearest centroid in each sub-space
+    score   <q, p^> = sum_m <q_m, C_m[code_m(p)]>: per query one (M, 256) table of sub-space inner products,
+            then per candidate M lookups and a sum (asymmetric: the query stays float, only products are coded)
+
+Invariants: a product vector that is a concatenation of centroids is coded exactly, so its score equals the
+float32 inner product up to float rounding (the toy test); memory per product is M bytes plus a shared
+M x 256 x d / M float32 codebook.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BITS = 8  # one byte per code: 256 centroids per sub-space
+
+
+class PQVectors:
+    """Product-quantised unit vectors with an inner-product scorer (`dot`), in place of a float32 matrix."""
+
+    def __init__(self, centroids: np.ndarray, codes: np.ndarray):
+        self.centroids = np.ascontiguousarray(centroids, np.float32)  # (M, 256, d / M)
+        self.codes = np.ascontiguousarray(codes, np.uint8)  # (N, M)
+        if self.centroids.ndim != 3 or self.codes.ndim != 2 or self.codes.shape[1] != self.centroids.shape[0]:
+            raise ValueError(f"codebooks {self.centroids.shape} and codes {self.codes.shape} do not fit: "
+                             "expected (M, 256, d / M) and (N, M)")
+        self.m, self.dsub = self.centroids.shape[0], self.centroids.shape[2]
+
+    @classmethod
+    def train(cls, vectors: np.ndarray, m: int, seed: int = 0) -> PQVectors:
+        """Learn M codebooks on `vectors` (N, d) and code them; d must divide by M, N be >= 256."""
+        import faiss
+
+        x = np.ascontiguousarray(vectors, np.float32)
+        n, d = x.shape
+        if m < 1 or d % m:
+            raise ValueError(f"product quantisation cuts the {d} dimensions into M equal sub-spaces: M must divide {d}, got {m}")
+        if n < 1 << BITS:
+            raise ValueError(f"a compact order learns {1 << BITS} centroids per sub-space: it needs at least {1 << BITS} "
+                             f"products, got {n:,}")
+        pq = faiss.ProductQuantizer(d, m, BITS)
+        pq.cp.seed, pq.cp.min_points_per_centroid = seed, 1  # few products per centroid is a fine toy, not a warning
+        pq.train(x)
+        centroids = faiss.vector_to_array(pq.centroids).reshape(m, 1 << BITS, d // m)
+        return cls(centroids, pq.compute_codes(x))
+
+    def dot(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """<q, product> for the products at `rows`, from their codes: (len(rows),) float32."""
+        table = np.einsum("mkd,md->mk", self.centroids, q.reshape(self.m, self.dsub).astype(np.float32))  # (M, 256)
+        return table[np.arange(self.m), self.codes[rows]].sum(1)  # (n, M) lookups -> (n,)
+
+    def decode(self) -> np.ndarray:
+        """The vectors the codes stand for: (N, d) float32 (for measuring, not for serving)."""
+        return self.centroids[np.arange(self.m), self.codes].reshape(len(self.codes), -1)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the codes and the shared codebooks."""
+        return self.codes.nbytes + self.centroids.nbytes
+
+    def __len__(self) -> int:
+        return len(self.codes)
