@@ -85,3 +85,21 @@ def test_the_generative_channel_serves_a_compact_order(trained):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["-w", str(ws.path), "gen", "search", "drill", "--width", "4", "--compact", "7"])
     assert r.exit_code != 0 and "M must divide 64" in r.output and "Traceback" not in r.output
+
+
+def test_bench_compact_states_recall_and_bytes_against_float32(trained):
+    from click.testing import CliRunner
+
+    from workbench.bench.compact import run
+    from workbench.cli import main
+
+    ws, _ = trained
+    rows = {r["case"]: r for r in run(ws, codes=(8,), budget=20, width=8)}
+    assert list(rows) == ["generative float32", "dense-exact float32", "generative 8 codes", "dense-ivfpq 8 codes"]
+    assert rows["generative float32"]["d_vs_float32"] == 0 and rows["dense-exact float32"]["ann_recall"] == 1.0
+    assert rows["generative float32"]["bytes_per_product"] == 64 * 4  # hashing-64, float32
+    assert 8 <= rows["generative 8 codes"]["bytes_per_product"] < 64 * 4 / 4  # 8 codes and a share of the codebooks
+    lo, d, hi = (rows["generative 8 codes"][k] for k in ("d_lo", "d_vs_float32", "d_hi"))
+    assert lo <= d <= hi and 0 < rows["dense-ivfpq 8 codes"]["ann_recall"] <= 1
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "compact", "--codes", "7", "--budget", "20", "--width", "8"])
+    assert r.exit_code != 0 and "M must divide 64" in r.output and "Traceback" not in r.output

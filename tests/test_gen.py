@@ -291,3 +291,30 @@ def test_bench_backbone_compares_encoders_in_one_run(trained):
     assert {"first_epoch_per_s", "later_epochs_per_s", "tokenize_s", "x_vs_minilm"} <= set(got["metric"])
     bad = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "backbone", "--epochs", "1"])
     assert bad.exit_code == 2 and "--epochs': 1 is not in the range x>=2" in bad.output, bad.output
+
+
+def test_the_order_reuses_the_sentence_backbones_query_vectors(trained):
+    """A sentence-backbone generator has embedded its queries with the order's embedder already: the order
+    takes those vectors (one encode a search, not two) and returns the same lists; other texts encode anew."""
+    from workbench.gen.config import ChannelConfig
+    from workbench.gen.retrieve import Channel, Generative, Retriever
+    from workbench.gen.tokenizer import SentenceTokenizer
+
+    ws, _ = trained
+    retriever, channel = Retriever.from_workspace(ws), Channel.from_workspace(ws, ChannelConfig(budget=20))
+    queries = ws.table("queries")["query"].astype(str).tolist()[:8]
+    before = Generative(retriever, channel, 8).scored(queries, 20)
+    sentence = SentenceTokenizer("hashing-64")
+    assert sentence.embedder.key == channel.order.embedder.key
+    sentence.encode(queries)
+    assert sentence.vectors(queries, channel.order.embedder.key) is not None
+    assert sentence.vectors(queries[:3], channel.order.embedder.key) is None  # other texts: encode anew
+    assert sentence.vectors(queries, "another-embedder") is None
+    retriever.tok.vectors = sentence.vectors  # the decoder keeps its own tokenizer; only the order's vectors are swapped in
+    calls = []
+    encode = channel.order.embedder.encode
+    channel.order.embedder.encode = lambda texts, **kw: calls.append(texts) or encode(texts, **kw)
+    after = Generative(retriever, channel, 8).scored(queries, 20)
+    assert calls == [] and [a for a, _ in after] == [b for b, _ in before]
+    Generative(retriever, channel, 8).scored(queries[:3], 20)
+    assert calls == [queries[:3]]

@@ -84,6 +84,7 @@ class ServeConfig:
     width: int = 0  # beam width of a request that names none (0: the width the workspace's sweep chose)
     ann: ANNConfig = field(default_factory=ANNConfig)  # dense-ann: the FAISS index's kind and parameters
     query_dtype: str = ChannelConfig.query_dtype  # generative and dense: the query encoder computes in this (bfloat16: docs/tutorials/serving.md)
+    compact: int = ChannelConfig.compact  # generative: the in-cluster order from this many one-byte codes per product (0: float32 vectors)
 
     def __post_init__(self):
         check_dtype(self.query_dtype)
@@ -91,8 +92,8 @@ class ServeConfig:
         bad = set(self.channels) - set(CHANNELS)
         if not self.channels or bad:
             raise ValueError(f"channels must be some of {CHANNELS}, got {self.channels}")
-        if self.threads < 0 or self.width < 0:
-            raise ValueError(f"threads and width must be >= 0, got {self.threads}, {self.width}")
+        if self.threads < 0 or self.width < 0 or self.compact < 0:
+            raise ValueError(f"threads, width and compact must be >= 0, got {self.threads}, {self.width}, {self.compact}")
         if self.width > MAX_WIDTH:
             raise ValueError(f"width must be at most {MAX_WIDTH}, got {self.width}")
         for f in ("max_batch", "workers", "api_servers", "max_body", "flush_rows"):
@@ -210,7 +211,7 @@ class GenerativeAPI(ChannelAPI):
 
     def load(self, device: str) -> None:
         self.engine = Engine(Workspace(self.workspace), device=device, name=self.cfg.name,
-                             channel=ChannelConfig(query_dtype=self.cfg.query_dtype), width=self.cfg.width or None)
+                             channel=ChannelConfig(query_dtype=self.cfg.query_dtype, compact=self.cfg.compact), width=self.cfg.width or None)
         self.known = set(self.engine.user_ids)
         self.engine.search_many(["warm up"], 1)  # loads the query embedder before /health says ready
 

@@ -20,6 +20,7 @@ from workbench.ann import ANN, ANNConfig
 from workbench.baselines import Dense
 from workbench.embed import embed_workspace, get_embedder
 from workbench.eval.width import served_width
+from workbench.gen.compact import check
 from workbench.gen.config import ChannelConfig
 from workbench.gen.data import eval_set
 from workbench.gen.retrieve import Channel, Generative, Retriever
@@ -35,14 +36,15 @@ def faiss_bytes(index) -> int:
 
 def run(ws, codes: tuple[int, ...] = (0, 96, 48, 24), budget: int = 100, split: str = "validation", width: int | None = None,
         device: str = "cpu", nlist: int = 0, nprobe: int = 32) -> list[dict]:
-    if 0 not in codes:
-        codes = (0, *codes)  # the float32 row every difference is taken against
+    codes = (0, *dict.fromkeys(m for m in codes if m))  # the float32 rows first: every difference is taken against them
     ev = eval_set(ws, split)
     if ev.empty:
         raise ValueError(f"workspace {ws.path} has no {split} queries with relevant products")
     queries, relevant = ev["query"].astype(str).tolist(), ev["relevant"].tolist()
     e = get_embedder(workspace_embedder(ws), device)
     vecs = embed_workspace(ws, e, ("products",), progress=False)["products"]
+    for m in codes[1:]:
+        check(vecs.shape[1], m)  # before anything is built
     ids = ws.table("products")["product_id"].tolist()
     qv = e.encode(queries)
     exact = [p for p, _ in Dense(ids, vecs, e, device).scored(queries, budget, vectors=qv)]

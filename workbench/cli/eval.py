@@ -20,8 +20,9 @@ from workbench.gen.config import ORDERS
 @click.option("--threshold", type=FINITE, default=None, help="Relevance threshold for --judgments (default: the workspace's).")
 @config_options(EvalConfig, "generator", flags={"generator": "--name"})
 @config_options(EvalConfig, "fusions", "fusion_budget", "fusion_reference", "seed")
-@config_options(EvalConfig, "ann.kind", "ann.m", "ann.ef_search", "ann.nlist", "ann.nprobe", choices={"ann.kind": KINDS},
-                flags={f"ann.{f}": f"--ann-{f.replace('_', '-')}" for f in ("kind", "m", "ef_search", "nlist", "nprobe")})
+@config_options(EvalConfig, "ann.kind", "ann.m", "ann.ef_search", "ann.nlist", "ann.nprobe", "ann.pq_m",
+                choices={"ann.kind": KINDS},
+                flags={f"ann.{f}": f"--ann-{f.replace('_', '-')}" for f in ("kind", "m", "ef_search", "nlist", "nprobe", "pq_m")})
 @embedder_option()
 @device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON records.")

@@ -18,10 +18,11 @@ from workbench.service import ServeConfig, build
               help="Listen here (0.0.0.0 or :: to accept other machines).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @config_options(ServeConfig, "channels", "max_batch", "batch_wait_ms", "workers", "threads", "api_servers", "accelerator", "max_body",
-                "bm25_backend", "log", "name", "width", "query_dtype", "ann.kind", "ann.m", "ann.ef_search", "ann.nlist", "ann.nprobe",
+                "bm25_backend", "log", "name", "width", "query_dtype", "compact", "ann.kind", "ann.m", "ann.ef_search", "ann.nlist", "ann.nprobe",
+                "ann.pq_m",
                 choices={"accelerator": ("cpu", "cuda", "auto"), "bm25_backend": ("numba", "numpy"), "query_dtype": DTYPES,
                          "ann.kind": KINDS},
-                flags={f"ann.{f}": f"--ann-{f.replace('_', '-')}" for f in ("kind", "m", "ef_search", "nlist", "nprobe")})
+                flags={f"ann.{f}": f"--ann-{f.replace('_', '-')}" for f in ("kind", "m", "ef_search", "nlist", "nprobe", "pq_m")})
 @click.pass_context
 def serve(ctx, host, port, **kw) -> None:
     """Serve the generative channel, BM25, dense (exact) and dense-ann (FAISS) over HTTP: POST /generative, /bm25, /dense, /dense-ann with

@@ -19,6 +19,12 @@ import numpy as np
 BITS = 8  # one byte per code: 256 centroids per sub-space
 
 
+def check(d: int, m: int) -> None:
+    """ValueError unless `m` codes can cut `d` dimensions into equal sub-spaces."""
+    if m < 1 or d % m:
+        raise ValueError(f"product quantisation cuts the {d} dimensions into M equal sub-spaces: M must divide {d}, got {m}")
+
+
 class PQVectors:
     """Product-quantised unit vectors with an inner-product scorer (`dot`), in place of a float32 matrix."""
 
@@ -37,8 +43,7 @@ class PQVectors:
 
         x = np.ascontiguousarray(vectors, np.float32)
         n, d = x.shape
-        if m < 1 or d % m:
-            raise ValueError(f"product quantisation cuts the {d} dimensions into M equal sub-spaces: M must divide {d}, got {m}")
+        check(d, m)
         if n < 1 << BITS:
             raise ValueError(f"a compact order learns {1 << BITS} centroids per sub-space: it needs at least {1 << BITS} "
                              f"products, got {n:,}")

@@ -189,9 +189,13 @@ class CosineOrder:
     def __call__(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None) -> list[list[str]]:
         return [ids for ids, _ in self.scored(texts, hits, budget)]
 
-    def scored(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None) -> list[tuple[list[str], np.ndarray]]:
-        """Per query: its candidates best first, and each one's score."""
-        q = self.embedder.encode(list(texts), dtype=self.query_dtype)  # (Q, d), unit norm
+    def scored(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None,
+               vectors: np.ndarray | None = None) -> list[tuple[list[str], np.ndarray]]:
+        """Per query: its candidates best first, and each one's score; `vectors`: the queries' embeddings by
+        this order's embedder when already computed (float32 only: a bfloat16 order encodes its own)."""
+        if vectors is None or self.query_dtype != "float32":
+            vectors = self.embedder.encode(list(texts), dtype=self.query_dtype)
+        q = vectors  # (Q, d), unit norm
         cands = [candidates(h, None if budget is None else budget * self.pool) for h in hits]
         flat = np.array([p for ids, _ in cands for p in ids], dtype=object)  # every query's candidates: one lookup
         rows = self.ids.get_indexer(flat) if len(flat) else np.zeros(0, np.intp)
@@ -229,12 +233,13 @@ class Channel:
     def __call__(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None) -> list[list[str]]:
         return [ids for ids, _ in self.scored(texts, hits, budget)]
 
-    def scored(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None) -> list[tuple[list[str], np.ndarray]]:
+    def scored(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None,
+               vectors: np.ndarray | None = None) -> list[tuple[list[str], np.ndarray]]:
         """The channel's lists (candidates cut at `budget`, by default the config's) with each product's
-        score: the cosine order's, or its SID's log-probability."""
+        score: the cosine order's (`vectors`: the queries' embeddings, when computed), or its SID's log-probability."""
         budget = self.cfg.budget if budget is None else budget
         if self.cfg.order == "cosine":
-            return self.order.scored(texts, hits, budget)
+            return self.order.scored(texts, hits, budget, vectors)
         return [candidates(h, budget) for h in hits]
 
 
@@ -270,7 +275,12 @@ class Generative:
             return self.retriever.search(list(queries), self.width, context=context, gate=self.channel.cfg.user_gate)
 
     def scored(self, queries: list[str], budget: int, context: torch.Tensor | None = None) -> list[tuple[list[str], np.ndarray]]:
-        return self.channel.scored(list(queries), self.hits(queries, context), budget)
+        """A generator with the sentence backbone already embedded the queries with the order's embedder:
+        the order takes those vectors instead of encoding the queries a second time."""
+        hits, order = self.hits(queries, context), self.channel.order
+        reuse = getattr(self.retriever.tok, "vectors", None)
+        vectors = reuse(list(queries), order.embedder.key) if reuse is not None and order is not None else None
+        return self.channel.scored(list(queries), hits, budget, vectors)
 
     def search(self, queries: list[str], k: int) -> list[list[str]]:
         """The first k products of the channel as served (at its configured budget)."""

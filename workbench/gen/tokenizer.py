@@ -24,6 +24,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
@@ -125,6 +126,7 @@ class SentenceTokenizer:
         self.embedder_name, self.cache_dir = embedder_name, cache_dir
         self.embedder = get_embedder(embedder_name, device)
         self.key = f"sentence-{self.embedder.key}"
+        self.last: tuple[tuple[str, ...], np.ndarray] | None = None  # the last search's texts and vectors
 
     @property
     def dim(self) -> int:
@@ -132,11 +134,17 @@ class SentenceTokenizer:
 
     def encode(self, texts: list[str], max_len: int = 32, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         texts = checked(texts)
-        texts = [t[: max_len * 32] for t in texts]  # cut absurd texts first, as TextTokenizer does
+        cut = [t[: max_len * 32] for t in texts]  # cut absurd texts first, as TextTokenizer does
         bulk = len(texts) >= self.BULK
-        x = torch.as_tensor(embed(texts, self.embedder, self.cache_dir if bulk else None, progress=bulk,
-                                  desc="embed texts")).to(device)  # (B, D)
-        return x, torch.ones(len(texts), 1, dtype=torch.bool, device=device)
+        v = embed(cut, self.embedder, self.cache_dir if bulk else None, progress=bulk, desc="embed texts")  # (B, D)
+        self.last = (tuple(texts), v) if cut == texts and not bulk else None  # a search's query vectors, for its order
+        return torch.as_tensor(v).to(device), torch.ones(len(texts), 1, dtype=torch.bool, device=device)
+
+    def vectors(self, texts: list[str], embedder_key: str) -> np.ndarray | None:
+        """The float32 vectors the last `encode` computed, when it encoded exactly `texts` with this embedder
+        (the channel's cosine order then needs no second encode of its queries); otherwise None."""
+        last = self.last
+        return last[1] if last is not None and embedder_key == self.embedder.key and last[0] == tuple(texts) else None
 
     def save(self, path: str | Path) -> None:
         text = json.dumps({"kind": "sentence", "embedder": self.embedder_name, "key": self.key})
