@@ -66,6 +66,3 @@ class PQVectors:
     def nbytes(self) -> int:
         """Bytes held: the codes and the shared codebooks."""
         return self.codes.nbytes + self.centroids.nbytes
-
-    def __len__(self) -> int:
-        return len(self.codes)

@@ -193,9 +193,8 @@ class CosineOrder:
                vectors: np.ndarray | None = None) -> list[tuple[list[str], np.ndarray]]:
         """Per query: its candidates best first, and each one's score; `vectors`: the queries' embeddings by
         this order's embedder when already computed (float32 only: a bfloat16 order encodes its own)."""
-        if vectors is None or self.query_dtype != "float32":
-            vectors = self.embedder.encode(list(texts), dtype=self.query_dtype)
-        q = vectors  # (Q, d), unit norm
+        reuse = vectors is not None and self.query_dtype == "float32"
+        q = vectors if reuse else self.embedder.encode(list(texts), dtype=self.query_dtype)  # (Q, d), unit norm
         cands = [candidates(h, None if budget is None else budget * self.pool) for h in hits]
         flat = np.array([p for ids, _ in cands for p in ids], dtype=object)  # every query's candidates: one lookup
         rows = self.ids.get_indexer(flat) if len(flat) else np.zeros(0, np.intp)
