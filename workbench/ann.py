@@ -18,6 +18,7 @@ reports beside it (`ann_recall@B`); the parameters are `ANNConfig`'s, stated wit
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,35 +49,49 @@ class ANN:
     name = "dense-ann"
     slots = False
 
-    def __init__(self, ids: list[str], vectors: np.ndarray, embedder, cfg: ANNConfig | None = None, query_dtype: str = "float32"):
+    def __init__(self, ids: list[str], vectors: np.ndarray | Iterable[np.ndarray], embedder, cfg: ANNConfig | None = None,
+                 query_dtype: str = "float32", sample: np.ndarray | None = None):
+        """`vectors`: (N, d) unit vectors in the order of `ids`; or blocks of them in that order (a catalog larger
+        than memory: the index holds its own copy or codes, never the whole float32 matrix twice), and then
+        `sample`, the vectors the IVF kinds learn their cells and codes on (and that give d)."""
         import faiss
 
         self.cfg = cfg = cfg or ANNConfig()
-        x = np.ascontiguousarray(vectors, dtype=np.float32)
-        if len(ids) != len(x) or not len(x):
-            raise ValueError(f"an ANN index needs one vector per product, got {len(ids)} ids and {len(x)} vectors")
+        if isinstance(vectors, np.ndarray):
+            vectors = sample = np.ascontiguousarray(vectors, dtype=np.float32)
+            if len(ids) != len(vectors) or not len(vectors):
+                raise ValueError(f"an ANN index needs one vector per product, got {len(ids)} ids and {len(vectors)} vectors")
+            blocks = (vectors,)
+        elif sample is None:
+            raise ValueError("an ANN index built from blocks of vectors needs `sample`, vectors to learn on (and to give d)")
+        else:
+            blocks, sample = vectors, np.ascontiguousarray(sample, dtype=np.float32)
         self.ids, self.embedder, self.query_dtype = np.asarray(ids, dtype=object), embedder, query_dtype
+        d, n = sample.shape[1], len(ids)
         if cfg.kind == "hnsw":
-            self.index = faiss.IndexHNSWFlat(x.shape[1], cfg.m, faiss.METRIC_INNER_PRODUCT)
+            self.index = faiss.IndexHNSWFlat(d, cfg.m, faiss.METRIC_INNER_PRODUCT)
             self.index.hnsw.efConstruction = cfg.ef_construction
         else:
-            nlist = cfg.nlist or max(1, int(4 * math.sqrt(len(x))))
-            if nlist > len(x):
-                raise ValueError(f"an IVF index of {nlist} cells cannot be trained on {len(x)} products: "
-                                 f"give nlist <= {len(x)} (0 picks 4 x sqrt(products))")
-            d, quantizer = x.shape[1], faiss.IndexFlatIP(x.shape[1])
+            nlist = cfg.nlist or max(1, int(4 * math.sqrt(n)))
+            if nlist > len(sample):
+                raise ValueError(f"an IVF index of {nlist} cells cannot be trained on {len(sample)} products: "
+                                 f"give nlist <= {len(sample)} (0 picks 4 x sqrt(products))")
+            quantizer = faiss.IndexFlatIP(d)
             if cfg.kind == "ivf":
                 self.index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
             else:
                 if d % cfg.pq_m:
                     raise ValueError(f"IVF-PQ cuts the {d} dimensions into pq_m equal parts: pq_m must divide {d}, got {cfg.pq_m}")
-                if len(x) < 256:
-                    raise ValueError(f"IVF-PQ learns 256 centroids per part: it needs at least 256 products, got {len(x)}")
+                if len(sample) < 256:
+                    raise ValueError(f"IVF-PQ learns 256 centroids per part: it needs at least 256 products, got {len(sample)}")
                 self.index = faiss.IndexIVFPQ(quantizer, d, nlist, cfg.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
                 self.index.cp.min_points_per_centroid = self.index.pq.cp.min_points_per_centroid = 1
-            self.index.train(x)
+            self.index.train(sample)
             self.index.nprobe = min(cfg.nprobe, nlist)
-        self.index.add(x)
+        for block in blocks:
+            self.index.add(np.ascontiguousarray(block, dtype=np.float32))
+        if self.index.ntotal != n:
+            raise ValueError(f"an ANN index needs one vector per product, got {n} ids and {self.index.ntotal} vectors")
 
     def search(self, queries: list[str], k: int) -> list[list[str]]:
         return [ids for ids, _ in self.scored(queries, k)]

@@ -20,6 +20,9 @@ from workbench.bench.dist import throughput as dist_throughput
 from workbench.bench.pages import tour
 from workbench.bench.psearch import run as psearch_run
 from workbench.bench.rl import compare
+from workbench.bench.scale import CHANNELS as SCALE_CHANNELS
+from workbench.bench.scale import chart as scale_chart
+from workbench.bench.scale import run as scale_run
 from workbench.bench.seqrec import run_case, sequences, sid_table
 from workbench.bench.serve import batching_gain, capacity, grow
 from workbench.bench.serve import load as serve_load
@@ -290,6 +293,46 @@ def bench_compact(ctx, codes, budget, split, width, device) -> None:
     with ws.logbook().run("bench", {"bench": "compact", **params}) as run:
         rows = compact_run(ws, tuple(ints(codes)), budget, split, width, device)
         report("compact", rows, run, params=params, units={"bytes_per_product": "B", "build_s": "s"}, device=device_name(device))
+
+
+@bench.command(name="scale")
+@click.option("--sizes", default="100000,1000000", show_default=True, help="Catalog sizes, each at least the workspace's "
+              "catalog: its products grown by tiling, with vectors synthesised near the originals'.")
+@click.option("--channels", type=names, default=",".join(SCALE_CHANNELS), show_default=True,
+              help=f"Channels to measure, some of {', '.join(SCALE_CHANNELS)} (exact: the float32 scan).")
+@click.option("--budget", type=click.IntRange(min=1), default=100, show_default=True, help="Candidates per query.")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="Beam width (default: the workspace's served width).")
+@click.option("--compact", type=click.IntRange(min=0), default=96, show_default=True,
+              help="One-byte codes per product of the generative order and of IVF-PQ (0: a float32 order; IVF-PQ then 48).")
+@click.option("--queries", type=click.IntRange(min=1), default=200, show_default=True, help="Queries timed and scored.")
+@click.option("--split", type=click.Choice(["validation", "test"]), default="validation", show_default=True)
+@click.option("--sigma", type=Finite(min=0), default=0.5, show_default=True,
+              help="Norm of the noise that makes a variant's vector (1 is the vector's own norm).")
+@click.option("--memory-gib", type=Finite(min=0, min_open=True), default=None,
+              help="Memory a channel's process may use (default: what the machine has available now).")
+@click.option("--chart", "chart_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the cost-against-size chart here (a plotly HTML page).")
+@device_option()
+@click.pass_context
+def bench_scale(ctx, sizes, channels, budget, width, compact, queries, split, sigma, memory_gib, chart_path, device) -> None:
+    """What each channel costs as the catalog grows: build time, peak memory, bytes per product, p50/p99 one query
+    at a time and in batches of 32, and recall of the exact top budget; channels that cannot fit are left out
+    with their estimate."""
+    ws = ws_of(ctx).require()
+    params = {"sizes": sizes, "channels": list(channels), "budget": budget, "width": width, "compact": compact,
+              "queries": queries, "split": split, "sigma": sigma}
+    sizes = ints(sizes)
+    with ws.logbook().run("bench", {"bench": "scale", **params}) as run:
+        try:
+            rows = scale_run(ws, sizes, tuple(channels), budget, width, compact, queries, split, sigma,
+                             memory_mib=None if memory_gib is None else memory_gib * 1024, device=device, echo=click.echo)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+        report("scale", rows, run, params=params, device=device_name(device),
+               units={"build_s": "s", "sid_assign_s": "s", "trie_s": "s", "peak_rss_mib": "MiB", "index_rss_mib": "MiB", "est_mib": "MiB", "bytes_per_product": "B",
+                      "c1_p50_ms": "ms", "c1_p99_ms": "ms", "c32_p50_ms": "ms", "c32_p99_ms": "ms", "c1_qps": "1/s", "c32_qps": "1/s"})
+    if chart_path is not None:
+        click.echo(f"chart: {scale_chart(rows, chart_path)}")
 
 
 @bench.command(name="homedepot")

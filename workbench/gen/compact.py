@@ -14,6 +14,8 @@ M x 256 x d / M float32 codebook.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 BITS = 8  # one byte per code: 256 centroids per sub-space
@@ -37,8 +39,10 @@ class PQVectors:
         self.m, self.dsub = self.centroids.shape[0], self.centroids.shape[2]
 
     @classmethod
-    def train(cls, vectors: np.ndarray, m: int, seed: int = 0) -> PQVectors:
-        """Learn M codebooks on `vectors` (N, d) and code them; d must divide by M, N be >= 256."""
+    def train(cls, vectors: np.ndarray, m: int, seed: int = 0, blocks: Iterable[np.ndarray] | None = None) -> PQVectors:
+        """Learn M codebooks on `vectors` (N, d) and code them; d must divide by M, N be >= 256. With `blocks`
+        (arrays of (n_i, d), a catalog larger than memory) the codebooks are learnt on `vectors` (a sample)
+        and the blocks are coded one at a time, in order."""
         import faiss
 
         x = np.ascontiguousarray(vectors, np.float32)
@@ -51,7 +55,12 @@ class PQVectors:
         pq.cp.seed, pq.cp.min_points_per_centroid = seed, 1  # few products per centroid is a fine toy, not a warning
         pq.train(x)
         centroids = faiss.vector_to_array(pq.centroids).reshape(m, 1 << BITS, d // m)
-        return cls(centroids, pq.compute_codes(x))
+        if blocks is None:
+            return cls(centroids, pq.compute_codes(x))
+        return cls(centroids, np.concatenate([pq.compute_codes(np.ascontiguousarray(b, np.float32)) for b in blocks]))
+
+    def __len__(self) -> int:
+        return len(self.codes)
 
     def dot(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
         """<q, product> for the products at `rows`, from their codes: (len(rows),) float32."""

@@ -162,9 +162,9 @@ class CosineOrder:
     `pool` > 1 the first pool x budget products of the beam are scored and the best `budget` kept, so a
     relevant product in the beam's tail is not lost to the cut before it is scored. With `compact` M > 0 the
     vectors are held as M one-byte product-quantisation codes each (`compact.PQVectors`) and the cosine is
-    scored from them."""
+    scored from them (or give `vectors` as a `PQVectors` already coded: a catalog coded block by block)."""
 
-    def __init__(self, embedder, product_ids, vectors: np.ndarray, logp_weight: float = 0.0, query_dtype: str = "float32",
+    def __init__(self, embedder, product_ids, vectors: np.ndarray | PQVectors, logp_weight: float = 0.0, query_dtype: str = "float32",
                  pool: int = 1, popularity: np.ndarray | None = None, popularity_weight: float = 0.0, compact: int = 0):
         if len(product_ids) != len(vectors):
             raise ValueError(f"{len(product_ids)} product ids for {len(vectors)} vectors")
@@ -172,8 +172,12 @@ class CosineOrder:
             raise ValueError("a popularity weight needs the popularity of every product (one per vector)")
         self.embedder, self.logp_weight, self.query_dtype, self.pool = embedder, logp_weight, query_dtype, pool
         self.ids = pd.Index(np.asarray(product_ids, dtype=object))  # product id -> its row of `vectors`
-        self.vectors = PQVectors.train(vectors, compact) if compact else np.asarray(vectors, np.float32)  # (N, d), unit norm
-        self.dot = self.vectors.dot if compact else lambda rows, q: self.vectors[rows] @ q  # rows, (d,) -> (n,)
+        if isinstance(vectors, PQVectors):
+            self.vectors = vectors
+        else:
+            self.vectors = PQVectors.train(vectors, compact) if compact else np.asarray(vectors, np.float32)  # (N, d), unit norm
+        coded = isinstance(self.vectors, PQVectors)
+        self.dot = self.vectors.dot if coded else lambda rows, q: self.vectors[rows] @ q  # rows, (d,) -> (n,)
         self.prior = (popularity_weight * np.log1p(np.asarray(popularity, np.float32)) if popularity_weight
                       else np.zeros(len(vectors), np.float32))  # (N,) the behaviour term of each product
 

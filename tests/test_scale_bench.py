@@ -1,0 +1,111 @@
+"""`workbench bench scale` (bench/scale.py): the grown catalog, its exact truth, the memory plan and the runs."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from workbench.bench import scale
+from workbench.cli import main
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_a_grown_catalog_keeps_its_originals_and_is_the_same_in_any_chunks():
+    base = unit(np.random.default_rng(0).normal(size=(50, 8)))
+    n = scale.BLOCK + 300  # crosses a noise block's boundary
+    whole = scale.tiled_vectors(base, 0, n, sigma=0.5, seed=3)
+    assert whole.shape == (n, 8) and np.allclose(np.linalg.norm(whole, axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(whole[:50], base)
+    cuts = [0, 17, 50, 4096, scale.BLOCK - 1, scale.BLOCK + 1, n]
+    pieces = np.concatenate([scale.tiled_vectors(base, a, b, 0.5, 3) for a, b in zip(cuts[:-1], cuts[1:])])
+    np.testing.assert_array_equal(pieces, whole)
+    np.testing.assert_array_equal(np.concatenate(list(scale.blocks(base, n, 0.5, 3))), whole)
+    cos = (whole[50:5050] * base[np.arange(50, 5050) % 50]).sum(1)  # a variant is near its original, not on it
+    assert 0.8 < cos.mean() < 0.95 and cos.max() < 0.999
+    assert not np.array_equal(scale.tiled_vectors(base, 0, 200, 0.5, seed=4), whole[:200])
+    assert scale.tiled_titles(["a", "b"], 5) == ["a", "b", "a, variant 1", "b, variant 1", "a, variant 2"]
+
+
+def test_the_exact_truth_streamed_in_blocks_is_the_full_scan():
+    base = unit(np.random.default_rng(1).normal(size=(40, 6)))
+    q = unit(np.random.default_rng(2).normal(size=(5, 6)))
+    n = scale.BLOCK + 1000
+    full = q @ scale.tiled_vectors(base, 0, n, 0.3).T  # (5, n)
+    got = scale.exact_top(base, n, q, 25, 0.3)
+    np.testing.assert_array_equal(got, np.argsort(-full, axis=1, kind="stable")[:, :25])
+
+
+def test_the_plan_leaves_out_what_does_not_fit_and_refuses_a_generative_channel_that_does_not():
+    est = {c: scale.estimate_mib(c, 10_000_000, 384, 96) for c in scale.CHANNELS}
+    assert est["ivfpq"] < est["generative"] < est["hnsw"] and est["exact"] < est["hnsw"]
+    assert scale.estimate_mib("generative", 10_000_000, 384, 0) > scale.estimate_mib("generative", 10_000_000, 384, 96)
+    runs, left = scale.plan((100_000, 10_000_000), ("generative", "exact", "ivfpq"), 384, 96, memory_mib=12 * 1024)
+    assert {(n, c) for n, c, _ in runs} == {(100_000, "generative"), (100_000, "exact"), (100_000, "ivfpq"),
+                                             (10_000_000, "generative"), (10_000_000, "ivfpq")}
+    assert [r["case"] for r in left] == ["exact 10,000,000"] and "GiB available" in left[0]["left_out"]
+    with pytest.raises(ValueError, match=r"10,000,000 products do not fit: the generative channel needs about .* GiB"):
+        scale.plan((100_000, 10_000_000), ("generative",), 384, 0, memory_mib=8 * 1024)
+    with pytest.raises(ValueError, match="unknown channel 'faiss'"):
+        scale.estimate_mib("faiss", 10, 384, 96)
+
+
+def test_a_tiled_catalog_keeps_every_products_sid_valid_in_the_trie(trained):
+    ws, _ = trained
+    from workbench.embed import embed_workspace, get_embedder
+
+    base = embed_workspace(ws, get_embedder("hashing-64"), ("products",), progress=False)["products"]
+    n = 3 * len(base)
+    ids = [str(i) for i in range(n)]
+    r, built = scale.grown_retriever(ws, base, ids, sigma=0.5)
+    assert built["sids"] == len(r.index.sids) and built["sid_assign_s"] > 0
+    rows = r.lookup.rows()
+    assert len(rows) == n  # every product is in one SID's list
+    sids = torch.as_tensor(r.index.sids[[rows[p] for p in ids]], dtype=torch.long)  # (n, L) each product's SID
+    node = torch.zeros(n, dtype=torch.long)
+    for level in range(r.trie.levels):
+        node = r.trie.step(level, node, sids[:, level])
+        assert (node >= 0).all(), f"a product's SID leaves the trie at level {level}"
+    assert r.index.counts.sum() == n and len(r.index.sids) > 1
+
+
+def test_bench_scale_measures_each_channel_at_each_size(trained, tmp_path):
+    ws, _ = trained
+    n0 = len(ws.table("products"))
+    rows = scale.run(ws, (n0, 2 * n0), budget=20, width=8, compact=8, queries=12, echo=lambda *_: None)
+    assert sorted((r["channel"], r["products"]) for r in rows) == sorted((c, n) for c in scale.CHANNELS for n in (n0, 2 * n0))
+    by = {(r["channel"], r["products"]): r for r in rows}
+    for n in (n0, 2 * n0):
+        assert by["exact", n]["exact_recall@20"] > 0.99  # the scan finds the streamed truth (but for ties at the cut: hashing vectors tie)
+        assert by["exact", n]["bytes_per_product"] == 64 * 4
+        assert by["ivfpq", n]["bytes_per_product"] < by["hnsw", n]["bytes_per_product"]
+        assert 0 < by["generative", n]["exact_recall@20"] <= 1
+        assert by["generative", n]["bytes_per_product"] < 64 * 4  # 8 codes, not 64 floats
+        assert by["generative", n]["sid_assign_s"] > 0 and by["generative", n]["sids"] > 1
+    for r in rows:
+        assert r["c1_p50_ms"] > 0 and r["c1_p99_ms"] >= r["c1_p50_ms"] and r["c32_qps"] > 0 and r["peak_rss_mib"] > 0
+    page = scale.chart(rows, tmp_path / "scale.html")
+    assert "plotly" in page.read_text()[:5000]
+
+
+def test_bench_scale_names_bad_inputs(trained):
+    ws, _ = trained
+    n0 = len(ws.table("products"))
+
+    def bench(*args):
+        return CliRunner().invoke(main, ["-w", str(ws.path), "bench", "scale", *args])
+
+    r = bench("--sizes", str(n0 - 1))
+    assert r.exit_code == 1 and f"below the catalog's {n0:,} products" in r.output
+    r = bench("--sizes", str(n0), "--channels", "generative,faiss")
+    assert r.exit_code == 1 and "unknown channel(s) ['faiss']" in r.output
+    r = bench("--sizes", "100000000", "--memory-gib", "4", "--compact", "8")
+    assert r.exit_code == 1 and "100,000,000 products do not fit" in r.output and "GiB" in r.output
+    r = bench("--sizes", str(n0), "--compact", "7")
+    assert r.exit_code == 1 and "M must divide 64" in r.output
+    r = bench("--sizes", "ten")
+    assert r.exit_code == 2 and "comma-separated integers" in r.output
+    r = bench("--sizes", str(n0), "--sigma", "nan")
+    assert r.exit_code == 2
