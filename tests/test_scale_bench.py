@@ -26,6 +26,10 @@ def test_a_grown_catalog_keeps_its_originals_and_is_the_same_in_any_chunks():
     cos = (whole[50:5050] * base[np.arange(50, 5050) % 50]).sum(1)  # a variant is near its original, not on it
     assert 0.8 < cos.mean() < 0.95 and cos.max() < 0.999
     assert not np.array_equal(scale.tiled_vectors(base, 0, 200, 0.5, seed=4), whole[:200])
+    dead = base.copy()
+    dead[:, 0] = 0  # a dimension the encoder never uses (MiniLM has three): a variant leaves it alone
+    dead = unit(dead)
+    assert np.abs(scale.tiled_vectors(dead, 0, 1000, 0.5)[:, 0]).max() == 0
     assert scale.tiled_titles(["a", "b"], 5) == ["a", "b", "a, variant 1", "b, variant 1", "a, variant 2"]
 
 

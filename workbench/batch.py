@@ -37,7 +37,16 @@ from workbench.workspace import atomic_write, clean_temps
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
+    """This process's peak resident memory so far, MiB: the kernel's high-water mark of this program (VmHWM,
+    KiB). getrusage's ru_maxrss is the fallback where /proc is absent: it carries the parent's RSS at the fork
+    into a process started by fork + exec (a bench's child process would report at least its parent's peak)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -2,7 +2,9 @@
 
 The catalog of size N is the workspace's N0 products grown by tiling: row i < N0 is product i with its stored
 vector; row i >= N0 is a variant of product i mod N0 whose vector is the original's plus Gaussian noise of
-norm about `sigma`, renormalised, and whose title is the original's with ", variant k". The noise of each
+norm about `sigma`, renormalised, and whose title is the original's with ", variant k". The noise along each
+dimension is proportional to the catalog's own spread along it: an encoder's dimensions that never vary
+(MiniLM has three, always ~0) stay as they are, as they would for a real product. The noise of each
 block of `BLOCK` rows comes from a generator seeded by (seed, block), so any chunking yields the same
 catalog, and no process ever needs it whole. The variants' vectors are synthesised, not embedded (MiniLM
 embeds about 300 titles/s on 2 cores: an hour per million); the queries are the split's real queries,
@@ -58,6 +60,8 @@ def tiled_vectors(base: np.ndarray, start: int, stop: int, sigma: float, seed: i
     """Rows [start, stop) of the grown catalog: (stop - start, d) float32, unit norm; row i < len(base) is
     base[i] as it is, row i >= len(base) base[i mod len(base)] plus noise of norm ~sigma, renormalised."""
     n0, d = base.shape
+    spread = base.std(0)  # (d,) noise along each dimension as the catalog spreads: none where it never varies
+    spread = (spread / max(float(np.linalg.norm(spread)), 1e-12)).astype(np.float32)  # unit norm: the noise's norm is ~sigma
     out = np.empty((stop - start, d), np.float32)
     for b in range(start // BLOCK, -(-stop // BLOCK)):
         lo, hi = max(start, b * BLOCK), min(stop, (b + 1) * BLOCK)
@@ -66,7 +70,7 @@ def tiled_vectors(base: np.ndarray, start: int, stop: int, sigma: float, seed: i
         if hi > n0:
             noise = np.random.default_rng([seed, b]).standard_normal((BLOCK, d), np.float32)[lo - b * BLOCK:hi - b * BLOCK]
             var = rows >= n0  # the originals stay as stored
-            v[var] += noise[var] * np.float32(sigma / math.sqrt(d))
+            v[var] += noise[var] * spread * np.float32(sigma)
             v[var] /= np.linalg.norm(v[var], axis=1, keepdims=True)
         out[lo - start:hi - start] = v
     return out
@@ -151,16 +155,13 @@ def plan(sizes: tuple[int, ...], channels: tuple[str, ...], d: int, compact: int
 
 
 # one channel, in its own process ---------------------------------------------------------------------
-def _build(job: dict, base: np.ndarray, titles: list[str], ids: list[str]):
+def _build(job: dict, e, base: np.ndarray, titles: list[str], ids: list[str]):
     """The channel's searcher (queries -> [(product ids, scores)] at the budget), its bytes held (or a function
     computing them after the peak is taken) and what else its build measured."""
     from workbench import Workspace
-    from workbench.embed import get_embedder
-    from workbench.sid.store import workspace_embedder
 
     n, c, sigma, seed, device = job["n"], job["channel"], job["sigma"], job["seed"], job["device"]
     ws = Workspace(job["workspace"])
-    e = get_embedder(workspace_embedder(ws), device)
     if c == "exact":
         from workbench.baselines import Dense
 
@@ -232,14 +233,20 @@ def _percentiles(secs: list[float]) -> tuple[float, float]:
 
 def measure(job: dict) -> dict:
     """One channel at one size (runs in the child): build, then time and score the queries."""
+    from workbench import Workspace
+    from workbench.embed import get_embedder
+    from workbench.sid.store import workspace_embedder
+
     data = Path(job["data"])
     base = np.load(data / "base.npy", mmap_mode="r")
     meta = json.loads((data / "meta.json").read_text())
     queries, n = meta["queries"], job["n"]
+    e = get_embedder(workspace_embedder(Workspace(job["workspace"])), job["device"])
+    e.encode(queries[:BATCH])  # the query encoder loaded and its batch's buffers taken: every channel's process holds them
     ids = [str(i) for i in range(n)]  # a product's id is its row: recall needs no lookup
     rss0 = peak_rss_mib()
     t0 = time.perf_counter()
-    search, held, extra = _build(job, np.ascontiguousarray(base), meta["titles"], ids)
+    search, held, extra = _build(job, e, np.ascontiguousarray(base), meta["titles"], ids)
     build = time.perf_counter() - t0
     search([f"{q} {q}" for q in queries[:4]])  # warm: lazy loads and first runs, on texts not timed below
     one, got = [], []
@@ -260,7 +267,7 @@ def measure(job: dict) -> dict:
     p50, p99 = _percentiles(one)
     b50, b99 = _percentiles(batched)
     return {"case": f"{job['channel']} {n:,}", "channel": job["channel"], "products": n, "build_s": build,
-            "peak_rss_mib": peak, "index_rss_mib": peak - rss0, "est_mib": job["est_mib"], "bytes_per_product": held / n,
+            "peak_rss_mib": peak, "base_rss_mib": rss0, "index_rss_mib": peak - rss0, "est_mib": job["est_mib"], "bytes_per_product": held / n,
             "c1_p50_ms": p50, "c1_p99_ms": p99, "c1_qps": len(one) / sum(one),
             f"c{BATCH}_p50_ms": b50, f"c{BATCH}_p99_ms": b99, f"c{BATCH}_qps": BATCH * len(batched) / sum(batched),
             f"exact_recall@{job['budget']}": float(recall), **extra}
@@ -346,7 +353,7 @@ def run(ws, sizes: tuple[int, ...], channels: tuple[str, ...] = CHANNELS, budget
             for _, c, est in [r for r in runs if r[0] == n]:
                 row = in_process({**common, "n": n, "channel": c, "est_mib": est}, timeout)
                 echo(f"  {row['case']}: built in {row['build_s']:.0f} s, peak {row['peak_rss_mib']:,.0f} MiB, "
-                     f"p50 {row['c1_p50_ms']:.1f} ms, recall {row[f'exact_recall@{budget}']:.3f}")
+                     f"(before building {row['base_rss_mib']:,.0f}), p50 {row['c1_p50_ms']:.1f} ms, recall {row[f'exact_recall@{budget}']:.3f}")
                 rows.append(row)
     return rows
 

@@ -329,7 +329,7 @@ def bench_scale(ctx, sizes, channels, budget, width, compact, queries, split, si
         except ValueError as e:
             raise click.ClickException(str(e)) from None
         report("scale", rows, run, params=params, device=device_name(device),
-               units={"build_s": "s", "sid_assign_s": "s", "trie_s": "s", "peak_rss_mib": "MiB", "index_rss_mib": "MiB", "est_mib": "MiB", "bytes_per_product": "B",
+               units={"build_s": "s", "sid_assign_s": "s", "trie_s": "s", "peak_rss_mib": "MiB", "base_rss_mib": "MiB", "index_rss_mib": "MiB", "est_mib": "MiB", "bytes_per_product": "B",
                       "c1_p50_ms": "ms", "c1_p99_ms": "ms", "c32_p50_ms": "ms", "c32_p99_ms": "ms", "c1_qps": "1/s", "c32_qps": "1/s"})
     if chart_path is not None:
         click.echo(f"chart: {scale_chart(rows, chart_path)}")
