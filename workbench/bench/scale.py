@@ -46,7 +46,21 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench import Workspace
+from workbench.ann import ANN, ANNConfig
+from workbench.baselines import BM25, Dense
 from workbench.batch import peak_rss_mib
+from workbench.bench.compact import faiss_bytes
+from workbench.embed import embed_workspace, get_embedder
+from workbench.eval.width import served_width
+from workbench.gen import store
+from workbench.gen.compact import PQVectors, check
+from workbench.gen.config import ChannelConfig
+from workbench.gen.data import eval_set
+from workbench.gen.retrieve import Channel, CosineOrder, Generative, ProductLookup, Retriever
+from workbench.sid.cqsid import assign
+from workbench.sid.index import SIDIndex
+from workbench.sid.store import load_model, sid_columns, workspace_embedder
 
 CHANNELS = ("generative", "hnsw", "ivfpq", "bm25", "exact")
 BLOCK = 65_536  # rows per noise block: the unit of determinism and of streaming
@@ -158,19 +172,15 @@ def plan(sizes: tuple[int, ...], channels: tuple[str, ...], d: int, compact: int
 def _build(job: dict, e, base: np.ndarray, titles: list[str], ids: list[str]):
     """The channel's searcher (queries -> [(product ids, scores)] at the budget), its bytes held (or a function
     computing them after the peak is taken) and what else its build measured."""
-    from workbench import Workspace
 
     n, c, sigma, seed, device = job["n"], job["channel"], job["sigma"], job["seed"], job["device"]
     ws = Workspace(job["workspace"])
     if c == "exact":
-        from workbench.baselines import Dense
 
         x = tiled_vectors(base, 0, n, sigma, seed)
         dense = Dense(ids, x, e, device)
         return lambda qs: dense.scored(qs, job["budget"]), x.nbytes, {}
     if c in ("hnsw", "ivfpq"):
-        from workbench.ann import ANN, ANNConfig
-        from workbench.bench.compact import faiss_bytes
 
         cfg = ANNConfig(kind=c, pq_m=job["compact"] or ANNConfig.pq_m)
         sample = tiled_vectors(base, 0, min(n, IVF_SAMPLE * 4 * math.isqrt(n)), sigma, seed) if c == "ivfpq" else base
@@ -178,7 +188,6 @@ def _build(job: dict, e, base: np.ndarray, titles: list[str], ids: list[str]):
         del sample
         return lambda qs: ann.scored(qs, job["budget"]), lambda: faiss_bytes(ann.index), {}
     if c == "bm25":
-        from workbench.baselines import BM25
 
         bm25 = BM25(ids, tiled_titles(titles, n))
         return lambda qs: bm25.scored(qs, job["budget"]), sum(a.nbytes for a in bm25.index.scores.values() if hasattr(a, "nbytes")), {}
@@ -191,11 +200,6 @@ def grown_retriever(ws, base: np.ndarray, ids: list[str], sigma: float, seed: in
     from them, without retraining. Cluster SIDs only (unique IDs number the products of each catalog)."""
     import pandas as pd
 
-    from workbench.gen import store
-    from workbench.gen.retrieve import ProductLookup, Retriever
-    from workbench.sid.cqsid import assign
-    from workbench.sid.index import SIDIndex
-    from workbench.sid.store import load_model, sid_columns
 
     sid_model, sid_cfg, _ = load_model(ws, device)
     if sid_cfg.mode != "cluster":
@@ -213,9 +217,6 @@ def grown_retriever(ws, base: np.ndarray, ids: list[str], sigma: float, seed: in
 
 
 def _generative(job: dict, ws, e, base: np.ndarray, ids: list[str]):
-    from workbench.gen.compact import PQVectors
-    from workbench.gen.config import ChannelConfig
-    from workbench.gen.retrieve import Channel, CosineOrder, Generative
 
     n, sigma, seed, m = job["n"], job["sigma"], job["seed"], job["compact"]
     retriever, extra = grown_retriever(ws, base, ids, sigma, seed, job["device"])
@@ -233,9 +234,6 @@ def _percentiles(secs: list[float]) -> tuple[float, float]:
 
 def measure(job: dict) -> dict:
     """One channel at one size (runs in the child): build, then time and score the queries."""
-    from workbench import Workspace
-    from workbench.embed import get_embedder
-    from workbench.sid.store import workspace_embedder
 
     data = Path(job["data"])
     base = np.load(data / "base.npy", mmap_mode="r")
@@ -312,11 +310,6 @@ def run(ws, sizes: tuple[int, ...], channels: tuple[str, ...] = CHANNELS, budget
         compact: int = 96, queries: int = 200, split: str = "validation", sigma: float = 0.5, seed: int = 0,
         memory_mib: float | None = None, device: str = "cpu", timeout: float = 7200, echo=print) -> list[dict]:
     """One row per (size, channel) measured or left out; see the module's docstring."""
-    from workbench.embed import embed_workspace, get_embedder
-    from workbench.eval.width import served_width
-    from workbench.gen.compact import check
-    from workbench.gen.data import eval_set
-    from workbench.sid.store import load_model, workspace_embedder
 
     bad = [c for c in channels if c not in CHANNELS]
     if bad or not channels:
