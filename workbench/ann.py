@@ -43,6 +43,11 @@ class ANNConfig:
             raise ValueError(f"m, ef_construction, ef_search, nprobe and pq_m must be >= 1 and nlist >= 0, got {self}")
 
 
+def default_nlist(n: int) -> int:
+    """IVF cells when ANNConfig.nlist is 0: 4 x sqrt(products)."""
+    return max(1, int(4 * math.sqrt(n)))
+
+
 class ANN:
     """A FAISS index over unit-norm product vectors; queries encoded by `embedder`."""
 
@@ -72,7 +77,7 @@ class ANN:
             self.index = faiss.IndexHNSWFlat(d, cfg.m, faiss.METRIC_INNER_PRODUCT)
             self.index.hnsw.efConstruction = cfg.ef_construction
         else:
-            nlist = cfg.nlist or max(1, int(4 * math.sqrt(n)))
+            nlist = cfg.nlist or default_nlist(n)
             if nlist > len(sample):
                 raise ValueError(f"an IVF index of {nlist} cells cannot be trained on {len(sample)} products: "
                                  f"give nlist <= {len(sample)} (0 picks 4 x sqrt(products))")

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench import Workspace
-from workbench.ann import ANN, ANNConfig
+from workbench.ann import ANN, ANNConfig, default_nlist
 from workbench.baselines import BM25, Dense
 from workbench.batch import peak_rss_mib
 from workbench.bench.compact import faiss_bytes
@@ -105,8 +105,7 @@ def exact_top(base: np.ndarray, n: int, q: np.ndarray, budget: int, sigma: float
     """(Q, budget) rows of the exact top `budget` per query over the grown catalog, best first, streamed."""
     best_s = np.full((len(q), 0), -np.inf, np.float32)
     best_r = np.zeros((len(q), 0), np.int64)
-    for s in range(0, n, BLOCK):
-        x = tiled_vectors(base, s, min(s + BLOCK, n), sigma, seed)
+    for s, x in zip(range(0, n, BLOCK), blocks(base, n, sigma, seed)):
         sc = np.concatenate([best_s, q @ x.T], 1)  # (Q, kept + block)
         rows = np.concatenate([best_r, np.broadcast_to(np.arange(s, s + len(x)), (len(q), len(x)))], 1)
         k = min(budget, sc.shape[1])
@@ -124,11 +123,11 @@ def per_product_bytes(channel: str, d: int, compact: int, levels: int = 3) -> fl
     if channel == "exact":
         return ids + 4 * d + 4 * BATCH  # the matrix, and a batch's (32, N) cosines
     if channel == "hnsw":
-        return ids + 4 * d + 2 * 32 * 4 * 1.1 + 16  # FAISS's own copy and level-0 links (M 32, both ways)
+        return ids + 4 * d + 2 * ANNConfig.m * 4 * 1.1 + 16  # FAISS's own copy and level-0 links (2 x M of them)
     if channel == "ivfpq":
-        return ids + (compact or 48) + 8  # codes and FAISS's int64 ids (the training sample: estimate_mib)
+        return ids + (compact or ANNConfig.pq_m) + 8  # codes and FAISS's int64 ids (the training sample: estimate_mib)
     if channel == "bm25":
-        return ids + 700  # the titles, their tokens and the postings (calibrated at 100,000: see estimate_mib)
+        return ids + 700  # the titles, their tokens and the postings: a rough figure (high by 43% at 1M, docs/results/efficiency.md)
     if channel == "generative":
         order = compact + 8 if compact else 4 * d
         return 5 * ids + order + 4 * levels * 4  # ids in the SID table, the lists, their tuples and the order's index
@@ -139,8 +138,13 @@ def estimate_mib(channel: str, n: int, d: int, compact: int, levels: int = 3) ->
     """A channel process's peak RSS at n products, in MiB (base + per product + the IVF sample)."""
     est = BASE_MIB + n * per_product_bytes(channel, d, compact, levels) / 2**20
     if channel == "ivfpq":
-        est += min(n, IVF_SAMPLE * 4 * math.isqrt(n)) * 4 * d / 2**20
+        est += ivf_sample(n) * 4 * d / 2**20
     return est
+
+
+def ivf_sample(n: int) -> int:
+    """Products IVF-PQ learns its cells and codes on, at n products."""
+    return min(n, IVF_SAMPLE * default_nlist(n))
 
 
 def available_mib() -> float:
@@ -169,26 +173,21 @@ def plan(sizes: tuple[int, ...], channels: tuple[str, ...], d: int, compact: int
 
 
 # one channel, in its own process ---------------------------------------------------------------------
-def _build(job: dict, e, base: np.ndarray, titles: list[str], ids: list[str]):
+def _build(job: dict, ws, e, base: np.ndarray, titles: list[str], ids: list[str]):
     """The channel's searcher (queries -> [(product ids, scores)] at the budget), its bytes held (or a function
     computing them after the peak is taken) and what else its build measured."""
-
     n, c, sigma, seed, device = job["n"], job["channel"], job["sigma"], job["seed"], job["device"]
-    ws = Workspace(job["workspace"])
     if c == "exact":
-
         x = tiled_vectors(base, 0, n, sigma, seed)
         dense = Dense(ids, x, e, device)
         return lambda qs: dense.scored(qs, job["budget"]), x.nbytes, {}
     if c in ("hnsw", "ivfpq"):
-
         cfg = ANNConfig(kind=c, pq_m=job["compact"] or ANNConfig.pq_m)
-        sample = tiled_vectors(base, 0, min(n, IVF_SAMPLE * 4 * math.isqrt(n)), sigma, seed) if c == "ivfpq" else base
+        sample = tiled_vectors(base, 0, ivf_sample(n), sigma, seed) if c == "ivfpq" else base
         ann = ANN(ids, blocks(base, n, sigma, seed), e, cfg, sample=sample)
         del sample
         return lambda qs: ann.scored(qs, job["budget"]), lambda: faiss_bytes(ann.index), {}
     if c == "bm25":
-
         bm25 = BM25(ids, tiled_titles(titles, n))
         return lambda qs: bm25.scored(qs, job["budget"]), sum(a.nbytes for a in bm25.index.scores.values() if hasattr(a, "nbytes")), {}
     return _generative(job, ws, e, base, ids)
@@ -199,7 +198,6 @@ def grown_retriever(ws, base: np.ndarray, ids: list[str], sigma: float, seed: in
     the catalog (len(ids) rows, block by block) its cluster SID, and the trie and product lists are built
     from them, without retraining. Cluster SIDs only (unique IDs number the products of each catalog)."""
     import pandas as pd
-
 
     sid_model, sid_cfg, _ = load_model(ws, device)
     if sid_cfg.mode != "cluster":
@@ -217,7 +215,6 @@ def grown_retriever(ws, base: np.ndarray, ids: list[str], sigma: float, seed: in
 
 
 def _generative(job: dict, ws, e, base: np.ndarray, ids: list[str]):
-
     n, sigma, seed, m = job["n"], job["sigma"], job["seed"], job["compact"]
     retriever, extra = grown_retriever(ws, base, ids, sigma, seed, job["device"])
     vectors = PQVectors.train(base, m, blocks=blocks(base, n, sigma, seed)) if m else tiled_vectors(base, 0, n, sigma, seed)
@@ -234,17 +231,17 @@ def _percentiles(secs: list[float]) -> tuple[float, float]:
 
 def measure(job: dict) -> dict:
     """One channel at one size (runs in the child): build, then time and score the queries."""
-
     data = Path(job["data"])
     base = np.load(data / "base.npy", mmap_mode="r")
     meta = json.loads((data / "meta.json").read_text())
     queries, n = meta["queries"], job["n"]
-    e = get_embedder(workspace_embedder(Workspace(job["workspace"])), job["device"])
+    ws = Workspace(job["workspace"])
+    e = get_embedder(workspace_embedder(ws), job["device"])
     e.encode(queries[:BATCH])  # the query encoder loaded and its batch's buffers taken: every channel's process holds them
     ids = [str(i) for i in range(n)]  # a product's id is its row: recall needs no lookup
     rss0 = peak_rss_mib()
     t0 = time.perf_counter()
-    search, held, extra = _build(job, e, np.ascontiguousarray(base), meta["titles"], ids)
+    search, held, extra = _build(job, ws, e, np.ascontiguousarray(base), meta["titles"], ids)
     build = time.perf_counter() - t0
     search([f"{q} {q}" for q in queries[:4]])  # warm: lazy loads and first runs, on texts not timed below
     one, got = [], []
@@ -310,7 +307,6 @@ def run(ws, sizes: tuple[int, ...], channels: tuple[str, ...] = CHANNELS, budget
         compact: int = 96, queries: int = 200, split: str = "validation", sigma: float = 0.5, seed: int = 0,
         memory_mib: float | None = None, device: str = "cpu", timeout: float = 7200, echo=print) -> list[dict]:
     """One row per (size, channel) measured or left out; see the module's docstring."""
-
     bad = [c for c in channels if c not in CHANNELS]
     if bad or not channels:
         raise ValueError(f"unknown channel(s) {bad}; the channels are {CHANNELS}")
