@@ -103,3 +103,23 @@ def test_bench_compact_states_recall_and_bytes_against_float32(trained):
     assert lo <= d <= hi and 0 < rows["dense-ivfpq 8 codes"]["ann_recall"] <= 1
     r = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "compact", "--codes", "7", "--budget", "20", "--width", "8"])
     assert r.exit_code != 0 and "M must divide 64" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("compact", [0, 8])
+def test_the_order_by_lookup_positions_equals_the_order_by_ids(trained, compact):
+    """The integer path (candidates found by their ProductLookup positions) gives the id path's lists and scores."""
+    from workbench.gen.retrieve import Channel, Retriever
+
+    ws, _ = trained
+    retriever = Retriever.from_workspace(ws)
+    queries = ws.table("queries")["query"].astype(str).tolist()[:15]
+    hits = retriever.search(queries, 8)
+    assert all(h.row >= 0 for hs in hits for h in hs)
+    for budget, pool in [(30, 1), (5, 4), (None, 1)]:
+        order = Channel.from_workspace(ws, ChannelConfig(budget=30, compact=compact, pool=pool, logp_weight=0.1)).order
+        by_id = order.scored(queries, hits, budget)
+        by_row = order.scored(queries, hits, budget, lookup=retriever.lookup)
+        assert [ids for ids, _ in by_row] == [ids for ids, _ in by_id]
+        for (_, a), (_, b) in zip(by_row, by_id):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert order.scored(queries[:1], [[]], 10, lookup=retriever.lookup) == [([], pytest.approx(np.zeros(0)))]

@@ -109,10 +109,11 @@ class Engine:
     """A workspace loaded for serving: the generator's retriever, product titles, users, and (built on
     first use) BM25 and dense retrieval for the side-by-side comparison."""
 
-    def __init__(self, ws: Workspace, device: str = "cpu", name: str = names.DEPLOYED, channel=None, width: int | None = None):
+    def __init__(self, ws: Workspace, device: str = "cpu", name: str = names.DEPLOYED, channel=None, width: int | None = None,
+                 compiled: bool = False):
         self.ws, self.device = ws, device
         self.width = served_width(ws) if width is None else check_width(width)  # what a search decodes at unless told
-        self.retriever = Retriever.from_workspace(ws, name, device)
+        self.retriever = Retriever.from_workspace(ws, name, device, compiled)  # compiled: torch.compile's decode
         self.channel = Channel.from_workspace(ws, channel, device)  # a ChannelConfig, or the default
         self.generative = Generative(self.retriever, self.channel, self.width)  # the recall channel eval and ab judge
         self.products = ws.table("products").set_index("product_id")
@@ -158,7 +159,7 @@ class Engine:
             context, known = self.retriever.user_context(self.ws, [u or "" for u in users])
         t = time.perf_counter()
         hits = self.generative.hits(queries, context) if width == self.width else self.retriever.search(queries, width, context=context)
-        ranked = self.channel.scored(queries, hits)
+        ranked = self.channel.scored(queries, hits, lookup=self.retriever.lookup)
         ms = (time.perf_counter() - t) * 1000
         return [Served(q, u or None, bool(k) and bool(u), width, ms, h, ids, labels=self.labels, scores=sc)
                 for q, u, k, h, (ids, sc) in zip(queries, users, known, hits, ranked)]

@@ -85,6 +85,7 @@ class ServeConfig:
     ann: ANNConfig = field(default_factory=ANNConfig)  # dense-ann: the FAISS index's kind and parameters
     query_dtype: str = ChannelConfig.query_dtype  # generative and dense: the query encoder computes in this (bfloat16: docs/tutorials/serving.md)
     compact: int = ChannelConfig.compact  # generative: the in-cluster order from this many one-byte codes per product (0: float32 vectors)
+    compiled: bool = False  # generative: decode through torch.compile (CUDA graphs on a GPU); each worker compiles at start, tens of seconds
 
     def __post_init__(self):
         check_dtype(self.query_dtype)
@@ -211,9 +212,12 @@ class GenerativeAPI(ChannelAPI):
 
     def load(self, device: str) -> None:
         self.engine = Engine(Workspace(self.workspace), device=device, name=self.cfg.name,
-                             channel=ChannelConfig(query_dtype=self.cfg.query_dtype, compact=self.cfg.compact), width=self.cfg.width or None)
+                             channel=ChannelConfig(query_dtype=self.cfg.query_dtype, compact=self.cfg.compact), width=self.cfg.width or None,
+                             compiled=self.cfg.compiled)
         self.known = set(self.engine.user_ids)
-        self.engine.search_many(["warm up"], 1)  # loads the query embedder before /health says ready
+        self.engine.search_many(["warm up"], 1 if not self.cfg.compiled else None)  # loads the query embedder before /health says ready
+        if self.cfg.compiled:  # and compiles the served width's graphs: one query, then any batch (a dynamic batch size)
+            self.engine.search_many(["warm up", "warm up again"])
 
     def answer(self, reqs: list[SearchRequest]) -> tuple[list, list[dict]]:
         """Answers to requests of one beam width, and the served rows of those answered."""

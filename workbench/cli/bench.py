@@ -15,6 +15,8 @@ from workbench.bench.batch import scale
 from workbench.bench.catalog import measure, recipe_workspace
 from workbench.bench.compact import run as compact_run
 from workbench.bench.data import DATASETS, bench_workspace, embed_speed, synth_scale
+from workbench.bench.decode import MODES as DECODE_MODES
+from workbench.bench.decode import run as decode_run
 from workbench.bench.dist import JOBS as DIST_JOBS
 from workbench.bench.dist import throughput as dist_throughput
 from workbench.bench.pages import tour
@@ -293,6 +295,32 @@ def bench_compact(ctx, codes, budget, split, width, device) -> None:
     with ws.logbook().run("bench", {"bench": "compact", **params}) as run:
         rows = compact_run(ws, tuple(ints(codes)), budget, split, width, device)
         report("compact", rows, run, params=params, units={"bytes_per_product": "B", "build_s": "s"}, device=device_name(device))
+
+
+@bench.command(name="decode")
+@click.option("--queries", type=click.IntRange(min=1), default=200, show_default=True, help="Queries timed, one at a time.")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="Beam width (default: the workspace's served width).")
+@click.option("--budget", type=click.IntRange(min=1), default=100, show_default=True, help="Candidates per query.")
+@click.option("--split", type=click.Choice(["validation", "test"]), default="validation", show_default=True)
+@click.option("--modes", type=names, default=",".join(DECODE_MODES), show_default=True,
+              help="Decodes to time: eager, compiled (torch.compile; the first query compiles for tens of seconds).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads (default: torch's own).")
+@device_option()
+@click.pass_context
+def bench_decode(ctx, queries, width, budget, split, modes, threads, device) -> None:
+    """Where a generative query's time goes, one query at a time: the encoder, the decode (eager and compiled),
+    the product lists and the order, beside FAISS HNSW on the same query vector; and the decode's operators."""
+    ws = ws_of(ctx).require()
+    params = {"queries": queries, "width": width, "budget": budget, "split": split, "modes": list(modes), "threads": threads}
+    with ws.logbook().run("bench", {"bench": "decode", **params}) as run:
+        try:
+            rows, profile = decode_run(ws, queries, width, budget, split, tuple(modes), device, threads, echo=click.echo)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+        ms = {k: "ms" for k in ("encode_ms", "decode_ms", "lists_ms", "order_ms", "search_ms", "beyond_ms", "beyond_p99_ms")}
+        report("decode", rows, run, params=params, units={**ms, "first_s": "s"}, device=device_name(device))
+        report("decode-ops", [{**r, "case": f"{r['mode']} {r['op']}"} for r in profile], run, params=params,
+               units={"self_us_per_query": "us"}, device=device_name(device))
 
 
 @bench.command(name="scale")

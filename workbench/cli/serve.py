@@ -18,7 +18,7 @@ from workbench.service import ServeConfig, build
               help="Listen here (0.0.0.0 or :: to accept other machines).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @config_options(ServeConfig, "channels", "max_batch", "batch_wait_ms", "workers", "threads", "api_servers", "accelerator", "max_body",
-                "bm25_backend", "log", "name", "width", "query_dtype", "compact", "ann.kind", "ann.m", "ann.ef_search", "ann.nlist", "ann.nprobe",
+                "bm25_backend", "log", "name", "width", "query_dtype", "compact", "compiled", "ann.kind", "ann.m", "ann.ef_search", "ann.nlist", "ann.nprobe",
                 "ann.pq_m",
                 choices={"accelerator": ("cpu", "cuda", "auto"), "bm25_backend": ("numba", "numpy"), "query_dtype": DTYPES,
                          "ann.kind": KINDS},

@@ -38,7 +38,7 @@ def sid_hits(lookup, index, products: list) -> list[list[Hit]]:
     out = []
     for ids in products:
         rows = dict.fromkeys(row_of[p] for p in ids if p in row_of)
-        out.append([Hit(tuple(int(c) for c in index.sids[row]), 0.0, lookup(row)) for row in rows])
+        out.append([Hit(tuple(int(c) for c in index.sids[row]), 0.0, lookup(row), int(row)) for row in rows])
     return out
 
 

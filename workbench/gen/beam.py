@@ -52,6 +52,11 @@ def check(model: Generator, trie: Trie | None, width: int) -> None:
                          f"{tuple(model.cfg.sid_vocab)}: retrain the generator on these SIDs")
 
 
+def check_gate(gate: float) -> None:
+    if not 0.0 <= gate <= 1.0:  # also refuses NaN
+        raise ValueError(f"the user term's gate must lie in [0, 1], got {gate!r}")
+
+
 @torch.no_grad()
 def beam_search(model: Generator, mem: Memory, trie: Trie | None, width: int, constrained: bool = True,
                 anonymous: Memory | None = None, gate: float = 1.0) -> Beams:
@@ -59,8 +64,7 @@ def beam_search(model: Generator, mem: Memory, trie: Trie | None, width: int, co
     if constrained and trie is None:
         raise ValueError("constrained beam search needs a trie (compile_trie(index))")
     check(model, trie if constrained else None, width)
-    if not 0.0 <= gate <= 1.0:  # also refuses NaN
-        raise ValueError(f"the user term's gate must lie in [0, 1], got {gate!r}")
+    check_gate(gate)
     if anonymous is not None and anonymous.batch != mem.batch:
         raise ValueError(f"the anonymous memory holds {anonymous.batch} queries, the personal one {mem.batch}")
     mix = anonymous is not None and gate < 1.0

@@ -64,8 +64,13 @@ def merge(x: torch.Tensor) -> torch.Tensor:
 
 
 class MLP(nn.Sequential):
-    def __init__(self, d: int, d_ff: int, dropout: float):
-        super().__init__(nn.Linear(d, d_ff), nn.GELU(), nn.Linear(d_ff, d), nn.Dropout(dropout))
+    def __init__(self, d: int, d_ff: int):
+        super().__init__(nn.Linear(d, d_ff), nn.GELU(), nn.Linear(d_ff, d))
+
+
+def drop(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout while training; no call at all otherwise (a decode step is dozens of small calls)."""
+    return F.dropout(x, p, True) if training and p else x
 
 
 class EncoderBlock(nn.Module):
@@ -73,13 +78,13 @@ class EncoderBlock(nn.Module):
         super().__init__()
         d, self.h, self.p = cfg.d_model, cfg.n_heads, cfg.dropout
         self.ln1, self.qkv, self.o = nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.ln2, self.mlp = nn.LayerNorm(d), MLP(d, cfg.d_ff, cfg.dropout)
+        self.ln2, self.mlp = nn.LayerNorm(d), MLP(d, cfg.d_ff)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         q, k, v = (heads(t, self.h) for t in self.qkv(self.ln1(x)).chunk(3, -1))  # 3 x (B, H, T, dh)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + F.dropout(self.o(merge(a)), self.p, self.training)
-        return x + self.mlp(self.ln2(x))
+        x = x + drop(self.o(merge(a)), self.p, self.training)
+        return x + drop(self.mlp(self.ln2(x)), self.p, self.training)
 
 
 class ScratchEncoder(nn.Module):
@@ -141,7 +146,7 @@ class DecoderBlock(nn.Module):
         d, self.h, self.p = cfg.d_model, cfg.n_heads, cfg.dropout
         self.ln1, self.qkv, self.o1 = nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.ln2, self.q, self.kv, self.o2 = nn.LayerNorm(d), nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
-        self.ln3, self.mlp = nn.LayerNorm(d), MLP(d, cfg.d_ff, cfg.dropout)
+        self.ln3, self.mlp = nn.LayerNorm(d), MLP(d, cfg.d_ff)
 
     def cross_kv(self, mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = (heads(t, self.h) for t in self.kv(mem).chunk(2, -1))  # 2 x (B, H, S, dh)
@@ -162,13 +167,12 @@ class DecoderBlock(nn.Module):
             w = ((sq * sk).sum(-1) * sk.shape[-1] ** -0.5).softmax(1)  # (B*W, t+1, H)
             a = (w[..., None] * sv).sum(1).view(B, T, d)
             new = (sk, sv)
-        x = x + F.dropout(self.o1(a), self.p, self.training)
+        x = x + drop(self.o1(a), self.p, self.training)
         # cross-attention: the T positions (or W beams) of a query all read that query's memory
         q = heads(self.q(self.ln2(x)), self.h)  # (B, H, T, dh)
-        w = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).masked_fill(~mask, float("-inf")).softmax(-1)  # (B, H, T, S)
-        a = merge(w @ v)  # (B, T, d)
-        x = x + F.dropout(self.o2(a), self.p, self.training)
-        return x + self.mlp(self.ln3(x)), new
+        a = merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))  # (B, H, T, dh) against (B, H, S, dh) -> (B, T, d)
+        x = x + drop(self.o2(a), self.p, self.training)
+        return x + drop(self.mlp(self.ln3(x)), self.p, self.training), new
 
 
 class Generator(nn.Module):

@@ -24,7 +24,7 @@ from workbench.data import splits
 from workbench.data.relevance import relevance
 from workbench.embed import embed_workspace, get_embedder
 from workbench.gen import names, store
-from workbench.gen.beam import Beams, beam_search
+from workbench.gen.beam import Beams, beam_search, check, check_gate
 from workbench.gen.compact import PQVectors
 from workbench.gen.config import ChannelConfig
 from workbench.gen.context import UserContext
@@ -41,6 +41,7 @@ class Hit:
     sid: tuple[int, ...]
     logp: float
     products: Sequence[str]  # the SID's products, popular first (ProductLookup's shared tuple)
+    row: int = -1  # the SID's row of the index, whose products these are (-1: not from a ProductLookup)
 
 
 class ProductLookup:
@@ -74,20 +75,38 @@ def popularity(ws) -> pd.Series:
     return rel.groupby("product_id")["weight"].sum()
 
 
+def beams(model: Generator, trie, ids: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None, width: int,
+          gate: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Encoded texts -> memory -> constrained beams, as (sids, logp, row) tensors: the whole decode as one
+    function of tensors, which `torch.compile` captures into one graph (the three steps' small kernels fused)."""
+    mem = model.memory(ids, mask, context)
+    anon = model.memory(ids, mask, torch.full_like(context, -1)) if context is not None and gate < 1 else None
+    b = beam_search(model, mem, trie, width, anonymous=anon, gate=gate)
+    return b.sids, b.logp, b.row
+
+
 class Retriever:
-    def __init__(self, model: Generator, tok: TextTokenizer, index: SIDIndex, lookup: ProductLookup, device: str = "cpu"):
+    """With `compiled`, the decode (`beams`) runs through `torch.compile` (CUDA graphs on a GPU): the first
+    search of each beam width, and of each new batch shape, compiles for tens of seconds, later ones
+    run the fused graph. The answers are the eager decode's (tests/test_compiled.py)."""
+
+    def __init__(self, model: Generator, tok: TextTokenizer, index: SIDIndex, lookup: ProductLookup, device: str = "cpu",
+                 compiled: bool = False):
         if tuple(index.vocab) != tuple(model.cfg.sid_vocab):
             raise ValueError(f"the SID index's vocabulary {tuple(index.vocab)} does not match the generator's "
                              f"{tuple(model.cfg.sid_vocab)}: retrain the generator on these SIDs")
         self.model, self.tok, self.index, self.lookup, self.device = model, tok, index, lookup, device
         self.trie = compile_trie(index, device)
+        self.compiled = compiled
+        mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
+        self._beams = torch.compile(beams, mode=mode) if compiled else beams
         self._context = None
 
     @classmethod
-    def from_workspace(cls, ws, name: str = names.DEPLOYED, device: str = "cpu") -> Retriever:
+    def from_workspace(cls, ws, name: str = names.DEPLOYED, device: str = "cpu", compiled: bool = False) -> Retriever:
         model, tok, _ = store.load(ws, name, device)
         index = SIDIndex.load(sid_dir(ws) / "index.parquet")
-        return cls(model, tok, index, ProductLookup(index, load_sids(ws), popularity(ws)), device)
+        return cls(model, tok, index, ProductLookup(index, load_sids(ws), popularity(ws)), device, compiled)
 
     def users(self, ws, history: int = 5):
         """The workspace's UserContext for this generator (built once). A generator trained without
@@ -111,18 +130,28 @@ class Retriever:
     def decode(self, texts: list[str], width: int, context: torch.Tensor | None = None, gate: float = 1.0) -> Beams:
         """Beams of `texts` (+ `context`); `gate` < 1 weighs the user term down (`beam_search`)."""
         ids, mask = self.tok.encode(texts, self.model.cfg.max_len, self.device)
-        mem = self.model.memory(ids, mask, None if context is None else context.to(self.device))
-        anon = self.model.memory(ids, mask, torch.full_like(context, -1).to(self.device)) if context is not None and gate < 1 else None
-        return beam_search(self.model, mem, self.trie, width, anonymous=anon, gate=gate)
+        return self.decode_encoded(ids, mask, width, context, gate)
+
+    @torch.no_grad()
+    def decode_encoded(self, ids: torch.Tensor, mask: torch.Tensor, width: int, context: torch.Tensor | None = None,
+                       gate: float = 1.0) -> Beams:
+        """`decode` of texts the tokenizer already encoded (ids, mask)."""
+        check(self.model, self.trie, width)  # bad inputs are refused here, not inside a compiled graph
+        check_gate(gate)
+        fn = self._beams if self.compiled and self.model.probe is None else beams  # a probe records per step: eager only
+        return Beams(*fn(self.model, self.trie, ids, mask, None if context is None else context.to(self.device), width, gate))
 
     def search(self, texts: list[str], width: int, context: torch.Tensor | None = None,
                batch_size: int = 64, gate: float = 1.0) -> list[list[Hit]]:
         out = []
         for s in range(0, len(texts), batch_size):
             ctx = None if context is None else context[s:s + batch_size]
-            for hits in self.decode(texts[s:s + batch_size], width, ctx, gate).to_lists():
-                out.append([Hit(sid, lp, self.lookup(row)) for sid, lp, row in hits])
+            out += self.hits(self.decode(texts[s:s + batch_size], width, ctx, gate))
         return out
+
+    def hits(self, beams: Beams) -> list[list[Hit]]:
+        """Per query, its decoded SIDs with their products, best first."""
+        return [[Hit(sid, lp, self.lookup(row), row) for sid, lp, row in q] for q in beams.to_lists()]
 
 
 def _cut(hits: list[Hit], k: int | None) -> list[Sequence[str]]:
@@ -180,6 +209,7 @@ class CosineOrder:
         self.dot = self.vectors.dot if coded else lambda rows, q: self.vectors[rows] @ q  # rows, (d,) -> (n,)
         self.prior = (popularity_weight * np.log1p(np.asarray(popularity, np.float32)) if popularity_weight
                       else np.zeros(len(vectors), np.float32))  # (N,) the behaviour term of each product
+        self._bound: tuple[ProductLookup, np.ndarray] | None = None  # a lookup's product positions -> rows of `vectors`
 
     @classmethod
     def from_workspace(cls, ws, cfg: ChannelConfig, device: str = "cpu") -> CosineOrder:
@@ -194,11 +224,15 @@ class CosineOrder:
         return [ids for ids, _ in self.scored(texts, hits, budget)]
 
     def scored(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None,
-               vectors: np.ndarray | None = None) -> list[tuple[list[str], np.ndarray]]:
+               vectors: np.ndarray | None = None, lookup: ProductLookup | None = None) -> list[tuple[list[str], np.ndarray]]:
         """Per query: its candidates best first, and each one's score; `vectors`: the queries' embeddings by
-        this order's embedder when already computed (float32 only: a bfloat16 order encodes its own)."""
+        this order's embedder when already computed (float32 only: a bfloat16 order encodes its own).
+        `lookup`: the ProductLookup the hits' products come from, whose positions are mapped to this
+        order's rows once, so that candidates are found by integer rows instead of by id."""
         reuse = vectors is not None and self.query_dtype == "float32"
         q = vectors if reuse else self.embedder.encode(list(texts), dtype=self.query_dtype)  # (Q, d), unit norm
+        if lookup is not None and all(h.row >= 0 for hs in hits for h in hs):
+            return [self._by_rows(qv, hs, budget, lookup) for qv, hs in zip(q, hits)]
         cands = [candidates(h, None if budget is None else budget * self.pool) for h in hits]
         flat = np.array([p for ids, _ in cands for p in ids], dtype=object)  # every query's candidates: one lookup
         rows = self.ids.get_indexer(flat) if len(flat) else np.zeros(0, np.intp)
@@ -214,6 +248,26 @@ class CosineOrder:
             order = np.argsort(-score, kind="stable")[:budget]
             out.append(([ids[i] for i in order], score[order]))
         return out
+
+    def _by_rows(self, qv: np.ndarray, hits: list[Hit], budget: int | None, lookup: ProductLookup) -> tuple[list[str], np.ndarray]:
+        """One query's `scored` by positions in `lookup` (the same candidates and order as by id)."""
+        if self._bound is None or self._bound[0] is not lookup:
+            self._bound = (lookup, self.ids.get_indexer(lookup.ids).astype(np.int64))  # (N,) -1: a product the order lacks
+        if not hits:
+            return [], np.zeros(0, np.float32)
+        start = lookup.offsets[[h.row for h in hits]]  # (H,) each SID's first position
+        size = lookup.offsets[[h.row + 1 for h in hits]] - start
+        cap = size.sum() if budget is None else budget * self.pool
+        take = np.minimum(size, np.maximum(cap - np.r_[0, np.cumsum(size)[:-1]], 0))  # beam order, cut at cap
+        before = np.r_[0, np.cumsum(take)[:-1]]
+        pos = np.repeat(start - before, take) + np.arange(take.sum())  # (n,) positions in lookup.ids
+        mine = self._bound[1][pos]
+        if (mine < 0).any():
+            raise KeyError(f"products without an embedding in the channel's order: {lookup.ids[pos[mine < 0]][:5].tolist()}")
+        logp = np.repeat(np.array([h.logp for h in hits], float), take)
+        score = self.dot(mine, qv) + self.logp_weight * logp + self.prior[mine]  # (n,)
+        order = np.argsort(-score, kind="stable")[:budget]
+        return lookup.ids[pos[order]].tolist(), score[order]
 
 
 @dataclass
@@ -237,12 +291,13 @@ class Channel:
         return [ids for ids, _ in self.scored(texts, hits, budget)]
 
     def scored(self, texts: list[str], hits: list[list[Hit]], budget: int | None = None,
-               vectors: np.ndarray | None = None) -> list[tuple[list[str], np.ndarray]]:
+               vectors: np.ndarray | None = None, lookup: ProductLookup | None = None) -> list[tuple[list[str], np.ndarray]]:
         """The channel's lists (candidates cut at `budget`, by default the config's) with each product's
-        score: the cosine order's (`vectors`: the queries' embeddings, when computed), or its SID's log-probability."""
+        score: the cosine order's (`vectors`: the queries' embeddings, when computed; `lookup`: where the hits'
+        products come from), or its SID's log-probability."""
         budget = self.cfg.budget if budget is None else budget
         if self.cfg.order == "cosine":
-            return self.order.scored(texts, hits, budget, vectors)
+            return self.order.scored(texts, hits, budget, vectors, lookup)
         return [candidates(h, budget) for h in hits]
 
 
@@ -283,7 +338,7 @@ class Generative:
         hits, order = self.hits(queries, context), self.channel.order
         reuse = getattr(self.retriever.tok, "vectors", None)
         vectors = reuse(list(queries), order.embedder.key) if reuse is not None and order is not None else None
-        return self.channel.scored(list(queries), hits, budget, vectors)
+        return self.channel.scored(list(queries), hits, budget, vectors, self.retriever.lookup)
 
     def search(self, queries: list[str], k: int) -> list[list[str]]:
         """The first k products of the channel as served (at its configured budget)."""

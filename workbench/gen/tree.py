@@ -99,7 +99,8 @@ class TreeHead(nn.Module):
         child = child.masked_fill((node < 0)[..., None], -1)
         vec = self.node[level]
         if child[0].numel() < len(vec):  # few children per query (training, narrow beams): gather their vectors
-            got = torch.einsum("bwkd,bd->bwk", vec[child.clamp_min(0)], query)
+            rows = F.embedding(child.clamp_min(0).flatten(1), vec)  # (B, W*K, D): a row gather, faster than vec[child]
+            got = (rows @ query[:, :, None]).view(child.shape)  # (B, W*K, 1) -> (B, W, K)
         else:  # score every node of the level once per query, then gather
             got = (query @ vec.T).gather(1, child.clamp_min(0).flatten(1)).view(child.shape)  # (B, N) -> (B, W, K)
         return self.scale[level] * got.masked_fill(child < 0, 0.0)
