@@ -45,6 +45,12 @@ def test_compiled_decode_equals_eager_at_each_batch_shape_and_width():
     eager, compiled = sentence_retriever(False), sentence_retriever(True)
     for texts, width in [(QUERIES[:1], 8), (QUERIES, 8), (QUERIES[:3], 8), (QUERIES[:2], 3)]:
         same_beams(compiled.decode(texts, width), eager.decode(texts, width))
+    with compiled.model.using("tree"), eager.model.using("tree"):  # other logit terms than the graph's: not its answers
+        same_beams(compiled.decode(QUERIES, 8), eager.decode(QUERIES, 8))
+    with torch.no_grad():  # weights changed in place reach the graph
+        for m in (compiled.model, eager.model):
+            m.head.bias.add_(torch.linspace(-1, 1, m.head.bias.numel()))
+    same_beams(compiled.decode(QUERIES, 8), eager.decode(QUERIES, 8))
     got, want = compiled.search(QUERIES, 8), eager.search(QUERIES, 8)
     assert [[(h.sid, h.products) for h in q] for q in got] == [[(h.sid, h.products) for h in q] for q in want]
     np.testing.assert_allclose([h.logp for q in got for h in q], [h.logp for q in want for h in q], rtol=1e-4, atol=1e-4)

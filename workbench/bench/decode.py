@@ -1,7 +1,7 @@
 """Where a generative query's time goes, one query at a time (`workbench bench decode`).
 
 For each of the split's first `queries` queries, alone (batch 1) at beam width W, the channel's stages
-are timed one after another:
+are timed one after another (the cases interleaved query by query):
 
     encode   the tokenizer: for the sentence backbone the query's sentence embedding, the encoder a dense
              channel runs too; for a text backbone only the tokens (its encoder then counts in decode)
@@ -61,23 +61,28 @@ def run(ws, queries: int = 200, width: int | None = None, budget: int = 100, spl
     top = [set(p) for p, _ in Dense(ids, vecs, e, device).scored(texts, budget, vectors=qv)]
     cfg = ChannelConfig(budget=budget)
     channel = Channel(cfg, CosineOrder(e, ids, vecs, cfg.logp_weight, cfg.query_dtype, cfg.pool))
-    rows, profile = [], []
+    cases, first, retrievers = {}, {}, {}
     for mode in modes:
-        retriever = Retriever.from_workspace(ws, device=device, compiled=mode == "compiled")
+        retriever = retrievers[mode] = Retriever.from_workspace(ws, device=device, compiled=mode == "compiled")
         t0 = time.perf_counter()
-        for q in texts[:2]:  # the compiled graphs for one query (and the eager path's first-call costs)
+        for q in texts[:2]:  # the compiled graph for one query (and the eager path's first-call costs)
             _generative(retriever, channel, q, width, budget, device)
-        first = time.perf_counter() - t0
-        times, got = _timed(lambda q, r=retriever: _generative(r, channel, q, width, budget, device), texts, warmup)
-        echo(f"{mode}: {np.median(times['beyond_ms']):.2f} ms beyond the encoder per query")
-        ops, table = _profile(retriever, texts[:20], width, device)
-        rows.append({"case": f"generative {mode}", **_summary(times), "ops_per_query": ops, "first_s": first,
-                     **_recalls(got, top, relevant, budget)})
-        profile += [{"mode": mode, **r} for r in table]
+        first[mode] = time.perf_counter() - t0
+        cases[f"generative {mode}"] = lambda q, r=retriever: _generative(r, channel, q, width, budget, device)
     ann = ANN(ids, vecs, e, ANNConfig())
-    times, got = _timed(lambda q: _hnsw(ann, e, q, budget), texts, warmup)
-    rows.append({"case": "dense-hnsw", **_summary(times), "ops_per_query": float("nan"), "first_s": float("nan"),
-                 **_recalls(got, top, relevant, budget)})
+    cases["dense-hnsw"] = lambda q: _hnsw(ann, e, q, budget)
+    times, got = _interleaved(cases, texts, warmup)
+    rows, profile = [], []
+    for case in cases:
+        mode = case.split()[-1]
+        if case.startswith("generative"):
+            echo(f"{mode}: {np.median(times[case]['beyond_ms']):.2f} ms beyond the encoder per query")
+            ops, table = _profile(retrievers[mode], texts[:20], width, device)
+            profile += [{"mode": mode, **r} for r in table]
+            extra = {"ops_per_query": ops, "first_s": first[mode]}
+        else:
+            extra = {"ops_per_query": float("nan"), "first_s": float("nan")}
+        rows.append({"case": case, **_summary(times[case]), **extra, **_recalls(got[case], top, relevant, budget)})
     return rows, profile
 
 
@@ -113,16 +118,21 @@ def _hnsw(ann: ANN, embedder, q: str, budget: int):
     return {"encode_ms": 1e3 * (t1 - t0), "search_ms": 1e3 * (t2 - t1), "beyond_ms": 1e3 * (t2 - t1)}, got
 
 
-def _timed(fn, texts: list[str], warmup: int) -> tuple[dict[str, list[float]], list[list[str]]]:
+def _interleaved(cases: dict, texts: list[str], warmup: int) -> tuple[dict, dict]:
+    """Each case on each query in turn (query by query, the cases in rotating order), so that whatever else
+    the machine does slows them alike: per case the stages' times and the candidates per query."""
+    names = list(cases)
     for q in texts[:warmup]:
-        fn(q)
-    times: dict[str, list[float]] = {}
-    got = []
-    for q in texts:
-        ms, ids = fn(q)
-        for k, v in ms.items():
-            times.setdefault(k, []).append(v)
-        got.append(ids)
+        for c in names:
+            cases[c](q)
+    times = {c: {} for c in names}
+    got = {c: [] for c in names}
+    for i, q in enumerate(texts):
+        for c in names[i % len(names):] + names[:i % len(names)]:
+            ms, ids = cases[c](q)
+            for k, v in ms.items():
+                times[c].setdefault(k, []).append(v)
+            got[c].append(ids)
     return times, got
 
 

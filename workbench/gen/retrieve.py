@@ -12,6 +12,7 @@ plus the SID's log-probability), which on a catalog without logs replaces an arb
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from workbench.gen.compact import PQVectors
 from workbench.gen.config import ChannelConfig
 from workbench.gen.context import UserContext
 from workbench.gen.data import sid_matrix
-from workbench.gen.model import Generator
+from workbench.gen.model import TERMS, Generator
 from workbench.gen.tokenizer import TextTokenizer
 from workbench.gen.trie import compile_trie
 from workbench.sid.index import SIDIndex
@@ -88,7 +89,11 @@ def beams(model: Generator, trie, ids: torch.Tensor, mask: torch.Tensor, context
 class Retriever:
     """With `compiled`, the decode (`beams`) runs through `torch.compile` (CUDA graphs on a GPU): the first
     search of each beam width, and of each new batch shape, compiles for tens of seconds, later ones
-    run the fused graph. The answers are the eager decode's (tests/test_compiled.py)."""
+    run the fused graph. The answers are the eager decode's (tests/test_compiled.py).
+
+    The graph does not re-check the generator's modules on every call (their guards cost about as much as
+    the decode itself on a CPU): a served generator's weights may change in place, but a decode with
+    other logit terms (`Generator.using`) or a probe goes the eager way."""
 
     def __init__(self, model: Generator, tok: TextTokenizer, index: SIDIndex, lookup: ProductLookup, device: str = "cpu",
                  compiled: bool = False):
@@ -98,8 +103,9 @@ class Retriever:
         self.model, self.tok, self.index, self.lookup, self.device = model, tok, index, lookup, device
         self.trie = compile_trie(index, device)
         self.compiled = compiled
-        mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
-        self._beams = torch.compile(beams, mode=mode) if compiled else beams
+        opts = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe,
+                "triton.cudagraphs": torch.device(device).type == "cuda"}  # mode="reduce-overhead" on a GPU
+        self._beams = torch.compile(beams, options=opts) if compiled else beams
         self._context = None
 
     @classmethod
@@ -138,7 +144,8 @@ class Retriever:
         """`decode` of texts the tokenizer already encoded (ids, mask)."""
         check(self.model, self.trie, width)  # bad inputs are refused here, not inside a compiled graph
         check_gate(gate)
-        fn = self._beams if self.compiled and self.model.probe is None else beams  # a probe records per step: eager only
+        plain = self.model.probe is None and self.model.terms == TERMS  # what the graph was compiled for (see the class)
+        fn = self._beams if self.compiled and plain else beams
         return Beams(*fn(self.model, self.trie, ids, mask, None if context is None else context.to(self.device), width, gate))
 
     def search(self, texts: list[str], width: int, context: torch.Tensor | None = None,
@@ -209,7 +216,7 @@ class CosineOrder:
         self.dot = self.vectors.dot if coded else lambda rows, q: self.vectors[rows] @ q  # rows, (d,) -> (n,)
         self.prior = (popularity_weight * np.log1p(np.asarray(popularity, np.float32)) if popularity_weight
                       else np.zeros(len(vectors), np.float32))  # (N,) the behaviour term of each product
-        self._bound: tuple[ProductLookup, np.ndarray] | None = None  # a lookup's product positions -> rows of `vectors`
+        self._bound: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ProductLookup -> its positions' rows of `vectors`
 
     @classmethod
     def from_workspace(cls, ws, cfg: ChannelConfig, device: str = "cpu") -> CosineOrder:
@@ -251,8 +258,9 @@ class CosineOrder:
 
     def _by_rows(self, qv: np.ndarray, hits: list[Hit], budget: int | None, lookup: ProductLookup) -> tuple[list[str], np.ndarray]:
         """One query's `scored` by positions in `lookup` (the same candidates and order as by id)."""
-        if self._bound is None or self._bound[0] is not lookup:
-            self._bound = (lookup, self.ids.get_indexer(lookup.ids).astype(np.int64))  # (N,) -1: a product the order lacks
+        if lookup not in self._bound:  # once per lookup (the channel may serve several generators)
+            self._bound[lookup] = self.ids.get_indexer(lookup.ids).astype(np.int64)  # (N,) -1: a product the order lacks
+        rows = self._bound[lookup]
         if not hits:
             return [], np.zeros(0, np.float32)
         start = lookup.offsets[[h.row for h in hits]]  # (H,) each SID's first position
@@ -261,7 +269,7 @@ class CosineOrder:
         take = np.minimum(size, np.maximum(cap - np.r_[0, np.cumsum(size)[:-1]], 0))  # beam order, cut at cap
         before = np.r_[0, np.cumsum(take)[:-1]]
         pos = np.repeat(start - before, take) + np.arange(take.sum())  # (n,) positions in lookup.ids
-        mine = self._bound[1][pos]
+        mine = rows[pos]
         if (mine < 0).any():
             raise KeyError(f"products without an embedding in the channel's order: {lookup.ids[pos[mine < 0]][:5].tolist()}")
         logp = np.repeat(np.array([h.logp for h in hits], float), take)
