@@ -259,7 +259,7 @@ class CosineOrder:
     def _by_rows(self, qv: np.ndarray, hits: list[Hit], budget: int | None, lookup: ProductLookup) -> tuple[list[str], np.ndarray]:
         """One query's `scored` by positions in `lookup` (the same candidates and order as by id)."""
         if lookup not in self._bound:  # once per lookup (the channel may serve several generators)
-            self._bound[lookup] = self.ids.get_indexer(lookup.ids).astype(np.int64)  # (N,) -1: a product the order lacks
+            self._bound[lookup] = self.ids.get_indexer(lookup.ids).astype(np.int32)  # (N,) -1: a product the order lacks
         rows = self._bound[lookup]
         if not hits:
             return [], np.zeros(0, np.float32)
