@@ -71,3 +71,19 @@ def test_a_compiled_retriever_refuses_bad_inputs_before_compiling():
         r.decode(QUERIES[:1], 4, torch.tensor([[-1]]), float("nan"))
     with pytest.raises(ValueError, match="empty"):
         r.decode([""], 4)
+
+
+@pytest.mark.slow
+def test_a_compiled_engine_serves_the_eager_answers(trained):
+    """What `workbench serve --compiled` loads: the engine's answers (SIDs, products, scores) are the eager ones."""
+    from workbench.engine import Engine
+    from workbench.service import ServeConfig
+
+    ws, _ = trained
+    assert ServeConfig(compiled=True).compiled and not ServeConfig().compiled
+    queries = ws.table("queries")["query"].astype(str).tolist()[:5]
+    eager, compiled = Engine(ws, width=8), Engine(ws, width=8, compiled=True)
+    assert compiled.retriever.compiled and not eager.retriever.compiled
+    for a, b in zip(compiled.search_many(queries), eager.search_many(queries)):
+        assert a.sids() == b.sids() and a.products == b.products
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
