@@ -94,6 +94,31 @@ def test_bench_scale_measures_each_channel_at_each_size(trained, tmp_path):
     assert "plotly" in page.read_text()[:5000]
 
 
+def test_the_generative_pools_share_one_build_and_a_larger_pool_finds_at_least_as_much(trained):
+    ws, _ = trained
+    n0 = len(ws.table("products"))
+    rows = scale.run(ws, (2 * n0,), ("generative",), budget=10, width=8, compact=0, queries=12, pools=(4, 1),
+                     echo=lambda *_: None)
+    assert [(r["case"], r["pool"]) for r in rows] == [(f"generative {2 * n0:,} pool 1", 1), (f"generative {2 * n0:,} pool 4", 4)]
+    assert rows[0]["build_s"] == rows[1]["build_s"] and rows[0]["decode"] == "eager"
+    # the float32 order keeps the exact top of its candidates, and pool 4's candidates hold pool 1's
+    assert rows[1]["exact_recall@10"] >= rows[0]["exact_recall@10"]
+    with pytest.raises(ValueError, match="pools must be >= 1"):
+        scale.run(ws, (n0,), ("generative",), pools=(0,), echo=lambda *_: None)
+
+
+def test_capacity_takes_the_better_of_one_at_a_time_and_batches_within_each_budget():
+    row = {"case": "hnsw 1,000,000", "channel": "hnsw", "products": 10**6, "c1_qps": 50.0, "c1_p99_ms": 30.0,
+           "c32_qps": 300.0, "c32_p99_ms": 140.0}
+    slow = {**row, "case": "exact 1,000,000", "channel": "exact", "c1_p99_ms": 190.0, "c1_qps": 6.5, "c32_p99_ms": 700.0, "c32_qps": 54.0}
+    left = {"case": "bm25 10,000,000", "channel": "bm25", "products": 10**7, "left_out": "needs about 20 GiB"}
+    got = {r["case"]: r for r in scale.capacity([row, slow, left], 10_000, (50, 250))}
+    assert set(got) == {"hnsw 1,000,000, p99 <= 50 ms", "hnsw 1,000,000, p99 <= 250 ms", "exact 1,000,000, p99 <= 250 ms"}
+    assert got["hnsw 1,000,000, p99 <= 50 ms"]["batch"] == 1 and got["hnsw 1,000,000, p99 <= 50 ms"]["machines"] == 200
+    assert got["hnsw 1,000,000, p99 <= 250 ms"]["batch"] == 32 and got["hnsw 1,000,000, p99 <= 250 ms"]["machines"] == 34
+    assert got["exact 1,000,000, p99 <= 250 ms"]["batch"] == 1 and got["exact 1,000,000, p99 <= 250 ms"]["machines"] == 1539
+
+
 def test_bench_scale_names_bad_inputs(trained):
     ws, _ = trained
     n0 = len(ws.table("products"))
@@ -113,3 +138,7 @@ def test_bench_scale_names_bad_inputs(trained):
     assert r.exit_code == 2 and "comma-separated integers" in r.output
     r = bench("--sizes", str(n0), "--sigma", "nan")
     assert r.exit_code == 2
+    r = bench("--sizes", str(n0), "--pools", "16,0")
+    assert r.exit_code == 2 and "values must be >= 1" in r.output
+    r = bench("--sizes", str(n0), "--p99-ms", "50,fast")
+    assert r.exit_code == 2 and "comma-separated milliseconds" in r.output

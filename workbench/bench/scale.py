@@ -18,14 +18,18 @@ block. Then each channel in a process of its own, one after the other (so its pe
     ivfpq       FAISS IVF-PQ with `compact` codes (trained on a sample), built block by block
     bm25        bm25s over the titles
     generative  the trained SID model assigns every product its SID (block by block), the trie and the
-                product lists are built from them, the deployed generator decodes at `width`, and the
-                in-cluster order ranks the decoded SIDs' products from `compact` PQ codes (0: float32)
+                product lists are built from them, the deployed generator decodes at `width` (eager, or
+                `compiled` with torch.compile), and the in-cluster order ranks the decoded SIDs' products from
+                `compact` PQ codes (0: float32); one row per candidate `pool` (the order scores the beam's
+                first pool x budget products), all from the one build
 
 Per channel and size: build time, the process's peak RSS and the growth over its RSS before building,
 bytes per product of what the channel scores with (vectors, codes, graph, postings; product ids not counted,
 every channel holds them), one query at a time (p50, p99, queries/s) and batches of 32 (the batch
 `workbench serve`'s dynamic batching forms under 32 users: p50 and p99 per batch, queries/s), all from the
 query text (the encoder included), in process (no HTTP), and the recall of the exact top budget.
+`capacity` turns the rows into machines for a traffic: per latency budget, the better of one query at a
+time and batches of 32 whose p99 fits (in process: HTTP and queueing add to it, `bench serve` measures them).
 
 Before anything is built, each channel's peak memory at each size is estimated (`estimate_mib`: a process
 base plus bytes per product). A channel whose estimate exceeds the memory at hand is left out of that size,
@@ -35,6 +39,7 @@ starts.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import multiprocessing as mp
@@ -51,6 +56,7 @@ from workbench.ann import ANN, ANNConfig, default_nlist
 from workbench.baselines import BM25, Dense
 from workbench.batch import peak_rss_mib
 from workbench.bench.compact import faiss_bytes
+from workbench.bench.serve import capacity as serve_capacity
 from workbench.embed import embed_workspace, get_embedder
 from workbench.eval.width import served_width
 from workbench.gen import store
@@ -174,26 +180,28 @@ def plan(sizes: tuple[int, ...], channels: tuple[str, ...], d: int, compact: int
 
 # one channel, in its own process ---------------------------------------------------------------------
 def _build(job: dict, ws, e, base: np.ndarray, titles: list[str], ids: list[str]):
-    """The channel's searcher (queries -> [(product ids, scores)] at the budget), its bytes held (or a function
-    computing them after the peak is taken) and what else its build measured."""
+    """The channel's searchers by label (queries -> [(product ids, scores)] at the budget; one, labelled "",
+    but for the generative channel's pools), its bytes held (or a function computing them after the peak is
+    taken) and what else its build measured."""
     n, c, sigma, seed, device = job["n"], job["channel"], job["sigma"], job["seed"], job["device"]
     if c == "exact":
         x = tiled_vectors(base, 0, n, sigma, seed)
         dense = Dense(ids, x, e, device)
-        return lambda qs: dense.scored(qs, job["budget"]), x.nbytes, {}
+        return {"": lambda qs: dense.scored(qs, job["budget"])}, x.nbytes, {}
     if c in ("hnsw", "ivfpq"):
         cfg = ANNConfig(kind=c, pq_m=job["compact"] or ANNConfig.pq_m)
         sample = tiled_vectors(base, 0, ivf_sample(n), sigma, seed) if c == "ivfpq" else base
         ann = ANN(ids, blocks(base, n, sigma, seed), e, cfg, sample=sample)
         del sample
-        return lambda qs: ann.scored(qs, job["budget"]), lambda: faiss_bytes(ann.index), {}
+        return {"": lambda qs: ann.scored(qs, job["budget"])}, lambda: faiss_bytes(ann.index), {}
     if c == "bm25":
         bm25 = BM25(ids, tiled_titles(titles, n))
-        return lambda qs: bm25.scored(qs, job["budget"]), sum(a.nbytes for a in bm25.index.scores.values() if hasattr(a, "nbytes")), {}
+        return {"": lambda qs: bm25.scored(qs, job["budget"])}, sum(a.nbytes for a in bm25.index.scores.values() if hasattr(a, "nbytes")), {}
     return _generative(job, ws, e, base, ids)
 
 
-def grown_retriever(ws, base: np.ndarray, ids: list[str], sigma: float, seed: int = 0, device: str = "cpu"):
+def grown_retriever(ws, base: np.ndarray, ids: list[str], sigma: float, seed: int = 0, device: str = "cpu",
+                    compiled: bool = False):
     """The deployed generator decoding into the grown catalog: the trained SID model assigns every product of
     the catalog (len(ids) rows, block by block) its cluster SID, and the trie and product lists are built
     from them, without retraining. Cluster SIDs only (unique IDs number the products of each catalog)."""
@@ -210,27 +218,33 @@ def grown_retriever(ws, base: np.ndarray, ids: list[str], sigma: float, seed: in
     sids = pd.DataFrame({"product_id": ids, **dict(zip(sid_columns(sid_cfg.model.levels, "cluster"), codes.T))})
     del codes
     model, tok, _ = store.load(ws, device=device)
-    retriever = Retriever(model, tok, index, ProductLookup(index, sids), device)
+    retriever = Retriever(model, tok, index, ProductLookup(index, sids), device, compiled)
     return retriever, {"sid_assign_s": t1 - t0, "trie_s": time.perf_counter() - t1, "sids": len(index.sids)}
 
 
 def _generative(job: dict, ws, e, base: np.ndarray, ids: list[str]):
     n, sigma, seed, m = job["n"], job["sigma"], job["seed"], job["compact"]
-    retriever, extra = grown_retriever(ws, base, ids, sigma, seed, job["device"])
+    retriever, extra = grown_retriever(ws, base, ids, sigma, seed, job["device"], job["compiled"])
     vectors = PQVectors.train(base, m, blocks=blocks(base, n, sigma, seed)) if m else tiled_vectors(base, 0, n, sigma, seed)
-    cfg = ChannelConfig(budget=job["budget"], compact=m)
-    channel = Channel(cfg, CosineOrder(e, ids, vectors, cfg.logp_weight, cfg.query_dtype, cfg.pool))
-    gen = Generative(retriever, channel, job["width"])
-    held = channel.order.vectors.nbytes + retriever.index.sids.nbytes + retriever.index.counts.nbytes
-    return lambda qs: gen.scored(qs, job["budget"]), held, extra
+    order = CosineOrder(e, ids, vectors, ChannelConfig.logp_weight, ChannelConfig.query_dtype)
+    searchers = {}
+    for pool in job["pools"]:
+        cfg = ChannelConfig(budget=job["budget"], compact=m, pool=pool)
+        mine = copy.copy(order)  # the vectors and the position map shared, the pool its own
+        mine.pool = pool
+        gen = Generative(retriever, Channel(cfg, mine), job["width"])  # a decode cache of its own: no pool reuses another's
+        searchers[f" pool {pool}" if len(job["pools"]) > 1 else ""] = lambda qs, gen=gen: gen.scored(qs, job["budget"])
+    held = order.vectors.nbytes + retriever.index.sids.nbytes + retriever.index.counts.nbytes
+    return searchers, held, {**extra, "decode": "compiled" if job["compiled"] else "eager"}
 
 
 def _percentiles(secs: list[float]) -> tuple[float, float]:
     return float(np.percentile(secs, 50) * 1000), float(np.percentile(secs, 99) * 1000)
 
 
-def measure(job: dict) -> dict:
-    """One channel at one size (runs in the child): build, then time and score the queries."""
+def measure(job: dict) -> list[dict]:
+    """One channel at one size (runs in the child): build, then time and score the queries with each of its
+    searchers (a row each)."""
     data = Path(job["data"])
     base = np.load(data / "base.npy", mmap_mode="r")
     meta = json.loads((data / "meta.json").read_text())
@@ -241,31 +255,38 @@ def measure(job: dict) -> dict:
     ids = [str(i) for i in range(n)]  # a product's id is its row: recall needs no lookup
     rss0 = peak_rss_mib()
     t0 = time.perf_counter()
-    search, held, extra = _build(job, ws, e, np.ascontiguousarray(base), meta["titles"], ids)
+    searchers, held, extra = _build(job, ws, e, np.ascontiguousarray(base), meta["titles"], ids)
     build = time.perf_counter() - t0
-    search([f"{q} {q}" for q in queries[:4]])  # warm: lazy loads and first runs, on texts not timed below
-    one, got = [], []
-    for q in queries:
-        t = time.perf_counter()
-        got += search([q])
-        one.append(time.perf_counter() - t)
-    rng, batched = np.random.default_rng(job["seed"]), []
-    for _ in range(max(20, -(-len(queries) // BATCH))):  # fresh batches: no decode is reused
-        qs = [queries[i] for i in rng.choice(len(queries), min(BATCH, len(queries)), replace=False)]
-        t = time.perf_counter()
-        search(qs)
-        batched.append(time.perf_counter() - t)
+    truth = np.load(data / f"truth-{n}.npy")
+    timed = {}
+    for label, search in searchers.items():
+        for k in (1, 2, BATCH):  # warm: lazy loads, first runs and the compiles of each batch shape, on texts not timed
+            search([f"{q} {q} {k}" for q in (queries * BATCH)[:k]])
+        one, got = [], []
+        for q in queries:
+            t = time.perf_counter()
+            got += search([q])
+            one.append(time.perf_counter() - t)
+        rng, batched = np.random.default_rng(job["seed"]), []
+        for _ in range(max(20, -(-len(queries) // BATCH))):  # fresh batches: no decode is reused
+            qs = [queries[i] for i in rng.choice(len(queries), min(BATCH, len(queries)), replace=False)]
+            t = time.perf_counter()
+            search(qs)
+            batched.append(time.perf_counter() - t)
+        recall = np.mean([len({int(p) for p in ids_} & set(t.tolist())) / len(t) for (ids_, _), t in zip(got, truth)])
+        timed[label] = (one, batched, float(recall))
     peak = peak_rss_mib()
     held = held() if callable(held) else held
-    truth = np.load(data / f"truth-{n}.npy")
-    recall = np.mean([len({int(p) for p in ids_} & set(t.tolist())) / len(t) for (ids_, _), t in zip(got, truth)])
-    p50, p99 = _percentiles(one)
-    b50, b99 = _percentiles(batched)
-    return {"case": f"{job['channel']} {n:,}", "channel": job["channel"], "products": n, "build_s": build,
-            "peak_rss_mib": peak, "base_rss_mib": rss0, "index_rss_mib": peak - rss0, "est_mib": job["est_mib"], "bytes_per_product": held / n,
-            "c1_p50_ms": p50, "c1_p99_ms": p99, "c1_qps": len(one) / sum(one),
-            f"c{BATCH}_p50_ms": b50, f"c{BATCH}_p99_ms": b99, f"c{BATCH}_qps": BATCH * len(batched) / sum(batched),
-            f"exact_recall@{job['budget']}": float(recall), **extra}
+    rows = []
+    for label, (one, batched, recall) in timed.items():
+        p50, p99 = _percentiles(one)
+        b50, b99 = _percentiles(batched)
+        rows.append({"case": f"{job['channel']} {n:,}{label}", "channel": job["channel"], "products": n, "build_s": build,
+                     "peak_rss_mib": peak, "base_rss_mib": rss0, "index_rss_mib": peak - rss0, "est_mib": job["est_mib"],
+                     "bytes_per_product": held / n, "c1_p50_ms": p50, "c1_p99_ms": p99, "c1_qps": len(one) / sum(one),
+                     f"c{BATCH}_p50_ms": b50, f"c{BATCH}_p99_ms": b99, f"c{BATCH}_qps": BATCH * len(batched) / sum(batched),
+                     f"exact_recall@{job['budget']}": recall, **({"pool": int(label.split()[-1])} if label else {}), **extra})
+    return rows
 
 
 def _child(job: dict, conn) -> None:
@@ -277,7 +298,7 @@ def _child(job: dict, conn) -> None:
         conn.close()
 
 
-def in_process(job: dict, timeout: float) -> dict:
+def in_process(job: dict, timeout: float) -> list[dict]:
     """`measure(job)` in a fresh spawned process; its error, death or timeout as a RuntimeError naming the run."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
@@ -305,11 +326,15 @@ def in_process(job: dict, timeout: float) -> dict:
 # the benchmark ------------------------------------------------------------------------------------
 def run(ws, sizes: tuple[int, ...], channels: tuple[str, ...] = CHANNELS, budget: int = 100, width: int | None = None,
         compact: int = 96, queries: int = 200, split: str = "validation", sigma: float = 0.5, seed: int = 0,
-        memory_mib: float | None = None, device: str = "cpu", timeout: float = 7200, echo=print) -> list[dict]:
-    """One row per (size, channel) measured or left out; see the module's docstring."""
+        memory_mib: float | None = None, device: str = "cpu", timeout: float = 7200, compiled: bool = False,
+        pools: tuple[int, ...] = (ChannelConfig.pool,), echo=print) -> list[dict]:
+    """One row per (size, channel) measured or left out (per pool, for the generative channel); see the
+    module's docstring."""
     bad = [c for c in channels if c not in CHANNELS]
     if bad or not channels:
         raise ValueError(f"unknown channel(s) {bad}; the channels are {CHANNELS}")
+    if not pools or min(pools) < 1:
+        raise ValueError(f"the candidate pools must be >= 1 (x budget), got {pools}")
     if not sizes or budget < 1 or queries < 1 or sigma < 0 or not math.isfinite(sigma):
         raise ValueError(f"need sizes, budget >= 1, queries >= 1 and a finite sigma >= 0; got {sizes}, {budget}, {queries}, {sigma}")
     n0 = len(ws.table("products"))
@@ -334,17 +359,31 @@ def run(ws, sizes: tuple[int, ...], channels: tuple[str, ...] = CHANNELS, budget
         (Path(tmp) / "meta.json").write_text(json.dumps({"queries": qs, "titles": titles}))
         qv = e.encode(qs)
         common = {"workspace": str(ws.path.resolve()), "data": tmp, "budget": budget, "compact": compact, "sigma": sigma,
-                  "seed": seed, "device": device, "width": width or (served_width(ws) if "generative" in channels else 0)}
+                  "seed": seed, "device": device, "compiled": compiled, "pools": sorted(set(pools)), "width": width or (served_width(ws) if "generative" in channels else 0)}
         for n in sorted({n for n, _, _ in runs}):
             t0 = time.perf_counter()
             np.save(Path(tmp) / f"truth-{n}.npy", exact_top(base, n, qv, budget, sigma, seed))
             echo(f"{n:,} products: the exact top {budget} of {len(qs)} queries in {time.perf_counter() - t0:.0f} s")
             for _, c, est in [r for r in runs if r[0] == n]:
-                row = in_process({**common, "n": n, "channel": c, "est_mib": est}, timeout)
-                echo(f"  {row['case']}: built in {row['build_s']:.0f} s, peak {row['peak_rss_mib']:,.0f} MiB, "
-                     f"(before building {row['base_rss_mib']:,.0f}), p50 {row['c1_p50_ms']:.1f} ms, recall {row[f'exact_recall@{budget}']:.3f}")
-                rows.append(row)
+                for row in in_process({**common, "n": n, "channel": c, "est_mib": est}, timeout):
+                    echo(f"  {row['case']}: built in {row['build_s']:.0f} s, peak {row['peak_rss_mib']:,.0f} MiB, "
+                         f"(before building {row['base_rss_mib']:,.0f}), p50 {row['c1_p50_ms']:.1f} ms, recall {row[f'exact_recall@{budget}']:.3f}")
+                    rows.append(row)
     return rows
+
+
+def capacity(rows: list[dict], target_qps: float, budgets_ms: tuple[float, ...]) -> list[dict]:
+    """Machines like this one that `target_qps` needs, per measured row and p99 budget: the higher throughput
+    of one query at a time and batches of 32 (a batch's p99 taken as its requests') whose p99 fits the budget
+    (`bench.serve.capacity`); a row with neither within a budget has no line for it."""
+    out = []
+    for r in (r for r in rows if "left_out" not in r):
+        points = [{"channel": r["channel"], "width": 0, "max_batch": 0, "users": b, "failures": 0,
+                   "p99_ms": r[f"c{b}_p99_ms"], "queries_per_s": r[f"c{b}_qps"]} for b in (1, BATCH)]
+        for c in serve_capacity(points, target_qps, budgets_ms):
+            out.append({"case": f"{r['case']}, p99 <= {c['budget_ms']:g} ms", "products": r["products"], "budget_ms": c["budget_ms"],
+                        "batch": c["at_users"], "queries_per_s": c["queries_per_s"], "p99_ms": c["p99_ms"], "machines": c["machines"]})
+    return out
 
 
 def chart(rows: list[dict], path: str | Path) -> Path:

@@ -23,6 +23,7 @@ from workbench.bench.pages import tour
 from workbench.bench.psearch import run as psearch_run
 from workbench.bench.rl import compare
 from workbench.bench.scale import CHANNELS as SCALE_CHANNELS
+from workbench.bench.scale import capacity as scale_capacity
 from workbench.bench.scale import chart as scale_chart
 from workbench.bench.scale import run as scale_run
 from workbench.bench.seqrec import run_case, sequences, sid_table
@@ -39,6 +40,7 @@ from workbench.cli.options import (
     given,
     ints,
     names,
+    p99_budgets,
     set_fields,
     ws_of,
 )
@@ -47,7 +49,7 @@ from workbench.data.market import Market
 from workbench.embed import DTYPES, get_embedder, product_texts
 from workbench.eval.config import ABConfig, SweepConfig
 from workbench.eval.width import run_sweep, served_width, width_for_recall
-from workbench.gen.config import TrainConfig
+from workbench.gen.config import ChannelConfig, TrainConfig
 from workbench.logbook import tagged
 from workbench.pipeline import check
 from workbench.report import device_name, report
@@ -340,25 +342,36 @@ def bench_decode(ctx, queries, width, budget, split, modes, threads, device) -> 
               help="Memory a channel's process may use (default: what the machine has available now).")
 @click.option("--chart", "chart_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the cost-against-size chart here (a plotly HTML page).")
+@click.option("--compiled", is_flag=True, help="The generative channel decodes through torch.compile (serve --compiled).")
+@click.option("--pools", default=str(ChannelConfig.pool), show_default=True,
+              help="Candidate pools of the generative channel's order (x budget), comma-separated: a row each, one build.")
+@click.option("--target-qps", type=Finite(min=0, min_open=True), default=10_000.0, show_default=True,
+              help="Traffic to size machines for (the scale-capacity table).")
+@click.option("--p99-ms", "budgets", default="50,250", show_default=True, help="Latency budgets (p99, ms) of that traffic.")
 @device_option()
 @click.pass_context
-def bench_scale(ctx, sizes, channels, budget, width, compact, queries, split, sigma, memory_gib, chart_path, device) -> None:
+def bench_scale(ctx, sizes, channels, budget, width, compact, queries, split, sigma, memory_gib, chart_path, compiled, pools,
+                target_qps, budgets, device) -> None:
     """What each channel costs as the catalog grows: build time, peak memory, bytes per product, p50/p99 one query
     at a time and in batches of 32, and recall of the exact top budget; channels that cannot fit are left out
-    with their estimate."""
+    with their estimate; and machines like this one for --target-qps at each --p99-ms (in process)."""
     ws = ws_of(ctx).require()
     params = {"sizes": sizes, "channels": list(channels), "budget": budget, "width": width, "compact": compact,
-              "queries": queries, "split": split, "sigma": sigma}
-    sizes = ints(sizes)
+              "queries": queries, "split": split, "sigma": sigma, "compiled": compiled, "pools": pools,
+              "target_qps": target_qps, "p99_ms": budgets}
+    sizes, pools, budgets = ints(sizes), ints(pools), p99_budgets(budgets)
     with ws.logbook().run("bench", {"bench": "scale", **params}) as run:
         try:
             rows = scale_run(ws, sizes, tuple(channels), budget, width, compact, queries, split, sigma,
-                             memory_mib=None if memory_gib is None else memory_gib * 1024, device=device, echo=click.echo)
+                             memory_mib=None if memory_gib is None else memory_gib * 1024, device=device, compiled=compiled,
+                             pools=pools, echo=click.echo)
         except ValueError as e:
             raise click.ClickException(str(e)) from None
         report("scale", rows, run, params=params, device=device_name(device),
                units={"build_s": "s", "sid_assign_s": "s", "trie_s": "s", "peak_rss_mib": "MiB", "base_rss_mib": "MiB", "index_rss_mib": "MiB", "est_mib": "MiB", "bytes_per_product": "B",
                       "c1_p50_ms": "ms", "c1_p99_ms": "ms", "c32_p50_ms": "ms", "c32_p99_ms": "ms", "c1_qps": "1/s", "c32_qps": "1/s"})
+        report(f"scale-capacity ({target_qps:,.0f} q/s)", scale_capacity(rows, target_qps, budgets), run, params=params,
+               units={"budget_ms": "ms", "p99_ms": "ms", "queries_per_s": "1/s"}, device=device_name(device))
     if chart_path is not None:
         click.echo(f"chart: {scale_chart(rows, chart_path)}")
 
@@ -448,12 +461,7 @@ def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, q
     bad = set(channels) - set(CHANNELS)
     if bad or not channels:
         raise click.BadParameter(f"channels must be some of {CHANNELS}, got {channels}", param_hint="--channels")
-    try:
-        budgets = tuple(float(b) for b in budgets.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{budgets!r}: expected comma-separated milliseconds, e.g. 50,100", param_hint="--p99-ms") from None
-    if min(budgets) <= 0:
-        raise click.BadParameter(f"{budgets}: budgets must be > 0 ms", param_hint="--p99-ms")
+    budgets = p99_budgets(budgets)
     ws = ws_of(ctx).require()
     if grow_to is not None:
         base = ws

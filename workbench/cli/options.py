@@ -38,6 +38,17 @@ def ints(text: str, low: int = 1) -> tuple[int, ...]:
     return out
 
 
+def p99_budgets(text: str) -> tuple[float, ...]:
+    """'50,250' -> (50.0, 250.0): the --p99-ms latency budgets, each > 0 ms; otherwise a click.BadParameter."""
+    try:
+        out = tuple(float(b) for b in str(text).split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated milliseconds, e.g. 50,100", param_hint="--p99-ms") from None
+    if not all(math.isfinite(b) and b > 0 for b in out):
+        raise click.BadParameter(f"{out}: budgets must be > 0 ms and finite", param_hint="--p99-ms")
+    return out
+
+
 def names(text: str) -> tuple[str, ...]:
     """'a, b' -> ('a', 'b')."""
     return tuple(v.strip() for v in str(text).split(",") if v.strip())
