@@ -94,7 +94,7 @@ def test_bench_scale_measures_each_channel_at_each_size(trained, tmp_path):
     assert "plotly" in page.read_text()[:5000]
 
 
-def test_the_generative_pools_share_one_build_and_a_larger_pool_finds_at_least_as_much(trained):
+def test_the_generative_pools_share_one_build_and_a_larger_pool_finds_at_least_as_much(trained, tmp_path):
     ws, _ = trained
     n0 = len(ws.table("products"))
     rows = scale.run(ws, (2 * n0,), ("generative",), budget=10, width=8, compact=0, queries=12, pools=(4, 1),
@@ -103,6 +103,8 @@ def test_the_generative_pools_share_one_build_and_a_larger_pool_finds_at_least_a
     assert rows[0]["build_s"] == rows[1]["build_s"] and rows[0]["decode"] == "eager"
     # the float32 order keeps the exact top of its candidates, and pool 4's candidates hold pool 1's
     assert rows[1]["exact_recall@10"] >= rows[0]["exact_recall@10"]
+    page = scale.chart(rows, tmp_path / "pools.html").read_text()
+    assert '"name":"generative pool 1"' in page and '"name":"generative pool 4"' in page
     with pytest.raises(ValueError, match="pools must be >= 1"):
         scale.run(ws, (n0,), ("generative",), pools=(0,), echo=lambda *_: None)
 
@@ -117,6 +119,14 @@ def test_capacity_takes_the_better_of_one_at_a_time_and_batches_within_each_budg
     assert got["hnsw 1,000,000, p99 <= 50 ms"]["batch"] == 1 and got["hnsw 1,000,000, p99 <= 50 ms"]["machines"] == 200
     assert got["hnsw 1,000,000, p99 <= 250 ms"]["batch"] == 32 and got["hnsw 1,000,000, p99 <= 250 ms"]["machines"] == 34
     assert got["exact 1,000,000, p99 <= 250 ms"]["batch"] == 1 and got["exact 1,000,000, p99 <= 250 ms"]["machines"] == 1539
+    assert scale.capacity([slow], 10_000, (50,)) == []  # nothing within 50 ms: no line, and the table says so
+
+
+def test_an_empty_table_prints_that_it_has_no_rows(capsys):
+    from workbench.report import report
+
+    report("scale-capacity", [])
+    assert capsys.readouterr().out == "\nscale-capacity\n(no rows)\n"
 
 
 def test_bench_scale_names_bad_inputs(trained):

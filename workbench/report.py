@@ -22,7 +22,7 @@ def report(bench: str, rows: list[dict], run=None, case_key: str = "case", units
            params: dict | None = None, device: str | None = None) -> pd.DataFrame:
     """Print `rows` as a table and log every numeric cell to `run` (a logbook Run) if given."""
     df = pd.DataFrame(rows)
-    print(f"\n{bench}\n" + df.to_string(index=False, float_format=lambda v: f"{v:,.3f}"))
+    print(f"\n{bench}\n" + (df.to_string(index=False, float_format=lambda v: f"{v:,.3f}") if rows else "(no rows)"))
     if run is not None:
         for r in rows:
             for k, v in r.items():

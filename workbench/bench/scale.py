@@ -387,7 +387,7 @@ def capacity(rows: list[dict], target_qps: float, budgets_ms: tuple[float, ...])
 
 
 def chart(rows: list[dict], path: str | Path) -> Path:
-    """Cost against catalog size, one line per channel: p50 one query at a time, queries/s in batches of 32,
+    """Cost against catalog size, one line per channel (per pool of the generative one): p50 one query at a time, queries/s in batches of 32,
     peak RSS (a plotly HTML page; plotly.js from its CDN)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -396,8 +396,12 @@ def chart(rows: list[dict], path: str | Path) -> Path:
               ("peak_rss_mib", "peak RSS, MiB"))
     fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in panels])
     measured = [r for r in rows if "left_out" not in r]
-    for i, c in enumerate(dict.fromkeys(r["channel"] for r in measured)):
-        mine = sorted((r for r in measured if r["channel"] == c), key=lambda r: r["products"])
+
+    def line(r: dict) -> str:  # a line per channel, and per pool of the generative one
+        return r["channel"] + (f" pool {r['pool']}" if "pool" in r else "")
+
+    for i, c in enumerate(dict.fromkeys(map(line, measured))):
+        mine = sorted((r for r in measured if line(r) == c), key=lambda r: r["products"])
         for col, (key, _) in enumerate(panels, 1):
             fig.add_trace(go.Scatter(x=[r["products"] for r in mine], y=[r[key] for r in mine], name=c, legendgroup=c,
                                      showlegend=col == 1, mode="lines+markers", line={"color": f"hsl({i * 70}, 60%, 45%)"}),
