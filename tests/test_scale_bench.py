@@ -78,7 +78,7 @@ def test_a_tiled_catalog_keeps_every_products_sid_valid_in_the_trie(trained):
 def test_bench_scale_measures_each_channel_at_each_size(trained, tmp_path):
     ws, _ = trained
     n0 = len(ws.table("products"))
-    rows = scale.run(ws, (n0, 2 * n0), budget=20, width=8, compact=8, queries=12, echo=lambda *_: None)
+    rows = scale.run(ws, (n0, 2 * n0), budget=20, widths=(8,), compact=8, queries=12, echo=lambda *_: None)
     assert sorted((r["channel"], r["products"]) for r in rows) == sorted((c, n) for c in scale.CHANNELS for n in (n0, 2 * n0))
     by = {(r["channel"], r["products"]): r for r in rows}
     for n in (n0, 2 * n0):
@@ -94,19 +94,25 @@ def test_bench_scale_measures_each_channel_at_each_size(trained, tmp_path):
     assert "plotly" in page.read_text()[:5000]
 
 
-def test_the_generative_pools_share_one_build_and_a_larger_pool_finds_at_least_as_much(trained, tmp_path):
+def test_the_generative_widths_and_pools_share_one_build_and_a_larger_pool_finds_at_least_as_much(trained, tmp_path):
     ws, _ = trained
     n0 = len(ws.table("products"))
-    rows = scale.run(ws, (2 * n0,), ("generative",), budget=10, width=8, compact=0, queries=12, pools=(4, 1),
+    rows = scale.run(ws, (2 * n0,), ("generative",), budget=10, widths=(8, 4), compact=0, queries=12, pools=(4, 1),
                      echo=lambda *_: None)
-    assert [(r["case"], r["pool"]) for r in rows] == [(f"generative {2 * n0:,} pool 1", 1), (f"generative {2 * n0:,} pool 4", 4)]
-    assert rows[0]["build_s"] == rows[1]["build_s"] and rows[0]["decode"] == "eager"
-    # the float32 order keeps the exact top of its candidates, and pool 4's candidates hold pool 1's
-    assert rows[1]["exact_recall@10"] >= rows[0]["exact_recall@10"]
+    cases = [(w, p) for w in (4, 8) for p in (1, 4)]
+    assert [(r["case"], r["width"], r["pool"]) for r in rows] == [(f"generative {2 * n0:,} width {w} pool {p}", w, p) for w, p in cases]
+    assert len({r["build_s"] for r in rows}) == 1 and {r["decode"] for r in rows} == {"eager"}
+    by = {(r["width"], r["pool"]): r["exact_recall@10"] for r in rows}
+    for w in (4, 8):  # the float32 order keeps the exact top of its candidates, and pool 4's candidates hold pool 1's
+        assert by[w, 4] >= by[w, 1]
     page = scale.chart(rows, tmp_path / "pools.html").read_text()
-    assert '"name":"generative pool 1"' in page and '"name":"generative pool 4"' in page
+    assert '"name":"generative width 4 pool 1"' in page and '"name":"generative width 8 pool 4"' in page
+    one = scale.run(ws, (n0,), ("generative",), budget=10, widths=(4,), compact=0, queries=4, echo=lambda *_: None)
+    assert one[0]["case"] == f"generative {n0:,}" and one[0]["width"] == 4  # one case: nothing to tell apart in its name
     with pytest.raises(ValueError, match="pools must be >= 1"):
         scale.run(ws, (n0,), ("generative",), pools=(0,), echo=lambda *_: None)
+    with pytest.raises(ValueError, match="widths must be >= 1"):
+        scale.run(ws, (n0,), ("generative",), widths=(0,), echo=lambda *_: None)
 
 
 def test_capacity_takes_the_better_of_one_at_a_time_and_batches_within_each_budget():
@@ -148,6 +154,8 @@ def test_bench_scale_names_bad_inputs(trained):
     assert r.exit_code == 2 and "comma-separated integers" in r.output
     r = bench("--sizes", str(n0), "--sigma", "nan")
     assert r.exit_code == 2
+    r = bench("--sizes", str(n0), "--widths", "8,0")
+    assert r.exit_code == 2 and "values must be >= 1" in r.output
     r = bench("--sizes", str(n0), "--pools", "16,0")
     assert r.exit_code == 2 and "values must be >= 1" in r.output
     r = bench("--sizes", str(n0), "--p99-ms", "50,fast")

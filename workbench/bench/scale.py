@@ -18,10 +18,10 @@ block. Then each channel in a process of its own, one after the other (so its pe
     ivfpq       FAISS IVF-PQ with `compact` codes (trained on a sample), built block by block
     bm25        bm25s over the titles
     generative  the trained SID model assigns every product its SID (block by block), the trie and the
-                product lists are built from them, the deployed generator decodes at `width` (eager, or
-                `compiled` with torch.compile), and the in-cluster order ranks the decoded SIDs' products from
-                `compact` PQ codes (0: float32); one row per candidate `pool` (the order scores the beam's
-                first pool x budget products), all from the one build
+                product lists are built from them, the deployed generator decodes at each of `widths`
+                (eager, or `compiled` with torch.compile), and the in-cluster order ranks the decoded SIDs'
+                products from `compact` PQ codes (0: float32); one row per beam width and candidate `pool`
+                (the order scores the beam's first pool x budget products), all from the one build
 
 Per channel and size: build time, the process's peak RSS and the growth over its RSS before building,
 bytes per product of what the channel scores with (vectors, codes, graph, postings; product ids not counted,
@@ -180,23 +180,23 @@ def plan(sizes: tuple[int, ...], channels: tuple[str, ...], d: int, compact: int
 
 # one channel, in its own process ---------------------------------------------------------------------
 def _build(job: dict, ws, e, base: np.ndarray, titles: list[str], ids: list[str]):
-    """The channel's searchers by label (queries -> [(product ids, scores)] at the budget; one, labelled "",
-    but for the generative channel's pools), its bytes held (or a function computing them after the peak is
-    taken) and what else its build measured."""
+    """The channel's searchers (queries -> [(product ids, scores)] at the budget): one, keyed None, but for the
+    generative channel's, keyed (beam width, pool); its bytes held (or a function computing them after the
+    peak is taken) and what else its build measured."""
     n, c, sigma, seed, device = job["n"], job["channel"], job["sigma"], job["seed"], job["device"]
     if c == "exact":
         x = tiled_vectors(base, 0, n, sigma, seed)
         dense = Dense(ids, x, e, device)
-        return {"": lambda qs: dense.scored(qs, job["budget"])}, x.nbytes, {}
+        return {None: lambda qs: dense.scored(qs, job["budget"])}, x.nbytes, {}
     if c in ("hnsw", "ivfpq"):
         cfg = ANNConfig(kind=c, pq_m=job["compact"] or ANNConfig.pq_m)
         sample = tiled_vectors(base, 0, ivf_sample(n), sigma, seed) if c == "ivfpq" else base
         ann = ANN(ids, blocks(base, n, sigma, seed), e, cfg, sample=sample)
         del sample
-        return {"": lambda qs: ann.scored(qs, job["budget"])}, lambda: faiss_bytes(ann.index), {}
+        return {None: lambda qs: ann.scored(qs, job["budget"])}, lambda: faiss_bytes(ann.index), {}
     if c == "bm25":
         bm25 = BM25(ids, tiled_titles(titles, n))
-        return {"": lambda qs: bm25.scored(qs, job["budget"])}, sum(a.nbytes for a in bm25.index.scores.values() if hasattr(a, "nbytes")), {}
+        return {None: lambda qs: bm25.scored(qs, job["budget"])}, sum(a.nbytes for a in bm25.index.scores.values() if hasattr(a, "nbytes")), {}
     return _generative(job, ws, e, base, ids)
 
 
@@ -228,12 +228,13 @@ def _generative(job: dict, ws, e, base: np.ndarray, ids: list[str]):
     vectors = PQVectors.train(base, m, blocks=blocks(base, n, sigma, seed)) if m else tiled_vectors(base, 0, n, sigma, seed)
     order = CosineOrder(e, ids, vectors, ChannelConfig.logp_weight, ChannelConfig.query_dtype)
     searchers = {}
-    for pool in job["pools"]:
-        cfg = ChannelConfig(budget=job["budget"], compact=m, pool=pool)
-        mine = copy.copy(order)  # the vectors and the position map shared, the pool its own
-        mine.pool = pool
-        gen = Generative(retriever, Channel(cfg, mine), job["width"])  # a decode cache of its own: no pool reuses another's
-        searchers[f" pool {pool}" if len(job["pools"]) > 1 else ""] = lambda qs, gen=gen: gen.scored(qs, job["budget"])
+    for width in job["widths"]:
+        for pool in job["pools"]:
+            cfg = ChannelConfig(budget=job["budget"], compact=m, pool=pool)
+            mine = copy.copy(order)  # the vectors and the position map shared, the pool its own
+            mine.pool = pool
+            gen = Generative(retriever, Channel(cfg, mine), width)  # a decode cache of its own: no case reuses another's
+            searchers[width, pool] = lambda qs, gen=gen: gen.scored(qs, job["budget"])
     held = order.vectors.nbytes + retriever.index.sids.nbytes + retriever.index.counts.nbytes
     return searchers, held, {**extra, "decode": "compiled" if job["compiled"] else "eager"}
 
@@ -259,7 +260,7 @@ def measure(job: dict) -> list[dict]:
     build = time.perf_counter() - t0
     truth = np.load(data / f"truth-{n}.npy")
     timed = {}
-    for label, search in searchers.items():
+    for key, search in searchers.items():
         for k in (1, 2, BATCH):  # warm: lazy loads, first runs and the compiles of each batch shape, on texts not timed
             search([f"{q} {q} {k}" for q in (queries * BATCH)[:k]])
         one, got = [], []
@@ -274,18 +275,20 @@ def measure(job: dict) -> list[dict]:
             search(qs)
             batched.append(time.perf_counter() - t)
         recall = np.mean([len({int(p) for p in ids_} & set(t.tolist())) / len(t) for (ids_, _), t in zip(got, truth)])
-        timed[label] = (one, batched, float(recall))
+        timed[key] = (one, batched, float(recall))
     peak = peak_rss_mib()
     held = held() if callable(held) else held
     rows = []
-    for label, (one, batched, recall) in timed.items():
+    for key, (one, batched, recall) in timed.items():
+        case = {} if key is None else {"width": key[0], "pool": key[1]}
+        label = "".join(f" {k} {v}" for k, v in case.items() if len(job[f"{k}s"]) > 1)  # what tells the rows apart
         p50, p99 = _percentiles(one)
         b50, b99 = _percentiles(batched)
         rows.append({"case": f"{job['channel']} {n:,}{label}", "channel": job["channel"], "products": n, "build_s": build,
                      "peak_rss_mib": peak, "base_rss_mib": rss0, "index_rss_mib": peak - rss0, "est_mib": job["est_mib"],
                      "bytes_per_product": held / n, "c1_p50_ms": p50, "c1_p99_ms": p99, "c1_qps": len(one) / sum(one),
                      f"c{BATCH}_p50_ms": b50, f"c{BATCH}_p99_ms": b99, f"c{BATCH}_qps": BATCH * len(batched) / sum(batched),
-                     f"exact_recall@{job['budget']}": recall, **({"pool": int(label.split()[-1])} if label else {}), **extra})
+                     f"exact_recall@{job['budget']}": recall, **case, **extra})
     return rows
 
 
@@ -324,7 +327,7 @@ def in_process(job: dict, timeout: float) -> list[dict]:
 
 
 # the benchmark ------------------------------------------------------------------------------------
-def run(ws, sizes: tuple[int, ...], channels: tuple[str, ...] = CHANNELS, budget: int = 100, width: int | None = None,
+def run(ws, sizes: tuple[int, ...], channels: tuple[str, ...] = CHANNELS, budget: int = 100, widths: tuple[int, ...] = (),
         compact: int = 96, queries: int = 200, split: str = "validation", sigma: float = 0.5, seed: int = 0,
         memory_mib: float | None = None, device: str = "cpu", timeout: float = 7200, compiled: bool = False,
         pools: tuple[int, ...] = (ChannelConfig.pool,), echo=print) -> list[dict]:
@@ -335,6 +338,8 @@ def run(ws, sizes: tuple[int, ...], channels: tuple[str, ...] = CHANNELS, budget
         raise ValueError(f"unknown channel(s) {bad}; the channels are {CHANNELS}")
     if not pools or min(pools) < 1:
         raise ValueError(f"the candidate pools must be >= 1 (x budget), got {pools}")
+    if widths and min(widths) < 1:
+        raise ValueError(f"beam widths must be >= 1, got {widths}")
     if not sizes or budget < 1 or queries < 1 or sigma < 0 or not math.isfinite(sigma):
         raise ValueError(f"need sizes, budget >= 1, queries >= 1 and a finite sigma >= 0; got {sizes}, {budget}, {queries}, {sigma}")
     n0 = len(ws.table("products"))
@@ -359,7 +364,8 @@ def run(ws, sizes: tuple[int, ...], channels: tuple[str, ...] = CHANNELS, budget
         (Path(tmp) / "meta.json").write_text(json.dumps({"queries": qs, "titles": titles}))
         qv = e.encode(qs)
         common = {"workspace": str(ws.path.resolve()), "data": tmp, "budget": budget, "compact": compact, "sigma": sigma,
-                  "seed": seed, "device": device, "compiled": compiled, "pools": sorted(set(pools)), "width": width or (served_width(ws) if "generative" in channels else 0)}
+                  "seed": seed, "device": device, "compiled": compiled, "pools": sorted(set(pools)),
+                  "widths": sorted(set(widths)) or ([served_width(ws)] if "generative" in channels else [])}
         for n in sorted({n for n, _, _ in runs}):
             t0 = time.perf_counter()
             np.save(Path(tmp) / f"truth-{n}.npy", exact_top(base, n, qv, budget, sigma, seed))
@@ -387,8 +393,8 @@ def capacity(rows: list[dict], target_qps: float, budgets_ms: tuple[float, ...])
 
 
 def chart(rows: list[dict], path: str | Path) -> Path:
-    """Cost against catalog size, one line per channel (per pool of the generative one): p50 one query at a time, queries/s in batches of 32,
-    peak RSS (a plotly HTML page; plotly.js from its CDN)."""
+    """Cost against catalog size, one line per channel (per width and pool of the generative one): p50 one
+    query at a time, queries/s in batches of 32, peak RSS (a plotly HTML page; plotly.js from its CDN)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -397,8 +403,8 @@ def chart(rows: list[dict], path: str | Path) -> Path:
     fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in panels])
     measured = [r for r in rows if "left_out" not in r]
 
-    def line(r: dict) -> str:  # a line per channel, and per pool of the generative one
-        return r["channel"] + (f" pool {r['pool']}" if "pool" in r else "")
+    def line(r: dict) -> str:  # a line per channel, and per width and pool of the generative one
+        return r["channel"] + (f" width {r['width']} pool {r['pool']}" if "pool" in r else "")
 
     for i, c in enumerate(dict.fromkeys(map(line, measured))):
         mine = sorted((r for r in measured if line(r) == c), key=lambda r: r["products"])

@@ -331,7 +331,8 @@ def bench_decode(ctx, queries, width, budget, split, modes, threads, device) -> 
 @click.option("--channels", type=names, default=",".join(SCALE_CHANNELS), show_default=True,
               help=f"Channels to measure, some of {', '.join(SCALE_CHANNELS)} (exact: the float32 scan).")
 @click.option("--budget", type=click.IntRange(min=1), default=100, show_default=True, help="Candidates per query.")
-@click.option("--width", type=click.IntRange(min=1), default=None, help="Beam width (default: the workspace's served width).")
+@click.option("--widths", "--width", "widths", default=None,
+              help="Beam widths of the generative channel, comma-separated: a row each, one build (default: the served width).")
 @click.option("--compact", type=click.IntRange(min=0), default=96, show_default=True,
               help="One-byte codes per product of the generative order and of IVF-PQ (0: a float32 order; IVF-PQ then 48).")
 @click.option("--queries", type=click.IntRange(min=1), default=200, show_default=True, help="Queries timed and scored.")
@@ -350,19 +351,20 @@ def bench_decode(ctx, queries, width, budget, split, modes, threads, device) -> 
 @click.option("--p99-ms", "budgets", default="50,250", show_default=True, help="Latency budgets (p99, ms) of that traffic.")
 @device_option()
 @click.pass_context
-def bench_scale(ctx, sizes, channels, budget, width, compact, queries, split, sigma, memory_gib, chart_path, compiled, pools,
+def bench_scale(ctx, sizes, channels, budget, widths, compact, queries, split, sigma, memory_gib, chart_path, compiled, pools,
                 target_qps, budgets, device) -> None:
     """What each channel costs as the catalog grows: build time, peak memory, bytes per product, p50/p99 one query
     at a time and in batches of 32, and recall of the exact top budget; channels that cannot fit are left out
     with their estimate; and machines like this one for --target-qps at each --p99-ms (in process)."""
     ws = ws_of(ctx).require()
-    params = {"sizes": sizes, "channels": list(channels), "budget": budget, "width": width, "compact": compact,
+    params = {"sizes": sizes, "channels": list(channels), "budget": budget, "widths": widths, "compact": compact,
               "queries": queries, "split": split, "sigma": sigma, "compiled": compiled, "pools": pools,
               "target_qps": target_qps, "p99_ms": budgets}
     sizes, pools, budgets = ints(sizes), ints(pools), p99_budgets(budgets)
+    widths = ints(widths) if widths is not None else ()
     with ws.logbook().run("bench", {"bench": "scale", **params}) as run:
         try:
-            rows = scale_run(ws, sizes, tuple(channels), budget, width, compact, queries, split, sigma,
+            rows = scale_run(ws, sizes, tuple(channels), budget, widths, compact, queries, split, sigma,
                              memory_mib=None if memory_gib is None else memory_gib * 1024, device=device, compiled=compiled,
                              pools=pools, echo=click.echo)
         except ValueError as e:
