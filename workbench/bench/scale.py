@@ -331,8 +331,8 @@ def run(ws, sizes: tuple[int, ...], channels: tuple[str, ...] = CHANNELS, budget
         compact: int = 96, queries: int = 200, split: str = "validation", sigma: float = 0.5, seed: int = 0,
         memory_mib: float | None = None, device: str = "cpu", timeout: float = 7200, compiled: bool = False,
         pools: tuple[int, ...] = (ChannelConfig.pool,), echo=print) -> list[dict]:
-    """One row per (size, channel) measured or left out (per pool, for the generative channel); see the
-    module's docstring."""
+    """One row per (size, channel) measured or left out (per beam width and pool, for the generative channel);
+    see the module's docstring."""
     bad = [c for c in channels if c not in CHANNELS]
     if bad or not channels:
         raise ValueError(f"unknown channel(s) {bad}; the channels are {CHANNELS}")
