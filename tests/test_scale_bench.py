@@ -105,6 +105,16 @@ def test_the_generative_widths_and_pools_share_one_build_and_a_larger_pool_finds
     by = {(r["width"], r["pool"]): r["exact_recall@10"] for r in rows}
     for w in (4, 8):  # the float32 order keeps the exact top of its candidates, and pool 4's candidates hold pool 1's
         assert by[w, 4] >= by[w, 1]
+    for r in rows:  # the mean of its queries' recalls, inside its own interval
+        assert len(r["per_query"]) == 12 and r["exact_recall@10"] == pytest.approx(np.mean(r["per_query"]))
+        assert r["recall_lo"] <= r["exact_recall@10"] <= r["recall_hi"]
+    diffs = {d["case"]: d for d in scale.paired(rows)}
+    ref = f"generative {2 * n0:,} width 4 pool 1"
+    assert set(diffs) == {f"{r['case']} - {ref}" for r in rows[1:]}
+    for r in rows[1:]:
+        d = diffs[f"{r['case']} - {ref}"]
+        assert d["difference"] == pytest.approx(r["exact_recall@10"] - rows[0]["exact_recall@10"]) and d["lo"] <= d["difference"] <= d["hi"]
+    assert diffs[f"generative {2 * n0:,} width 4 pool 4 - {ref}"]["lo"] >= 0  # never lower, query by query
     page = scale.chart(rows, tmp_path / "pools.html").read_text()
     assert '"name":"generative width 4 pool 1"' in page and '"name":"generative width 8 pool 4"' in page
     one = scale.run(ws, (n0,), ("generative",), budget=10, widths=(4,), compact=0, queries=4, echo=lambda *_: None)
@@ -126,6 +136,35 @@ def test_capacity_takes_the_better_of_one_at_a_time_and_batches_within_each_budg
     assert got["hnsw 1,000,000, p99 <= 250 ms"]["batch"] == 32 and got["hnsw 1,000,000, p99 <= 250 ms"]["machines"] == 34
     assert got["exact 1,000,000, p99 <= 250 ms"]["batch"] == 1 and got["exact 1,000,000, p99 <= 250 ms"]["machines"] == 1539
     assert scale.capacity([slow], 10_000, (50,)) == []  # nothing within 50 ms: no line, and the table says so
+
+
+def test_paired_sets_each_row_against_its_sizes_generative_reference_query_by_query():
+    def row(case, channel, n, per):
+        return {"case": case, "channel": channel, "products": n, "exact_recall@5": float(np.mean(per)), "per_query": per}
+
+    rows = [row("hnsw 100", "hnsw", 100, [1.0, 1.0, 0.8, 1.0]), row("generative 100", "generative", 100, [0.6, 0.8, 0.8, 1.0]),
+            row("exact 100", "exact", 100, [1.0, 1.0, 1.0, 1.0]), {"case": "bm25 100", "channel": "bm25", "products": 100, "left_out": "x"},
+            row("hnsw 200", "hnsw", 200, [0.2, 0.4, 0.4, 0.4]), row("exact 200", "exact", 200, [0.2, 0.4, 0.6, 0.4])]
+    got = {d["case"]: d for d in scale.paired(rows)}
+    assert set(got) == {"hnsw 100 - generative 100", "exact 100 - generative 100", "exact 200 - hnsw 200"}
+    d = got["exact 100 - generative 100"]
+    assert d["difference"] == pytest.approx(0.2) and d["reference"] == pytest.approx(0.8) and d["queries"] == 4
+    assert 0 < d["lo"] <= 0.2 <= d["hi"] <= 0.4  # every query gains 0 to 0.4: so does every resample's mean
+    e = got["exact 200 - hnsw 200"]
+    assert e["difference"] == pytest.approx(0.05) and e["lo"] == 0 and 0.05 < e["hi"] <= 0.2  # one query of four gains 0.2
+
+
+def test_bench_scale_logs_its_rows_their_paired_differences_and_capacity(trained):
+    ws, _ = trained
+    n0 = len(ws.table("products"))
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "scale", "--sizes", str(n0), "--channels", "generative",
+                                  "--widths", "4", "--pools", "1,4", "--queries", "6", "--budget", "10", "--compact", "0"])
+    assert r.exit_code == 0, r.output
+    assert "scale-paired" in r.output and f"generative {n0:,} pool 4 - generative {n0:,} pool 1" in r.output
+    got = ws.logbook().query("SELECT bench, case_name, metric FROM bench WHERE bench LIKE 'scale%'")
+    assert set(got["bench"]) == {"scale", "scale-paired", "scale-capacity (10,000 q/s)"}
+    assert "per_query" not in set(got["metric"]) and {"recall_lo", "recall_hi"} <= set(got["metric"])
+    assert {"difference", "lo", "hi"} <= set(got[got["bench"] == "scale-paired"]["metric"])
 
 
 def test_an_empty_table_prints_that_it_has_no_rows(capsys):

@@ -27,7 +27,9 @@ Per channel and size: build time, the process's peak RSS and the growth over its
 bytes per product of what the channel scores with (vectors, codes, graph, postings; product ids not counted,
 every channel holds them), one query at a time (p50, p99, queries/s) and batches of 32 (the batch
 `workbench serve`'s dynamic batching forms under 32 users: p50 and p99 per batch, queries/s), all from the
-query text (the encoder included), in process (no HTTP), and the recall of the exact top budget.
+query text (the encoder included), in process (no HTTP), and the recall of the exact top budget with its 95%
+bootstrap interval over the queries. `paired` sets the rows of a size against one another: each difference in
+recall with its paired interval (the same queries, the same truth).
 `capacity` turns the rows into machines for a traffic: per latency budget, the better of one query at a
 time and batches of 32 whose p99 fits (in process: HTTP and queueing add to it, `bench serve` measures them).
 
@@ -64,6 +66,7 @@ from workbench.gen.compact import PQVectors, check
 from workbench.gen.config import ChannelConfig
 from workbench.gen.data import eval_set
 from workbench.gen.retrieve import Channel, CosineOrder, Generative, ProductLookup, Retriever
+from workbench.metrics import paired_difference
 from workbench.sid.cqsid import assign
 from workbench.sid.index import SIDIndex
 from workbench.sid.store import load_model, sid_columns, workspace_embedder
@@ -274,21 +277,22 @@ def measure(job: dict) -> list[dict]:
             t = time.perf_counter()
             search(qs)
             batched.append(time.perf_counter() - t)
-        recall = np.mean([len({int(p) for p in ids_} & set(t.tolist())) / len(t) for (ids_, _), t in zip(got, truth)])
-        timed[key] = (one, batched, float(recall))
+        timed[key] = (one, batched, [len({int(p) for p in ids_} & set(t.tolist())) / len(t) for (ids_, _), t in zip(got, truth)])
     peak = peak_rss_mib()
     held = held() if callable(held) else held
     rows = []
-    for key, (one, batched, recall) in timed.items():
+    for key, (one, batched, per) in timed.items():
         case = {} if key is None else {"width": key[0], "pool": key[1]}
         label = "".join(f" {k} {v}" for k, v in case.items() if len(job[f"{k}s"]) > 1)  # what tells the rows apart
         p50, p99 = _percentiles(one)
         b50, b99 = _percentiles(batched)
+        recall, lo, hi = paired_difference(per, np.zeros(len(per)), seed=job["seed"])  # the mean and its 95% interval
         rows.append({"case": f"{job['channel']} {n:,}{label}", "channel": job["channel"], "products": n, "build_s": build,
                      "peak_rss_mib": peak, "base_rss_mib": rss0, "index_rss_mib": peak - rss0, "est_mib": job["est_mib"],
                      "bytes_per_product": held / n, "c1_p50_ms": p50, "c1_p99_ms": p99, "c1_qps": len(one) / sum(one),
                      f"c{BATCH}_p50_ms": b50, f"c{BATCH}_p99_ms": b99, f"c{BATCH}_qps": BATCH * len(batched) / sum(batched),
-                     f"exact_recall@{job['budget']}": recall, **case, **extra})
+                     f"exact_recall@{job['budget']}": recall, "recall_lo": lo, "recall_hi": hi, **case, **extra,
+                     "per_query": per})
     return rows
 
 
@@ -376,6 +380,24 @@ def run(ws, sizes: tuple[int, ...], channels: tuple[str, ...] = CHANNELS, budget
                          f"(before building {row['base_rss_mib']:,.0f}), p50 {row['c1_p50_ms']:.1f} ms, recall {row[f'exact_recall@{budget}']:.3f}")
                     rows.append(row)
     return rows
+
+
+def paired(rows: list[dict], seed: int = 0) -> list[dict]:
+    """Differences in recall of the exact top between the channels at each size, each with its paired 95%
+    bootstrap interval over the queries (every row of a size scores the same queries against the same truth):
+    every measured row against the size's first generative row (its smallest width and pool; without one,
+    the size's first row)."""
+    out = []
+    for n in sorted({r["products"] for r in rows if "per_query" in r}):
+        mine = [r for r in rows if r["products"] == n and "per_query" in r]
+        ref = next((r for r in mine if r["channel"] == "generative"), mine[0])
+        key = next(k for k in ref if k.startswith("exact_recall@"))
+        for r in mine:
+            if r is not ref:
+                d, lo, hi = paired_difference(r["per_query"], ref["per_query"], seed=seed)
+                out.append({"case": f"{r['case']} - {ref['case']}", "products": n, key: r[key], "reference": ref[key],
+                            "difference": d, "lo": lo, "hi": hi, "queries": len(ref["per_query"])})
+    return out
 
 
 def capacity(rows: list[dict], target_qps: float, budgets_ms: tuple[float, ...]) -> list[dict]:

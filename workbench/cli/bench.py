@@ -25,6 +25,7 @@ from workbench.bench.rl import compare
 from workbench.bench.scale import CHANNELS as SCALE_CHANNELS
 from workbench.bench.scale import capacity as scale_capacity
 from workbench.bench.scale import chart as scale_chart
+from workbench.bench.scale import paired as scale_paired
 from workbench.bench.scale import run as scale_run
 from workbench.bench.seqrec import run_case, sequences, sid_table
 from workbench.bench.serve import batching_gain, capacity, grow
@@ -369,9 +370,10 @@ def bench_scale(ctx, sizes, channels, budget, widths, compact, queries, split, s
                              pools=pools, echo=click.echo)
         except ValueError as e:
             raise click.ClickException(str(e)) from None
-        report("scale", rows, run, params=params, device=device_name(device),
+        report("scale", [{k: v for k, v in r.items() if k != "per_query"} for r in rows], run, params=params, device=device_name(device),
                units={"build_s": "s", "sid_assign_s": "s", "trie_s": "s", "peak_rss_mib": "MiB", "base_rss_mib": "MiB", "index_rss_mib": "MiB", "est_mib": "MiB", "bytes_per_product": "B",
                       "c1_p50_ms": "ms", "c1_p99_ms": "ms", "c32_p50_ms": "ms", "c32_p99_ms": "ms", "c1_qps": "1/s", "c32_qps": "1/s"})
+        report("scale-paired", scale_paired(rows), run, params=params)
         report(f"scale-capacity ({target_qps:,.0f} q/s)", scale_capacity(rows, target_qps, budgets), run, params=params,
                units={"budget_ms": "ms", "p99_ms": "ms", "queries_per_s": "1/s"}, device=device_name(device))
     if chart_path is not None:
