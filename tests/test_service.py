@@ -218,6 +218,23 @@ def test_bench_serve_measures_logs_and_sizes(trained_copy):
     assert all(c.startswith("p99 <= 100000 ms: ") for c in cap["case_name"])
 
 
+@pytest.mark.slow
+def test_bench_serve_compiled_warms_each_width_and_loses_no_answer(trained_copy):
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    res = CliRunner().invoke(main, ["-w", str(trained_copy.path), "bench", "serve", "--channels", "generative", "--widths", "4",
+                                    "--users", "1,3", "--seconds", "2", "--batches", "4", "--compiled"])
+    assert res.exit_code == 0, res.output
+    got = trained_copy.logbook().query("SELECT bench, case_name, metric, value FROM bench WHERE bench LIKE 'serve%'")
+    load = got[got["bench"] == "serve-load"]
+    assert set(load["case_name"]) == {"generative w4 compiled batch 4 c1", "generative w4 compiled batch 4 c3"}
+    assert (load[load["metric"] == "failures"]["value"] == 0).all()
+    check = got[(got["bench"] == "serve-logbook") & got["metric"].isin(["lost_rows", "exit_code"])]
+    assert len(check) == 2 and (check["value"] == 0).all()  # the warm-up load's answers counted and logged too
+
+
 def test_a_killed_server_takes_its_workers_and_port_with_it(trained_copy):
     """kill -9 of `workbench serve` used to leave its workers answering as orphans, so a restart on the port
     failed with "Address already in use". Every worker and API server now dies with its parent."""

@@ -126,9 +126,12 @@ def served_rows(ws, source: str, since: str) -> int:
 
 def load(ws, channels: tuple[str, ...], widths: tuple[int, ...], users: tuple[int, ...], seconds: float,
          batches: tuple[int, ...] = (ServeConfig.max_batch, 1), batch_wait_ms: float = ServeConfig.batch_wait_ms,
-         query_dtype: str = ServeConfig.query_dtype, queries: int = 500, warm: int = 20,
+         query_dtype: str = ServeConfig.query_dtype, queries: int = 500, warm: int = 20, compiled: bool = False,
          progress=print) -> tuple[list[dict], list[dict]]:
-    """The load points (one row each) and, per server, its logbook check (answered, logged, lost_rows)."""
+    """The load points (one row each) and, per server, its logbook check (answered, logged, lost_rows).
+    `compiled`: the generative server decodes through torch.compile (`serve --compiled`); before the
+    measured points, each width is also warmed under the largest load (a few seconds, not counted), so
+    the compiles of its batch shapes are not timed."""
     qs = list(dict.fromkeys(eval_set(ws, "test")["query"].astype(str)))[:queries] if ws.has("queries") else []
     if not qs:
         raise ValueError(f"workspace {ws.path} has no test queries to send")
@@ -140,8 +143,9 @@ def load(ws, channels: tuple[str, ...], widths: tuple[int, ...], users: tuple[in
         for channel in channels:
             for max_batch in batches:
                 since = now()
+                fused = compiled and channel == "generative"
                 proc, url, log = start_server(ws.path.resolve(), channel, max_batch, batch_wait_ms,
-                                              extra=("--query-dtype", query_dtype))
+                                              extra=("--query-dtype", query_dtype, *(("--compiled",) if fused else ())))
                 answered = 0
                 try:
                     for i, q in enumerate(qs[:warm]):  # first requests pay for lazy loads and torch's first runs at each width
@@ -150,10 +154,13 @@ def load(ws, channels: tuple[str, ...], widths: tuple[int, ...], users: tuple[in
                             raise RuntimeError(f"warm-up request to /{channel} answered {status}: {body}")
                     answered += warm
                     for width in widths if channel == "generative" else (0,):
+                        if fused:  # the compiles of this width's batch shapes, under the largest load, not timed
+                            r = locust(url, channel, max(users), min(seconds, 5), qpath, width)
+                            answered += r["requests"] - r["failures"]
                         for u in users:
                             r = locust(url, channel, u, seconds, qpath, width or None)
                             answered += r["requests"] - r["failures"]
-                            case = f"{channel}{f' w{width}' if width else ''} batch {max_batch} c{u}"
+                            case = f"{channel}{f' w{width}' if width else ''}{' compiled' if fused else ''} batch {max_batch} c{u}"
                             rows.append({"case": case, "channel": channel, "width": width or None, "max_batch": max_batch,
                                          "users": u, **r})
                             progress(f"  {case}: {r['queries_per_s']:.1f} q/s, p99 {r['p99_ms']:.0f} ms, {r['failures']} failures")

@@ -457,8 +457,11 @@ def bench_pages(ctx, out, prefix, passes, dwell) -> None:
               help="Measure on a copy of the workspace (WS-N beside it) whose catalog is tiled to N products and given "
                    "SIDs by the trained SID model: serving at catalog scale. Use a workspace built with a hashing embedder "
                    "for 1,000,000 (MiniLM takes about an hour per million titles on 2 cores).")
+@click.option("--compiled", is_flag=True, help="The generative server decodes through torch.compile (`serve --compiled`); "
+              "each width is warmed under load first, not timed.")
 @click.pass_context
-def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, query_dtype, target_qps, budgets, grow_to) -> None:
+def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, query_dtype, target_qps, budgets, grow_to,
+                compiled) -> None:
     """Throughput and p50/p95/p99 of `workbench serve` under locust's load (127.0.0.1): per channel,
     beam width, concurrency, with and without dynamic batching; the logbook's served rows checked
     against the requests answered; machines needed for --target-qps at --p99-ms."""
@@ -473,9 +476,10 @@ def bench_serve(ctx, channels, widths, users, seconds, batches, batch_wait_ms, q
         click.echo(f"measuring on {ws.path}: {grow_to:,} products")
     widths = widths or (served_width(ws),)
     params = {"widths": list(widths), "users": list(users), "seconds": seconds, "batches": list(batches),
-              "batch_wait_ms": batch_wait_ms, "query_dtype": query_dtype, "products": len(ws.table("products"))}
+              "batch_wait_ms": batch_wait_ms, "query_dtype": query_dtype, "products": len(ws.table("products")), "compiled": compiled}
     with ws.logbook().run("bench", {"bench": "serve", "channels": list(channels), **params}) as run:
-        rows, checks = serve_load(ws, channels, widths, users, seconds, batches, batch_wait_ms, query_dtype=query_dtype, progress=click.echo)
+        rows, checks = serve_load(ws, channels, widths, users, seconds, batches, batch_wait_ms, query_dtype=query_dtype,
+                                  compiled=compiled, progress=click.echo)
         report("serve-load", [{k: v for k, v in r.items() if k != "first_failure"} for r in rows], run,
                units={"p50_ms": "ms", "p95_ms": "ms", "p99_ms": "ms", "queries_per_s": "1/s"}, params=params,
                device=device_name())
