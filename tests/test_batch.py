@@ -138,3 +138,23 @@ def test_torchrun_deals_out_chunks_and_merges_them_in_order(catalog, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dec1.parquet", "dec2.parquet", "vec1.parquet", "vec2.parquet"]  # no parts left
     runs = ws.logbook().query("SELECT config->>'$.processes' AS p FROM runs WHERE kind = 'batch' AND name = 'batch decode'")
     assert {"1", "2"} <= set(runs["p"])
+
+
+@pytest.mark.slow
+def test_bench_batch_runs_each_job_on_each_process_count(trained_copy):
+    """`bench batch --procs 1,2`: a row per job and process count, the cores split between the processes, the
+    speed-up over one process; a bad count is named before anything runs."""
+    ws = trained_copy
+    r = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "batch", "--n", "3000", "--jobs", "embed,sids",
+                                  "--embedder", "hashing-64", "--procs", "1,2", "--chunk", "1000"])
+    assert r.exit_code == 0, r.output
+    got = ws.logbook().query("SELECT case_name, metric, value FROM bench WHERE bench = 'batch-scale'")
+    procs = got[got["metric"] == "processes"].set_index("case_name")["value"]
+    assert procs.to_dict() == {"embed 3,000, 1 x 2 threads": 1, "embed 3,000, 2 x 1 threads": 2,
+                               "sids 3,000, 1 x 2 threads": 1, "sids 3,000, 2 x 1 threads": 2}
+    rows = got[got["metric"] == "products"]
+    assert (rows["value"] == 3000).all() and len(rows) == 4
+    speed = got[got["metric"] == "speedup"].set_index("case_name")["value"]
+    assert speed["embed 3,000, 1 x 2 threads"] == 1 and speed["sids 3,000, 2 x 1 threads"] > 0
+    bad = CliRunner().invoke(main, ["-w", str(ws.path), "bench", "batch", "--n", "3000", "--procs", "1,0"])
+    assert bad.exit_code == 2 and "values must be >= 1" in bad.output

@@ -1,5 +1,7 @@
 """The compact in-cluster order (gen/compact.py): product-quantised vectors score like float32 ones."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -51,6 +53,22 @@ def test_lossy_codes_keep_most_of_the_order():
     overlap = [len(set(np.argsort(-(x @ v))[:50]) & set(np.argsort(-pq.dot(np.arange(2000), v))[:50])) / 50 for v in q]
     assert np.mean(overlap) > 0.6  # 8 codes of 4 dimensions each: coarse, not random (random: 50 / 2000)
     assert pq.codes.dtype == np.uint8 and pq.codes.shape == (2000, 8)
+
+
+def test_the_compiled_lookup_sums_each_candidates_codes_and_refuses_rows_outside_the_catalog():
+    rng = np.random.default_rng(3)
+    pq = PQVectors(rng.standard_normal((6, 256, 2)).astype(np.float32), rng.integers(0, 256, (500, 6), dtype=np.uint8))
+    q = rng.standard_normal(12).astype(np.float32)
+    rows = rng.integers(0, 500, 80)  # repeats and any order, as a beam's positions map to rows
+    table = np.einsum("mkd,md->mk", pq.centroids, q.reshape(6, 2))  # (M, 256): the reference, in numpy
+    want = np.array([sum(float(table[m, pq.codes[r, m]]) for m in range(6)) for r in rows])
+    got = pq.dot(rows, q)
+    assert got.dtype == np.float32 and got.shape == (80,) and np.allclose(got, want, atol=1e-5)
+    assert np.allclose(got, pq.decode()[rows] @ q, atol=1e-4)
+    assert pq.dot(np.zeros(0, np.int64), q).shape == (0,)
+    for bad in ([0, 500], [-1, 3]):
+        with pytest.raises(IndexError, match=r"rows must lie in \[0, 500\)"):
+            pq.dot(np.array(bad), q)
 
 
 @pytest.mark.parametrize("m, n, match", [(5, 300, "M must divide 16"), (0, 300, "M must divide"), (4, 100, "at least 256 products")])
@@ -123,3 +141,25 @@ def test_the_order_by_lookup_positions_equals_the_order_by_ids(trained, compact)
         for (_, a), (_, b) in zip(by_row, by_id):
             np.testing.assert_allclose(a, b, rtol=1e-6)
     assert order.scored(queries[:1], [[]], 10, lookup=retriever.lookup) == [([], pytest.approx(np.zeros(0)))]
+
+
+@pytest.mark.parametrize("compact", [0, 8])
+def test_an_order_aligned_to_the_lookups_positions_scores_and_orders_the_same(trained, compact):
+    from workbench.gen.retrieve import Retriever
+
+    ws, _ = trained
+    r = Retriever.from_workspace(ws)
+    order = CosineOrder.from_workspace(ws, ChannelConfig(compact=compact, pool=4))
+    qs = ["cordless drill", "paint roller", "garden hose"]
+    hits = r.search(qs, width=8)
+    before, by_id = order.scored(qs, hits, 20, lookup=r.lookup), order.scored(qs, [[replace(h, row=-1) for h in hs] for hs in hits], 20)
+    order.align(r.lookup)
+    assert list(order.ids[:len(r.lookup.ids)]) == list(r.lookup.ids) and len(order.ids) == len(order.vectors)
+    for got in (order.scored(qs, hits, 20, lookup=r.lookup), order.scored(qs, [[replace(h, row=-1) for h in hs] for hs in hits], 20)):
+        for (a, sa), (b, sb), (c, _) in zip(before, got, by_id):
+            assert a == b == c and np.allclose(sa, sb, atol=1e-6)
+    np.testing.assert_array_equal(order._bound[r.lookup], np.arange(len(r.lookup.ids)))  # positions are rows
+    stale = CosineOrder(order.embedder, list(order.ids[1:]), order.vectors.take(np.arange(1, len(order.ids))) if compact
+                        else order.vectors[1:])
+    with pytest.raises(ValueError, match="products without an embedding"):
+        stale.align(r.lookup)

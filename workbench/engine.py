@@ -115,6 +115,8 @@ class Engine:
         self.width = served_width(ws) if width is None else check_width(width)  # what a search decodes at unless told
         self.retriever = Retriever.from_workspace(ws, name, device, compiled)  # compiled: torch.compile's decode
         self.channel = Channel.from_workspace(ws, channel, device)  # a ChannelConfig, or the default
+        if self.channel.order is not None:  # a SID's candidates in consecutive rows of the order's vectors
+            self.channel.order.align(self.retriever.lookup)
         self.generative = Generative(self.retriever, self.channel, self.width)  # the recall channel eval and ab judge
         self.products = ws.table("products").set_index("product_id")
         self.personal = self.retriever.model.cfg.context_vocab > 0

@@ -230,6 +230,8 @@ def _generative(job: dict, ws, e, base: np.ndarray, ids: list[str]):
     retriever, extra = grown_retriever(ws, base, ids, sigma, seed, job["device"], job["compiled"])
     vectors = PQVectors.train(base, m, blocks=blocks(base, n, sigma, seed)) if m else tiled_vectors(base, 0, n, sigma, seed)
     order = CosineOrder(e, ids, vectors, ChannelConfig.logp_weight, ChannelConfig.query_dtype)
+    del vectors
+    order.align(retriever.lookup)  # as `workbench serve` holds it: a SID's products in consecutive rows
     searchers = {}
     for width in job["widths"]:
         for pool in job["pools"]:

@@ -542,16 +542,23 @@ def bench_dist(ctx, job, procs, epochs, device, job_args) -> None:
 @click.option("--chunk", type=click.IntRange(min=1), default=65_536, show_default=True)
 @embedder_option("Default: the one the workspace's SIDs were built with.", default=None)
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Decoding beam width [default: the width the workspace serves].")
+@click.option("--procs", default="1", show_default=True,
+              help="Process counts to run each job on, e.g. 1,2 (more than one: under torchrun, the cores split between them).")
 @device_option()
 @click.pass_context
-def bench_batch(ctx, sizes, jobs, chunk, embedder, width, device) -> None:
-    """Batch jobs at scale: embed, assign SIDs and decode N products in chunks; time and peak memory."""
+def bench_batch(ctx, sizes, jobs, chunk, embedder, width, procs, device) -> None:
+    """Batch jobs at scale: embed, assign SIDs and decode N products in chunks; time and peak memory, on one
+    process and data-parallel under torchrun (--procs)."""
     ws = ws_of(ctx).require()
     embedder = embedder or workspace_embedder(ws)
     width = width or served_width(ws)
-    params = {"sizes": sizes, "jobs": jobs, "chunk": chunk, "embedder": embedder, "width": width}
+    params = {"sizes": sizes, "jobs": jobs, "chunk": chunk, "embedder": embedder, "width": width, "procs": procs}
+    sizes, procs = ints(sizes), ints(procs)
     with ws.logbook().run("bench", {"bench": "batch", **params}) as run:
-        rows = [r for n in ints(sizes) for r in scale(ws, n, width, jobs.split(","), chunk, embedder, device=device)]
+        try:
+            rows = [r for n in sizes for r in scale(ws, n, width, jobs.split(","), chunk, embedder, device=device, procs=procs)]
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
         report("batch-scale", rows, run, params=params, device=device_name(device),
                units={"seconds": "s", "rows_per_s": "1/s", "peak_rss_mib": "MiB", "output_mib": "MiB"})
 

@@ -212,11 +212,27 @@ class CosineOrder:
             self.vectors = vectors
         else:
             self.vectors = PQVectors.train(vectors, compact) if compact else np.asarray(vectors, np.float32)  # (N, d), unit norm
-        coded = isinstance(self.vectors, PQVectors)
-        self.dot = self.vectors.dot if coded else lambda rows, q: self.vectors[rows] @ q  # rows, (d,) -> (n,)
         self.prior = (popularity_weight * np.log1p(np.asarray(popularity, np.float32)) if popularity_weight
                       else np.zeros(len(vectors), np.float32))  # (N,) the behaviour term of each product
         self._bound: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ProductLookup -> its positions' rows of `vectors`
+
+    def dot(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """<q, product> for the products at `rows` (n,), from float32 vectors or PQ codes: (n,)."""
+        return self.vectors.dot(rows, q) if isinstance(self.vectors, PQVectors) else self.vectors[rows] @ q
+
+    def align(self, lookup: ProductLookup) -> None:
+        """Hold the products in `lookup`'s position order (the rest after them), so that a SID's candidates are
+        one run of consecutive rows: at 10M products the scattered reads of a beam's codes, not the sums,
+        are most of the scoring (about 4x at 25,600 candidates). The scores and orders are unchanged."""
+        rows = self.ids.get_indexer(lookup.ids)
+        if (rows < 0).any():
+            raise ValueError(f"products without an embedding in the channel's order: {lookup.ids[rows < 0][:5].tolist()}")
+        rest = np.setdiff1d(np.arange(len(self.ids)), rows, assume_unique=True)
+        rows = np.r_[rows, rest].astype(np.int64)  # (N,) new row -> old row
+        self.ids = self.ids[rows]
+        self.vectors = self.vectors.take(rows) if isinstance(self.vectors, PQVectors) else self.vectors[rows]
+        self.prior = self.prior[rows]
+        self._bound = weakref.WeakKeyDictionary()
 
     @classmethod
     def from_workspace(cls, ws, cfg: ChannelConfig, device: str = "cpu") -> CosineOrder:
