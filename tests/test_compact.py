@@ -163,3 +163,21 @@ def test_an_order_aligned_to_the_lookups_positions_scores_and_orders_the_same(tr
                         else order.vectors[1:])
     with pytest.raises(ValueError, match="products without an embedding"):
         stale.align(r.lookup)
+
+
+def test_bench_pq_score_times_both_scorers_on_both_layouts_and_names_bad_settings(tmp_path):
+    from click.testing import CliRunner
+
+    from workbench import Workspace
+    from workbench.cli import main
+
+    ws = tmp_path / "ws"
+    r = CliRunner().invoke(main, ["-w", str(ws), "bench", "pq-score", "--products", "5000", "--candidates", "100,2000",
+                                  "--seconds", "0.05"])
+    assert r.exit_code == 0, r.output
+    got = Workspace(ws).logbook().query("SELECT case_name, metric, value FROM bench WHERE bench = 'pq-score'")
+    assert set(got["case_name"]) == {f"{c} candidates, {layout}" for c in ("100", "2,000") for layout in ("scattered", "aligned")}
+    assert (got[got["metric"].isin(["numpy_ms", "compiled_ms", "speedup"])]["value"] > 0).all()
+    for args, says in ((["--codes", "7"], "M dividing d"), (["--candidates", "0"], "values must be >= 1")):
+        bad = CliRunner().invoke(main, ["-w", str(ws), "bench", "pq-score", "--products", "5000", *args])
+        assert bad.exit_code in (1, 2) and says in bad.output, bad.output

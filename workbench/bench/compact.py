@@ -20,7 +20,7 @@ from workbench.ann import ANN, ANNConfig
 from workbench.baselines import Dense
 from workbench.embed import embed_workspace, get_embedder
 from workbench.eval.width import served_width
-from workbench.gen.compact import check
+from workbench.gen.compact import PQVectors, check
 from workbench.gen.config import ChannelConfig
 from workbench.gen.data import eval_set
 from workbench.gen.retrieve import Channel, CosineOrder, Generative, Retriever
@@ -81,3 +81,49 @@ def _row(channel: str, m: int, got, relevant, budget: int, bytes_per_product: fl
     return {"case": f"{channel} {'float32' if not m else f'{m} codes'}", "channel": channel, "codes": m,
             f"recall@{budget}": float(np.nanmean(r)), "d_vs_float32": d, "d_lo": lo, "d_hi": hi,
             "bytes_per_product": bytes_per_product, "build_s": build_s, **extra}
+
+
+def _numpy_dot(pq: PQVectors, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The scorer before the compiled loop, for comparison: numpy's fancy indexing builds (n, M) floats, then sums."""
+    table = np.einsum("mkd,md->mk", pq.centroids, q.reshape(pq.m, pq.dsub))  # (M, 256)
+    return table[np.arange(pq.m), pq.codes[rows]].sum(1)
+
+
+def scoring(n: int = 10_000_000, m: int = 96, d: int = 384, candidates: tuple[int, ...] = (1_600, 6_400, 25_600),
+            run: int = 305, seconds: float = 1.0, seed: int = 0, progress: bool = True) -> list[dict]:
+    """What scoring a candidate pool from PQ codes costs, per query: random codes for `n` products (M bytes each),
+    and per pool size the pool's rows laid out two ways, scattered (a SID's products spread over the catalog,
+    as in catalog order) and in runs of `run` consecutive rows (the order aligned to the SID lookup,
+    `CosineOrder.align`; 305 is 10M products over 32,758 SIDs), each scored by numpy's fancy indexing and by
+    the compiled loop (`PQVectors.dot`). The two scorers' answers are checked equal. Times: the mean over
+    repeats for `seconds` after one warm call; both run on one core."""
+    from tqdm.auto import tqdm
+
+    if n < 1 or m < 1 or d % m or not candidates or min(candidates) < 1 or run < 1 or seconds <= 0:
+        raise ValueError(f"need n >= 1, M dividing d, candidates >= 1, run >= 1 and seconds > 0; got n={n}, M={m}, d={d}, "
+                         f"candidates={candidates}, run={run}, seconds={seconds}")
+    rng = np.random.default_rng(seed)
+    pq = PQVectors(rng.standard_normal((m, 256, d // m)).astype(np.float32), rng.integers(0, 256, (n, m), dtype=np.uint8))
+    q = rng.standard_normal(d).astype(np.float32)
+    out = []
+    cases = [(c, layout) for c in candidates for layout in ("scattered", "aligned")]
+    for c, layout in tqdm(cases, desc="pq-score", disable=not progress):
+        if layout == "scattered":
+            rows = rng.integers(0, n, c)
+        else:
+            starts = rng.integers(0, max(n - run, 0) + 1, -(-c // run))
+            rows = np.minimum((starts[:, None] + np.arange(run)).ravel()[:c], n - 1)  # (c,) runs of consecutive rows
+        if not np.allclose(_numpy_dot(pq, rows, q), pq.dot(rows, q), atol=1e-3):
+            raise AssertionError("the compiled loop and numpy disagree")  # a broken scorer never reports a time
+        ms = {}
+        for name, fn in (("numpy", _numpy_dot), ("compiled", PQVectors.dot)):
+            fn(pq, rows, q)
+            t, k = time.perf_counter(), 0
+            while time.perf_counter() - t < seconds:
+                fn(pq, rows, q)
+                k += 1
+            ms[name] = (time.perf_counter() - t) / k * 1000
+        out.append({"case": f"{c:,} candidates, {layout}", "candidates": c, "layout": layout, "products": n, "codes": m,
+                    "numpy_ms": ms["numpy"], "compiled_ms": ms["compiled"], "speedup": ms["numpy"] / ms["compiled"],
+                    "compiled_ns_per_candidate": ms["compiled"] * 1e6 / c})
+    return out

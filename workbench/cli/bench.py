@@ -14,6 +14,7 @@ from workbench.bench.backbone import throughput as backbone_throughput
 from workbench.bench.batch import scale
 from workbench.bench.catalog import measure, recipe_workspace
 from workbench.bench.compact import run as compact_run
+from workbench.bench.compact import scoring as compact_scoring
 from workbench.bench.data import DATASETS, bench_workspace, embed_speed, synth_scale
 from workbench.bench.decode import MODES as DECODE_MODES
 from workbench.bench.decode import run as decode_run
@@ -298,6 +299,26 @@ def bench_compact(ctx, codes, budget, split, width, device) -> None:
     with ws.logbook().run("bench", {"bench": "compact", **params}) as run:
         rows = compact_run(ws, tuple(ints(codes)), budget, split, width, device)
         report("compact", rows, run, params=params, units={"bytes_per_product": "B", "build_s": "s"}, device=device_name(device))
+
+
+@bench.command(name="pq-score")
+@click.option("--products", type=click.IntRange(min=1), default=10_000_000, show_default=True, help="Catalog size (random codes).")
+@click.option("--codes", type=click.IntRange(min=1), default=96, show_default=True, help="PQ codes (bytes) per product, dividing 384 (MiniLM's dimensions).")
+@click.option("--candidates", default="1600,6400,25600", show_default=True, help="Pool sizes to score per query (pool x budget).")
+@click.option("--seconds", type=Finite(min=0, min_open=True), default=1.0, show_default=True, help="Timed per case.")
+@click.pass_context
+def bench_pq_score(ctx, products, codes, candidates, seconds) -> None:
+    """What a candidate pool costs to score from PQ codes, one query: numpy's fancy indexing against the compiled
+    loop, for candidates scattered over the catalog and in runs of consecutive rows (an order aligned to its SIDs)."""
+    params = {"products": products, "codes": codes, "candidates": candidates, "seconds": seconds}
+    candidates = ints(candidates)
+    with ws_of(ctx).logbook().run("bench", {"bench": "pq-score", **params}) as run:
+        try:
+            rows = compact_scoring(products, codes, 384, candidates, seconds=seconds)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+        report("pq-score", rows, run, params=params, units={"numpy_ms": "ms", "compiled_ms": "ms", "compiled_ns_per_candidate": "ns"},
+               device=device_name())
 
 
 @bench.command(name="decode")

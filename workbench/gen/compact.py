@@ -7,8 +7,9 @@ channel's cosine order holds M bytes per product instead of 4 x d.
     score   <q, p^> = sum_m <q_m, C_m[code_m(p)]>: per query one (M, 256) table of sub-space inner products,
             then per candidate M lookups and a sum (asymmetric: the query stays float, only products are coded),
             in a compiled loop (`adc`, numba) that reads each candidate's M bytes in place: about 0.1 us a
-            candidate, so a larger candidate pool costs little (numpy's fancy indexing built an (n, M) float
-            array first, about ten times slower)
+            candidate in consecutive rows, so a larger candidate pool costs little (numpy's fancy indexing
+            builds an (n, M) float array first: 5 to 6 times slower at 6,400 to 25,600 candidates;
+            `workbench bench pq-score`)
 
 Invariants: a product vector that is a concatenation of centroids is coded exactly, so its score equals the
 float32 inner product up to float rounding (the toy test); memory per product is M bytes plus a shared
