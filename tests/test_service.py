@@ -227,11 +227,13 @@ def test_bench_serve_compiled_warms_each_width_and_loses_no_answer(trained_copy)
 
     w = served_width(trained_copy)  # the width the server compiles at start: no second width's compiles to wait for
     res = CliRunner().invoke(main, ["-w", str(trained_copy.path), "bench", "serve", "--channels", "generative",
-                                    "--users", "3", "--seconds", "1", "--batches", "4", "--compiled"])
+                                    "--users", "3", "--seconds", "1", "--batches", "4", "--compiled", "--p99-ms", "100000"])
     assert res.exit_code == 0, res.output
     got = trained_copy.logbook().query("SELECT bench, case_name, metric, value FROM bench WHERE bench LIKE 'serve%'")
     load = got[got["bench"] == "serve-load"]
     assert set(load["case_name"]) == {f"generative w{w} compiled batch 4 c3"}
+    cap = got[got["bench"].str.startswith("serve-capacity") & (got["metric"] == "machines")]
+    assert set(cap["case_name"]) == {f"p99 <= 100000 ms: generative w{w} compiled batch 4"}  # the compiled setting named
     assert (load[load["metric"] == "failures"]["value"] == 0).all()
     check = got[(got["bench"] == "serve-logbook") & got["metric"].isin(["lost_rows", "exit_code"])]
     assert len(check) == 2 and (check["value"] == 0).all()  # the warm-up load's answers counted and logged too

@@ -162,7 +162,7 @@ def load(ws, channels: tuple[str, ...], widths: tuple[int, ...], users: tuple[in
                             answered += r["requests"] - r["failures"]
                             case = f"{channel}{f' w{width}' if width else ''}{' compiled' if fused else ''} batch {max_batch} c{u}"
                             rows.append({"case": case, "channel": channel, "width": width or None, "max_batch": max_batch,
-                                         "users": u, **r})
+                                         "users": u, **({"decode": "compiled"} if fused else {}), **r})
                             progress(f"  {case}: {r['queries_per_s']:.1f} q/s, p99 {r['p99_ms']:.0f} ms, {r['failures']} failures")
                 finally:
                     code = launch.stop(proc)
@@ -185,11 +185,11 @@ def capacity(rows: list[dict], target_qps: float, budgets_ms: tuple[float, ...])
         for r in rows:
             if r["failures"] or r["p99_ms"] > budget:
                 continue
-            key = (r["channel"], r["width"], r["max_batch"])
+            key = (r["channel"], r["width"], r.get("decode") == "compiled", r["max_batch"])
             if key not in best or r["queries_per_s"] > best[key]["queries_per_s"]:
                 best[key] = r
-        for (channel, width, max_batch), r in best.items():
-            out.append({"case": f"p99 <= {budget:g} ms: {channel}{f' w{width}' if width else ''} batch {max_batch}",
+        for (channel, width, fused, max_batch), r in best.items():
+            out.append({"case": f"p99 <= {budget:g} ms: {channel}{f' w{width}' if width else ''}{' compiled' if fused else ''} batch {max_batch}",
                         "budget_ms": budget, "queries_per_s": r["queries_per_s"], "at_users": r["users"], "p99_ms": r["p99_ms"],
                         "machines": math.ceil(target_qps / r["queries_per_s"])})
     return out
