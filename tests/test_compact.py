@@ -178,6 +178,6 @@ def test_bench_pq_score_times_both_scorers_on_both_layouts_and_names_bad_setting
     got = Workspace(ws).logbook().query("SELECT case_name, metric, value FROM bench WHERE bench = 'pq-score'")
     assert set(got["case_name"]) == {f"{c} candidates, {layout}" for c in ("100", "2,000") for layout in ("scattered", "aligned")}
     assert (got[got["metric"].isin(["numpy_ms", "compiled_ms", "speedup"])]["value"] > 0).all()
-    for args, says in ((["--codes", "7"], "M dividing d"), (["--candidates", "0"], "values must be >= 1")):
+    for args, says in ((["--codes", "7"], "M must divide 384, got 7"), (["--candidates", "0"], "values must be >= 1")):
         bad = CliRunner().invoke(main, ["-w", str(ws), "bench", "pq-score", "--products", "5000", *args])
         assert bad.exit_code in (1, 2) and says in bad.output, bad.output

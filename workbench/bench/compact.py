@@ -85,8 +85,7 @@ def _row(channel: str, m: int, got, relevant, budget: int, bytes_per_product: fl
 
 def _numpy_dot(pq: PQVectors, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
     """The scorer before the compiled loop, for comparison: numpy's fancy indexing builds (n, M) floats, then sums."""
-    table = np.einsum("mkd,md->mk", pq.centroids, q.reshape(pq.m, pq.dsub))  # (M, 256)
-    return table[np.arange(pq.m), pq.codes[rows]].sum(1)
+    return pq.table(q)[np.arange(pq.m), pq.codes[rows]].sum(1)  # (n, M) lookups -> (n,)
 
 
 def scoring(n: int = 10_000_000, m: int = 96, d: int = 384, candidates: tuple[int, ...] = (1_600, 6_400, 25_600),
@@ -99,9 +98,10 @@ def scoring(n: int = 10_000_000, m: int = 96, d: int = 384, candidates: tuple[in
     repeats for `seconds` after one warm call; both run on one core."""
     from tqdm.auto import tqdm
 
-    if n < 1 or m < 1 or d % m or not candidates or min(candidates) < 1 or run < 1 or seconds <= 0:
-        raise ValueError(f"need n >= 1, M dividing d, candidates >= 1, run >= 1 and seconds > 0; got n={n}, M={m}, d={d}, "
-                         f"candidates={candidates}, run={run}, seconds={seconds}")
+    check(d, m)
+    if n < 1 or not candidates or min(candidates) < 1 or run < 1 or seconds <= 0:
+        raise ValueError(f"need n >= 1, candidates >= 1, run >= 1 and seconds > 0; got n={n}, candidates={candidates}, "
+                         f"run={run}, seconds={seconds}")
     rng = np.random.default_rng(seed)
     pq = PQVectors(rng.standard_normal((m, 256, d // m)).astype(np.float32), rng.integers(0, 256, (n, m), dtype=np.uint8))
     q = rng.standard_normal(d).astype(np.float32)

@@ -80,9 +80,13 @@ class PQVectors:
     def __len__(self) -> int:
         return len(self.codes)
 
+    def table(self, q: np.ndarray) -> np.ndarray:
+        """The query's (M, 256) sub-space inner products with every centroid: what a candidate's codes look up."""
+        return np.einsum("mkd,md->mk", self.centroids, q.reshape(self.m, self.dsub).astype(np.float32))
+
     def dot(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
         """<q, product> for the products at `rows`, from their codes: (len(rows),) float32."""
-        table = np.einsum("mkd,md->mk", self.centroids, q.reshape(self.m, self.dsub).astype(np.float32))  # (M, 256)
+        table = self.table(q)  # (M, 256)
         rows = np.asarray(rows, np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= len(self.codes)):  # the compiled loop does not check bounds
             raise IndexError(f"rows must lie in [0, {len(self.codes)}), got {rows.min()}..{rows.max()}")
